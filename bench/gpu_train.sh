@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Train the reference models on a lent GPU in one shot (device tool, <= 10 minutes):
+#   synthesize the TTS corpus on the GPU machine's CPUs (espeak-ng + flite carried as a
+#   bundle built by bench/make_gpu_bundle.sh), compute mel features, train four models
+#   concurrently until a shared deadline, evaluate, and leave fp16 checkpoints in $OUT.
+# Usage (device tool): bash bench/gpu_train.sh   with carry [".gpu"]
+set -uo pipefail
+START=$(date +%s)
+BUDGET=${BUDGET:-575}              # seconds this script may use in total
+TRAIN_END=$((START + BUDGET - 75)) # leave time for evaluation and copying back
+OUT=${OUT:-/tmp/zsq_out}; mkdir -p "$OUT"
+W=/tmp/zsq; mkdir -p $W/tts $W/wrap
+exec > >(tee "$OUT/gpu_train.log") 2>&1
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader; nproc
+tar xJf .gpu/bundle.tar.xz -C $W/tts
+for b in espeak-ng flite; do
+  printf '#!/bin/sh\nLD_LIBRARY_PATH=%s/tts/lib ESPEAK_DATA_PATH=%s/tts exec %s/tts/bin/%s "$@"\n' $W $W $W $b > $W/wrap/$b
+  chmod +x $W/wrap/$b
+done
+export PATH=$W/wrap:$PATH PYTHONUNBUFFERED=1
+espeak-ng -v en-us --stdout "check" | wc -c; flite -voice slt -t "check" -o $W/f.wav && ls -la $W/f.wav
+python3 -m zsq_tvm.data.corpus synth --texts $W/tts/texts.txt -o $W/corpus --train-hours ${HOURS:-20} \
+  --workers $(nproc) --time-limit ${SYNTH_LIMIT:-150} 2>&1 | grep -v "synthesizing:" 
+echo "synth done at +$(( $(date +%s) - START )) s"
+python3 -m zsq_tvm.train prep --corpus $W/corpus -o $W/feats 2>&1 | grep -v "mel "
+echo "prep done at +$(( $(date +%s) - START )) s"
+mkdir -p "$OUT/ckpt"
+fit() { python3 -m zsq_tvm.train fit --feats $W/feats -o "$OUT/ckpt" --json-dir $W --deadline $TRAIN_END "$@"; }
+fit --arch quartznet5x5 --lr 3e-3 --warmup 300 &
+fit --arch quartznet-tiny --lr 3e-3 --warmup 300 &
+fit --arch jasper-dr-small --lr 2e-3 --warmup 300 &
+fit --arch conformer-ctc-small --lr 1.5e-3 --warmup 500 &
+wait
+echo "all done at +$(( $(date +%s) - START )) s"
+python3 - <<'PY'
+import json, glob
+for f in sorted(glob.glob("/tmp/zsq/*.json")):
+    m = json.load(open(f))
+    print(m["arch"], m["steps"], "steps", round(m["hours_seen"], 1), "h seen",
+          {k: round(v["wer"] * 100, 2) for k, v in m.get("eval", {}).items()})
+PY

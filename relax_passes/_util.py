@@ -1,0 +1,117 @@
+"""Small helpers shared by the passes: binding walks, stable tensor names, constant folding.
+
+Stable tensor names are how calibration ranges (a plain JSON dict) find their tensors again in
+:class:`relax_passes.Quantize`: both enumerate the bindings of the same (BN-folded) ``main`` in
+order and name each op result ``"<op>#<k>"`` (``k`` counts that op: ``"nn.conv1d#3"``,
+``"add#7"``, ``"nn.relu#2"``) and each parameter ``"input:<name>"``.  Var names (``lv12``) are not
+used because importers and passes renumber them freely.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+
+__all__ = ["bindings", "call_op_name", "tensor_names", "resolve_const", "const", "main_function", "tensor_ty", "dtype_of", "shape_of", "is_tensor_const"]
+
+
+def main_function(mod: tvm.IRModule, name: str = "main") -> relax.Function:
+    for gv, func in mod.functions.items():
+        if gv.name_hint == name and isinstance(func, relax.Function):
+            return func
+    raise ValueError(f"module has no Relax function {name!r}")
+
+
+def bindings(func: relax.Function):
+    """All bindings of ``func``'s body in program order (across binding blocks)."""
+    body = func.body
+    if not isinstance(body, relax.SeqExpr):
+        return []
+    return [b for block in body.blocks for b in block.bindings]
+
+
+def call_op_name(value) -> str | None:
+    """``"nn.conv1d"`` for ``R.nn.conv1d(...)`` (the ``relax.`` prefix dropped); None otherwise."""
+    if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op):
+        name = value.op.name
+        return name[len("relax."):] if name.startswith("relax.") else name
+    return None
+
+
+def tensor_ty(expr):
+    ty = expr.ty
+    return ty if isinstance(ty, relax.TensorType) else None
+
+
+def tensor_names(func: relax.Function) -> dict:
+    """Map each float-or-int *tensor* Var of ``func`` (params + op results) to its stable name."""
+    names = {}
+    for p in func.params:
+        names[p] = f"input:{p.name}"
+    counts: dict[str, int] = {}
+    for b in bindings(func):
+        op = call_op_name(b.value)
+        if op is None or tensor_ty(b.var) is None:
+            continue
+        k = counts.get(op, 0)
+        counts[op] = k + 1
+        names[b.var] = f"{op}#{k}"
+    return names
+
+
+def is_tensor_const(expr) -> bool:
+    """A tensor Constant (in this TVM, scalar PrimValues such as IntImm also subclass Constant)."""
+    return isinstance(expr, tvm.ir.expr.Constant) and hasattr(expr.value, "numpy")
+
+
+_CONST_OPS = {"reshape", "permute_dims", "astype", "squeeze", "expand_dims"}
+
+
+def resolve_const(expr, var_values: dict):
+    """numpy value of ``expr`` if it is a Constant or a chain of shape/dtype ops on one, else None.
+
+    Importers bind biases as ``reshape(const, [1, C, 1])``; evaluating these few ops here keeps the
+    passes independent of ``FoldConstant`` (which compiles a kernel per folded op).
+    """
+    seen = 0
+    while isinstance(expr, relax.Var) and expr in var_values and seen < 64:
+        expr = var_values[expr]
+        seen += 1
+    if isinstance(expr, tvm.ir.expr.Constant):
+        return expr.value.numpy()
+    op = call_op_name(expr)
+    if op not in _CONST_OPS:
+        return None
+    src = resolve_const(expr.args[0], var_values)
+    if src is None:
+        return None
+    out_ty = expr.ty
+    if op == "astype":
+        return src.astype(out_ty.dtype)
+    if op == "permute_dims":
+        axes = expr.attrs.axes
+        return np.transpose(src, None if axes is None else [int(a) for a in axes])
+    shape = [int(s) for s in out_ty.shape] if out_ty.shape is not None else None
+    if shape is None:
+        return None
+    return src.reshape(shape)
+
+
+def const(value, dtype: str) -> tvm.ir.expr.Constant:
+    """``relax.const`` with the dtype spelled out (it silently narrows int64 to int32 otherwise)."""
+    return relax.const(np.asarray(value).astype(dtype), dtype)
+
+
+def dtype_of(expr) -> str | None:
+    """dtype string (``"float32"``) of a tensor-typed expr, else None."""
+    ty = tensor_ty(expr)
+    return None if ty is None else str(ty.dtype)
+
+
+def shape_of(expr) -> tuple | None:
+    """Static shape of a tensor-typed expr as ints (symbolic dims stay PrimExprs), else None."""
+    ty = tensor_ty(expr)
+    if ty is None or ty.shape is None:
+        return None
+    return tuple(int(s) if isinstance(s, tvm.tirx.IntImm) else s for s in ty.shape)

@@ -1,0 +1,274 @@
+"""FoldBatchNorm: fold inference BatchNorm into the preceding 1-D convolution (paper §2.2).
+
+Before (what the ONNX importer emits for ``Conv -> BatchNormalization``)::
+
+    lv  = R.nn.conv1d(x, W)                                # W: Constant [O, I/groups, K]
+    lv1 = R.add(lv, R.reshape(b, [1, O, 1]))               # optional bias
+    lv2 = R.nn.batch_norm(lv1, gamma, beta, mean, var, axis=1, epsilon=eps, training=False)
+    lv3 = lv2[0]
+
+After::
+
+    lv3 = R.add(R.nn.conv1d(x, W'), b')                    # W', b': Constants, b' shaped [1, O, 1]
+
+with ``k = gamma / sqrt(var + eps)``, ``W' = W * k[:, None, None]``, ``b' = (b - mean) * k + beta``
+(float64 math, stored float32).  Works for any ``groups`` (depthwise included) because OIW keeps
+the output channel on axis 0.  The dead conv/bias/BN bindings are removed.
+
+Before folding, every BatchNorm's statistics are recorded (:func:`extract_bn_stats`; after the
+pass, ``pass_obj.bn_stats``) for zero-shot synthesis (paper §2.3, eq. 2), which matches the
+running mean/var of the tensor each BN normalises: the record names that tensor's producer
+(``"nn.conv1d#k"`` in the *unfolded* module, the ONNX node names when ``onnx_model`` is given) and
+where the folded conv ends up (``"folded_conv"``: ``"nn.conv1d#j"`` in the *folded* module, the
+stable names calibration and Quantize use).
+
+A BatchNorm whose input is not a foldable conv (e.g. after a ReLU or fed by a non-constant
+weight) is left in place: Quantize then refuses it by name.  ``training=True`` BatchNorms are
+refused here (their output would depend on batch statistics).
+
+Usage::
+
+    fold = FoldBatchNorm(onnx_model=model)      # onnx_model optional, only for names
+    mod = fold(mod)                             # or inside tvm.transform.Sequential([...])
+    stats = fold.bn_stats                       # list of dicts, JSON-serialisable
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from ._util import bindings, call_op_name, const, dtype_of, resolve_const, tensor_names
+
+__all__ = ["FoldBatchNorm", "extract_bn_stats", "onnx_batchnorm_nodes"]
+
+
+def onnx_batchnorm_nodes(onnx_model) -> list[dict]:
+    """``[{"node": bn_name, "input": tensor, "producer": node_name_or_None, "producer_op": op}]``
+    for every BatchNormalization node of an ONNX model, in graph order.
+
+    The Relax ONNX importer converts nodes in graph order and emits one ``R.nn.batch_norm`` per
+    BatchNormalization node, so the k-th record matches the k-th ``batch_norm`` binding.
+    """
+    producers = {out: node for node in onnx_model.graph.node for out in node.output}
+    res = []
+    for node in onnx_model.graph.node:
+        if node.op_type == "BatchNormalization":
+            src = producers.get(node.input[0])
+            res.append({
+                "node": node.name,
+                "input": node.input[0],
+                "producer": src.name if src is not None else None,
+                "producer_op": src.op_type if src is not None else None,
+            })
+    return res
+
+
+def _analyse(func: relax.Function):
+    """Find every batch_norm and decide whether it folds.  Returns (records, plan).
+
+    plan maps the ``bn[0]`` TupleGetItem var to (conv call, W, b, k, beta, mean, record index).
+    """
+    binds = bindings(func)
+    values = {b.var: b.value for b in binds}
+    uses: dict = {}
+
+    def count(expr):
+        # relax.analysis.free_vars would also work; a post-order walk is cheap and explicit
+        relax.analysis.post_order_visit(expr, lambda e: uses.__setitem__(e, uses.get(e, 0) + 1) if isinstance(e, relax.Var) else None)
+
+    for b in binds:
+        count(b.value)
+    count(func.body.body)
+    names = tensor_names(func)
+
+    tgi0 = {}
+    other_tgi = set()
+    for b in binds:
+        v = b.value
+        if isinstance(v, relax.TupleGetItem) and isinstance(v.tuple_value, relax.Var):
+            if v.index == 0:
+                tgi0.setdefault(v.tuple_value, []).append(b.var)
+            else:
+                if uses.get(b.var, 0):
+                    other_tgi.add(v.tuple_value)
+
+    records, plan = [], {}
+    for b in binds:
+        if call_op_name(b.value) != "nn.batch_norm":
+            continue
+        call = b.value
+        attrs = call.attrs
+        x, gamma, beta, mean, var = call.args
+        arrays = [resolve_const(a, values) for a in (gamma, beta, mean, var)]
+        rec = {
+            "index": len(records),
+            "relax_var": b.var.name,
+            "eps": float(attrs.epsilon),
+            "axis": int(attrs.axis),
+            "folded": False,
+            "producer": None,
+            "folded_conv": None,
+            "reason": None,
+        }
+        if any(a is None for a in arrays):
+            rec["reason"] = "BatchNorm parameters are not constants"
+            records.append(rec)
+            continue
+        g, bt, mu, vr = (np.asarray(a, dtype=np.float64).reshape(-1) for a in arrays)
+        rec.update(channels=int(mu.size), mean=mu.tolist(), var=vr.tolist(), gamma=g.tolist(), beta=bt.tolist())
+        if bool(attrs.training):
+            raise ValueError(
+                f"FoldBatchNorm: batch_norm {b.var.name} has training=True; export the model in eval "
+                f"mode (model.eval(), TrainingMode.PRESERVE) so BatchNorm uses running statistics"
+            )
+
+        # walk back: batch_norm <- [add(bias)] <- conv1d, each intermediate used only once
+        conv_var, bias = x, None
+        src = values.get(conv_var) if isinstance(conv_var, relax.Var) else None
+        if call_op_name(src) == "add" and uses.get(conv_var, 0) == 1:
+            a0, a1 = src.args
+            c0, c1 = resolve_const(a0, values), resolve_const(a1, values)
+            if c1 is not None and c0 is None:
+                conv_var, bias = a0, c1
+            elif c0 is not None and c1 is None:
+                conv_var, bias = a1, c0
+            src = values.get(conv_var) if isinstance(conv_var, relax.Var) else None
+        rec["producer"] = names.get(conv_var)
+        reason = None
+        if call_op_name(src) != "nn.conv1d":
+            reason = f"input is produced by {call_op_name(src) or type(src).__name__}, not nn.conv1d"
+        elif uses.get(conv_var, 0) != 1:
+            reason = "conv1d output has other users besides the BatchNorm"
+        elif b.var in other_tgi:
+            reason = "batch_norm running-stat outputs are used"
+        elif int(attrs.axis) != 1 or src.attrs.data_layout != "NCW" or src.attrs.kernel_layout != "OIW" \
+                or src.attrs.out_layout != "NCW":
+            reason = "only NCW/OIW conv1d with BatchNorm on axis 1 folds"
+        W = resolve_const(src.args[1], values) if reason is None else None
+        if reason is None and W is None:
+            reason = "conv1d weight is not a constant (bind params first: relax.transform.BindParams)"
+        if reason is None and bias is not None and bias.size != mu.size:
+            reason = f"bias of size {bias.size} is not per-channel for {mu.size} channels"
+        if reason is None and len(tgi0.get(b.var, [])) != 1:
+            reason = "batch_norm output 0 is not extracted exactly once"
+        if reason is not None:
+            rec["reason"] = reason
+            records.append(rec)
+            continue
+        k = g / np.sqrt(vr + rec["eps"])
+        b0 = np.zeros_like(mu) if bias is None else np.asarray(bias, dtype=np.float64).reshape(-1)
+        w_f = (np.asarray(W, dtype=np.float64) * k[:, None, None]).astype(np.float32)
+        b_f = ((b0 - mu) * k + bt).astype(np.float32).reshape(1, -1, 1)
+        rec["folded"] = True
+        plan[tgi0[b.var][0]] = (src, w_f, b_f, rec["index"])
+        records.append(rec)
+    return records, plan
+
+
+def extract_bn_stats(mod: tvm.IRModule, onnx_model=None, func_name: str = "main") -> list[dict]:
+    """BatchNorm statistics of an *unfolded* module, without changing it (same records as the pass).
+
+    Each record: ``index, relax_var, channels, mean, var, gamma, beta, eps, axis, producer`` (stable name
+    of the normalised tensor's producer), ``folded`` (whether FoldBatchNorm will fold it), ``reason``
+    (why not), and with ``onnx_model`` also ``onnx_node``/``onnx_input``/``onnx_producer``.
+    """
+    records, _ = _analyse(mod[func_name])
+    _attach_onnx_names(records, onnx_model)
+    return records
+
+
+def _attach_onnx_names(records, onnx_model):
+    if onnx_model is None:
+        return
+    nodes = onnx_batchnorm_nodes(onnx_model)
+    if len(nodes) != len(records):
+        # a mismatch means the importer reordered or dropped nodes: better no names than wrong ones
+        return
+    for rec, node in zip(records, nodes):
+        rec["onnx_node"] = node["node"]
+        rec["onnx_input"] = node["input"]
+        rec["onnx_producer"] = node["producer"]
+
+
+@relax.expr_functor.mutator
+class _Folder(relax.PyExprMutator):
+    def __init__(self, mod, plan):
+        super().__init__(mod)
+        self.plan = plan
+        self.new_weights = {}  # id(Constant) -> record index, to name the folded convs afterwards
+
+    def visit_var_binding_(self, binding):
+        entry = self.plan.get(binding.var)
+        if entry is None:
+            return super().visit_var_binding_(binding)
+        conv, w_f, b_f, idx = entry
+        a = conv.attrs
+        w_const = const(w_f, "float32")
+        self.new_weights[idx] = w_const
+        data = self.visit_expr(conv.args[0])
+        y = self.builder_.emit(relax.op.nn.conv1d(
+            data, w_const, strides=a.strides, padding=a.padding, dilation=a.dilation, groups=a.groups,
+            data_layout=a.data_layout, kernel_layout=a.kernel_layout, out_layout=a.out_layout,
+            out_dtype=dtype_of(conv),
+        ))
+        out = relax.op.add(y, const(b_f, "float32"))
+        if isinstance(binding.var, relax.DataflowVar):
+            new = self.builder_.emit(out)
+        else:  # BN result is a function output: keep it a non-dataflow var
+            new = self.builder_.emit_output(out)
+        self.set_var_remap(binding.var, new)
+
+
+@tvm.transform.module_pass(opt_level=0, name="FoldBatchNorm")
+class FoldBatchNorm:
+    """Fold ``conv1d [+ bias] -> batch_norm`` into one conv1d + bias; record BN statistics.
+
+    Parameters
+    ----------
+    onnx_model : onnx.ModelProto, optional
+        Only used to add ONNX node names to the recorded statistics.
+    attach_stats : bool
+        Also store the statistics as JSON in the module attribute ``"zsq.bn_stats"``.
+
+    After the pass runs, ``self.bn_stats`` holds the records of the last module processed.
+    """
+
+    def __init__(self, onnx_model=None, attach_stats: bool = False):
+        self.onnx_model = onnx_model
+        self.attach_stats = attach_stats
+        self.bn_stats: list[dict] = []
+
+    def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        all_records = []
+        for gv, func in list(mod.functions.items()):
+            if not isinstance(func, relax.Function):
+                continue
+            records, plan = _analyse(func)
+            if gv.name_hint == "main":
+                _attach_onnx_names(records, self.onnx_model)
+            for r in records:
+                r["function"] = gv.name_hint
+            if plan:
+                folder = _Folder(mod, plan)
+                new_func = folder.visit_expr(func)
+                new_func = relax.analysis.remove_all_unused(new_func)
+                mod[gv] = new_func
+                # name the folded convs with the stable names of the *folded* module
+                names = tensor_names(new_func)
+                by_weight = {}
+                for b in bindings(new_func):
+                    if call_op_name(b.value) == "nn.conv1d":
+                        by_weight[b.value.args[1]] = names[b.var]
+                for idx, w in folder.new_weights.items():
+                    for wc, nm in by_weight.items():
+                        if wc.same_as(w):
+                            records[idx]["folded_conv"] = nm
+            all_records.extend(records)
+        self.bn_stats = all_records
+        if self.attach_stats:
+            mod = mod.with_attr("zsq.bn_stats", json.dumps(all_records))
+        return mod

@@ -1,0 +1,533 @@
+"""Quantize: BN-folded float Relax module -> integer-only Relax module (paper §2.1-2.2, W8A8).
+
+Before (after :class:`FoldBatchNorm`; ``R.nn.dropout`` may still be there)::
+
+    lv  = R.nn.conv1d(mel, W0)              ; lv1 = R.add(lv, b0)      ; lv2 = R.nn.relu(lv1)
+    lv3 = R.nn.conv1d(lv2, W1, groups=C)    ; lv4 = R.nn.conv1d(lv3, W2); lv5 = R.add(lv4, b2)
+    lv6 = R.nn.conv1d(lv2, Wr)              ; lv7 = R.add(lv6, br)
+    lv8 = R.add(lv5, lv7)                   ; lv9 = R.nn.relu(lv8)                 # residual block
+    gv  = R.add(R.nn.conv1d(lv9, Wd), bd)                                          # logits
+
+After (every tensor between the two marked kernels is an integer)::
+
+    q0  = R.call_tir(zsq_input_quantize, (mel,))   # int8, the only float op before: eq. 1
+    a0  = R.add(R.nn.conv1d(q0, W0q, out_dtype="int32"), b0q)          # int8 x int8 -> int32
+    u0  = requant(a0, M, s, 0, 255) -> uint8                           # ReLU = clamp into [0, 255]
+    a1  = R.nn.conv1d(u0, W1q, groups=C, out_dtype="int32")            # uint8 x int8 -> int32
+    ...
+    r5  = requant(a5, M5, s5, -2^30, 2^30-1) -> int32                  # residual branches rescaled
+    r7  = requant(a7, M7, s7, -2^30, 2^30-1) -> int32                  #   into the common scale,
+    u9  = astype(clip(R.add(r5, r7), 0, 255), "uint8")                 #   added, clamped (+ReLU)
+    ad  = R.add(R.nn.conv1d(u9, Wdq, out_dtype="int32"), bdq)
+    gq  = requant(ad, Md, sd, -127, 127) -> int8
+    gv  = R.call_tir(zsq_output_dequantize, (gq,))   # float32 = S_out * q, the only float op after
+
+where ``requant(acc, M, s, lo, hi)`` is emitted as the plain Relax integer ops of
+:func:`zsq_tvm.intmath.requantize`: ``astype int64 -> multiply M -> add 2^(s-1) -> right_shift s ->
+clip -> astype``, so FuseOps folds it into the conv as an epilogue.
+
+Scheme: symmetric everywhere (zero point 0).  Weights per output channel (``wbits``, stored int8),
+activations per tensor (``abits``) with clipping values ``ranges[name]["alpha"]`` from
+:func:`zsq_tvm.calibrate.calibrate`; post-ReLU activations use the unsigned range
+``[0, 2^abits - 1]`` (uint8), others ``[-(2^(abits-1)-1), 2^(abits-1)-1]`` (int8).  Biases become
+int32 in the accumulator scale ``S_x S_w[c]``.  Requantization multipliers ``S_in/S_out`` become
+dyadic ``(M, s)`` pairs (:func:`zsq_tvm.intmath.dyadic`).  Dropout is removed; a trailing
+``softmax``/``log_softmax`` (monotone per frame; CTC greedy decoding needs only the argmax) is
+dropped when ``drop_output_softmax`` (recorded in the metadata).
+
+Conventions other tools rely on:
+
+* the input quantize and output dequantize are ``R.call_tir`` of PrimFuncs named
+  ``zsq_input_quantize``/``zsq_output_dequantize`` with function attributes ``"zsq.role"``
+  (``"input_quantize"``/``"output_dequantize"``), ``"zsq.scale"``, ``"zsq.alpha"`` (input only),
+  ``"zsq.bits"``, ``"zsq.unsigned"`` and ``"op_pattern": 8`` (opaque: FuseOps never merges them);
+* ``main`` gets attributes ``"zsq.quantized": 1``, ``"zsq.input_scale"``, ``"zsq.output_scale"``;
+* all scales, multipliers and shifts are in ``pass_obj.metadata`` (JSON-serialisable).
+
+Ops it cannot quantize are reported all at once (op and binding var) as
+:class:`zsq_tvm.errors.UnsupportedOpsError` before anything is built.
+
+Usage::
+
+    q = Quantize(ranges, wbits=8, abits=8)
+    qmod = q(folded_mod)          # q.metadata holds the scales
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import tvm
+import tvm_ffi
+from tvm import relax, te, tirx
+
+from zsq_tvm import intmath
+from zsq_tvm.errors import BitWidthError, UnsupportedOpsError
+
+from ._util import bindings, call_op_name, const, dtype_of, main_function, resolve_const, shape_of, tensor_names
+
+__all__ = ["Quantize", "QuantizeUnsupportedOps", "SUPPORTED_OPS", "INPUT_QUANTIZE", "OUTPUT_DEQUANTIZE", "ROLE_ATTR"]
+
+ROLE_ATTR = "zsq.role"
+INPUT_QUANTIZE = "input_quantize"
+OUTPUT_DEQUANTIZE = "output_dequantize"
+# residual branches are rescaled into int32 but clipped to +-2^30 so the int32 sum cannot wrap
+RESIDUAL_RANGE = (-(2**30), 2**30 - 1)
+
+_SHAPE_OPS = ("reshape", "permute_dims", "squeeze", "expand_dims")
+_SOFTMAX_OPS = ("nn.softmax", "nn.log_softmax")
+SUPPORTED_OPS = ("nn.conv1d", "matmul", "add", "nn.relu", "nn.dropout", "multiply (by a 0/1 mask)",
+                 *_SHAPE_OPS, "nn.softmax/nn.log_softmax (at the output)")
+
+
+class QuantizeUnsupportedOps(UnsupportedOpsError):
+    """UnsupportedOpsError that survives TVM's pass FFI (re-created there from its message)."""
+
+    def __init__(self, unsupported, supported=None):
+        if isinstance(unsupported, str):  # re-raised by tvm_ffi from the message
+            Exception.__init__(self, unsupported)
+            self.unsupported, self.cause, self.fix = {}, unsupported, None
+        else:
+            super().__init__(unsupported, supported or ())
+
+
+try:  # a Python pass raising inside TVM crosses the FFI; keep the error's class on the way back
+    tvm_ffi.register_error("QuantizeUnsupportedOps", QuantizeUnsupportedOps)
+except Exception:  # pragma: no cover - already registered
+    pass
+
+
+@dataclass
+class _QT:
+    """Integer activation tensor with one scale: real = scale * expr."""
+
+    expr: relax.Expr
+    scale: float
+    bits: int
+    unsigned: bool
+
+    @property
+    def qmax(self) -> int:
+        return intmath.qrange(self.bits, self.unsigned)[1]
+
+
+@dataclass
+class _Acc:
+    """int32 accumulator with a per-channel scale along ``axis``: real[..c..] = scale[c] * expr."""
+
+    expr: relax.Expr
+    scale: np.ndarray
+    axis: int
+    ndim: int
+    bound: np.ndarray = field(default=None)  # per-channel max |value|, to prove int32 safety
+
+
+def _bcast_shape(ndim, axis, c):
+    shape = [1] * ndim
+    shape[axis] = c
+    return shape
+
+
+class _Quantizer:
+    def __init__(self, func, ranges, wbits, abits, out_bits, drop_output_softmax, dequantize_output):
+        self.func = func
+        self.ranges = ranges
+        self.wbits, self.abits, self.out_bits = wbits, abits, out_bits
+        self.drop_output_softmax = drop_output_softmax
+        self.dequantize_output = dequantize_output
+        self.binds = bindings(func)
+        self.values = {b.var: b.value for b in self.binds}
+        self.names = tensor_names(func)
+        self.users: dict = {}
+        for b in self.binds:
+            relax.analysis.post_order_visit(b.value, lambda e, v=b.var: self.users.setdefault(e, []).append(v)
+                                            if isinstance(e, relax.Var) else None)
+        self.outputs = self._output_vars(func.body.body)
+        self.state: dict = {}     # original var -> _QT | _Acc | np.ndarray (constant)
+        self.alias: dict = {}     # removed op result -> its input var
+        self.skip: set = set()    # bindings already emitted by a fused pattern
+        self.memo_q: dict = {}
+        self.meta = {"version": 1, "wbits": wbits, "abits": abits, "out_bits": out_bits, "input": [],
+                     "output": [], "layers": [], "requantize": [], "dropped_ops": []}
+
+    # ---------------------------------------------------------------- analysis
+    @staticmethod
+    def _output_vars(ret):
+        if isinstance(ret, relax.Tuple):
+            return [f for f in ret.fields]
+        return [ret]
+
+    def _label(self, var):
+        nm = self.names.get(var)
+        return f"{var.name} ({nm})" if nm else var.name
+
+    def _flows_to_output_only(self, var, depth=0):
+        if any(var.same_as(o) for o in self.outputs):
+            return True
+        us = self.users.get(var, [])
+        return bool(us) and depth < 8 and all(
+            call_op_name(self.values.get(u)) in _SHAPE_OPS and self._flows_to_output_only(u, depth + 1) for u in us)
+
+    def check_supported(self):
+        bad: dict[str, list[str]] = {}
+        dropouts = {b.var for b in self.binds if call_op_name(b.value) == "nn.dropout"}
+        for b in self.binds:
+            v = b.value
+            op = call_op_name(v)
+            if resolve_const(v, self.values) is not None:
+                continue
+            if isinstance(v, relax.TupleGetItem):
+                if v.tuple_value not in self.values and not (v.tuple_value in dropouts and v.index == 0):
+                    bad.setdefault("TupleGetItem", []).append(self._label(b.var))
+                continue  # items of a tuple-producing op: that op is reported at its own binding
+            if isinstance(v, relax.Var):
+                continue
+            ok = op in ("nn.conv1d", "add", "nn.relu", "nn.dropout", *_SHAPE_OPS)
+            if op == "matmul":
+                ok = resolve_const(v.args[1], self.values) is not None and resolve_const(v.args[0], self.values) is None
+            if op == "nn.conv1d":
+                a = v.attrs
+                ok = (a.data_layout == "NCW" and a.kernel_layout == "OIW" and a.out_layout == "NCW"
+                      and resolve_const(v.args[1], self.values) is not None)
+            if op == "multiply":
+                cs = [resolve_const(x, self.values) for x in v.args]
+                ok = sum(c is not None for c in cs) == 1 and all(
+                    np.isin(c, (0.0, 1.0)).all() for c in cs if c is not None)
+            if op in _SOFTMAX_OPS:
+                ok = self.drop_output_softmax and self._flows_to_output_only(b.var)
+            if not (dtype_of(b.var) or "float").startswith("float") and op not in _SHAPE_OPS:
+                ok = False
+            if not ok:
+                bad.setdefault(op or type(v).__name__, []).append(self._label(b.var))
+        if bad:
+            raise QuantizeUnsupportedOps(bad, SUPPORTED_OPS)
+
+    # ---------------------------------------------------------------- helpers
+    def root(self, var):
+        while var in self.alias:
+            var = self.alias[var]
+        return var
+
+    def alpha(self, var):
+        var = self.root(var)
+        name = self.names.get(var)
+        if name is None or name not in self.ranges:
+            raise KeyError(f"no calibration range for tensor {self._label(var)}: calibrate the same "
+                           f"(BN-folded) module that is quantized")
+        return float(self.ranges[name]["alpha"])
+
+    def get(self, expr):
+        """State of an operand: _QT/_Acc for activations, numpy array for constants."""
+        if isinstance(expr, relax.Var):
+            expr = self.root(expr)
+            if expr in self.state:
+                return self.state[expr]
+        c = resolve_const(expr, self.values)
+        if c is not None:
+            return c
+        if isinstance(expr, relax.Var) and any(expr.same_as(p) for p in self.func.params):
+            return self.input_quantize(expr)
+        raise KeyError(f"operand {expr} has no quantized value")
+
+    def requant(self, acc_expr, m, qmin, qmax, dtype, axis, ndim, tag):
+        """Emit intmath.requantize as Relax ops; ``m`` scalar or per-channel vector of S_in/S_out."""
+        m = np.asarray(m, dtype=np.float64).reshape(-1)
+        M, s = intmath.dyadic_vector(m)
+        if m.size == 1:
+            shape = []
+        else:
+            shape = _bcast_shape(ndim, axis, m.size)
+        x = self.bb.emit(relax.op.astype(acc_expr, "int64"))
+        x = self.bb.emit(relax.op.multiply(x, const(M.reshape(shape), "int64")))
+        x = self.bb.emit(relax.op.add(x, const((np.int64(1) << (s - 1)).reshape(shape), "int64")))
+        x = self.bb.emit(relax.op.right_shift(x, const(s.reshape(shape), "int64")))
+        x = self.bb.emit(relax.op.clip(x, relax.prim_value(tirx.IntImm("int64", int(qmin))),
+                                       relax.prim_value(tirx.IntImm("int64", int(qmax)))))
+        self.meta["requantize"].append({"at": tag, "M": M.tolist(), "s": s.tolist(), "qmin": int(qmin),
+                                        "qmax": int(qmax), "dtype": dtype})
+        return self.bb.emit(relax.op.astype(x, dtype))
+
+    def to_q(self, st, var, unsigned=False, bits=None, alpha=None, tag=None):
+        """Integer tensor of ``var`` with one scale (requantizing an accumulator if needed)."""
+        if isinstance(st, _QT):
+            return st
+        bits = bits or self.abits
+        a = self.alpha(var) if alpha is None else alpha
+        scale = intmath.symmetric_scale(a, bits, unsigned)
+        qmin, qmax = intmath.qrange(bits, unsigned)
+        expr = self.requant(st.expr, st.scale / scale, qmin, qmax, intmath.storage_dtype(bits, unsigned),
+                            st.axis, st.ndim, tag or self.names.get(self.root(var), var.name))
+        return _QT(expr, scale, bits, unsigned)
+
+    def ensure_q(self, var):
+        key = self.root(var) if isinstance(var, relax.Var) else var
+        if key in self.memo_q:
+            return self.memo_q[key]
+        st = self.get(var)
+        if isinstance(st, np.ndarray):
+            raise TypeError("constant where an activation was expected")
+        q = self.to_q(st, key)
+        self.memo_q[key] = q
+        return q
+
+    def as_acc(self, st, var):
+        if isinstance(st, _Acc):
+            return st
+        shape = shape_of(var)
+        c = int(shape[1]) if len(shape) > 1 else 1
+        expr = self.bb.emit(relax.op.astype(st.expr, "int32"))
+        return _Acc(expr, np.full(c, st.scale), 1, len(shape), np.full(c, float(st.qmax)))
+
+    # ---------------------------------------------------------------- boundary kernels
+    def input_quantize(self, param):
+        a = self.alpha(param)
+        bits = self.abits
+        scale = intmath.symmetric_scale(a, bits)
+        qmin, qmax = intmath.qrange(bits)
+        dtype = intmath.storage_dtype(bits)
+
+        def fq(x):
+            # intmath.quantize in float32: rint(clip(x, -a, a) / S), then clip to the code range
+            a32, s32 = float(np.float32(a)), float(np.float32(scale))
+
+            def body(*i):
+                v = tirx.max(tirx.min(x(*i), tirx.const(a32, "float32")), tirx.const(-a32, "float32"))
+                r = tirx.nearbyint(v / tirx.const(s32, "float32"))
+                r = tirx.max(tirx.min(r, tirx.const(float(qmax), "float32")), tirx.const(float(qmin), "float32"))
+                return tirx.Cast(dtype, r)
+            return te.compute(x.shape, body, name="q")
+
+        attrs = {ROLE_ATTR: INPUT_QUANTIZE, "zsq.scale": float(scale), "zsq.alpha": float(a), "zsq.bits": bits,
+                 "zsq.unsigned": 0, "op_pattern": 8}
+        expr = self.bb.emit(self.bb.call_te(fq, param, primfunc_name_hint="zsq_input_quantize", primfunc_attrs=attrs))
+        q = _QT(expr, scale, bits, False)
+        self.state[param] = q
+        self.meta["input"].append({"name": param.name, "tensor": self.names[param], "scale": scale, "alpha": a,
+                                   "bits": bits, "dtype": dtype})
+        return q
+
+    def output(self, var):
+        st = self.get(var)
+        if isinstance(st, _Acc):
+            q = self.to_q(st, var, bits=self.out_bits, tag=f"output:{self.names.get(self.root(var))}")
+        else:
+            q = st
+        rec = {"tensor": self.names.get(self.root(var)), "scale": q.scale, "bits": q.bits,
+               "dtype": intmath.storage_dtype(q.bits, q.unsigned), "dequantized": bool(self.dequantize_output)}
+        self.meta["output"].append(rec)
+        if not self.dequantize_output:
+            return q.expr, q
+
+        def fdq(x):
+            s32 = float(np.float32(q.scale))
+            return te.compute(x.shape, lambda *i: tirx.Cast("float32", x(*i)) * tirx.const(s32, "float32"), name="dq")
+
+        attrs = {ROLE_ATTR: OUTPUT_DEQUANTIZE, "zsq.scale": float(q.scale), "zsq.bits": q.bits,
+                 "zsq.unsigned": int(q.unsigned), "op_pattern": 8}
+        return self.bb.call_te(fdq, q.expr, primfunc_name_hint="zsq_output_dequantize", primfunc_attrs=attrs), q
+
+    # ---------------------------------------------------------------- ops
+    def op_conv1d(self, var, call):
+        x = self.ensure_q(call.args[0])
+        w = resolve_const(call.args[1], self.values)
+        wq, sw = intmath.quantize_per_channel(w, self.wbits, axis=0)
+        a = call.attrs
+        bound = np.abs(wq.astype(np.int64)).reshape(wq.shape[0], -1).sum(axis=1) * x.qmax
+        if bound.max() > intmath.INT32_MAX:
+            raise ValueError(f"conv {self._label(var)}: int32 accumulator could overflow ({bound.max():.3g})")
+        expr = self.bb.emit(relax.op.nn.conv1d(
+            x.expr, const(wq, "int8"), strides=a.strides, padding=a.padding, dilation=a.dilation, groups=a.groups,
+            data_layout="NCW", kernel_layout="OIW", out_layout="NCW", out_dtype="int32"))
+        self.meta["layers"].append({"tensor": self.names[var], "op": "conv1d", "groups": int(a.groups),
+                                    "x_scale": x.scale, "w_scale": sw.tolist(),
+                                    "x_dtype": intmath.storage_dtype(x.bits, x.unsigned)})
+        self.state[var] = _Acc(expr, x.scale * sw, 1, 3, bound.astype(np.float64))
+
+    def op_matmul(self, var, call):
+        x = self.ensure_q(call.args[0])
+        w = resolve_const(call.args[1], self.values)
+        if w.ndim != 2:
+            raise ValueError(f"matmul {self._label(var)}: only a 2-D constant right operand is supported")
+        wq, sw = intmath.quantize_per_channel(w, self.wbits, axis=1)
+        bound = np.abs(wq.astype(np.int64)).sum(axis=0) * x.qmax
+        if bound.max() > intmath.INT32_MAX:
+            raise ValueError(f"matmul {self._label(var)}: int32 accumulator could overflow")
+        expr = self.bb.emit(relax.op.matmul(x.expr, const(wq, "int8"), out_dtype="int32"))
+        ndim = len(shape_of(var))
+        self.meta["layers"].append({"tensor": self.names[var], "op": "matmul", "x_scale": x.scale,
+                                    "w_scale": sw.tolist()})
+        self.state[var] = _Acc(expr, x.scale * sw, ndim - 1, ndim, bound.astype(np.float64))
+
+    def op_add(self, var, call):
+        sa, sb = self.get(call.args[0]), self.get(call.args[1])
+        if isinstance(sa, np.ndarray) or isinstance(sb, np.ndarray):
+            c, (st, arg) = (sa, (sb, call.args[1])) if isinstance(sa, np.ndarray) else (sb, (sa, call.args[0]))
+            acc = self.as_acc(st, arg)
+            n = acc.scale.size
+            if c.size not in (1, n) or (c.ndim == acc.ndim and c.size == n and c.shape[acc.axis] != n):
+                raise ValueError(f"add {self._label(var)}: constant of shape {c.shape} is not a per-channel bias")
+            bq = intmath.quantize_bias(np.broadcast_to(c.reshape(-1), (n,)), acc.scale)
+            bound = acc.bound + np.abs(bq.astype(np.float64))
+            if bound.max() > intmath.INT32_MAX:
+                raise ValueError(f"add {self._label(var)}: int32 accumulator could overflow")
+            expr = self.bb.emit(relax.op.add(acc.expr, const(bq.reshape(_bcast_shape(acc.ndim, acc.axis, n)), "int32")))
+            self.state[var] = _Acc(expr, acc.scale, acc.axis, acc.ndim, bound)
+            return
+        # residual add of two activations; fuse a following ReLU (its only user) into the clamp
+        us = self.users.get(var, [])
+        relu = us[0] if (len(us) == 1 and call_op_name(self.values.get(us[0])) == "nn.relu"
+                         and not any(var.same_as(o) for o in self.outputs)) else None
+        out_var = relu if relu is not None else var
+        unsigned = relu is not None
+        a = self.alpha(out_var)
+        s_out = intmath.symmetric_scale(a, self.abits, unsigned)
+        qmin, qmax = intmath.qrange(self.abits, unsigned)
+        dtype = intmath.storage_dtype(self.abits, unsigned)
+        branches = []
+        for st, arg in ((sa, call.args[0]), (sb, call.args[1])):
+            if isinstance(st, _QT):
+                st = _Acc(self.bb.emit(relax.op.astype(st.expr, "int32")), np.array([st.scale]), 1,
+                          len(shape_of(arg)))
+            scale = st.scale if st.scale.size > 1 else st.scale.reshape(())
+            branches.append(self.requant(st.expr, scale / s_out, *RESIDUAL_RANGE, "int32", st.axis, st.ndim,
+                                         f"residual:{self.names[var]}"))
+        s = self.bb.emit(relax.op.add(branches[0], branches[1]))
+        s = self.bb.emit(relax.op.clip(s, relax.prim_value(tirx.IntImm("int32", qmin)),
+                                       relax.prim_value(tirx.IntImm("int32", qmax))))
+        q = _QT(self.bb.emit(relax.op.astype(s, dtype)), s_out, self.abits, unsigned)
+        self.state[out_var] = q
+        self.meta["layers"].append({"tensor": self.names[var], "op": "residual_add", "relu": unsigned,
+                                    "out_scale": s_out})
+        if relu is not None:
+            self.skip.add(relu)
+
+    def op_relu(self, var, call):
+        st = self.get(call.args[0])
+        if isinstance(st, _Acc):
+            self.state[var] = self.to_q(st, var, unsigned=True)
+        elif st.unsigned:
+            self.state[var] = st
+        else:
+            hi = relax.prim_value(tirx.IntImm("int64", st.qmax))
+            x = self.bb.emit(relax.op.clip(st.expr, relax.prim_value(tirx.IntImm("int64", 0)), hi))
+            self.state[var] = _QT(self.bb.emit(relax.op.astype(x, intmath.storage_dtype(st.bits, True))),
+                                  st.scale, st.bits, True)
+
+    def op_multiply(self, var, call):
+        cs = [resolve_const(x, self.values) for x in call.args]
+        c, arg = (cs[0], call.args[1]) if cs[0] is not None else (cs[1], call.args[0])
+        st = self.get(arg)
+        dtype = "int32" if isinstance(st, _Acc) else intmath.storage_dtype(st.bits, st.unsigned)
+        expr = self.bb.emit(relax.op.multiply(st.expr, const(c, dtype)))  # 0/1 mask: exact in integers
+        if isinstance(st, _Acc):
+            self.state[var] = _Acc(expr, st.scale, st.axis, st.ndim, st.bound)
+        else:
+            self.state[var] = _QT(expr, st.scale, st.bits, st.unsigned)
+
+    def op_shape(self, var, call):
+        q = self.ensure_q(call.args[0])
+        new = relax.Call(call.op, [q.expr] + list(call.args[1:]), call.attrs)
+        self.state[var] = _QT(self.bb.emit(new), q.scale, q.bits, q.unsigned)
+
+    # ---------------------------------------------------------------- driver
+    def run(self, bb: relax.BlockBuilder, name: str):
+        self.bb = bb
+        params = list(self.func.params)
+        attrs = dict(self.func.attrs) if self.func.attrs is not None else {}
+        dropouts = set()
+        with bb.function(name, params):
+            with bb.dataflow():
+                for b in self.binds:
+                    var, v = b.var, b.value
+                    if var in self.skip or resolve_const(v, self.values) is not None:
+                        continue
+                    op = call_op_name(v)
+                    if isinstance(v, relax.TupleGetItem) and v.tuple_value in dropouts:
+                        self.alias[var] = self.alias[v.tuple_value]
+                    elif isinstance(v, relax.Var):
+                        self.alias[var] = v
+                    elif op == "nn.dropout":
+                        dropouts.add(var)
+                        self.alias[var] = v.args[0]
+                        self.meta["dropped_ops"].append({"op": op, "var": var.name})
+                    elif op in _SOFTMAX_OPS:
+                        self.alias[var] = v.args[0]
+                        self.meta["dropped_ops"].append({"op": op, "var": var.name, "tensor": self.names.get(var)})
+                    elif op == "nn.conv1d":
+                        self.op_conv1d(var, v)
+                    elif op == "matmul":
+                        self.op_matmul(var, v)
+                    elif op == "add":
+                        self.op_add(var, v)
+                    elif op == "nn.relu":
+                        self.op_relu(var, v)
+                    elif op == "multiply":
+                        self.op_multiply(var, v)
+                    elif op in _SHAPE_OPS:
+                        self.op_shape(var, v)
+                    else:  # check_supported ran first; reaching here is a bug
+                        raise AssertionError(f"unhandled op {op} at {var.name}")
+                outs = []
+                out_qs = []
+                for o in self.outputs:
+                    e, q = self.output(o)
+                    outs.append(bb.emit_output(e))
+                    out_qs.append(q)
+            ret = outs[0] if len(outs) == 1 and not isinstance(self.func.body.body, relax.Tuple) else relax.Tuple(outs)
+            gv = bb.emit_func_output(ret)
+        in_scale = self.meta["input"][0]["scale"] if self.meta["input"] else 1.0
+        attrs.update({"zsq.quantized": 1, "zsq.input_scale": float(in_scale),
+                      "zsq.output_scale": float(out_qs[0].scale)})
+        return gv, attrs
+
+
+@tvm.transform.module_pass(opt_level=0, name="Quantize")
+class Quantize:
+    """Integer-only W/A quantization of the BN-folded float ``main`` (see the module docstring).
+
+    Parameters
+    ----------
+    ranges : dict
+        ``{tensor_name: {"alpha": float, ...}}`` from :func:`zsq_tvm.calibrate.calibrate`.
+    wbits, abits : int
+        Weight / activation bit widths, 2..8 (stored int8/uint8).
+    out_bits : int
+        Bits of the requantized logits (2..16; int8 or int16 storage).
+    drop_output_softmax : bool
+        Drop a trailing softmax/log_softmax (argmax-preserving) instead of refusing it.
+    dequantize_output : bool
+        End with the float dequantize kernel; if False ``main`` returns the integer logits.
+
+    After running, ``self.metadata`` holds scales, dyadic multipliers/shifts and dropped ops.
+    """
+
+    def __init__(self, ranges: dict, wbits: int = 8, abits: int = 8, out_bits: int = 8,
+                 drop_output_softmax: bool = True, dequantize_output: bool = True, func_name: str = "main"):
+        for nm, b, hi in (("wbits", wbits, 8), ("abits", abits, 8), ("out_bits", out_bits, 16)):
+            if not isinstance(b, (int, np.integer)) or not 2 <= int(b) <= hi:
+                raise BitWidthError(f"{nm}={b} outside 2..{hi}", f"pass {nm} between 2 and {hi}")
+        self.ranges = ranges
+        self.wbits, self.abits, self.out_bits = int(wbits), int(abits), int(out_bits)
+        self.drop_output_softmax = drop_output_softmax
+        self.dequantize_output = dequantize_output
+        self.func_name = func_name
+        self.metadata: dict = {}
+
+    def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        func = main_function(mod, self.func_name)
+        qz = _Quantizer(func, self.ranges, self.wbits, self.abits, self.out_bits, self.drop_output_softmax,
+                        self.dequantize_output)
+        qz.check_supported()
+        others = {gv: f for gv, f in mod.functions.items() if gv.name_hint != self.func_name}
+        bb = relax.BlockBuilder(tvm.IRModule(others))
+        gv, attrs = qz.run(bb, self.func_name)
+        out = bb.get()
+        out[gv] = out[gv].with_attrs(attrs)
+        out = relax.transform.DeadCodeElimination([self.func_name])(out)
+        if mod.attrs is not None:
+            for k, v in mod.attrs.items():
+                out = out.with_attr(k, v)
+        self.metadata = json.loads(json.dumps(qz.meta, default=float))
+        return out

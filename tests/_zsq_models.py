@@ -1,0 +1,57 @@
+"""Small ONNX models for the tests of the api/cli/report/errors (owned with those tests)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from zsq_tvm.frontend.toy import export_convasr, export_torch
+
+
+def micro_onnx(path: Path, frames: int = 64) -> Path:
+    return export_convasr(path, arch="micro", frames=frames, seed=0)
+
+
+class _Unsupported(nn.Module):
+    """Conv front + an LSTM + GELU (Erf): two unsupported op types, several nodes."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(64, 16, 3, padding=1)
+        self.lstm = nn.LSTM(16, 16, batch_first=True)
+        self.out = nn.Linear(16, 29)
+
+    def forward(self, mel):
+        y = nn.functional.gelu(self.conv(mel)).transpose(1, 2)
+        y, _ = self.lstm(y)
+        return self.out(y)
+
+
+def unsupported_onnx(path: Path) -> Path:
+    return export_torch(_Unsupported().eval(), path, frames=32)
+
+
+class _Rank2(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(64, 29)
+
+    def forward(self, x):  # [T, F]
+        return self.lin(x)
+
+
+def rank2_onnx(path: Path) -> Path:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_Rank2().eval(), (torch.randn(50, 64),), str(path), dynamo=False, opset_version=17,
+                          input_names=["feats"], output_names=["logits"])
+    return path
+
+
+def truncated_copy(src: Path, dst: Path, keep: float = 0.5) -> Path:
+    data = Path(src).read_bytes()
+    Path(dst).write_bytes(data[: int(len(data) * keep)])
+    return dst

@@ -1,0 +1,91 @@
+"""FoldBatchNorm on small torch-exported graphs: exact-enough float output, no batch_norm left."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import relax_passes as rp
+from relax_passes._util import bindings, call_op_name, main_function
+from zsq_tvm.lowering import compile_module, run_module
+
+from conftest import Block, ConvBNReLU, randomize_bn, to_relax, torch_out
+
+
+def ops(mod):
+    return [call_op_name(b.value) for b in bindings(main_function(mod))]
+
+
+@pytest.mark.parametrize("model,shape", [
+    (ConvBNReLU(bias=True), (1, 8, 40)),
+    (ConvBNReLU(bias=False, depthwise=True), (1, 8, 40)),
+    (Block(8, 12, 5), (1, 8, 40)),
+], ids=["conv_bias", "depthwise", "residual_block"])
+def test_fold_preserves_output(model, shape, tmp_path):
+    model = randomize_bn(model, seed=3)
+    mod, proto = to_relax(model, shape, tmp_path)
+    n_bn = ops(mod).count("nn.batch_norm")
+    fold = rp.FoldBatchNorm(onnx_model=proto)
+    folded = fold(mod)
+    assert "nn.batch_norm" not in ops(folded)
+    assert len(fold.bn_stats) == n_bn and all(r["folded"] for r in fold.bn_stats)
+    x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    ref = torch_out(model, x)
+    got = run_module(compile_module(folded), x)
+    assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+def test_bn_stats_record_running_stats_and_names(tmp_path):
+    model = randomize_bn(Block(8, 12, 5), seed=5)
+    mod, proto = to_relax(model, (1, 8, 40), tmp_path)
+    stats = rp.extract_bn_stats(mod, onnx_model=proto)
+    fold = rp.FoldBatchNorm(onnx_model=proto, attach_stats=True)
+    folded = fold(mod)
+    assert [s["mean"] for s in stats] == [s["mean"] for s in fold.bn_stats]
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm1d)]
+    assert len(fold.bn_stats) == len(bns)
+    for s in fold.bn_stats:
+        # each record is one torch BN's running statistics (ONNX order = execution order)
+        (m,) = [m for m in bns if np.allclose(s["mean"], m.running_mean.numpy(), rtol=1e-6)]
+        np.testing.assert_allclose(s["var"], m.running_var.numpy(), rtol=1e-6)
+        np.testing.assert_allclose(s["gamma"], m.weight.detach().numpy(), rtol=1e-6)
+        np.testing.assert_allclose(s["beta"], m.bias.detach().numpy(), rtol=1e-6)
+        assert s["eps"] == pytest.approx(m.eps) and s["producer"].startswith("nn.conv1d#")
+        assert s["onnx_node"].endswith("BatchNormalization") and s["onnx_producer"].endswith("Conv")
+        assert s["folded_conv"].startswith("nn.conv1d#")
+    assert json.loads(folded.attrs["zsq.bn_stats"])[0]["mean"] == fold.bn_stats[0]["mean"]
+    json.dumps(fold.bn_stats)
+
+
+class BNAfterReLU(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(4, 6, 3, padding=1)
+        self.bn = nn.BatchNorm1d(6)
+
+    def forward(self, x):
+        return self.bn(torch.relu(self.conv(x)))
+
+
+def test_unfoldable_bn_is_left_and_reported(tmp_path):
+    model = randomize_bn(BNAfterReLU())
+    mod, _ = to_relax(model, (1, 4, 16), tmp_path)
+    fold = rp.FoldBatchNorm()
+    folded = fold(mod)
+    assert ops(folded).count("nn.batch_norm") == 1
+    (rec,) = fold.bn_stats
+    assert not rec["folded"] and "nn.relu" in rec["reason"]
+    # and Quantize refuses it by name
+    from zsq_tvm.errors import UnsupportedOpsError
+    with pytest.raises(UnsupportedOpsError, match="batch_norm"):
+        rp.Quantize({})(folded)
+
+
+def test_fold_in_sequential(tmp_path):
+    import tvm
+    from tvm import relax
+    mod, _ = to_relax(randomize_bn(ConvBNReLU()), (1, 8, 20), tmp_path)
+    out = tvm.transform.Sequential([rp.FoldBatchNorm(), relax.transform.DeadCodeElimination()])(mod)
+    assert "nn.batch_norm" not in ops(out)

@@ -1,0 +1,118 @@
+"""Quantize (+ calibrate) on small graphs: integer-only structure, accuracy, metadata, refusals."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import relax_passes as rp
+from relax_passes._util import bindings, call_op_name, dtype_of, main_function
+from zsq_tvm.calibrate import calibrate
+from zsq_tvm.errors import BitWidthError, CalibrationError, UnsupportedOpsError
+from zsq_tvm.lowering import compile_module, run_module
+
+from conftest import Block, ConvBNReLU, TinyQuartzNet, cosine, randomize_bn, to_relax, torch_out
+
+
+def quantize_model(model, shape, tmp_path, **kw):
+    mod, _ = to_relax(randomize_bn(model, seed=2), shape, tmp_path)
+    folded = rp.FoldBatchNorm()(mod)
+    rng = np.random.default_rng(1)
+    ranges = calibrate(folded, [rng.normal(size=(2,) + shape[1:]).astype(np.float32) for _ in range(3)],
+                       progress=False)
+    q = rp.Quantize(ranges, **kw)
+    return folded, q(folded), q, ranges
+
+
+def test_integer_structure_and_metadata(tmp_path):
+    folded, qmod, q, ranges = quantize_model(Block(8, 12, 5), (1, 8, 40), tmp_path)
+    func = main_function(qmod)
+    roles = []
+    for b in bindings(func):
+        op = call_op_name(b.value)
+        if op == "call_tir":
+            roles.append(str(qmod[b.value.args[0]].attrs["zsq.role"]))
+            continue
+        assert not dtype_of(b.var).startswith("float"), (op, b.var.name)
+        assert op not in ("nn.dropout", "nn.batch_norm")
+    assert roles == ["input_quantize", "output_dequantize"]
+    convs = [b for b in bindings(func) if call_op_name(b.value) == "nn.conv1d"]
+    assert all(dtype_of(c.value.args[1]) == "int8" and dtype_of(c.var) == "int32" for c in convs)
+    assert {dtype_of(c.value.args[0]) for c in convs} == {"int8", "uint8"}  # uint8 after ReLU
+    assert "right_shift" in [call_op_name(b.value) for b in bindings(func)]
+    meta = json.loads(json.dumps(q.metadata))
+    assert meta["input"][0]["scale"] == pytest.approx(ranges["input:mel"]["alpha"] / 127)
+    assert func.attrs["zsq.input_scale"] == pytest.approx(meta["input"][0]["scale"])
+    assert all(2**30 <= M < 2**31 for r in meta["requantize"] for M in r["M"])
+    assert any(layer["op"] == "residual_add" and layer["relu"] for layer in meta["layers"])
+
+
+@pytest.mark.parametrize("wbits", [8, 6])
+def test_accuracy_vs_float(wbits, tmp_path):
+    model = TinyQuartzNet()
+    folded, qmod, _, _ = quantize_model(model, (1, 16, 64), tmp_path, wbits=wbits)
+    x = np.random.default_rng(7).normal(size=(1, 16, 64)).astype(np.float32)
+    ref = torch_out(model, x)
+    got = run_module(compile_module(qmod), x)
+    assert got.dtype == np.float32 and got.shape == ref.shape
+    assert cosine(got, ref) > (0.99 if wbits == 8 else 0.97)
+
+
+def test_log_softmax_dropped_and_integer_output(tmp_path):
+    model = TinyQuartzNet(log_softmax=True)
+    folded, qmod, q, _ = quantize_model(model, (1, 16, 64), tmp_path, dequantize_output=False)
+    assert [d["op"] for d in q.metadata["dropped_ops"] if d["op"] != "nn.dropout"] == ["nn.log_softmax"]
+    x = np.random.default_rng(3).normal(size=(1, 16, 64)).astype(np.float32)
+    got = run_module(compile_module(qmod), x)
+    assert got.dtype == np.int8
+    ref = torch_out(model, x)
+    assert (got.argmax(1) == ref.argmax(1)).mean() > 0.8
+
+
+class Unsupported(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(4, 6, 3, padding=1)
+
+    def forward(self, x):
+        y = torch.sigmoid(self.conv(x))
+        return torch.tanh(y) + torch.sigmoid(y)
+
+
+def test_unsupported_ops_named_at_once(tmp_path):
+    mod, _ = to_relax(Unsupported(), (1, 4, 16), tmp_path)
+    with pytest.raises(UnsupportedOpsError) as ei:
+        rp.Quantize({})(mod)
+    msg = str(ei.value)
+    assert "sigmoid" in msg and "tanh" in msg and msg.count("lv") >= 3
+
+
+def test_bad_bits():
+    with pytest.raises(BitWidthError):
+        rp.Quantize({}, wbits=9)
+    with pytest.raises(BitWidthError):
+        rp.Quantize({}, abits=1)
+
+
+def test_calibrate_methods_and_errors(tmp_path):
+    mod, _ = to_relax(randomize_bn(ConvBNReLU()), (1, 8, 20), tmp_path)
+    folded = rp.FoldBatchNorm()(mod)
+    rng = np.random.default_rng(0)
+    data = [rng.normal(size=(3, 8, 20)).astype(np.float32) for _ in range(3)]
+    mm = calibrate(folded, data, method="minmax", progress=False)
+    pc = calibrate(folded, data, method="percentile", percentile=99.0, progress=False)
+    json.dumps(mm), json.dumps(pc)
+    assert set(mm) == set(pc) and "input:mel" in mm and "nn.relu#0" in mm
+    allx = np.concatenate(data)
+    assert mm["input:mel"]["alpha"] == pytest.approx(np.abs(allx).max())
+    for k in mm:
+        assert pc[k]["alpha"] <= mm[k]["alpha"] + 1e-9
+    assert pc["input:mel"]["alpha"] == pytest.approx(np.percentile(np.abs(allx), 99.0), rel=0.02)
+    with pytest.raises(CalibrationError):
+        calibrate(folded, [np.zeros((1, 8, 21), np.float32)], progress=False)
+    with pytest.raises(CalibrationError):
+        calibrate(folded, [], progress=False)
+    with pytest.raises(CalibrationError):
+        calibrate(folded, data, method="entropy", progress=False)

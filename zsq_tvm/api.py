@@ -1,0 +1,410 @@
+"""One-call Python API (torchao style).
+
+    import zsq_tvm
+    q = zsq_tvm.quantize("quartznet.onnx", zsq_tvm.QuantConfig(wbits=8, abits=8, frames=256))
+    q.save("out/q")                      # or zsq_tvm.QuantizedModel.load("out/q")
+    b = zsq_tvm.compile(q, target="host")
+    logits = b.run(mel)                  # mel: float32 [B, 64, 256]
+    print(b.transcribe(mel), zsq_tvm.check(b)["ok"], zsq_tvm.report(q))
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import artifacts
+from .build import Build, _main_io, compile_relax
+from .ctc import QUARTZNET_VOCAB, Vocab
+from .errors import (BitWidthError, CalibrationError, ConfigError, IntegerOnlyViolation, NotAvailableError,
+                     ZsqError)
+from .frontend.onnx_import import import_onnx, load_onnx
+from .report import TEN_SECONDS_FRAMES, analyze_onnx, size_report
+
+__all__ = ["QuantConfig", "QuantizedModel", "quantize", "compile", "check", "report", "load"]
+
+CALIB_METHODS = ("minmax", "percentile")
+
+
+@dataclass
+class QuantConfig:
+    """How to quantize.
+
+    calib: ``"random"`` (uniform noise in ``calib_range``, seeded), a directory of ``.npy`` mel
+    files / one ``.npy`` file (each ``[F, T]`` or ``[B, F, T]``), or an iterable of arrays.
+    frames: the static number of mel frames T the model is compiled for (100 per second);
+    ``None`` takes T from the ONNX file when it is fixed there.
+    """
+
+    wbits: int = 8
+    abits: int = 8
+    calib: Any = "random"
+    calib_method: str = "minmax"
+    frames: int | None = None
+    seed: int = 0
+    num_batches: int = 8
+    calib_range: tuple[float, float] = (-1.0, 1.0)
+    percentile: float | None = None
+    vocab: Sequence[str] | None = None
+    features: int | None = None
+    progress: bool = False
+
+    def validate(self) -> "QuantConfig":
+        for name in ("wbits", "abits"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 2 <= v <= 8:
+                raise BitWidthError(f"{name}={v!r} is outside the supported range 2..8",
+                                    f"pass --{name} with an integer from 2 to 8 (8 is the usual choice)")
+        if self.calib_method not in CALIB_METHODS:
+            raise ConfigError(f"unknown calibration method {self.calib_method!r}",
+                              "use --calib-method minmax or percentile")
+        if not isinstance(self.num_batches, int) or self.num_batches < 1:
+            raise ConfigError(f"num_batches={self.num_batches!r} must be a positive integer", "pass e.g. 8")
+        lo, hi = self.calib_range
+        if not lo < hi:
+            raise ConfigError(f"calib_range {self.calib_range} is empty", "pass (low, high) with low < high")
+        return self
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        if not isinstance(self.calib, (str, os.PathLike)):
+            d["calib"] = f"<{type(self.calib).__name__}>"
+        else:
+            d["calib"] = str(self.calib)
+        d.pop("progress")
+        return d
+
+
+# --------------------------------------------------------------------------- calibration data
+def _fit_frames(x: np.ndarray, frames: int) -> np.ndarray:
+    T = x.shape[-1]
+    if T >= frames:
+        return x[..., :frames]
+    return np.concatenate([x, np.zeros(x.shape[:-1] + (frames - T,), x.dtype)], axis=-1)
+
+
+def _as_items(arr, F: int, frames: int, where: str) -> list[np.ndarray]:
+    a = np.asarray(arr, dtype=np.float32)
+    if a.ndim == 2:
+        a = a[None]
+    if a.ndim != 3 or a.shape[1] != F:
+        raise CalibrationError(f"calibration array {where} has shape {list(a.shape)}, expected [F={F}, T] or "
+                               f"[B, {F}, T]", f"save mel spectrograms with {F} features per frame")
+    if not np.isfinite(a).all():
+        raise CalibrationError(f"calibration array {where} contains NaN/inf", "clean the calibration data")
+    return [_fit_frames(a[i:i + 1], frames) for i in range(a.shape[0])]
+
+
+def calibration_batches(cfg: QuantConfig, features: int, frames: int) -> list[np.ndarray]:
+    """Calibration inputs as a list of float32 ``[1, F, frames]`` arrays."""
+    c = cfg.calib
+    if isinstance(c, str) and c == "random":
+        rng = np.random.default_rng(cfg.seed)
+        lo, hi = cfg.calib_range
+        return [rng.uniform(lo, hi, size=(1, features, frames)).astype(np.float32) for _ in range(cfg.num_batches)]
+    if isinstance(c, (str, os.PathLike)):
+        p = Path(c)
+        if p.is_dir():
+            files = sorted(p.glob("*.npy"))
+        elif p.is_file() and p.suffix == ".npy":
+            files = [p]
+        else:
+            raise CalibrationError(f"calibration source {str(c)!r} is neither 'random', a .npy file nor a directory",
+                                   "pass --calib random or a directory of .npy mel spectrograms [F, T]")
+        if not files:
+            raise CalibrationError(f"calibration directory {str(c)!r} has no .npy files",
+                                   "put mel spectrograms saved with numpy.save ([F, T] float32) there")
+        items = []
+        for f in files:
+            try:
+                arr = np.load(f, allow_pickle=False)
+            except Exception as e:
+                raise CalibrationError(f"cannot read calibration file {str(f)!r} ({type(e).__name__})",
+                                       "save it with numpy.save") from None
+            items += _as_items(arr, features, frames, repr(str(f)))
+        return items
+    try:
+        it = iter(c)
+    except TypeError:
+        raise CalibrationError(f"calib={c!r} is not 'random', a path or an iterable of arrays",
+                               "pass one of those") from None
+    items = []
+    for i, arr in enumerate(it):
+        items += _as_items(arr, features, frames, f"#{i}")
+    if not items:
+        raise CalibrationError("the calibration iterable is empty", "pass at least one mel spectrogram")
+    return items
+
+
+# --------------------------------------------------------------------------- the core pipeline
+def _pipeline():
+    """Import the core passes; a clear error while they are not there."""
+    try:
+        from relax_passes.fold_batchnorm import FoldBatchNorm  # type: ignore
+        from relax_passes.quantize import Quantize  # type: ignore
+
+        from . import calibrate as calib_mod  # type: ignore
+    except ImportError as e:
+        raise NotAvailableError(f"the quantization passes are not available ({e})",
+                                "install zsq-tvm completely (pip install -e .)") from None
+    return FoldBatchNorm, Quantize, calib_mod
+
+
+def _to_jsonable(obj):
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    if isinstance(obj, dict):
+        return {str(k): _to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_to_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if hasattr(obj, "to_json"):
+        return _to_jsonable(obj.to_json())
+    if hasattr(obj, "__dataclass_fields__"):
+        return _to_jsonable(asdict(obj))
+    return str(obj)
+
+
+def _run_passes(fmod, batches, cfg: QuantConfig, proto=None):
+    FoldBatchNorm, Quantize, calib_mod = _pipeline()
+    try:
+        fold = FoldBatchNorm(onnx_model=proto)
+    except TypeError:
+        fold = FoldBatchNorm()
+    folded = fold(fmod)
+    bn_stats = _to_jsonable(getattr(fold, "bn_stats", None))
+    kw = {"method": cfg.calib_method, "progress": cfg.progress}
+    if cfg.percentile is not None:
+        kw["percentile"] = cfg.percentile
+    ranges = calib_mod.calibrate(folded, batches, **kw)
+    qpass = Quantize(ranges, wbits=cfg.wbits, abits=cfg.abits)
+    qmod = qpass(folded)
+    meta = getattr(qpass, "metadata", None) or {}
+    return qmod, _to_jsonable(meta) or {}, _to_jsonable(ranges), bn_stats
+
+
+def _normalize(obj):
+    """What the object looks like after a JSON round trip (tuples -> lists, numpy -> python)."""
+    import json
+
+    return json.loads(json.dumps(obj, default=artifacts._jsonable))
+
+
+def _scale(meta: dict, which: str):
+    """``meta["input"][0]["scale"]`` (Quantize's metadata layout), or None."""
+    rec = meta.get(which)
+    if isinstance(rec, list) and rec and isinstance(rec[0], dict):
+        return rec[0].get("scale")
+    return meta.get(f"{which}_scale")
+
+
+# --------------------------------------------------------------------------- QuantizedModel
+class QuantizedModel:
+    """Integer Relax module + metadata (scales, dyadic constants, vocab, size/BOPs)."""
+
+    def __init__(self, mod, manifest: dict, metadata: dict, ranges: Any = None, report: dict | None = None,
+                 bn_stats: list | None = None):
+        self.mod = mod
+        self.bn_stats = bn_stats
+        self.manifest = manifest
+        self.metadata = metadata
+        self.ranges = ranges
+        self._report = report
+
+    @property
+    def frames(self) -> int:
+        return int(self.manifest["frames"])
+
+    @property
+    def vocab(self) -> Vocab | None:
+        v = self.manifest.get("vocab")
+        return Vocab.from_json(v) if v else None
+
+    def report(self) -> dict:
+        return self._report or {}
+
+    def save(self, out_dir, overwrite: bool = False) -> Path:
+        import tvm
+
+        with artifacts.atomic_dir(out_dir, overwrite=overwrite) as tmp:
+            (tmp / "module.json").write_text(tvm.ir.save_json(self.mod))
+            try:
+                (tmp / "module.py").write_text(self.mod.script(show_meta=False))
+            except Exception:  # script printing is a convenience only
+                pass
+            artifacts.write_json(tmp / "quant.json", self.metadata)
+            artifacts.write_json(tmp / "calibration.json", self.ranges)
+            artifacts.write_json(tmp / "report.json", self._report or {})
+            if self.bn_stats is not None:
+                artifacts.write_json(tmp / "bn_stats.json", self.bn_stats)
+            if self.manifest.get("vocab"):
+                artifacts.write_json(tmp / "vocab.json", self.manifest["vocab"])
+            artifacts.write_json(tmp / artifacts.MANIFEST, self.manifest)
+        return Path(out_dir)
+
+    @classmethod
+    def load(cls, path) -> "QuantizedModel":
+        import tvm
+
+        m = artifacts.read_manifest(path, artifacts.KIND_QUANTIZED)
+        p = Path(path)
+        mod = tvm.ir.load_json((p / "module.json").read_text())
+        rd = lambda n: artifacts.read_json(p / n) if (p / n).exists() else None  # noqa: E731
+        return cls(mod, m, rd("quant.json") or {}, rd("calibration.json"), rd("report.json"), rd("bn_stats.json"))
+
+    def __repr__(self):
+        return (f"QuantizedModel(W{self.manifest['wbits']}A{self.manifest['abits']}, frames={self.frames}, "
+                f"source={self.manifest['source']['path']!r})")
+
+
+def _vocab_for(proto, cfg: QuantConfig, num_classes: int | None) -> dict | None:
+    labels = cfg.vocab
+    if labels is None:
+        for kv in proto.metadata_props:
+            if kv.key in ("vocab", "vocabulary", "labels"):
+                import json
+
+                try:
+                    labels = json.loads(kv.value)
+                except ValueError:
+                    pass
+    if labels is None and num_classes == len(QUARTZNET_VOCAB) + 1:
+        labels = QUARTZNET_VOCAB
+    if labels is None:
+        return None
+    v = Vocab(labels)
+    if num_classes is not None and v.num_classes != num_classes:
+        raise ConfigError(f"vocabulary has {len(v)} labels + blank but the model outputs {num_classes} classes",
+                          "pass the vocabulary the model was trained with")
+    return v.to_json()
+
+
+def _logits_layout(shape: list[int], frames: int, num_classes_hint: int | None) -> tuple[str, int]:
+    """Guess ``BTV`` vs ``BVT`` for a ``[B, a, b]`` output."""
+    _, a, b = shape
+    if num_classes_hint is not None:
+        return ("BVT", a) if a == num_classes_hint and b != num_classes_hint else ("BTV", b)
+    # the time axis is the one that scales with frames (≈ frames / stride); classes are fixed
+    return ("BTV", b) if abs(frames / a - round(frames / a)) < abs(frames / b - round(frames / b)) or a >= b \
+        else ("BVT", a)
+
+
+def quantize(model, config: QuantConfig | None = None, **overrides) -> QuantizedModel:
+    """ONNX model (path / ``ModelProto``) → :class:`QuantizedModel` (integer-only Relax)."""
+    cfg = config or QuantConfig()
+    if overrides:
+        cfg = QuantConfig(**{**asdict(cfg), **overrides})
+    cfg.validate()
+    proto, sha, source = load_onnx(model)
+    from .frontend.onnx_import import model_info
+
+    info0 = model_info(proto, sha, source)
+    frames = cfg.frames if cfg.frames is not None else info0.file_frames
+    if frames is None:
+        raise ConfigError("the model's time dimension is dynamic and no frames were given",
+                          "pass --frames T (mel frames per input, 100 per second, e.g. 256)")
+    fmod, info, proto_s = import_onnx(proto, frames=frames, batch=1, features=cfg.features)
+    info.sha256, info.source = sha, source
+    features = info.features
+    io = _main_io(fmod)
+    out_shape = io["output"]["shape"]
+    hint = len(cfg.vocab) + 1 if cfg.vocab is not None else None
+    if len(out_shape) == 3:
+        layout, ncls = _logits_layout(out_shape, frames, hint or (29 if 29 in out_shape[1:] else None))
+    else:
+        layout, ncls = "auto", None
+    vocab = _vocab_for(proto, cfg, ncls)
+    batches = calibration_batches(cfg, features, frames)
+    qmod, meta, ranges, bn_stats = _run_passes(fmod, batches, cfg, proto_s)
+    try:
+        cost = analyze_onnx(proto, frames=TEN_SECONDS_FRAMES)
+        rep = size_report(cost, cfg.wbits, cfg.abits)
+    except Exception as e:  # report is informative; never block quantization on it
+        rep = {"error": f"{type(e).__name__}: {e}"}
+    qio = _main_io(qmod)
+    manifest = artifacts.new_manifest(
+        artifacts.KIND_QUANTIZED,
+        source={"path": source, "sha256": sha},
+        input={"name": info.input_name, "features": features},
+        frames=int(frames),
+        wbits=cfg.wbits,
+        abits=cfg.abits,
+        calib={"source": cfg.to_json()["calib"], "method": cfg.calib_method, "seed": cfg.seed,
+               "num_inputs": len(batches)},
+        input_scale=_scale(meta, "input"),
+        output_scale=_scale(meta, "output"),
+        vocab=vocab,
+        logits_layout=layout,
+        io=qio,
+        float_io=io,
+        config=cfg.to_json(),
+    )
+    return QuantizedModel(qmod, _normalize(manifest), meta, ranges, rep, bn_stats)
+
+
+# --------------------------------------------------------------------------- compile / check / report
+def load(path):
+    """Load a quantized directory (→ :class:`QuantizedModel`) or a build directory (→ :class:`Build`)."""
+    m = artifacts.read_manifest(path)
+    if m["kind"] == artifacts.KIND_BUILD:
+        return Build.load(path)
+    return QuantizedModel.load(path)
+
+
+def compile(qmodel, target: str = "host") -> Build:  # noqa: A001 - mirrors tvm.compile
+    """Quantized model (object or directory) → :class:`Build` for ``target`` (default: this CPU)."""
+    from .targets import get_target
+
+    get_target(target)  # fail fast on unknown targets
+    q = qmodel if isinstance(qmodel, QuantizedModel) else QuantizedModel.load(qmodel)
+    import tvm
+
+    ex, lowered, io_report, tgt = compile_relax(q.mod, target)
+    m = dict(q.manifest)
+    m.update(artifacts.new_manifest(artifacts.KIND_BUILD))
+    m.update(target=target, tvm_target=str(tgt), integer_only=io_report,
+             quantized_from={"created": q.manifest.get("created"), "source": q.manifest.get("source")})
+    files = {"quant.json": q.metadata, "report.json": q.report()}
+    if m.get("vocab"):
+        files["vocab.json"] = m["vocab"]
+    return Build(ex, _normalize(m), tvm.ir.save_json(q.mod), files)
+
+
+def check(build_or_dir, recheck: bool = True, raise_on_violation: bool = False) -> dict:
+    """Integer-only report of a build (re-lowers and re-checks the stored module by default)."""
+    b = build_or_dir if isinstance(build_or_dir, Build) else Build.load(build_or_dir)
+    rep = b.integer_only
+    if recheck and b._module_json is not None:
+        from .build import integer_only_report, lower
+        from .targets import get_target
+
+        rep = integer_only_report(lower(b.module(), get_target(b.target).make())[0])
+    rep = dict(rep)
+    rep.setdefault("ok", None)
+    if raise_on_violation and rep["ok"] is False:
+        raise IntegerOnlyViolation(f"build {b.target!r} executes floating point: {rep.get('summary', rep)}",
+                                   "report this model to the zsq-tvm developers with the check output")
+    return rep
+
+
+def report(model, wbits: int | None = None, abits: int | None = None, frames: int = TEN_SECONDS_FRAMES) -> dict:
+    """Size and BOPs: of a quantized model/dir (stored at quantize time) or of an ONNX model."""
+    if isinstance(model, QuantizedModel):
+        return model.report()
+    if isinstance(model, Build):
+        return model._files.get("report.json") or {}
+    p = Path(os.fspath(model)) if isinstance(model, (str, os.PathLike)) else None
+    if p is not None and p.is_dir():
+        m = artifacts.read_manifest(p)
+        rp = p / "report.json"
+        return artifacts.read_json(rp) if rp.exists() else {}
+    cfg = QuantConfig(wbits=wbits or 8, abits=abits or 8).validate()
+    cost = analyze_onnx(model, frames=frames)
+    return size_report(cost, cfg.wbits, cfg.abits)

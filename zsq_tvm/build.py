@@ -1,0 +1,252 @@
+"""Compile an integer Relax module for a target, save/load the library, run it.
+
+The build directory holds ``model.so`` (``export_library``), the integer Relax module it was
+compiled from (``module.json``, so ``zsq check`` can re-lower and re-check it), the
+quantization metadata, the vocabulary and ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import artifacts
+from .ctc import Vocab, greedy_decode
+from .errors import ArtifactError, InputShapeError, NotAvailableError
+from .targets import get_target
+
+__all__ = ["lower", "compile_relax", "Build", "LIB_NAME"]
+
+LIB_NAME = "model.so"
+
+
+def lower(mod, target):
+    """Relax → lowered IRModule (fused Relax + TIR PrimFuncs) for ``target``.
+
+    Uses :func:`zsq_tvm.lowering.lower` (LegalizeOps + fusion, what the integer-only check
+    inspects); the *same* lowered module is then compiled by :func:`compile_relax`.
+    Returns ``(lowered, finish_pipeline)`` where ``finish_pipeline`` is the ``relax_pipeline``
+    that ``tvm.compile`` still has to apply.
+    """
+    import inspect
+
+    from tvm import relax
+
+    try:
+        from .lowering import lower as core_lower  # owned by the core passes
+    except ImportError:
+        core_lower = None
+    with target:
+        if core_lower is not None:
+            n = len(inspect.signature(core_lower).parameters)
+            lowered = core_lower(mod, target) if n >= 2 else core_lower(mod)
+            return lowered, "default"
+        return relax.get_pipeline("default")(mod), None
+
+
+def integer_only_report(lowered) -> dict:
+    """Run the integer-only check on a lowered module; ``{"ok": bool, ...}``."""
+    try:
+        from relax_passes.integer_only_check import check_integer_only  # type: ignore
+    except ImportError:
+        return {"ok": None, "available": False,
+                "message": "relax_passes.check_integer_only is not available yet"}
+    try:
+        rep = check_integer_only(lowered, lower=False)
+    except TypeError:
+        rep = check_integer_only(lowered)
+    return _report_to_json(rep)
+
+
+def _report_to_json(rep) -> dict:
+    if isinstance(rep, dict):
+        out = dict(rep)
+    elif hasattr(rep, "to_json"):
+        out = rep.to_json()
+    elif hasattr(rep, "__dataclass_fields__"):
+        from dataclasses import asdict
+
+        out = asdict(rep)
+    else:
+        out = {"ok": bool(rep), "detail": str(rep)}
+    if "ok" not in out:
+        viol = out.get("violations", [])
+        out["ok"] = not viol
+    out.setdefault("available", True)
+    return out
+
+
+def compile_relax(mod, target: str = "host"):
+    """Lower, check and compile ``mod``; returns ``(executable, lowered, check_report, tvm_target)``."""
+    import tvm
+
+    spec = get_target(target)
+    tgt = spec.make()
+    lowered, finish = lower(mod, tgt)
+    report = integer_only_report(lowered)
+    ex = tvm.compile(lowered, target=tgt, relax_pipeline=finish)
+    return ex, lowered, report, tgt
+
+
+def _main_io(mod) -> dict:
+    """Input/output names, shapes and dtypes of ``main``."""
+    f = mod["main"]
+    ps = []
+    for p in f.params:
+        ty = p.ty
+        ps.append({"name": str(p.name), "shape": [int(d) for d in ty.shape], "dtype": str(ty.dtype)})
+    rs = f.ret_ty
+    if hasattr(rs, "fields"):
+        rs = rs.fields[0]
+    out = {"shape": [int(d) for d in rs.shape], "dtype": str(rs.dtype)}
+    return {"inputs": ps, "output": out}
+
+
+class Build:
+    """A compiled model: ``run(mel) -> logits``, ``transcribe(mel) -> [str]``, ``save(dir)``."""
+
+    def __init__(self, executable, manifest: dict, module_json: str | None = None,
+                 files: dict[str, Any] | None = None, lib_path: str | None = None):
+        self._ex = executable
+        self.manifest = manifest
+        self._module_json = module_json
+        self._files = files or {}
+        self._lib_path = lib_path
+        self._vm = None
+
+    # ---- properties
+    @property
+    def frames(self) -> int:
+        return int(self.manifest["frames"])
+
+    @property
+    def target(self) -> str:
+        return self.manifest["target"]
+
+    @property
+    def vocab(self) -> Vocab | None:
+        v = self.manifest.get("vocab")
+        return Vocab.from_json(v) if v else None
+
+    @property
+    def integer_only(self) -> dict:
+        return self.manifest.get("integer_only", {})
+
+    # ---- running
+    def _vm_(self):
+        if self._vm is None:
+            import tvm
+            from tvm import relax
+
+            self._vm = relax.VirtualMachine(self._ex, tvm.cpu())
+        return self._vm
+
+    def _prepare(self, mel) -> np.ndarray:
+        x = np.asarray(mel)
+        if x.ndim == 2:
+            x = x[None]
+        inp = self.manifest["io"]["inputs"][0]
+        F, T = inp["shape"][1], inp["shape"][2]
+        if x.ndim != 3 or x.shape[1] != F or x.shape[2] != T:
+            raise InputShapeError(
+                f"input mel has shape {list(np.shape(mel))}, this build expects [B, {F}, {T}] (or [{F}, {T}])",
+                f"pad or crop the mel to {T} frames, or quantize again with --frames {x.shape[-1]}",
+            )
+        return x
+
+    def run(self, mel, dequantize: bool = False) -> np.ndarray:
+        """Mel ``[B, F, T]`` / ``[F, T]`` (float32) → logits as the model returns them.
+
+        ``dequantize=True`` turns integer logits into floats with the output scale.
+        """
+        import tvm
+
+        x = self._prepare(mel)
+        inp = self.manifest["io"]["inputs"][0]
+        B_model = inp["shape"][0]
+        outs = []
+        vm = self._vm_()
+        for i in range(0, x.shape[0], B_model):
+            chunk = x[i:i + B_model]
+            n = chunk.shape[0]
+            if n < B_model:
+                chunk = np.concatenate([chunk, np.zeros((B_model - n,) + chunk.shape[1:], chunk.dtype)])
+            chunk = self._encode_input(chunk, inp["dtype"])
+            y = vm["main"](tvm.runtime.tensor(chunk))
+            if isinstance(y, (list, tuple)) or type(y).__name__ in ("Array", "Tuple"):
+                y = y[0]
+            outs.append(y.numpy()[:n])
+        out = np.concatenate(outs)
+        if dequantize and np.issubdtype(out.dtype, np.integer):
+            s = self.manifest.get("output_scale")
+            if s is not None:
+                out = out.astype(np.float32) * np.float32(s)
+        return out
+
+    def _encode_input(self, x: np.ndarray, dtype: str) -> np.ndarray:
+        if dtype.startswith("float"):
+            return np.ascontiguousarray(x, dtype=dtype)
+        # model takes the quantized mel: quantize with the calibrated input scale
+        from . import intmath
+
+        s = float(self.manifest["input_scale"])
+        alpha = float(self.manifest.get("input_alpha", s * (2 ** (int(self.manifest["abits"]) - 1) - 1)))
+        q = intmath.quantize(x, s, alpha, int(self.manifest["abits"]), unsigned=dtype.startswith("uint"))
+        return np.ascontiguousarray(q, dtype=dtype)
+
+    def decode(self, logits) -> list[str]:
+        v = self.vocab
+        if v is None:
+            raise NotAvailableError("this model has no vocabulary", "quantize with a vocab (QuantConfig(vocab=...))")
+        layout = self.manifest.get("logits_layout", "auto")
+        return greedy_decode(logits, v, layout)
+
+    def transcribe(self, mel) -> list[str]:
+        return self.decode(self.run(mel))
+
+    # ---- persistence
+    def save(self, out_dir, overwrite: bool = False) -> Path:
+        out = Path(out_dir)
+        with artifacts.atomic_dir(out, overwrite=overwrite) as tmp:
+            if self._lib_path and os.path.exists(self._lib_path):
+                shutil.copy2(self._lib_path, tmp / LIB_NAME)
+            else:
+                self._ex.export_library(str(tmp / LIB_NAME))
+            if self._module_json is not None:
+                (tmp / "module.json").write_text(self._module_json)
+            for name, obj in self._files.items():
+                artifacts.write_json(tmp / name, obj)
+            artifacts.write_json(tmp / artifacts.MANIFEST, self.manifest)
+        self._lib_path = str(out / LIB_NAME)
+        return out
+
+    @classmethod
+    def load(cls, path) -> "Build":
+        import tvm
+
+        m = artifacts.read_manifest(path, artifacts.KIND_BUILD)
+        lib = Path(path) / LIB_NAME
+        if not lib.exists():
+            raise ArtifactError(f"{str(path)!r} has no {LIB_NAME}", "compile again with `zsq compile`")
+        spec = get_target(m["target"])
+        if not spec.runs_on_host:
+            raise NotAvailableError(f"build target {m['target']!r} cannot run on this machine",
+                                    "run it on its device, or compile with --target host")
+        rt = tvm.runtime.load_module(str(lib))
+        mj = Path(path) / "module.json"
+        return cls(rt, m, mj.read_text() if mj.exists() else None, lib_path=str(lib))
+
+    def module(self):
+        """The integer Relax module this build was compiled from."""
+        import tvm
+
+        if self._module_json is None:
+            raise ArtifactError("this build has no module.json", "compile again with `zsq compile`")
+        return tvm.ir.load_json(self._module_json)
+
+    def __repr__(self):
+        return f"Build(target={self.target!r}, frames={self.frames}, W{self.manifest.get('wbits')}A{self.manifest.get('abits')})"

@@ -1,0 +1,255 @@
+"""``zsq`` command line: a thin shell over :mod:`zsq_tvm.api`.
+
+Errors the user can fix print one line on stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import ConfigError, IntegerOnlyViolation, NotAvailableError, ZsqError
+
+
+def _print_json(obj):
+    from .artifacts import _jsonable
+
+    print(json.dumps(obj, indent=2, default=_jsonable))
+
+
+def _add_json(p):
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
+
+
+def _int_arg(s: str) -> int:
+    try:
+        return int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
+
+
+def cmd_quantize(a) -> int:
+    from . import api
+
+    cfg = api.QuantConfig(wbits=a.wbits, abits=a.abits, calib=a.calib, calib_method=a.calib_method,
+                          frames=a.frames, seed=a.seed, num_batches=a.num_batches,
+                          progress=not a.json and sys.stderr.isatty() or a.progress)
+    cfg.validate()
+    from .artifacts import atomic_dir  # noqa: F401  (fail on an existing OUT_DIR before any work)
+
+    out = Path(a.output)
+    if out.exists() and not a.overwrite:
+        from .errors import ArtifactError
+
+        raise ArtifactError(f"output directory {a.output!r} already exists",
+                            "choose another -o path, remove it, or pass --overwrite")
+    q = api.quantize(a.model, cfg)
+    q.save(out, overwrite=a.overwrite)
+    m = q.manifest
+    if a.json:
+        _print_json({"output": str(out), "frames": m["frames"], "wbits": m["wbits"], "abits": m["abits"],
+                     "input_scale": m["input_scale"], "output_scale": m["output_scale"], "report": q.report()})
+    else:
+        print(f"quantized W{m['wbits']}A{m['abits']} ({m['frames']} frames) -> {out}")
+    return 0
+
+
+def cmd_compile(a) -> int:
+    from . import api
+
+    b = api.compile(a.qdir, target=a.target)
+    b.save(a.output, overwrite=a.overwrite)
+    rep = b.integer_only
+    if a.json:
+        _print_json({"output": a.output, "target": b.target, "tvm_target": b.manifest["tvm_target"],
+                     "integer_only": rep})
+    else:
+        print(f"compiled for {b.manifest['tvm_target']} -> {a.output} (integer-only: {_ok(rep)})")
+    return 0
+
+
+def _ok(rep) -> str:
+    return {True: "ok", False: "VIOLATIONS", None: "not checked"}[rep.get("ok")]
+
+
+def cmd_check(a) -> int:
+    from . import api
+
+    rep = api.check(a.build_dir)
+    if a.json:
+        _print_json(rep)
+    else:
+        print(f"integer-only: {_ok(rep)}")
+        for v in rep.get("violations", [])[:50]:
+            if isinstance(v, dict):
+                v = f"{v.get('func')}: {v.get('op')} ({v.get('dtype')}) x{v.get('count', 1)}"
+            print(f"  {v}")
+        if rep.get("ok"):
+            b = rep.get("boundary", {})
+            print(f"  {rep.get('prim_funcs', '?')} kernels; float only in the boundary kernels "
+                  f"{', '.join(sum((list(x) for x in b.values()), [])) or '-'}")
+    if rep.get("ok") is False:
+        return IntegerOnlyViolation.exit_code
+    if rep.get("ok") is None:
+        print("zsq: " + str(NotAvailableError("the integer-only checker is not available",
+                                             "install zsq-tvm completely")), file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_run(a) -> int:
+    import numpy as np
+
+    from .build import Build
+    from .errors import InputShapeError
+
+    b = Build.load(a.build_dir)
+    try:
+        mel = np.load(a.input, allow_pickle=False)
+    except FileNotFoundError:
+        raise InputShapeError(f"input file {a.input!r} does not exist", "pass a .npy mel spectrogram [F, T]") from None
+    except Exception as e:
+        raise InputShapeError(f"cannot read {a.input!r} as .npy ({type(e).__name__})",
+                              "save the mel with numpy.save") from None
+    logits = b.run(mel, dequantize=a.dequantize)
+    if a.output:
+        np.save(a.output, logits)
+    text = b.decode(logits) if a.decode else None
+    if a.json:
+        _print_json({"output": a.output, "shape": list(logits.shape), "dtype": str(logits.dtype),
+                     **({"text": text} if text is not None else {})})
+    else:
+        if a.output:
+            print(f"logits {list(logits.shape)} {logits.dtype} -> {a.output}")
+        for t in text or []:
+            print(t)
+    return 0
+
+
+def cmd_report(a) -> int:
+    from . import api
+    from .report import format_report
+
+    p = Path(a.model)
+    if p.is_dir():
+        rep = api.report(p)
+    else:
+        rep = api.report(p, wbits=a.wbits, abits=a.abits, frames=a.frames)
+    if "fp32" not in rep:
+        raise ConfigError(f"no size/BOPs report available for {a.model!r}", "run `zsq report MODEL.onnx`")
+    if a.json:
+        _print_json(rep)
+    else:
+        print(format_report(rep))
+    return 0
+
+
+def cmd_export_nemo(a) -> int:
+    try:
+        from .nets import export as _export  # owned by the nets module
+    except ImportError:
+        _export = None
+    fn = getattr(_export, "export_onnx", None)
+    if fn is None:
+        raise NotAvailableError("`zsq export-nemo` is not available yet (zsq_tvm.nets.export missing)",
+                                "export your model to ONNX yourself and use `zsq quantize MODEL.onnx`")
+    kw = {k: v for k, v in (("frames", a.frames),) if v is not None}
+    out = fn(a.model, a.output, **kw)
+    print(f"exported -> {out or a.output}")
+    return 0
+
+
+def cmd_demo(a) -> int:
+    from .demo import run_demo
+
+    return run_demo(workdir=a.workdir, json_out=a.json, keep=a.keep)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    from .targets import list_targets
+
+    p = argparse.ArgumentParser(prog="zsq", description="Integer-only quantization of CTC speech models with TVM.")
+    p.add_argument("--version", action="version", version=f"zsq-tvm {__version__}")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("quantize", help="ONNX model -> quantized (integer-only) model directory")
+    s.add_argument("model", help="ONNX model with a mel input [B, F, T]")
+    s.add_argument("--calib", default="random", help="'random' or a directory of .npy mels [F, T] (default random)")
+    s.add_argument("--calib-method", default="minmax", help="minmax or percentile (default minmax)")
+    s.add_argument("--wbits", type=_int_arg, default=8, help="weight bits, 2..8 (default 8)")
+    s.add_argument("--abits", type=_int_arg, default=8, help="activation bits, 2..8 (default 8)")
+    s.add_argument("--frames", type=_int_arg, default=None, help="static input frames T (100 per second)")
+    s.add_argument("--seed", type=_int_arg, default=0)
+    s.add_argument("--num-batches", type=_int_arg, default=8, help="random calibration inputs (default 8)")
+    s.add_argument("--progress", action="store_true", help="show progress bars even when not on a terminal")
+    s.add_argument("-o", "--output", required=True, help="output directory (must not exist)")
+    s.add_argument("--overwrite", action="store_true")
+    _add_json(s)
+    s.set_defaults(func=cmd_quantize)
+
+    s = sub.add_parser("compile", help="quantized directory -> compiled build directory")
+    s.add_argument("qdir")
+    s.add_argument("--target", default="host", help="one of: " + ", ".join(list_targets()) + " (default host)")
+    s.add_argument("-o", "--output", required=True)
+    s.add_argument("--overwrite", action="store_true")
+    _add_json(s)
+    s.set_defaults(func=cmd_compile)
+
+    s = sub.add_parser("check", help="integer-only report of a build (exit 1 on violation)")
+    s.add_argument("build_dir")
+    _add_json(s)
+    s.set_defaults(func=cmd_check)
+
+    s = sub.add_parser("run", help="run a build on a mel .npy")
+    s.add_argument("build_dir")
+    s.add_argument("--input", required=True, help="mel spectrogram .npy, [F, T] or [B, F, T]")
+    s.add_argument("--output", help="write logits .npy here")
+    s.add_argument("--decode", action="store_true", help="greedy CTC decode and print the text")
+    s.add_argument("--dequantize", action="store_true", help="return float logits (× output scale)")
+    _add_json(s)
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("report", help="model size and BOPs (10 s input) of a quantized dir or an ONNX file")
+    s.add_argument("model")
+    s.add_argument("--wbits", type=_int_arg, default=8)
+    s.add_argument("--abits", type=_int_arg, default=8)
+    s.add_argument("--frames", type=_int_arg, default=1000, help="input frames for BOPs (default 1000 = 10 s)")
+    _add_json(s)
+    s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("export-nemo", help="NeMo model/config -> ONNX with BatchNorm kept")
+    s.add_argument("model", help="NeMo .nemo file, pretrained name or architecture")
+    s.add_argument("-o", "--output", required=True)
+    s.add_argument("--frames", type=_int_arg, default=None)
+    s.set_defaults(func=cmd_export_nemo)
+
+    s = sub.add_parser("demo", help="quantize + compile + check + run the shipped default model")
+    s.add_argument("--workdir", default=None, help="keep artifacts here (default: a temp dir)")
+    s.add_argument("--keep", action="store_true")
+    _add_json(s)
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    try:
+        a = parser.parse_args(argv)
+    except SystemExit as e:  # argparse: usage errors exit 2 already
+        return int(e.code or 0)
+    try:
+        return int(a.func(a) or 0)
+    except ZsqError as e:
+        print(f"zsq: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("zsq: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Offline corpus: text sources, TTS synthesis, NeMo-style manifests."""

@@ -1,0 +1,33 @@
+"""Word error rate without third-party dependencies (jiwer gives the same numbers)."""
+from __future__ import annotations
+
+from typing import Sequence, Tuple
+
+
+def edit_distance(ref: Sequence, hyp: Sequence) -> int:
+    """Levenshtein distance (substitutions, insertions, deletions all cost 1)."""
+    prev = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        cur = [i] + [0] * len(hyp)
+        for j, h in enumerate(hyp, 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
+        prev = cur
+    return prev[-1]
+
+
+def wer(refs: Sequence[str], hyps: Sequence[str]) -> Tuple[float, int, int]:
+    """Corpus WER = total word edits / total reference words.  Returns (wer, errors, ref_words)."""
+    errs = words = 0
+    for r, h in zip(refs, hyps):
+        rw, hw = r.split(), h.split()
+        errs += edit_distance(rw, hw)
+        words += len(rw)
+    return (errs / words if words else 0.0), errs, words
+
+
+def cer(refs: Sequence[str], hyps: Sequence[str]) -> float:
+    errs = chars = 0
+    for r, h in zip(refs, hyps):
+        errs += edit_distance(r, h)
+        chars += len(r)
+    return errs / chars if chars else 0.0

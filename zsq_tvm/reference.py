@@ -1,0 +1,151 @@
+"""Numpy integer reference for quantized Relax modules: the bit-exact oracle.
+
+:func:`run_reference` interprets the dataflow bindings of a *quantized, not yet lowered* ``main``
+(the output of :class:`relax_passes.Quantize`) op by op in numpy, independent of TVM's legalization
+and code generation:
+
+* ``R.call_tir`` of the two boundary kernels (recognised by the ``"zsq.role"`` attribute of the
+  PrimFunc, parameters read from its ``"zsq.*"`` attributes) -> :func:`intmath.quantize` /
+  :func:`intmath.dequantize`;
+* ``R.nn.conv1d`` -> :func:`intmath.conv1d_int` (exact float64 BLAS, bound asserted);
+* elementwise integer ops (``add``, ``multiply``, ``right_shift``, ``clip``, ``maximum``,
+  ``minimum``, ``astype``) -> numpy on the result dtype; int32/int64 results are computed in
+  Python-exact object-free form (int64, or checked against wrap-around) so an overflow in the graph
+  is reported instead of silently matching TVM's wrap;
+* ``reshape``/``permute_dims``/``squeeze``/``expand_dims``/``matmul`` -> numpy equivalents.
+
+Any float op other than the boundary kernels raises: this is an *integer* reference.
+
+``tvm.compile(qmod, target=zsq_tvm.lowering.host_target())`` run by ``relax.VirtualMachine`` must
+return exactly :func:`run_reference`'s result (``np.array_equal``, not allclose).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from relax_passes._util import bindings, call_op_name, dtype_of, is_tensor_const, main_function, shape_of
+
+from . import intmath
+
+__all__ = ["run_reference", "ReferenceError_"]
+
+_ROLE = "zsq.role"
+
+
+class ReferenceError_(RuntimeError):
+    """The module contains something the integer reference does not (and should not) execute."""
+
+
+def _prim_int(e) -> int:
+    v = e.value if hasattr(e, "value") else e
+    return int(v.value) if hasattr(v, "value") else int(v)
+
+
+def _checked(res64: np.ndarray, dtype: str, what: str) -> np.ndarray:
+    info = np.iinfo(dtype)
+    if res64.size and (res64.min() < info.min or res64.max() > info.max):
+        raise ReferenceError_(f"{what}: result overflows {dtype}")
+    return res64.astype(dtype)
+
+
+def _binary(op: str, a: np.ndarray, b: np.ndarray, dtype: str) -> np.ndarray:
+    if not np.dtype(dtype).kind in "iu":
+        raise ReferenceError_(f"float {op} in the integer graph ({dtype})")
+    a64, b64 = a.astype(np.int64), b.astype(np.int64)
+    if op == "right_shift":
+        return (a64 >> b64).astype(dtype)
+    if op in ("add", "subtract", "multiply"):
+        # int64 products of int32 values can exceed int64 only beyond 2^63: check with float bounds
+        fa, fb = np.abs(a64).max(initial=0), np.abs(b64).max(initial=0)
+        if op == "multiply" and float(fa) * float(fb) >= 2.0**63:
+            raise ReferenceError_("multiply may overflow int64")
+        r = {"add": np.add, "subtract": np.subtract, "multiply": np.multiply}[op](a64, b64)
+        return _checked(r, dtype, op)
+    if op == "maximum":
+        return np.maximum(a64, b64).astype(dtype)
+    if op == "minimum":
+        return np.minimum(a64, b64).astype(dtype)
+    raise ReferenceError_(f"unsupported binary op {op}")
+
+
+def _boundary(mod: tvm.IRModule, call, env_args):
+    gv = call.args[0]
+    pf = mod[gv]
+    role = pf.attrs[_ROLE] if pf.attrs is not None and _ROLE in pf.attrs else None
+    a = pf.attrs
+    if role == "input_quantize":
+        return intmath.quantize(env_args[0], float(a["zsq.scale"]), float(a["zsq.alpha"]), int(a["zsq.bits"]),
+                                bool(int(a["zsq.unsigned"])))
+    if role == "output_dequantize":
+        return intmath.dequantize(env_args[0], float(a["zsq.scale"]))
+    raise ReferenceError_(f"call_tir to {gv.name_hint} (no zsq.role): run the reference before lowering")
+
+
+def run_reference(mod: tvm.IRModule, *inputs, func_name: str = "main", return_env: bool = False):
+    """Execute quantized ``main`` on numpy inputs; returns an array (or tuple of arrays).
+
+    With ``return_env`` also returns ``{var_name: array}`` of every intermediate (for debugging a
+    mismatch against the TVM build layer by layer).
+    """
+    func = main_function(mod, func_name)
+    env: dict = {}
+    for p, x in zip(func.params, inputs, strict=True):
+        env[p] = np.asarray(x, dtype=dtype_of(p))
+
+    def ev(e):
+        if isinstance(e, relax.Var):
+            return env[e]
+        if isinstance(e, tvm.ir.expr.Constant):
+            return e.value.numpy()
+        if isinstance(e, relax.Tuple):
+            return tuple(ev(f) for f in e.fields)
+        if isinstance(e, relax.TupleGetItem):
+            return ev(e.tuple_value)[e.index]
+        raise ReferenceError_(f"cannot evaluate {type(e).__name__}")
+
+    for b in bindings(func):
+        v, var = b.value, b.var
+        out_dtype = dtype_of(var)
+        op = call_op_name(v)
+        if op is None:
+            env[var] = ev(v)
+            continue
+        if op == "call_tir":
+            env[var] = _boundary(mod, v, [ev(x) for x in v.args[1].fields])
+            continue
+        args = [ev(x) for x in v.args if not isinstance(x, (relax.ShapeExpr, tvm.ir.prim.expr.IntImm, tvm.ir.prim.expr.FloatImm))]
+        a = v.attrs
+        if op == "nn.conv1d":
+            if out_dtype != "int32":
+                raise ReferenceError_(f"conv1d {var.name} produces {out_dtype}, not int32")
+            env[var] = intmath.conv1d_int(args[0], args[1], int(a.strides[0]), [int(p) for p in a.padding],
+                                          int(a.dilation[0]), int(a.groups))
+        elif op == "matmul":
+            env[var] = _checked(np.matmul(args[0].astype(np.int64), args[1].astype(np.int64)), out_dtype, "matmul")
+        elif op in ("add", "subtract", "multiply", "right_shift", "maximum", "minimum"):
+            env[var] = _binary(op, args[0], args[1], out_dtype)
+        elif op == "clip":
+            lo, hi = _prim_int(v.args[1]), _prim_int(v.args[2])
+            if np.dtype(out_dtype).kind not in "iu":
+                raise ReferenceError_(f"float clip {var.name}")
+            env[var] = np.clip(args[0].astype(np.int64), lo, hi).astype(out_dtype)
+        elif op == "astype":
+            if np.dtype(out_dtype).kind not in "iu":
+                raise ReferenceError_(f"cast to {out_dtype} at {var.name}")
+            env[var] = args[0].astype(out_dtype)  # wraps like LLVM trunc; Quantize clips first
+        elif op == "reshape":
+            env[var] = args[0].reshape(shape_of(var))
+        elif op == "permute_dims":
+            env[var] = np.transpose(args[0], None if a.axes is None else [int(x) for x in a.axes])
+        elif op in ("squeeze", "expand_dims"):
+            env[var] = args[0].reshape(shape_of(var))
+        else:
+            raise ReferenceError_(f"op {op} ({var.name}) has no integer reference")
+        assert str(env[var].dtype) == out_dtype, (var.name, env[var].dtype, out_dtype)
+    out = ev(func.body.body)
+    if return_env:
+        return out, {k.name: val for k, val in env.items()}
+    return out

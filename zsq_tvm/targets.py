@@ -1,0 +1,104 @@
+"""Compilation targets by name.
+
+``host`` is the machine we run on: ``llvm`` with the detected CPU (``-mcpu``) so that LLVM
+may use AVX-512/VNNI where the CPU has them.  More targets (``cuda-sm75``, ``c``) register
+themselves with :func:`register_target`.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+from .errors import TargetError
+
+__all__ = ["TargetSpec", "register_target", "get_target", "list_targets", "host_cpu", "host_features"]
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    name: str
+    description: str
+    make: Callable[[], "object"]  # -> tvm.target.Target
+    runs_on_host: bool = True
+
+
+_REGISTRY: dict[str, TargetSpec] = {}
+
+
+def register_target(name: str, make: Callable[[], object], description: str, runs_on_host: bool = True):
+    _REGISTRY[name] = TargetSpec(name, description, make, runs_on_host)
+
+
+def list_targets() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_target(name: str) -> TargetSpec:
+    """Return the :class:`TargetSpec` called ``name``; :class:`TargetError` lists valid ones."""
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise TargetError(
+            f"unknown target {name!r}",
+            "use one of: " + ", ".join(f"{n} ({_REGISTRY[n].description})" for n in list_targets()),
+        )
+    return _REGISTRY[name]
+
+
+@functools.lru_cache(maxsize=1)
+def host_cpu() -> str:
+    """LLVM's name for this CPU (e.g. ``znver4``, ``skylake-avx512``), else ``x86-64``."""
+    try:
+        import tvm
+
+        cpu = tvm.target.codegen.llvm_get_system_cpu()
+        if cpu and cpu != "generic":
+            return str(cpu)
+    except Exception:  # pragma: no cover - depends on the TVM build
+        pass
+    return _cpu_from_proc()
+
+
+def _cpu_from_proc() -> str:
+    flags = host_features()
+    if {"avx512_vnni", "avx512bw"} <= flags:
+        return "cascadelake"
+    if "avx512bw" in flags:
+        return "skylake-avx512"
+    if "avx2" in flags:
+        return "haswell"
+    return "x86-64"
+
+
+@functools.lru_cache(maxsize=1)
+def host_features() -> frozenset[str]:
+    """CPU flags from /proc/cpuinfo (empty where unavailable)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(re.split(r"\s+", line.split(":", 1)[1].strip()))
+    except OSError:
+        pass
+    return frozenset()
+
+
+def has_vnni() -> bool:
+    return bool({"avx512_vnni", "avx_vnni"} & host_features())
+
+
+def _host():
+    import tvm
+
+    return tvm.target.Target({"kind": "llvm", "mcpu": host_cpu()})
+
+
+def _generic():
+    import tvm
+
+    return tvm.target.Target({"kind": "llvm"})
+
+
+register_target("host", _host, "llvm for this machine's CPU, VNNI where present")
+register_target("llvm", _generic, "generic llvm for this architecture, portable")

@@ -1,0 +1,280 @@
+"""Train the reference CTC models (plain torch, NeMo-compatible parameter names).
+
+Two steps, so that several models can train at once from one feature cache:
+
+    python -m zsq_tvm.train prep  --corpus corpus/ -o feats/          # mel features, once
+    python -m zsq_tvm.train fit   --feats feats/ --arch quartznet5x5 -o ckpt/ --minutes 60
+
+``fit`` is budgeted by wall time (what a lent GPU or a CPU session gives us): linear
+warm-up over the first steps, a constant peak, then cosine decay over the last 35 % of
+the budget.  Utterances are bucketed by length; the first 10 % of the budget uses only
+short utterances (CTC leaves its all-blank phase faster on them).  SpecAugment is
+switched on after warm-up.  It checkpoints (fp16) every few minutes and resumes from
+``--resume``.  At the end it decodes every split greedily and writes WER/CER to JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+import torch
+
+from .audio.mel import MelFrontend, load_wav
+from .metrics import cer, wer
+from .nets import VOCAB, build_model, count_params
+
+CHAR_TO_ID = {c: i for i, c in enumerate(VOCAB)}
+BLANK = len(VOCAB)
+
+
+def read_manifest(path: str) -> List[dict]:
+    """NeMo JSON-lines manifest; relative ``audio_filepath`` resolves against the manifest's folder."""
+    rows, base = [], Path(path).resolve().parent
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                r = json.loads(line)
+                r["text"], r["audio_filepath"]
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise ValueError(f"{path}:{n}: bad manifest line ({e}); expected JSON with "
+                                 f"'audio_filepath', 'duration', 'text'") from None
+            p = Path(r["audio_filepath"])
+            r["audio_filepath"] = str(p if p.is_absolute() else base / p)
+            rows.append(r)
+    return rows
+
+
+def prep(corpus: str, out: str, device: str = "cpu", workers: int = 8) -> None:
+    """Compute mel features of every ``*.json`` manifest in ``corpus`` -> ``out/{split}.pt`` (fp16)."""
+    from tqdm import tqdm
+    fe = MelFrontend().to(device)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    for man in sorted(Path(corpus).glob("*.json")):
+        rows = read_manifest(str(man))
+        with ThreadPoolExecutor(workers) as ex:
+            wavs = list(ex.map(lambda r: load_wav(r["audio_filepath"]), rows))
+        feats = []
+        order = np.argsort([len(w) for w in wavs])
+        for s in tqdm(range(0, len(order), 64), desc=f"mel {man.stem}", mininterval=5):
+            idx = order[s:s + 64]
+            lens = torch.tensor([len(wavs[i]) for i in idx])
+            batch = torch.zeros(len(idx), int(lens.max()))
+            for k, i in enumerate(idx):
+                batch[k, :len(wavs[i])] = torch.from_numpy(wavs[i])
+            f, fl = fe(batch.to(device), lens.to(device))
+            for k, i in enumerate(idx):
+                feats.append((int(i), f[k, :, :int(fl[k])].half().cpu()))
+        feats.sort(key=lambda t: t[0])
+        torch.save({"feats": [f for _, f in feats], "texts": [r["text"] for r in rows],
+                    "voices": [r.get("voice", "") for r in rows]}, Path(out) / f"{man.stem}.pt")
+        print(f"{man.stem}: {len(rows)} utterances", flush=True)
+
+
+def encode_text(t: str) -> List[int]:
+    return [CHAR_TO_ID[c] for c in t if c in CHAR_TO_ID]
+
+
+def greedy_decode(logits: torch.Tensor, lens: torch.Tensor) -> List[str]:
+    ids = logits.argmax(-1).cpu().numpy()
+    out = []
+    for row, n in zip(ids, lens.cpu().numpy()):
+        prev, chars = BLANK, []
+        for t in row[:n]:
+            if t != prev and t != BLANK:
+                chars.append(VOCAB[t])
+            prev = t
+        out.append(" ".join("".join(chars).split()))
+    return out
+
+
+def _batches(lengths: np.ndarray, max_frames: int, max_utts: int, rng: random.Random, limit: int = 0):
+    idx = [i for i in np.argsort(lengths) if not limit or lengths[i] <= limit]
+    batches, cur = [], []
+    for i in idx:
+        if cur and (len(cur) + 1) * lengths[i] > max_frames or len(cur) >= max_utts:
+            batches.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        batches.append(cur)
+    rng.shuffle(batches)
+    return batches
+
+
+def _collate(data, idx, device):
+    feats = [data["feats"][i] for i in idx]
+    lens = torch.tensor([f.shape[1] for f in feats])
+    x = torch.zeros(len(idx), feats[0].shape[0], int(lens.max()), dtype=torch.float16)
+    for k, f in enumerate(feats):
+        x[k, :, :f.shape[1]] = f
+    tgt = [encode_text(data["texts"][i]) for i in idx]
+    tl = torch.tensor([len(t) for t in tgt])
+    return x.to(device).float(), lens.to(device), torch.tensor(sum(tgt, [])).to(device), tl.to(device)
+
+
+def spec_augment(x: torch.Tensor, rng: torch.Generator, n_freq=2, f_width=15, n_time=2, t_width=25):
+    b, f, t = x.shape
+    for _ in range(n_freq):
+        w = torch.randint(0, f_width + 1, (b,), generator=rng)
+        s = (torch.rand(b, generator=rng) * (f - w)).long()
+        m = (torch.arange(f)[None] >= s[:, None]) & (torch.arange(f)[None] < (s + w)[:, None])
+        x = x.masked_fill(m[:, :, None].to(x.device), 0.0)
+    for _ in range(n_time):
+        w = torch.randint(0, t_width + 1, (b,), generator=rng)
+        s = (torch.rand(b, generator=rng) * (t - w).clamp(min=1)).long()
+        m = (torch.arange(t)[None] >= s[:, None]) & (torch.arange(t)[None] < (s + w)[:, None])
+        x = x.masked_fill(m[:, None, :].to(x.device), 0.0)
+    return x
+
+
+@torch.no_grad()
+def evaluate(model, data, device, max_frames=40000) -> Dict[str, float]:
+    model.eval()
+    lengths = np.array([f.shape[1] for f in data["feats"]])
+    hyps, refs = [None] * len(lengths), data["texts"]
+    for idx in _batches(lengths, max_frames, 256, random.Random(0)):
+        x, lens, _, _ = _collate(data, idx, device)
+        with torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16,
+                            enabled=device.startswith("cuda")):
+            logits, olens = model(x, lens)
+        for i, h in zip(idx, greedy_decode(logits.float(), olens)):
+            hyps[i] = h
+    w, e, n = wer(refs, hyps)
+    model.train()
+    return {"wer": w, "cer": cer(refs, hyps), "n_utterances": len(refs), "n_words": n,
+            "examples": [[refs[i], hyps[i]] for i in range(min(3, len(refs)))]}
+
+
+def save_checkpoint(model, path: Path, meta: dict) -> None:
+    sd = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    tmp = path.with_suffix(".tmp")
+    torch.save({"arch": model.arch, "vocab": model.vocab, "state_dict": sd, "meta": meta}, tmp)
+    os.replace(tmp, path)
+
+
+def fit(feats: str, arch: str, out: str, minutes: float, device: str, lr: float, seed: int = 0,
+        resume: str = "", max_frames: int = 24000, warmup: int = 300, ckpt_every_s: float = 120.0,
+        deadline: float = 0.0, log_every: int = 50, json_dir: str = "") -> dict:
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    g = torch.Generator().manual_seed(seed)
+    start = time.time()
+    end = start + minutes * 60 if not deadline else min(deadline, start + minutes * 60)
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    train = torch.load(Path(feats) / "train.pt")
+    model = build_model(arch).to(device)
+    steps_done = 0
+    if resume and Path(resume).exists():
+        ck = torch.load(resume, map_location="cpu")
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ck["state_dict"].items()})
+        steps_done = ck["meta"].get("steps", 0)
+        warmup = min(warmup, 20)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=1e-3)
+    ctc = torch.nn.CTCLoss(blank=BLANK, zero_infinity=True)
+    lengths = np.array([f.shape[1] for f in train["feats"]])
+    cuda = device.startswith("cuda")
+    step, seen_s, losses = 0, 0.0, []
+    last_ck = time.time()
+    log = []
+    print(f"[{arch}] {count_params(model) / 1e6:.2f} M params, {len(lengths)} utterances, "
+          f"{lengths.sum() / 100 / 3600:.1f} h, budget {(end - start) / 60:.1f} min", flush=True)
+    model.train()
+    while time.time() < end:
+        frac = (time.time() - start) / max(end - start, 1)
+        limit = 500 if frac < 0.1 and not resume else 0
+        for idx in _batches(lengths, max_frames, 128, rng, limit):
+            now = time.time()
+            if now >= end:
+                break
+            frac = (now - start) / (end - start)
+            scale = min(1.0, (step + 1) / warmup)
+            if frac > 0.65:
+                scale *= 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * (frac - 0.65) / 0.35))
+            for pg in opt.param_groups:
+                pg["lr"] = lr * scale
+            x, lens, tgt, tl = _collate(train, idx, device)
+            if step >= warmup:
+                x = spec_augment(x, g)
+            with torch.autocast(device_type="cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=cuda):
+                logits, olens = model(x, lens)
+            lp = torch.log_softmax(logits.float(), -1).transpose(0, 1)
+            loss = ctc(lp, tgt, olens, tl)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            step += 1
+            seen_s += float(lens.sum()) / 100
+            losses.append(float(loss.detach()))
+            if step % log_every == 0:
+                msg = {"step": step, "loss": float(np.mean(losses[-log_every:])), "lr": lr * scale,
+                       "hours_seen": seen_s / 3600, "elapsed_min": (time.time() - start) / 60}
+                log.append(msg)
+                print(f"[{arch}] " + json.dumps(msg), flush=True)
+            if time.time() - last_ck > ckpt_every_s:
+                save_checkpoint(model, out_dir / f"{arch}.pt", {"steps": steps_done + step, "log": log})
+                last_ck = time.time()
+            if frac < 0.1 and limit == 0 and not resume:
+                pass
+        else:
+            continue
+        break
+    meta = {"arch": arch, "params": count_params(model), "steps": steps_done + step, "hours_seen": seen_s / 3600,
+            "minutes": (time.time() - start) / 60, "lr": lr, "seed": seed, "device": device,
+            "gpu": torch.cuda.get_device_name(0) if cuda else "cpu", "log": log}
+    save_checkpoint(model, out_dir / f"{arch}.pt", meta)
+    results = {}
+    for split_file in sorted(Path(feats).glob("*.pt")):
+        if split_file.stem == "train":
+            continue
+        results[split_file.stem] = evaluate(model, torch.load(split_file), device)
+        print(f"[{arch}] {split_file.stem}: WER {results[split_file.stem]['wer'] * 100:.2f} % "
+              f"CER {results[split_file.stem]['cer'] * 100:.2f} %", flush=True)
+    meta["eval"] = results
+    save_checkpoint(model, out_dir / f"{arch}.pt", meta)
+    (Path(json_dir or out_dir) / f"{arch}.json").write_text(json.dumps({k: v for k, v in meta.items()}, indent=1))
+    return meta
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m zsq_tvm.train")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("prep")
+    p.add_argument("--corpus", required=True)
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    f = sub.add_parser("fit")
+    f.add_argument("--feats", required=True)
+    f.add_argument("--arch", required=True)
+    f.add_argument("-o", "--output", required=True)
+    f.add_argument("--minutes", type=float, default=60)
+    f.add_argument("--deadline", type=float, default=0.0, help="absolute unix time to stop training by")
+    f.add_argument("--lr", type=float, default=2e-3)
+    f.add_argument("--warmup", type=int, default=300)
+    f.add_argument("--max-frames", type=int, default=24000)
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--resume", default="")
+    f.add_argument("--log-every", type=int, default=50)
+    f.add_argument("--json-dir", default="")
+    f.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    a = ap.parse_args(argv)
+    if a.cmd == "prep":
+        prep(a.corpus, a.output, a.device)
+    else:
+        fit(a.feats, a.arch, a.output, a.minutes, a.device, a.lr, a.seed, a.resume, a.max_frames, a.warmup,
+            deadline=a.deadline, log_every=a.log_every, json_dir=a.json_dir)
+
+
+if __name__ == "__main__":
+    main()
