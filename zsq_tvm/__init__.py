@@ -14,6 +14,7 @@ _LAZY = {
     "QuantConfig": "api", "QuantizedModel": "api", "quantize": "api", "compile": "api",
     "check": "api", "report": "api", "load": "api", "Build": "build",
     "Vocab": "ctc", "greedy_decode": "ctc", "QUARTZNET_VOCAB": "ctc",
+    "synthesize": "synthesize", "SynthConfig": "synthesize",
 }
 
 __all__ = ["__version__", "ZsqError", *_LAZY]

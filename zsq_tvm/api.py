@@ -38,6 +38,8 @@ class QuantConfig:
     files / one ``.npy`` file (each ``[F, T]`` or ``[B, F, T]``), or an iterable of arrays.
     frames: the static number of mel frames T the model is compiled for (100 per second);
     ``None`` takes T from the ONNX file when it is fixed there.
+    calib ``"synthetic"``: zero-shot (paper §2.3) — mels synthesized from the model's own BatchNorm
+    statistics (:func:`zsq_tvm.synthesize`; ``synth`` overrides its defaults, T = ``frames``).
     """
 
     wbits: int = 8
@@ -47,11 +49,12 @@ class QuantConfig:
     frames: int | None = None
     seed: int = 0
     num_batches: int = 8
-    calib_range: tuple[float, float] = (-1.0, 1.0)
+    calib_range: tuple[float, float] = (-3.0, 3.0)  # the paper's random-calibration ablation (§4.1)
     percentile: float | None = None
     vocab: Sequence[str] | None = None
     features: int | None = None
     progress: bool = False
+    synth: dict | None = None  # calib="synthetic": zsq_tvm.SynthConfig overrides (num_batches, iters, lr, ...)
 
     def validate(self) -> "QuantConfig":
         for name in ("wbits", "abits"):
@@ -137,6 +140,17 @@ def calibration_batches(cfg: QuantConfig, features: int, frames: int) -> list[np
         items += _as_items(arr, features, frames, f"#{i}")
     if not items:
         raise CalibrationError("the calibration iterable is empty", "pass at least one mel spectrogram")
+    return items
+
+
+def synthetic_batches(model, cfg: QuantConfig, features: int, frames: int) -> list[np.ndarray]:
+    """Zero-shot calibration inputs: :func:`zsq_tvm.synthesize` on ``model`` (ONNX with BatchNorm kept)."""
+    from .synthesize import SynthConfig, synthesize
+
+    kw = {"seed": cfg.seed, "progress": cfg.progress, **(cfg.synth or {}), "frames": frames, "features": features}
+    items = []
+    for i, arr in enumerate(synthesize(model, SynthConfig(**kw))):
+        items += _as_items(arr, features, frames, f"synthetic #{i}")
     return items
 
 
@@ -296,13 +310,35 @@ def _logits_layout(shape: list[int], frames: int, num_classes_hint: int | None) 
         else ("BVT", a)
 
 
+def _resolve_model(model, frames: int | None = None):
+    """A shipped model name (``zsq_tvm.models.SHIPPED``) -> ONNX ``ModelProto`` exported on the fly
+    (BatchNorm kept, ``frames`` fixes T); anything else is returned unchanged.  ``(model, name | None)``."""
+    from .models import checkpoint_path, is_shipped
+
+    if not is_shipped(model):
+        if isinstance(model, str) and not os.path.exists(model) and not model.endswith((".onnx", ".pt")):
+            checkpoint_path(model)  # "unknown model ...; use one of the shipped models: ..."
+        return model, None
+    import tempfile
+
+    import onnx
+
+    from .nets.export import export_onnx
+
+    with tempfile.TemporaryDirectory(prefix="zsq-export-") as td:
+        return onnx.load(str(export_onnx(model, Path(td) / f"{model}.onnx", frames=frames))), model
+
+
 def quantize(model, config: QuantConfig | None = None, **overrides) -> QuantizedModel:
     """ONNX model (path / ``ModelProto``) → :class:`QuantizedModel` (integer-only Relax)."""
     cfg = config or QuantConfig()
     if overrides:
         cfg = QuantConfig(**{**asdict(cfg), **overrides})
     cfg.validate()
+    model, shipped = _resolve_model(model, cfg.frames)
     proto, sha, source = load_onnx(model)
+    if shipped:
+        source = f"shipped:{shipped}"
     from .frontend.onnx_import import model_info
 
     info0 = model_info(proto, sha, source)
@@ -321,7 +357,10 @@ def quantize(model, config: QuantConfig | None = None, **overrides) -> Quantized
     else:
         layout, ncls = "auto", None
     vocab = _vocab_for(proto, cfg, ncls)
-    batches = calibration_batches(cfg, features, frames)
+    if isinstance(cfg.calib, str) and cfg.calib == "synthetic":
+        batches = synthetic_batches(proto, cfg, features, frames)
+    else:
+        batches = calibration_batches(cfg, features, frames)
     qmod, meta, ranges, bn_stats = _run_passes(fmod, batches, cfg, proto_s)
     try:
         cost = analyze_onnx(proto, frames=TEN_SECONDS_FRAMES)
@@ -406,5 +445,5 @@ def report(model, wbits: int | None = None, abits: int | None = None, frames: in
         rp = p / "report.json"
         return artifacts.read_json(rp) if rp.exists() else {}
     cfg = QuantConfig(wbits=wbits or 8, abits=abits or 8).validate()
-    cost = analyze_onnx(model, frames=frames)
+    cost = analyze_onnx(_resolve_model(model)[0], frames=frames)
     return size_report(cost, cfg.wbits, cfg.abits)

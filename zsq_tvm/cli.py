@@ -35,7 +35,9 @@ def cmd_quantize(a) -> int:
 
     cfg = api.QuantConfig(wbits=a.wbits, abits=a.abits, calib=a.calib, calib_method=a.calib_method,
                           frames=a.frames, seed=a.seed, num_batches=a.num_batches,
-                          progress=not a.json and sys.stderr.isatty() or a.progress)
+                          progress=not a.json and sys.stderr.isatty() or a.progress,
+                          synth={k: v for k, v in (("num_batches", a.synth_batches), ("iters", a.synth_iters))
+                                 if v is not None} or None)
     cfg.validate()
     from .artifacts import atomic_dir  # noqa: F401  (fail on an existing OUT_DIR before any work)
 
@@ -53,6 +55,35 @@ def cmd_quantize(a) -> int:
                      "input_scale": m["input_scale"], "output_scale": m["output_scale"], "report": q.report()})
     else:
         print(f"quantized W{m['wbits']}A{m['abits']} ({m['frames']} frames) -> {out}")
+    return 0
+
+
+def cmd_synth(a) -> int:
+    from .errors import ArtifactError
+    from .synthesize import SynthConfig, save_batches, synthesize
+
+    if Path(a.output).exists() and not a.overwrite:  # fail before minutes of work
+        raise ArtifactError(f"output directory {a.output!r} already exists",
+                            "choose another -o path, remove it, or pass --overwrite")
+    cfg = SynthConfig(num_batches=a.batches, batch_size=a.batch_size, iters=a.iters, lr=a.lr, frames=a.frames,
+                      seed=a.seed, kl=a.kl, threads=a.threads,
+                      progress=not a.json and sys.stderr.isatty() or a.progress).validate()
+    hist: list = []
+    batches = synthesize(a.model, cfg, history=hist)
+    save_batches(batches, a.output, cfg, hist, source=str(a.model), overwrite=a.overwrite)
+    res = {"output": a.output, "files": len(batches), "shape": list(batches[0].shape),
+           "loss_initial": sum(h["initial"] for h in hist) / len(hist) if cfg.iters else None,
+           "loss_final": sum(h["final"] for h in hist) / len(hist)}
+    if a.png:
+        from .synth_figure import plot_figure3
+
+        res["png"] = plot_figure3(a.model, batches, cfg, a.png)
+    if a.json:
+        _print_json(res)
+    else:
+        li = "-" if res["loss_initial"] is None else f"{res['loss_initial']:.4g}"
+        print(f"synthesized {len(batches)} x {list(batches[0].shape)} mels (eq. 2 loss {li} -> "
+              f"{res['loss_final']:.4g}) -> {a.output}" + (f"; figure -> {a.png}" if a.png else ""))
     return 0
 
 
@@ -136,7 +167,7 @@ def cmd_report(a) -> int:
     if p.is_dir():
         rep = api.report(p)
     else:
-        rep = api.report(p, wbits=a.wbits, abits=a.abits, frames=a.frames)
+        rep = api.report(a.model, wbits=a.wbits, abits=a.abits, frames=a.frames)  # str: shipped names too
     if "fp32" not in rep:
         raise ConfigError(f"no size/BOPs report available for {a.model!r}", "run `zsq report MODEL.onnx`")
     if a.json:
@@ -161,6 +192,18 @@ def cmd_export_nemo(a) -> int:
     return 0
 
 
+def cmd_eval(a) -> int:
+    from .evaluate import evaluate, format_result
+
+    res = evaluate(a.model, a.manifest, runtime=a.runtime, frames=a.frames, frames_pad=a.frames_pad,
+                   threads=a.threads, progress=True if a.progress else None, limit=a.limit, hyps_out=a.hyps)
+    if a.json:
+        _print_json(res)
+    else:
+        print(format_result(res))
+    return 0
+
+
 def cmd_demo(a) -> int:
     from .demo import run_demo
 
@@ -176,8 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     s = sub.add_parser("quantize", help="ONNX model -> quantized (integer-only) model directory")
-    s.add_argument("model", help="ONNX model with a mel input [B, F, T]")
-    s.add_argument("--calib", default="random", help="'random' or a directory of .npy mels [F, T] (default random)")
+    s.add_argument("model", help="ONNX model with a mel input [B, F, T], or a shipped model name (quartznet5x5, ...)")
+    s.add_argument("--calib", default="random",
+                   help="'random', 'synthetic' (zero-shot: mels synthesized from the model's BatchNorm statistics; "
+                        "needs BatchNormalization in the ONNX) or a directory of .npy mels [F, T] (default random)")
+    s.add_argument("--synth-batches", type=_int_arg, default=None, help="--calib synthetic: batches of 8 (default 20)")
+    s.add_argument("--synth-iters", type=_int_arg, default=None, help="--calib synthetic: Adam iterations (default 200)")
     s.add_argument("--calib-method", default="minmax", help="minmax or percentile (default minmax)")
     s.add_argument("--wbits", type=_int_arg, default=8, help="weight bits, 2..8 (default 8)")
     s.add_argument("--abits", type=_int_arg, default=8, help="activation bits, 2..8 (default 8)")
@@ -189,6 +236,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true")
     _add_json(s)
     s.set_defaults(func=cmd_quantize)
+
+    s = sub.add_parser("synth", help="zero-shot calibration data: mels synthesized from BatchNorm statistics")
+    s.add_argument("model", help="shipped model name, .pt checkpoint, or ONNX file with BatchNormalization nodes")
+    s.add_argument("-o", "--output", required=True, help="output directory of .npy batches [B, 64, T]")
+    s.add_argument("--batches", type=_int_arg, default=20, help="number of batches (default 20)")
+    s.add_argument("--batch-size", type=_int_arg, default=8, help="mels per batch (default 8)")
+    s.add_argument("--iters", type=_int_arg, default=200, help="Adam iterations per batch (default 200)")
+    s.add_argument("--lr", type=float, default=0.05, help="Adam learning rate (default 0.05)")
+    s.add_argument("--frames", type=_int_arg, default=500, help="frames T per mel (default 500 = 5 s)")
+    s.add_argument("--seed", type=_int_arg, default=0)
+    s.add_argument("--kl", default="paper", choices=["paper", "reverse"],
+                   help="KL direction: paper = KL(N(running) || N(batch)) as eq. 2 is printed (default)")
+    s.add_argument("--threads", type=_int_arg, default=None, help="torch CPU threads (default: torch's)")
+    s.add_argument("--png", default=None, help="also write a Figure-3-like PNG (real / random / synthetic)")
+    s.add_argument("--progress", action="store_true", help="show the progress bar even when not on a terminal")
+    s.add_argument("--overwrite", action="store_true")
+    _add_json(s)
+    s.set_defaults(func=cmd_synth)
 
     s = sub.add_parser("compile", help="quantized directory -> compiled build directory")
     s.add_argument("qdir")
@@ -225,6 +290,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True)
     s.add_argument("--frames", type=_int_arg, default=None)
     s.set_defaults(func=cmd_export_nemo)
+
+    s = sub.add_parser("eval", help="WER/CER of a model on a NeMo manifest (shipped name, .onnx, quantized or build dir)")
+    s.add_argument("model", help="shipped model name (e.g. quartznet5x5), .pt, .onnx, quantized dir or build dir")
+    s.add_argument("--manifest", required=True, help="NeMo JSON-lines manifest (audio_filepath, text), 16 kHz wav")
+    s.add_argument("--runtime", default="auto", help="auto | torch | onnxruntime | tvm (FP32; default: torch for "
+                                                     "shipped names, onnxruntime for .onnx)")
+    s.add_argument("--frames", type=_int_arg, default=None, help="T for exporting / compiling a dynamic model")
+    s.add_argument("--frames-pad", type=_int_arg, default=None,
+                   help="run a dynamic-length model as if fixed to T frames (zero-pad / chunk like a build)")
+    s.add_argument("--threads", type=_int_arg, default=None, help="CPU threads (default: the runtime's default)")
+    s.add_argument("--limit", type=_int_arg, default=None, help="only the first N utterances")
+    s.add_argument("--hyps", default=None, help="write per-utterance ref/hyp JSON lines here")
+    s.add_argument("--progress", action="store_true", help="show the progress bar even when not on a terminal")
+    _add_json(s)
+    s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("demo", help="quantize + compile + check + run the shipped default model")
     s.add_argument("--workdir", default=None, help="keep artifacts here (default: a temp dir)")

@@ -156,7 +156,7 @@ def evaluate(model, data, device, max_frames=40000) -> Dict[str, float]:
 
 
 def save_checkpoint(model, path: Path, meta: dict) -> None:
-    sd = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    sd = {k: (v.half() if v.is_floating_point() else v).cpu() for k, v in model.state_dict().items()}
     tmp = path.with_suffix(".tmp")
     torch.save({"arch": model.arch, "vocab": model.vocab, "state_dict": sd, "meta": meta}, tmp)
     os.replace(tmp, path)
@@ -176,7 +176,7 @@ def fit(feats: str, arch: str, out: str, minutes: float, device: str, lr: float,
     model = build_model(arch).to(device)
     steps_done = 0
     if resume and Path(resume).exists():
-        ck = torch.load(resume, map_location="cpu")
+        ck = torch.load(resume, map_location="cpu", weights_only=True)
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ck["state_dict"].items()})
         steps_done = ck["meta"].get("steps", 0)
         warmup = min(warmup, 20)

@@ -7,9 +7,12 @@ all call this one implementation, so features never drift between them.
 Pipeline (NeMo ``FilterbankFeatures`` defaults used by the QuartzNet/Jasper/Conformer
 configs):
 
-1. pre-emphasis ``y[n] = x[n] - 0.97 x[n-1]`` (``y[0] = x[0]``);
+1. pre-emphasis ``y[n] = x[n] - 0.97 x[n-1]`` (``y[0] = x[0]``), samples past each
+   waveform's length zeroed again afterwards (as NeMo does);
 2. STFT, ``n_fft=512``, Hann window of 320 samples (20 ms, symmetric), hop 160
-   (10 ms), centred with zero padding -> ``T = len // 160 + 1`` frames;
+   (10 ms), centred with zero padding -> ``len // 160 + 1`` STFT frames, of which the first
+   ``len // 160`` are *valid* (NeMo >= 2.0 ``get_seq_len``: ``(len + 2*(n_fft//2) - n_fft) // hop``;
+   the last, half-empty frame is zeroed like a padded one);
 3. power spectrum ``|X|^2``, then a 64-band Slaney-style mel filterbank (0-8 kHz,
    Slaney area normalisation, as ``librosa.filters.mel(norm="slaney")``);
 4. ``log(mel + 2**-24)``;
@@ -96,7 +99,10 @@ class MelFrontend(torch.nn.Module):
         self.register_buffer("fb", torch.from_numpy(fb), persistent=False)
 
     def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
-        return torch.div(lengths, self.config.hop_length, rounding_mode="floor") + 1
+        """Valid frames per waveform: ``len // hop`` (NeMo 3.0's ``FilterbankFeatures.get_seq_len``)."""
+        cfg = self.config
+        pad = (cfg.n_fft // 2) * 2
+        return torch.div(lengths + pad - cfg.n_fft, cfg.hop_length, rounding_mode="floor")
 
     @torch.no_grad()
     def forward(self, audio: torch.Tensor, lengths: Optional[torch.Tensor] = None, dither: bool = False
@@ -111,6 +117,8 @@ class MelFrontend(torch.nn.Module):
         if dither and cfg.dither > 0:
             audio = audio + cfg.dither * torch.randn_like(audio)
         x = torch.cat([audio[:, :1], audio[:, 1:] - cfg.preemph * audio[:, :-1]], dim=1)
+        in_time = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
+        x = x.masked_fill(~in_time, 0.0)
         spec = torch.stft(x, n_fft=cfg.n_fft, hop_length=cfg.hop_length, win_length=cfg.win_length,
                           window=self.window, center=True, pad_mode="constant", return_complex=True)
         power = spec.real.pow(2) + spec.imag.pow(2)

@@ -196,13 +196,16 @@ class ConformerCTCModel(nn.Module):
     """``forward(mel[B,F,T]) -> logits [B, T/4, C]``; with ``lens`` also returns output lengths."""
 
     def __init__(self, arch: str = "conformer-ctc-small", feat_in: int = 64, vocab: Sequence[str] = VOCAB,
-                 dropout: float = 0.1):
+                 dropout: float = 0.1, params: Optional[dict] = None):
+        """``params`` (keys of :data:`CONFORMER_ARCHS` entries, e.g. from a NeMo config) overrides the arch's."""
         super().__init__()
-        if arch not in CONFORMER_ARCHS:
+        if params is None and arch not in CONFORMER_ARCHS:
             raise ValueError(f"unknown conformer architecture {arch!r}; known: {', '.join(CONFORMER_ARCHS)}")
         self.arch = arch
         self.vocab = list(vocab)
-        self.encoder = ConformerEncoder(feat_in, dropout=dropout, **CONFORMER_ARCHS[arch])
+        self.feat_in = feat_in
+        self.encoder = ConformerEncoder(feat_in, dropout=dropout, **(params if params is not None
+                                                                      else CONFORMER_ARCHS[arch]))
         self.decoder = ConvASRDecoder(self.encoder.feat_out, len(self.vocab) + 1)
 
     def forward(self, mel, lens: Optional[torch.Tensor] = None):

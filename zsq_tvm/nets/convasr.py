@@ -48,7 +48,8 @@ def _qn_blocks(mult: int, widths=(256, 256, 512, 512, 512), kernels=(33, 39, 51,
     blocks = [BlockCfg(c1, 1, k1, stride=2, residual=False)]
     for w, k in zip(widths, kernels):
         blocks += [BlockCfg(w, repeat, k) for _ in range(mult)]
-    blocks += [BlockCfg(c2, 1, k2, dilation=2, residual=False), BlockCfg(c3, 1, 1, residual=False)]
+    # NeMo's quartznet_15x5.yaml: the last (1x1, c3-wide) block has no ``separable`` key, i.e. a plain conv.
+    blocks += [BlockCfg(c2, 1, k2, dilation=2, residual=False), BlockCfg(c3, 1, 1, residual=False, separable=False)]
     return blocks
 
 
@@ -128,6 +129,24 @@ class JasperBlock(nn.Module):
         else:
             self.res = None
         self.mout = nn.Sequential(nn.ReLU(), nn.Dropout(cfg.dropout))
+        self._plain_1x1 = (not cfg.separable and cfg.repeat == 1 and cfg.kernel == 1)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Key-remap shim for checkpoints written before the last QuartzNet block matched NeMo
+        # (it was a separable 1x1: depthwise k=1 ``mconv.0`` + pointwise ``mconv.1`` + BN ``mconv.2``).
+        # A depthwise 1x1 conv is a per-channel scale, so it folds exactly into the pointwise weight:
+        # W'[o, i] = W[o, i] * dw[i]; the BN moves from ``mconv.2`` to ``mconv.1``.
+        dw_key, pw_key = prefix + "mconv.0.conv.weight", prefix + "mconv.1.conv.weight"
+        if (self._plain_1x1 and pw_key in state_dict and dw_key in state_dict
+                and state_dict[dw_key].dim() == 3 and state_dict[dw_key].shape[1:] == (1, 1)
+                and state_dict[pw_key].dim() == 3 and state_dict[pw_key].shape[1] == state_dict[dw_key].shape[0]):
+            dw, pw = state_dict.pop(dw_key), state_dict.pop(pw_key)
+            folded = (pw.float() * dw.float().reshape(1, -1, 1)).to(pw.dtype)
+            moved = {k: state_dict.pop(k) for k in [k for k in state_dict if k.startswith(prefix + "mconv.2.")]}
+            state_dict[dw_key] = folded
+            for k, v in moved.items():
+                state_dict[prefix + "mconv.1." + k[len(prefix + "mconv.2."):]] = v
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, xs: List[torch.Tensor], lens: Optional[torch.Tensor]):
         out, lens_in = xs[-1], lens
@@ -183,13 +202,16 @@ class ConvCTCModel(nn.Module):
     training applies ``log_softmax`` itself.
     """
 
-    def __init__(self, arch: str, feat_in: int = 64, vocab: Sequence[str] = VOCAB):
+    def __init__(self, arch: str, feat_in: int = 64, vocab: Sequence[str] = VOCAB,
+                 blocks: Optional[Sequence[BlockCfg]] = None):
+        """``blocks`` (e.g. read from a NeMo config by :mod:`zsq_tvm.nemo_io`) overrides ``ARCHS[arch]``."""
         super().__init__()
-        if arch not in ARCHS:
+        if blocks is None and arch not in ARCHS:
             raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(sorted(ARCHS))}")
         self.arch = arch
         self.vocab = list(vocab)
-        self.encoder = ConvASREncoder(feat_in, ARCHS[arch]())
+        self.feat_in = feat_in
+        self.encoder = ConvASREncoder(feat_in, list(blocks) if blocks is not None else ARCHS[arch]())
         self.decoder = ConvASRDecoder(self.encoder.feat_out, len(self.vocab) + 1)
 
     def forward(self, mel: torch.Tensor, lens: Optional[torch.Tensor] = None):

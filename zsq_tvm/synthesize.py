@@ -1,0 +1,357 @@
+"""Zero-shot calibration data: synthetic mel spectrograms from BatchNorm statistics (paper §2.3).
+
+    import zsq_tvm
+    batches = zsq_tvm.synthesize("quartznet5x5", zsq_tvm.SynthConfig(num_batches=20, frames=500))
+    # -> list of float32 arrays [batch_size, 64, frames]; zsq_tvm.quantize(..., calib=batches)
+
+A batch of mels ``x`` (initialised uniformly in ``[-0.3, 0.3]``) is a learnable parameter; the
+FP32 model runs in **eval mode** (BatchNorm normalises with its running statistics, dropout is
+off), and a forward hook on every BatchNorm measures the statistics of the BN's *input* over
+batch and time (per channel: mean ``mu_b``, biased variance ``var_b``).  Eq. 2 compares them with
+the running statistics ``(mu_r, var_r)`` the BN recorded on the real training data::
+
+    KL(N(mu_r, s_r) || N(mu_b, s_b)) = log(s_b / s_r) - 1/2 (1 - (s_r^2 + (mu_r - mu_b)^2) / s_b^2)
+
+(``kl="paper"``, the default: the paper writes eq. 2 with hatted = running statistics;
+``kl="reverse"`` is ``KL(N(mu_b, s_b) || N(mu_r, s_r))``, the same formula with the roles swapped.)
+Both variances include the BN's ``eps`` (what BN actually divides by), so the loss is exactly 0
+when the batch statistics equal the running ones.  Per BatchNorm the per-channel KL is
+**averaged over channels**, and the layers are **summed** (eq. 2's Σ_i): every layer weighs the
+same whatever its width (a 1024-channel epilogue would otherwise dominate a 256-channel block),
+and the printed loss is "nats per channel, summed over layers", comparable across models.  Adam
+is invariant to the loss's overall scale, so this choice only sets the relative layer weights.
+
+The model may be a torch module (our nets), a shipped name / ``.pt`` checkpoint, or an ONNX
+file that still has BatchNormalization nodes (converted by :mod:`zsq_tvm.frontend.onnx_torch`).
+Seeded: batch ``b`` is initialised from ``SeedSequence([seed, b])``; with the same torch thread
+count the output is bit-identical run to run.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import types
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import CalibrationError, ConfigError, ModelLoadError
+
+__all__ = ["SynthConfig", "synthesize", "bn_kl", "bn_loss", "initial_batch", "load_fp32_model", "save_batches",
+           "FOLDED_BN_FIX"]
+
+KL_MODES = ("paper", "reverse")
+REDUCTIONS = ("mean", "sum")
+
+FOLDED_BN_FIX = ("re-export the model keeping BatchNorm (`zsq export-nemo MODEL -o model.onnx`, or "
+                 "torch.onnx.export(model.eval(), ..., training=torch.onnx.TrainingMode.PRESERVE, "
+                 "do_constant_folding=False)), or calibrate without synthesis: --calib random")
+
+
+@dataclass
+class SynthConfig:
+    """Hyper-parameters of synthesis; the defaults are the paper's (§3.1)."""
+
+    num_batches: int = 20          # paper: 20 batches
+    batch_size: int = 8            # paper: 8
+    iters: int = 200               # paper: {200, 250}
+    lr: float = 0.05               # paper: {0.03, 0.04, 0.05, 0.06}
+    frames: int = 500              # T of each synthetic mel (100 frames per second)
+    features: int | None = None    # F; None: from the model (64 for all our nets)
+    init_range: float = 0.3        # uniform init in [-init_range, init_range]
+    betas: tuple[float, float] = (0.9, 0.999)
+    seed: int = 0
+    kl: str = "paper"              # "paper": KL(N(running) || N(batch)); "reverse": KL(N(batch) || N(running))
+    reduction: str = "mean"        # over channels within a BN layer ("sum" is also accepted)
+    threads: int | None = None     # torch intra-op threads while synthesizing (None: leave as is)
+    progress: bool = True
+    device: str = "cpu"
+
+    def validate(self) -> "SynthConfig":
+        for k in ("num_batches", "batch_size", "iters", "frames"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < (0 if k == "iters" else 1):
+                raise ConfigError(f"synthesis {k}={v!r} must be a positive integer", f"pass --{k.replace('_', '-')} N")
+        if self.batch_size < 2:
+            raise ConfigError("synthesis batch_size must be >= 2 (BN statistics are taken over batch and time)",
+                              "pass --batch-size 8 (the paper's value)")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            raise ConfigError(f"synthesis lr={self.lr!r} must be > 0", "pass e.g. --lr 0.05")
+        if self.kl not in KL_MODES:
+            raise ConfigError(f"unknown KL direction {self.kl!r}", f"use one of {', '.join(KL_MODES)}")
+        if self.reduction not in REDUCTIONS:
+            raise ConfigError(f"unknown channel reduction {self.reduction!r}", "use mean or sum")
+        if not self.init_range > 0:
+            raise ConfigError(f"init_range={self.init_range!r} must be > 0", "pass e.g. 0.3")
+        return self
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+
+# --------------------------------------------------------------------------- the loss (eq. 2)
+def bn_kl(mu_b, var_b, mu_r, var_r, kl: str = "paper", reduction: str = "mean"):
+    """Eq. 2 for one BatchNorm: KL between per-channel Gaussians, reduced over channels.
+
+    ``mu_b, var_b``: statistics of the synthetic batch; ``mu_r, var_r``: the BN's running
+    statistics.  Variances must already include the BN's eps.  Works on torch tensors (and
+    differentiates) or numpy arrays.
+    """
+    lib = _lib(mu_b)
+    d2 = (mu_b - mu_r) ** 2
+    if kl == "paper":  # KL(N(mu_r, var_r) || N(mu_b, var_b))
+        per = 0.5 * lib.log(var_b / var_r) - 0.5 * (1.0 - (var_r + d2) / var_b)
+    elif kl == "reverse":  # KL(N(mu_b, var_b) || N(mu_r, var_r))
+        per = 0.5 * lib.log(var_r / var_b) - 0.5 * (1.0 - (var_b + d2) / var_r)
+    else:
+        raise ConfigError(f"unknown KL direction {kl!r}", f"use one of {', '.join(KL_MODES)}")
+    return per.mean() if reduction == "mean" else per.sum()
+
+
+def _lib(x):
+    import torch
+
+    return torch if isinstance(x, torch.Tensor) else np
+
+
+# --------------------------------------------------------------------------- model loading
+def _bn_types():
+    from torch import nn
+
+    return (nn.modules.batchnorm._BatchNorm,)
+
+
+def _load_shipped(name):
+    try:
+        from .models import load_torch
+    except ImportError:  # older checkout: load the checkpoint directly
+        load_torch = None
+    if load_torch is not None:
+        return load_torch(name)
+    import torch
+
+    from .nets import build_model
+
+    p = Path(name) if str(name).endswith(".pt") else Path(__file__).parent / "models" / f"{name}.pt"
+    if not p.is_file():
+        raise ModelLoadError(f"unknown model {str(name)!r}", "pass a shipped model name, a .pt or an .onnx file")
+    ck = torch.load(p, map_location="cpu", weights_only=True)
+    m = build_model(ck["arch"])
+    m.load_state_dict({k: v.float() for k, v in ck["state_dict"].items()})
+    return m.float().eval()
+
+
+def load_fp32_model(model):
+    """torch module / shipped name / ``.pt`` / ONNX (path or ModelProto) -> (torch module, features, name)."""
+    import torch
+
+    if isinstance(model, torch.nn.Module):
+        return model, _features_of(model), getattr(model, "name", type(model).__name__)
+    import onnx
+
+    is_onnx = isinstance(model, onnx.ModelProto) or (isinstance(model, (str, os.PathLike))
+                                                      and str(model).lower().endswith(".onnx"))
+    if not is_onnx:
+        m = _load_shipped(model)
+        return m, _features_of(m), getattr(m, "name", str(model))
+    from .frontend.onnx_import import load_onnx
+    from .frontend.onnx_torch import OnnxTorch
+
+    proto, _, source = load_onnx(model)
+    if not any(n.op_type == "BatchNormalization" for n in proto.graph.node):
+        raise CalibrationError(f"ONNX model {source!r} has no BatchNormalization nodes (its exporter folded them "
+                               f"into the convolutions), so there are no BN statistics to synthesize data from",
+                               FOLDED_BN_FIX)
+    try:
+        net = OnnxTorch(proto).eval()
+    except NotImplementedError as e:
+        raise ConfigError(f"cannot convert {source!r} to torch for synthesis: {e}",
+                          "calibrate with --calib random or a directory of real mels, or synthesize from the "
+                          "torch model (`zsq synth quartznet5x5 ...`)") from None
+    feats = None
+    for i in proto.graph.input:
+        if i.name == net.input_name:
+            dims = i.type.tensor_type.shape.dim
+            if len(dims) == 3 and dims[1].HasField("dim_value"):
+                feats = int(dims[1].dim_value)
+    return net, feats or 64, Path(source).stem if source != "<ModelProto>" else source
+
+
+def _features_of(m) -> int:
+    return int(getattr(m, "feat_in", 0) or 64)
+
+
+# --------------------------------------------------------------------------- synthesis
+def _batch_seed(seed: int, b: int) -> int:
+    return int(np.random.SeedSequence([int(seed), int(b)]).generate_state(1)[0])
+
+
+def initial_batch(config: SynthConfig, b: int, features: int):
+    """The uniform random initialisation of batch ``b`` (a torch tensor ``[B, F, T]``)."""
+    import torch
+
+    g = torch.Generator().manual_seed(_batch_seed(config.seed, b))
+    return (torch.rand(config.batch_size, features, config.frames, generator=g, dtype=torch.float32) * 2 - 1) \
+        * config.init_range
+
+
+class _BNObserver:
+    """Forward hooks computing eq. 2 at every BatchNorm; ``terms`` collects one scalar per BN per forward."""
+
+    def __init__(self, model, kl: str, reduction: str):
+        self.terms: list = []
+        self.handles = []
+        self.bns = [m for m in model.modules() if isinstance(m, _bn_types())]
+        for bn in self.bns:
+            self.handles.append(bn.register_forward_pre_hook(self._hook))
+        self.kl, self.reduction = kl, reduction
+
+    def _hook(self, bn, inputs):
+        x = inputs[0]
+        if bn.running_mean is None:
+            return
+        dims = [d for d in range(x.dim()) if d != 1]
+        var_b, mu_b = _var_mean(x, dims)
+        eps = float(bn.eps)
+        self.terms.append(bn_kl(mu_b, var_b + eps, bn.running_mean.to(x.dtype),
+                                bn.running_var.to(x.dtype) + eps, self.kl, self.reduction))
+
+    def close(self):
+        for h in self.handles:
+            h.remove()
+
+
+def _var_mean(x, dims):
+    import torch
+
+    return torch.var_mean(x, dim=dims, correction=0)
+
+
+def bn_loss(model, mels, kl: str = "paper", reduction: str = "mean") -> list[float]:
+    """Eq. 2 per BatchNorm (the synthesis loss) of a given mel batch ``[B, F, T]`` - e.g. real data."""
+    import torch
+
+    net, _, _ = load_fp32_model(model)
+    obs = _BNObserver(net, kl, reduction)
+    was_training = net.training
+    try:
+        net.eval()
+        with torch.no_grad():
+            net(torch.as_tensor(np.asarray(mels, dtype=np.float32)))
+        return [float(t) for t in obs.terms]
+    finally:
+        obs.close()
+        net.train(was_training)
+
+
+def synthesize(model, config: SynthConfig | None = None, *, history: list | None = None,
+               **overrides) -> list[np.ndarray]:
+    """Synthetic mel batches ``[batch_size, F, frames]`` (float32) that match the model's BN statistics.
+
+    ``model``: torch module with BatchNorm layers, shipped name, ``.pt`` checkpoint, or ONNX file /
+    ``ModelProto`` with BatchNormalization nodes.  ``history``: if a list, one dict per batch is
+    appended (``loss``: the loss before each Adam step, ``final``: the loss of the returned batch,
+    ``initial``, ``per_layer_final``, ``seed``).
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    cfg = config or SynthConfig()
+    if overrides:
+        cfg = SynthConfig(**{**asdict(cfg), **overrides})
+    cfg.validate()
+    net, feats, _name = load_fp32_model(model)
+    F_ = int(cfg.features or feats)
+    old_threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    was_training = net.training
+    req = [(p, p.requires_grad) for p in net.parameters()]
+    net.eval()
+    for p, _ in req:
+        p.requires_grad_(False)
+    obs = _BNObserver(net, cfg.kl, cfg.reduction)
+    dev = torch.device(cfg.device)
+    try:
+        if not obs.bns:
+            raise CalibrationError("the model has no BatchNorm layers, so there are no statistics to synthesize "
+                                   "data from", FOLDED_BN_FIX)
+        net.to(dev)
+        out = []
+        bar = tqdm(total=cfg.num_batches * cfg.iters, desc="synthesize", unit="it", disable=not cfg.progress,
+                   dynamic_ncols=True, file=sys.stderr)
+        for b in range(cfg.num_batches):
+            s = _batch_seed(cfg.seed, b)
+            x = initial_batch(cfg, b, F_).to(dev).requires_grad_(True)
+            opt = torch.optim.Adam([x], lr=cfg.lr, betas=tuple(cfg.betas))
+            losses = []
+            for _ in range(cfg.iters):
+                opt.zero_grad(set_to_none=True)
+                obs.terms.clear()
+                net(x)
+                loss = torch.stack(obs.terms).sum()
+                loss.backward()
+                opt.step()
+                losses.append(float(loss.detach()))
+                bar.update(1)
+                if len(losses) % 5 == 1 or len(losses) == cfg.iters:
+                    bar.set_postfix(batch=f"{b + 1}/{cfg.num_batches}", loss=f"{losses[-1]:.4g}",
+                                    start=f"{losses[0]:.4g}", refresh=False)
+            with torch.no_grad():  # the loss of what we return (after the last step)
+                obs.terms.clear()
+                net(x)
+                per_layer = [float(t) for t in obs.terms]
+            if not np.isfinite(per_layer).all():
+                raise CalibrationError(f"synthesis diverged (loss {sum(per_layer)}) in batch {b}",
+                                       "lower --lr (e.g. 0.03) or --iters")
+            if history is not None:
+                history.append({"batch": b, "seed": s, "loss": losses, "initial": losses[0] if losses else None,
+                                "final": float(sum(per_layer)), "per_layer_final": per_layer})
+            out.append(x.detach().to("cpu").numpy().astype(np.float32, copy=True))
+        bar.close()
+        return out
+    finally:
+        obs.close()
+        for p, r in req:
+            p.requires_grad_(r)
+        net.train(was_training)
+        if cfg.threads:
+            torch.set_num_threads(old_threads)
+
+
+def save_batches(batches, out_dir, config: SynthConfig | None = None, history: list | None = None,
+                 source: str | None = None, overwrite: bool = False) -> Path:
+    """Write ``synth_000.npy`` … (each ``[B, F, T]`` float32) + ``synth.json``, atomically.
+
+    The directory is what ``zsq quantize --calib DIR`` / ``QuantConfig(calib=DIR)`` reads.
+    """
+    from . import artifacts
+
+    with artifacts.atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        for i, a in enumerate(batches):
+            np.save(tmp / f"synth_{i:03d}.npy", np.asarray(a, dtype=np.float32))
+        info: dict[str, Any] = {"kind": "zsq-synthetic-mels", "source": source, "num_batches": len(batches),
+                                "shape": list(np.shape(batches[0])) if batches else None}
+        if config is not None:
+            info["config"] = config.to_json()
+        if history:
+            info["loss"] = [{"batch": h["batch"], "seed": h["seed"], "initial": h["initial"], "final": h["final"]}
+                            for h in history]
+        artifacts.write_json(tmp / "synth.json", info)
+    return Path(out_dir)
+
+
+class _CallableModule(types.ModuleType):
+    """``zsq_tvm.synthesize`` is both this module and the function: importing the submodule rebinds
+    the package attribute to the module, so the module itself forwards calls to :func:`synthesize`."""
+
+    def __call__(self, *args, **kwargs):
+        return synthesize(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
