@@ -44,6 +44,11 @@ Conventions other tools rely on:
 * ``main`` gets attributes ``"zsq.quantized": 1``, ``"zsq.input_scale"``, ``"zsq.output_scale"``;
 * all scales, multipliers and shifts are in ``pass_obj.metadata`` (JSON-serialisable).
 
+Overflow is proved, not hoped for: every int32 accumulation (conv1d incl. depthwise, matmul, bias add,
+residual sum) and every int64 requantize product gets its exact worst case from the quantized weights
+(:mod:`zsq_tvm.overflow`); the margins go to ``metadata["overflow"]`` and a layer whose bound can pass
+2^31-1 is refused with :class:`zsq_tvm.overflow.AccumulatorOverflowError` (layer, bound, fix).
+
 Ops it cannot quantize are reported all at once (op and binding var) as
 :class:`zsq_tvm.errors.UnsupportedOpsError` before anything is built.
 
@@ -65,10 +70,11 @@ from tvm import relax, te, tirx
 
 from zsq_tvm import intmath
 from zsq_tvm.errors import BitWidthError, UnsupportedOpsError
+from zsq_tvm.overflow import AccumulatorOverflowError, OverflowLedger, dot_interval, requant_interval
 
 from ._util import bindings, call_op_name, const, dtype_of, main_function, resolve_const, shape_of, tensor_names
 
-__all__ = ["Quantize", "QuantizeUnsupportedOps", "SUPPORTED_OPS", "INPUT_QUANTIZE", "OUTPUT_DEQUANTIZE", "ROLE_ATTR"]
+__all__ = ["Quantize", "QuantizeUnsupportedOps", "AccumulatorOverflowError", "SUPPORTED_OPS", "INPUT_QUANTIZE", "OUTPUT_DEQUANTIZE", "ROLE_ATTR"]
 
 ROLE_ATTR = "zsq.role"
 INPUT_QUANTIZE = "input_quantize"
@@ -112,16 +118,25 @@ class _QT:
     def qmax(self) -> int:
         return intmath.qrange(self.bits, self.unsigned)[1]
 
+    @property
+    def qmin(self) -> int:
+        return intmath.qrange(self.bits, self.unsigned)[0]
+
 
 @dataclass
 class _Acc:
-    """int32 accumulator with a per-channel scale along ``axis``: real[..c..] = scale[c] * expr."""
+    """int32 accumulator with a per-channel scale along ``axis``: real[..c..] = scale[c] * expr.
+
+    ``lo``/``hi``: exact per-channel range of the integer values (int64 arrays broadcast against
+    ``scale``), from :mod:`zsq_tvm.overflow`; they prove every int32/int64 step cannot wrap.
+    """
 
     expr: relax.Expr
     scale: np.ndarray
     axis: int
     ndim: int
-    bound: np.ndarray = field(default=None)  # per-channel max |value|, to prove int32 safety
+    lo: np.ndarray = field(default=None)
+    hi: np.ndarray = field(default=None)
 
 
 def _bcast_shape(ndim, axis, c):
@@ -149,6 +164,7 @@ class _Quantizer:
         self.alias: dict = {}     # removed op result -> its input var
         self.skip: set = set()    # bindings already emitted by a fused pattern
         self.memo_q: dict = {}
+        self.ledger = OverflowLedger()
         self.meta = {"version": 1, "wbits": wbits, "abits": abits, "out_bits": out_bits, "input": [],
                      "output": [], "layers": [], "requantize": [], "dropped_ops": []}
 
@@ -162,6 +178,11 @@ class _Quantizer:
     def _label(self, var):
         nm = self.names.get(var)
         return f"{var.name} ({nm})" if nm else var.name
+
+    def _layer(self, var):
+        """Layer name for messages/metadata: the ONNX tensor name when known, else the Relax var."""
+        nm = self.names.get(var)
+        return f"{nm} ({var.name})" if nm else var.name
 
     def _flows_to_output_only(self, var, depth=0):
         if any(var.same_as(o) for o in self.outputs):
@@ -231,10 +252,16 @@ class _Quantizer:
             return self.input_quantize(expr)
         raise KeyError(f"operand {expr} has no quantized value")
 
-    def requant(self, acc_expr, m, qmin, qmax, dtype, axis, ndim, tag):
-        """Emit intmath.requantize as Relax ops; ``m`` scalar or per-channel vector of S_in/S_out."""
+    def requant(self, acc_expr, m, qmin, qmax, dtype, axis, ndim, tag, lo, hi):
+        """Emit intmath.requantize as Relax ops; ``m`` scalar or per-channel vector of S_in/S_out.
+
+        ``[lo, hi]``: range of the accumulator; the int64 product is proved in range (the ledger).
+        Returns ``(expr, out_lo, out_hi)`` with the exact range of the clipped result.
+        """
         m = np.asarray(m, dtype=np.float64).reshape(-1)
         M, s = intmath.dyadic_vector(m)
+        rec = self.ledger.requantize(tag, lo, hi, M, s)
+        out_lo, out_hi = requant_interval(lo, hi, M, s, qmin, qmax)
         if m.size == 1:
             shape = []
         else:
@@ -242,12 +269,13 @@ class _Quantizer:
         x = self.bb.emit(relax.op.astype(acc_expr, "int64"))
         x = self.bb.emit(relax.op.multiply(x, const(M.reshape(shape), "int64")))
         x = self.bb.emit(relax.op.add(x, const((np.int64(1) << (s - 1)).reshape(shape), "int64")))
+        rec["var"] = x.name  # the int64 acc*M + 2^(s-1) (what the bound is about)
         x = self.bb.emit(relax.op.right_shift(x, const(s.reshape(shape), "int64")))
         x = self.bb.emit(relax.op.clip(x, relax.prim_value(tirx.IntImm("int64", int(qmin))),
                                        relax.prim_value(tirx.IntImm("int64", int(qmax)))))
         self.meta["requantize"].append({"at": tag, "M": M.tolist(), "s": s.tolist(), "qmin": int(qmin),
                                         "qmax": int(qmax), "dtype": dtype})
-        return self.bb.emit(relax.op.astype(x, dtype))
+        return self.bb.emit(relax.op.astype(x, dtype)), out_lo, out_hi
 
     def to_q(self, st, var, unsigned=False, bits=None, alpha=None, tag=None):
         """Integer tensor of ``var`` with one scale (requantizing an accumulator if needed)."""
@@ -257,8 +285,8 @@ class _Quantizer:
         a = self.alpha(var) if alpha is None else alpha
         scale = intmath.symmetric_scale(a, bits, unsigned)
         qmin, qmax = intmath.qrange(bits, unsigned)
-        expr = self.requant(st.expr, st.scale / scale, qmin, qmax, intmath.storage_dtype(bits, unsigned),
-                            st.axis, st.ndim, tag or self.names.get(self.root(var), var.name))
+        expr, _, _ = self.requant(st.expr, st.scale / scale, qmin, qmax, intmath.storage_dtype(bits, unsigned),
+                                  st.axis, st.ndim, tag or self.names.get(self.root(var), var.name), st.lo, st.hi)
         return _QT(expr, scale, bits, unsigned)
 
     def ensure_q(self, var):
@@ -278,7 +306,8 @@ class _Quantizer:
         shape = shape_of(var)
         c = int(shape[1]) if len(shape) > 1 else 1
         expr = self.bb.emit(relax.op.astype(st.expr, "int32"))
-        return _Acc(expr, np.full(c, st.scale), 1, len(shape), np.full(c, float(st.qmax)))
+        return _Acc(expr, np.full(c, st.scale), 1, len(shape), np.full(c, st.qmin, np.int64),
+                    np.full(c, st.qmax, np.int64))
 
     # ---------------------------------------------------------------- boundary kernels
     def input_quantize(self, param):
@@ -334,16 +363,19 @@ class _Quantizer:
         w = resolve_const(call.args[1], self.values)
         wq, sw = intmath.quantize_per_channel(w, self.wbits, axis=0)
         a = call.attrs
-        bound = np.abs(wq.astype(np.int64)).reshape(wq.shape[0], -1).sum(axis=1) * x.qmax
-        if bound.max() > intmath.INT32_MAX:
-            raise ValueError(f"conv {self._label(var)}: int32 accumulator could overflow ({bound.max():.3g})")
+        lo, hi = dot_interval(wq, 0, x.qmin, x.qmax)
+        x_dtype = intmath.storage_dtype(x.bits, x.unsigned)
+        rec = self.ledger.accumulate(self._layer(var), "conv1d", lo, hi, {
+            "x_dtype": x_dtype, "x_range": [x.qmin, x.qmax], "taps": int(np.prod(wq.shape[1:])),
+            "sum_abs_w": np.abs(wq.astype(np.int64)).reshape(wq.shape[0], -1).sum(axis=1).tolist()})
         expr = self.bb.emit(relax.op.nn.conv1d(
             x.expr, const(wq, "int8"), strides=a.strides, padding=a.padding, dilation=a.dilation, groups=a.groups,
             data_layout="NCW", kernel_layout="OIW", out_layout="NCW", out_dtype="int32"))
+        rec["var"] = expr.name
         self.meta["layers"].append({"tensor": self.names[var], "op": "conv1d", "groups": int(a.groups),
                                     "x_scale": x.scale, "w_scale": sw.tolist(),
                                     "x_dtype": intmath.storage_dtype(x.bits, x.unsigned)})
-        self.state[var] = _Acc(expr, x.scale * sw, 1, 3, bound.astype(np.float64))
+        self.state[var] = _Acc(expr, x.scale * sw, 1, 3, lo, hi)
 
     def op_matmul(self, var, call):
         x = self.ensure_q(call.args[0])
@@ -351,14 +383,16 @@ class _Quantizer:
         if w.ndim != 2:
             raise ValueError(f"matmul {self._label(var)}: only a 2-D constant right operand is supported")
         wq, sw = intmath.quantize_per_channel(w, self.wbits, axis=1)
-        bound = np.abs(wq.astype(np.int64)).sum(axis=0) * x.qmax
-        if bound.max() > intmath.INT32_MAX:
-            raise ValueError(f"matmul {self._label(var)}: int32 accumulator could overflow")
+        lo, hi = dot_interval(wq, 1, x.qmin, x.qmax)
+        rec = self.ledger.accumulate(self._layer(var), "matmul", lo, hi, {
+            "x_dtype": intmath.storage_dtype(x.bits, x.unsigned), "x_range": [x.qmin, x.qmax],
+            "taps": int(wq.shape[0]), "sum_abs_w": np.abs(wq.astype(np.int64)).sum(axis=0).tolist()})
         expr = self.bb.emit(relax.op.matmul(x.expr, const(wq, "int8"), out_dtype="int32"))
+        rec["var"] = expr.name
         ndim = len(shape_of(var))
         self.meta["layers"].append({"tensor": self.names[var], "op": "matmul", "x_scale": x.scale,
                                     "w_scale": sw.tolist()})
-        self.state[var] = _Acc(expr, x.scale * sw, ndim - 1, ndim, bound.astype(np.float64))
+        self.state[var] = _Acc(expr, x.scale * sw, ndim - 1, ndim, lo, hi)
 
     def op_add(self, var, call):
         sa, sb = self.get(call.args[0]), self.get(call.args[1])
@@ -369,11 +403,11 @@ class _Quantizer:
             if c.size not in (1, n) or (c.ndim == acc.ndim and c.size == n and c.shape[acc.axis] != n):
                 raise ValueError(f"add {self._label(var)}: constant of shape {c.shape} is not a per-channel bias")
             bq = intmath.quantize_bias(np.broadcast_to(c.reshape(-1), (n,)), acc.scale)
-            bound = acc.bound + np.abs(bq.astype(np.float64))
-            if bound.max() > intmath.INT32_MAX:
-                raise ValueError(f"add {self._label(var)}: int32 accumulator could overflow")
+            lo, hi = acc.lo + bq.astype(np.int64), acc.hi + bq.astype(np.int64)
+            rec = self.ledger.accumulate(self._layer(var), "bias_add", lo, hi)
             expr = self.bb.emit(relax.op.add(acc.expr, const(bq.reshape(_bcast_shape(acc.ndim, acc.axis, n)), "int32")))
-            self.state[var] = _Acc(expr, acc.scale, acc.axis, acc.ndim, bound)
+            rec["var"] = expr.name
+            self.state[var] = _Acc(expr, acc.scale, acc.axis, acc.ndim, lo, hi)
             return
         # residual add of two activations; fuse a following ReLU (its only user) into the clamp
         us = self.users.get(var, [])
@@ -389,11 +423,18 @@ class _Quantizer:
         for st, arg in ((sa, call.args[0]), (sb, call.args[1])):
             if isinstance(st, _QT):
                 st = _Acc(self.bb.emit(relax.op.astype(st.expr, "int32")), np.array([st.scale]), 1,
-                          len(shape_of(arg)))
+                          len(shape_of(arg)), np.array([st.qmin], np.int64), np.array([st.qmax], np.int64))
             scale = st.scale if st.scale.size > 1 else st.scale.reshape(())
-            branches.append(self.requant(st.expr, scale / s_out, *RESIDUAL_RANGE, "int32", st.axis, st.ndim,
-                                         f"residual:{self.names[var]}"))
-        s = self.bb.emit(relax.op.add(branches[0], branches[1]))
+            expr, blo, bhi = self.requant(st.expr, scale / s_out, *RESIDUAL_RANGE, "int32", st.axis, st.ndim,
+                                          f"residual:{self.names[var]}", st.lo, st.hi)
+            # RESIDUAL_RANGE clip = the documented mitigation: active when it cuts the branch's range
+            mitigated = bool(np.any(blo <= RESIDUAL_RANGE[0]) or np.any(bhi >= RESIDUAL_RANGE[1]))
+            branches.append((expr, blo, bhi, mitigated))
+        lo, hi = np.broadcast_arrays(branches[0][1] + branches[1][1], branches[0][2] + branches[1][2])
+        rec = self.ledger.accumulate(self._layer(var), "residual_sum", lo, hi,
+                               {"mitigated": branches[0][3] or branches[1][3]})
+        s = self.bb.emit(relax.op.add(branches[0][0], branches[1][0]))
+        rec["var"] = s.name
         s = self.bb.emit(relax.op.clip(s, relax.prim_value(tirx.IntImm("int32", qmin)),
                                        relax.prim_value(tirx.IntImm("int32", qmax))))
         q = _QT(self.bb.emit(relax.op.astype(s, dtype)), s_out, self.abits, unsigned)
@@ -421,8 +462,8 @@ class _Quantizer:
         st = self.get(arg)
         dtype = "int32" if isinstance(st, _Acc) else intmath.storage_dtype(st.bits, st.unsigned)
         expr = self.bb.emit(relax.op.multiply(st.expr, const(c, dtype)))  # 0/1 mask: exact in integers
-        if isinstance(st, _Acc):
-            self.state[var] = _Acc(expr, st.scale, st.axis, st.ndim, st.bound)
+        if isinstance(st, _Acc):  # values are x or 0: the range grows to include 0
+            self.state[var] = _Acc(expr, st.scale, st.axis, st.ndim, np.minimum(st.lo, 0), np.maximum(st.hi, 0))
         else:
             self.state[var] = _QT(expr, st.scale, st.bits, st.unsigned)
 
@@ -477,6 +518,7 @@ class _Quantizer:
                     out_qs.append(q)
             ret = outs[0] if len(outs) == 1 and not isinstance(self.func.body.body, relax.Tuple) else relax.Tuple(outs)
             gv = bb.emit_func_output(ret)
+        self.meta["overflow"] = self.ledger.to_json()
         in_scale = self.meta["input"][0]["scale"] if self.meta["input"] else 1.0
         attrs.update({"zsq.quantized": 1, "zsq.input_scale": float(in_scale),
                       "zsq.output_scale": float(out_qs[0].scale)})

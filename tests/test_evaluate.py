@@ -180,15 +180,32 @@ def test_export_onnx_keeps_batchnorm(tmp_path):
     np.testing.assert_allclose(y, ref, atol=1e-3)
 
 
-def test_quantize_accepts_shipped_name(tmp_path, capsys):
-    out = tmp_path / "q"
-    assert cli.main(["quantize", "quartznet-tiny", "--frames", "64", "-o", str(out), "--json",
-                     "--num-batches", "2"]) == 0
-    res = json.loads(capsys.readouterr().out)
-    assert res["frames"] == 64
-    man = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").exists() else None
+def test_quantize_accepts_shipped_name_and_integer_build_eval(tmp_path, capsys):
+    """`zsq quantize quartznet-tiny` (exported on the fly) -> compile -> `zsq eval BUILD`: float mel ->
+    the build's input quantize -> integer kernels -> logits -> greedy CTC."""
     from zsq_tvm.api import QuantizedModel
 
-    q = QuantizedModel.load(out)
-    assert q.manifest["source"]["path"] == "shipped:quartznet-tiny" and q.vocab is not None
-    assert man is None or man["frames"] == 64
+    q, b = tmp_path / "q", tmp_path / "b"
+    assert cli.main(["quantize", "quartznet-tiny", "--frames", "300", "-o", str(q), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["frames"] == 300
+    qm = QuantizedModel.load(q)
+    assert qm.manifest["source"]["path"] == "shipped:quartznet-tiny" and qm.vocab is not None
+    assert cli.main(["compile", str(q), "-o", str(b)]) == 0
+    capsys.readouterr()
+    assert cli.main(["eval", str(b), "--manifest", str(TTS), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["runtime"] == "integer-build" and r["frames"] == 300 and r["n_utterances"] == 3
+    assert r["wer"] <= 0.5 and r["cer"] <= 0.15  # measured 0.333 / 0.081 (FP32: 0.292 / 0.072)
+
+
+@pytest.mark.skipif(not Path("/usr/share/pocketsphinx/test/data/librivox").exists(),
+                    reason="Debian pocketsphinx-testdata not installed (the committed fixture is used instead)")
+def test_real_split_rebuilds_the_committed_fixture(tmp_path):
+    from zsq_tvm.data.real import build
+
+    man = build(tmp_path)
+    got = [json.loads(l) for l in man.read_text().splitlines()]
+    want = [json.loads(l) for l in REAL.read_text().splitlines()]
+    assert [(r["audio_filepath"], r["text"]) for r in got] == [(r["audio_filepath"], r["text"]) for r in want]
+    for r in got:
+        assert (tmp_path / r["audio_filepath"]).read_bytes() == (REAL.parent / r["audio_filepath"]).read_bytes()

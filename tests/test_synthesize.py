@@ -30,7 +30,7 @@ def tiny_onnx(tmp_path_factory, tiny):
     return export_onnx(tiny, tmp_path_factory.mktemp("synth") / "tiny.onnx")  # dynamic T, BN kept
 
 
-@pytest.mark.parametrize("kl", ["paper", "reverse"])
+@pytest.mark.parametrize("kl", ["batch-first", "running-first"])
 def test_kl_zero_when_batch_stats_equal_running_stats(kl):
     g = torch.Generator().manual_seed(0)
     mu, var = torch.randn(16, generator=g), torch.rand(16, generator=g) + 0.1
@@ -39,7 +39,7 @@ def test_kl_zero_when_batch_stats_equal_running_stats(kl):
     # and it is the Gaussian KL divergence (mean over channels) in the stated direction
     mu2, var2 = mu + 0.3, var * 1.7
     N = torch.distributions.Normal
-    p, q = (N(mu, var.sqrt()), N(mu2, var2.sqrt())) if kl == "paper" else (N(mu2, var2.sqrt()), N(mu, var.sqrt()))
+    p, q = (N(mu2, var2.sqrt()), N(mu, var.sqrt())) if kl == "batch-first" else (N(mu, var.sqrt()), N(mu2, var2.sqrt()))
     ref = torch.distributions.kl_divergence(p, q).mean()  # running = (mu, var), batch = (mu2, var2)
     assert float(bn_kl(mu2, var2, mu, var, kl)) == pytest.approx(float(ref), rel=1e-5)
     assert float(bn_kl(mu2, var2, mu, var, kl, reduction="sum")) == pytest.approx(16 * float(ref), rel=1e-5)
@@ -126,3 +126,13 @@ def test_quantize_calib_synthetic(tmp_path):
                                                              synth={"num_batches": 2, "batch_size": 2, "iters": 3,
                                                                     "threads": 1}))
     assert q.manifest["calib"]["source"] == "synthetic" and q.manifest["calib"]["num_inputs"] == 4
+
+
+def test_lazy_export_is_callable_in_a_fresh_interpreter():
+    import subprocess
+    import sys
+
+    code = ("import zsq_tvm; f = zsq_tvm.synthesize; assert callable(f) and zsq_tvm.SynthConfig().iters == 200; "
+            "import zsq_tvm.synthesize; assert callable(zsq_tvm.synthesize); print('ok')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.stdout.strip() == "ok", r.stderr

@@ -367,6 +367,10 @@ def quantize(model, config: QuantConfig | None = None, **overrides) -> Quantized
         rep = size_report(cost, cfg.wbits, cfg.abits)
     except Exception as e:  # report is informative; never block quantization on it
         rep = {"error": f"{type(e).__name__}: {e}"}
+    if isinstance(meta.get("overflow"), dict):  # accumulator headroom proved by Quantize
+        from .overflow import summary as _overflow_summary
+
+        rep["overflow"] = _overflow_summary(meta["overflow"])
     qio = _main_io(qmod)
     manifest = artifacts.new_manifest(
         artifacts.KIND_QUANTIZED,
@@ -442,8 +446,15 @@ def report(model, wbits: int | None = None, abits: int | None = None, frames: in
     p = Path(os.fspath(model)) if isinstance(model, (str, os.PathLike)) else None
     if p is not None and p.is_dir():
         m = artifacts.read_manifest(p)
-        rp = p / "report.json"
-        return artifacts.read_json(rp) if rp.exists() else {}
+        rp, qj = p / "report.json", p / "quant.json"
+        rep = artifacts.read_json(rp) if rp.exists() else {}
+        if isinstance(rep, dict) and "overflow" not in rep and qj.exists():  # older dirs: from the metadata
+            ov = (artifacts.read_json(qj) or {}).get("overflow")
+            if isinstance(ov, dict):
+                from .overflow import summary as _overflow_summary
+
+                rep["overflow"] = _overflow_summary(ov)
+        return rep
     cfg = QuantConfig(wbits=wbits or 8, abits=abits or 8).validate()
     cost = analyze_onnx(_resolve_model(model)[0], frames=frames)
     return size_report(cost, cfg.wbits, cfg.abits)

@@ -146,16 +146,57 @@ class Build:
         return self._vm
 
     def _prepare(self, mel) -> np.ndarray:
+        """Validate a mel where it enters the build; returns float32 ``[B, F, T]``.
+
+        Contract (the CLI's ``zsq run`` exits 2 with the message on each error):
+
+        * dtype: any floating type (float16/32/64) is accepted and converted to float32 (float64 values
+          beyond float32's range are clamped to +-float32 max first); integer, bool, complex or object
+          arrays are refused (an int16 array is usually raw PCM audio, not a mel);
+        * shape ``[F, T]`` or ``[B, F, T]`` with this build's F and T exactly (T is static: pad or crop,
+          or quantize again with ``--frames``); B >= 1 and every axis non-empty;
+        * NaN or +-Inf anywhere is an error (a log-mel of digital silence without an epsilon gives -inf);
+        * large finite values are *not* an error: the input quantize saturates them to +-alpha, the
+          calibrated input clipping value (``quant.json`` ``input[0].alpha`` = 127 x ``input_scale`` at 8 bits),
+          like any value outside the calibrated range.
+        """
         x = np.asarray(mel)
-        if x.ndim == 2:
-            x = x[None]
         inp = self.manifest["io"]["inputs"][0]
         F, T = inp["shape"][1], inp["shape"][2]
-        if x.ndim != 3 or x.shape[1] != F or x.shape[2] != T:
-            raise InputShapeError(
-                f"input mel has shape {list(np.shape(mel))}, this build expects [B, {F}, {T}] (or [{F}, {T}])",
-                f"pad or crop the mel to {T} frames, or quantize again with --frames {x.shape[-1]}",
-            )
+        if x.dtype.kind != "f":
+            hint = " (raw audio? compute the log-mel first)" if x.dtype.kind in "iu" else ""
+            raise InputShapeError(f"input mel has dtype {x.dtype}{hint}; a mel spectrogram is floating point",
+                                  f"pass a float32 array [{F}, {T}] or [B, {F}, {T}]")
+        if x.ndim == 2:
+            x = x[None]
+        if x.ndim != 3 or x.shape[1] != F or x.shape[2] != T or x.shape[0] == 0:
+            got = list(np.shape(mel))
+            if x.ndim == 3 and x.shape[0] == 0:
+                cause, fix = f"input mel {got} is an empty batch", f"pass at least one mel [{F}, {T}]"
+            elif x.ndim == 3 and x.shape[1] == F and x.shape[2] == 0:
+                cause, fix = f"input mel {got} has zero frames", f"pass {T} frames (zero-pad a short utterance)"
+            elif x.ndim == 3 and x.shape[1] == F:
+                how = "longer" if x.shape[2] > T else "shorter"
+                cause = f"input mel has {x.shape[2]} frames, {how} than the {T} this build was compiled for"
+                fix = (f"{'crop (or split) it' if how == 'longer' else 'zero-pad it'} to {T} frames, "
+                       f"or quantize again with --frames {x.shape[2]}")
+            else:
+                cause = f"input mel has shape {got}, this build expects [B, {F}, {T}] (or [{F}, {T}])"
+                fix = (f"pass {F} mel features per frame (features on axis -2, frames on axis -1)"
+                       if x.ndim == 3 else f"pass a 2-D [{F}, {T}] or 3-D [B, {F}, {T}] array")
+            raise InputShapeError(cause, fix)
+        finite = np.isfinite(x)
+        if not finite.all():
+            nan, inf = int(np.isnan(x).sum()), int(np.isinf(x).sum())
+            first = [int(i) for i in np.argwhere(~finite)[0]]
+            raise InputShapeError(f"input mel contains {nan} NaN and {inf} infinite value(s) (first at [b, f, t] = "
+                                  f"{first}); the integer model cannot represent them",
+                                  "fix the front end (e.g. log(mel + 1e-6) instead of log(mel)) or replace them "
+                                  "with numpy.nan_to_num")
+        if x.dtype != np.float32:
+            big = float(np.finfo(np.float32).max)
+            x = np.clip(x, -big, big) if x.dtype.itemsize > 4 else x
+            x = x.astype(np.float32)
         return x
 
     def run(self, mel, dequantize: bool = False) -> np.ndarray:

@@ -178,17 +178,12 @@ def cmd_report(a) -> int:
 
 
 def cmd_export_nemo(a) -> int:
-    try:
-        from .nets import export as _export  # owned by the nets module
-    except ImportError:
-        _export = None
-    fn = getattr(_export, "export_onnx", None)
-    if fn is None:
-        raise NotAvailableError("`zsq export-nemo` is not available yet (zsq_tvm.nets.export missing)",
-                                "export your model to ONNX yourself and use `zsq quantize MODEL.onnx`")
-    kw = {k: v for k, v in (("frames", a.frames),) if v is not None}
-    out = fn(a.model, a.output, **kw)
-    print(f"exported -> {out or a.output}")
+    from .nemo_io import export_nemo  # arch name | CONFIG.yaml | FILE.nemo (+ --checkpoint) -> ONNX, BN kept
+
+    out = export_nemo(a.model, a.output, frames=a.frames, checkpoint=a.checkpoint, seed=a.seed)
+    weights = "weights of " + str(a.checkpoint) if a.checkpoint else (
+        "weights from the .nemo" if str(a.model).endswith(".nemo") else f"random weights, seed {a.seed}")
+    print(f"exported {a.model} ({weights}) -> {out}")
     return 0
 
 
@@ -246,8 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lr", type=float, default=0.05, help="Adam learning rate (default 0.05)")
     s.add_argument("--frames", type=_int_arg, default=500, help="frames T per mel (default 500 = 5 s)")
     s.add_argument("--seed", type=_int_arg, default=0)
-    s.add_argument("--kl", default="paper", choices=["paper", "reverse"],
-                   help="KL direction: paper = KL(N(running) || N(batch)) as eq. 2 is printed (default)")
+    s.add_argument("--kl", default="batch-first", choices=["batch-first", "running-first"],
+                   help="KL direction: KL(N(batch) || N(running)) (default) or KL(N(running) || N(batch))")
     s.add_argument("--threads", type=_int_arg, default=None, help="torch CPU threads (default: torch's)")
     s.add_argument("--png", default=None, help="also write a Figure-3-like PNG (real / random / synthetic)")
     s.add_argument("--progress", action="store_true", help="show the progress bar even when not on a terminal")
@@ -286,9 +281,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("export-nemo", help="NeMo model/config -> ONNX with BatchNorm kept")
-    s.add_argument("model", help="NeMo .nemo file, pretrained name or architecture")
+    s.add_argument("model", help="architecture name (random weights), NeMo CONFIG.yaml, or FILE.nemo")
     s.add_argument("-o", "--output", required=True)
-    s.add_argument("--frames", type=_int_arg, default=None)
+    s.add_argument("--frames", type=_int_arg, default=None, help="static input frames T (default: dynamic)")
+    s.add_argument("--checkpoint", default=None,
+                   help="weights for an architecture/YAML: .nemo, NeMo .ckpt, zsq .pt or a shipped model name")
+    s.add_argument("--seed", type=_int_arg, default=0, help="seed of the random weights (default 0)")
     s.set_defaults(func=cmd_export_nemo)
 
     s = sub.add_parser("eval", help="WER/CER of a model on a NeMo manifest (shipped name, .onnx, quantized or build dir)")

@@ -199,8 +199,9 @@ def conv1d_int(x, w, strides: int = 1, padding=(0, 0), dilation: int = 1, groups
     """Integer NCW/OIW conv1d returning int32: ``y[n,o,t] = sum_{c,k} x[n,g*Cg+c,t*st+k*dl-pl] w[o,c,k]``.
 
     Products are summed by float64 BLAS (im2col + matmul) because every partial sum is an integer
-    of magnitude <= ``Cg*K*max|x|*max|w|``; we assert that bound is below 2^53, where float64
-    integer arithmetic is exact, so the result equals the int64 sum exactly.
+    of magnitude <= ``Cg*K*max|x|*max|w|``; we check that bound is below 2^53, where float64
+    integer arithmetic is exact, so the result equals the int64 sum exactly.  Raises OverflowError
+    (not an assert: it must hold under ``python -O`` too) if that fails or a result leaves int32.
     """
     x = np.asarray(x)
     w = np.asarray(w)
@@ -210,7 +211,8 @@ def conv1d_int(x, w, strides: int = 1, padding=(0, 0), dilation: int = 1, groups
     pl, pr = (padding, padding) if np.isscalar(padding) else tuple(padding)
     assert c == cg * groups and o % groups == 0
     bound = cg * k * float(np.abs(x.astype(np.int64)).max(initial=0)) * float(np.abs(w.astype(np.int64)).max(initial=0))
-    assert bound < FLOAT64_EXACT_BOUND, f"conv1d partial sums up to {bound:.3g} not exact in float64"
+    if not bound < FLOAT64_EXACT_BOUND:
+        raise OverflowError(f"conv1d partial sums up to {bound:.3g} not exact in float64")
     xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pl, pr)))
     t_out = (t + pl + pr - dilation * (k - 1) - 1) // strides + 1
     idx = np.arange(t_out)[:, None] * strides + np.arange(k)[None, :] * dilation  # [T_out, K]
@@ -226,5 +228,6 @@ def conv1d_int(x, w, strides: int = 1, padding=(0, 0), dilation: int = 1, groups
             ws = w[g * og:(g + 1) * og].astype(np.float64)  # [Og, Cg, K]
             out[:, g * og:(g + 1) * og] = np.einsum("nctk,ock->not", xs, ws, optimize=True)
     res = np.rint(out)
-    assert np.all(np.abs(res) <= INT32_MAX), "conv1d accumulator overflows int32"
+    if res.size and (res.min() < INT32_MIN or res.max() > INT32_MAX):
+        raise OverflowError(f"conv1d accumulator overflows int32 (range [{res.min():.0f}, {res.max():.0f}])")
     return res.astype(np.int32)

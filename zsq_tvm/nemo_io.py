@@ -27,7 +27,6 @@ import copy
 import os
 import re
 import shutil
-import stat
 import tarfile
 import tempfile
 from pathlib import Path, PurePosixPath
@@ -36,7 +35,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from .errors import ConfigError, ModelLoadError, NotAvailableError
 
 __all__ = ["CONFIG_DIR", "NEMO_ARCHS", "config_path", "load_config", "arch_config", "torch_from_config",
-           "build_nemo", "safe_extract", "read_nemo", "load_nemo", "nemo_to_torch", "load_weights",
+           "build_nemo", "preprocessor_mismatch", "safe_extract", "read_nemo", "load_nemo", "nemo_to_torch", "load_weights",
            "export_nemo", "UnsafeArchiveError"]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "nets" / "configs"
@@ -182,6 +181,31 @@ def load_config(arch_or_yaml) -> Dict[str, Any]:
         raise ModelLoadError(f"cannot parse {str(path)!r} as YAML ({type(e).__name__})",
                              "pass a valid NeMo model config YAML") from None
     return _normalize_config(cfg, repr(str(path)))
+
+
+def preprocessor_mismatch(cfg) -> List[str]:
+    """Settings of the config's preprocessor that differ from our :class:`MelFrontend` (empty = same features).
+
+    Our runtime computes features with :mod:`zsq_tvm.audio.mel` only, so a model trained on other
+    features (e.g. 80 mels / 25 ms windows, common for NeMo Conformers) would see the wrong input.
+    """
+    pre = (cfg or {}).get("preprocessor") or {}
+    ours = preprocessor_config()
+    defaults = {"normalize": "per_feature", "window": "hann", "n_fft": None, "log": True, "frame_splicing": 1,
+                "preemph": 0.97, "lowfreq": 0, "highfreq": None, "mag_power": 2.0, "log_zero_guard_type": "add",
+                "log_zero_guard_value": 2 ** -24, "mel_norm": "slaney", "sample_rate": 16000,
+                "window_size": 0.02, "window_stride": 0.01, "features": 64}
+    out = []
+    for k, default in defaults.items():
+        theirs = pre.get(k, default)
+        if k == "n_fft" and theirs is None:
+            theirs = 512  # NeMo: next power of two of the window (320 samples -> 512)
+        mine = ours[k]
+        same = (abs(float(theirs) - float(mine)) < 1e-9 if isinstance(mine, (int, float)) and not isinstance(mine, bool)
+                and isinstance(theirs, (int, float)) else theirs == mine)
+        if not same:
+            out.append(f"{k}={theirs!r} (ours {mine!r})")
+    return out
 
 
 def _vocab(cfg) -> List[str]:
@@ -474,14 +498,14 @@ def nemo_to_torch(nemo_model_or_state_dict, cfg=None, name: Optional[str] = None
         try:
             net.load_state_dict(keep, strict=True)
         except RuntimeError:
-            raise ModelLoadError(f"NeMo weights do not match the config's architecture (missing: {show(missing) or '-'}; "
+            raise ModelLoadError(f"the weights do not match the config's architecture (missing: {show(missing) or '-'}; "
                                  f"unexpected: {show(extra) or '-'})",
                                  "pass the config the weights were trained with") from None
     else:
         try:
             net.load_state_dict(keep, strict=True)
         except RuntimeError as e:
-            raise ModelLoadError(f"NeMo weights do not fit the config's architecture ({str(e).splitlines()[-1][:160]})",
+            raise ModelLoadError(f"the weights do not fit the config's architecture ({str(e).splitlines()[-1][:160]})",
                                  "pass the config the weights were trained with") from None
     return net.float().eval()
 
@@ -489,7 +513,19 @@ def nemo_to_torch(nemo_model_or_state_dict, cfg=None, name: Optional[str] = None
 def load_nemo(path, unsafe: bool = False):
     """``.nemo`` file -> our torch net with its weights (NeMo need not be installed)."""
     cfg, sd = read_nemo(path, unsafe=unsafe)
-    return nemo_to_torch(sd, cfg, name=Path(os.fspath(path)).stem)
+    net = nemo_to_torch(sd, cfg, name=Path(os.fspath(path)).stem)
+    _warn_preprocessor(net, cfg, path)
+    return net
+
+
+def _warn_preprocessor(net, cfg, source):
+    import warnings
+
+    net.preprocessor_mismatch = preprocessor_mismatch(cfg)
+    if net.preprocessor_mismatch:
+        warnings.warn(f"{source}: the model was trained on other features than zsq's mel front end "
+                      f"({', '.join(net.preprocessor_mismatch)}); its accuracy with zsq's features will be worse",
+                      stacklevel=3)
 
 
 # --------------------------------------------------------------------------------------------
@@ -499,7 +535,7 @@ def load_nemo(path, unsafe: bool = False):
 def _model_from_source(source, checkpoint=None, seed: int = 0, unsafe: bool = False):
     import torch
 
-    from .nets import ALL_ARCHS, build_model
+    from .nets import ALL_ARCHS
 
     src = os.fspath(source)
     if src.endswith(".nemo") or (os.path.isfile(src) and tarfile.is_tarfile(src)):
@@ -511,26 +547,24 @@ def _model_from_source(source, checkpoint=None, seed: int = 0, unsafe: bool = Fa
         cfg = load_config(src)
         name = src if src in NEMO_ARCHS else Path(src).stem
     elif src in ALL_ARCHS:  # an architecture without a packaged NeMo config (quartznet10x5, conformer-ctc-large)
-        cfg, name = None, src
+        cfg, name = arch_config(src), src
     else:
         raise ModelLoadError(f"{src!r} is neither a .nemo file, a config .yaml nor an architecture",
                              f"pass FILE.nemo, CONFIG.yaml or one of: {', '.join(ALL_ARCHS)}")
     if checkpoint is not None:
         ck = os.fspath(checkpoint)
+        from .models import checkpoint_path, is_shipped
+
+        if is_shipped(ck):  # a shipped model name: its .pt
+            ck = os.fspath(checkpoint_path(ck))
         if ck.endswith(".nemo"):
             _, sd = read_nemo(ck, unsafe=unsafe)
         else:
             sd = load_weights(ck, unsafe=unsafe)
-        if cfg is None:
-            net = build_model(name)
-            net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()
-                                 if k.startswith(("encoder.", "decoder."))})
-            net.name = name
-            return net.eval()
         return nemo_to_torch(sd, cfg, name=name)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        net = torch_from_config(cfg, name=name) if cfg is not None else build_model(name)
+        net = torch_from_config(cfg, name=name)
     net.name = name
     return net.eval()
 

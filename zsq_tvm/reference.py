@@ -10,8 +10,10 @@ and code generation:
 * ``R.nn.conv1d`` -> :func:`intmath.conv1d_int` (exact float64 BLAS, bound asserted);
 * elementwise integer ops (``add``, ``multiply``, ``right_shift``, ``clip``, ``maximum``,
   ``minimum``, ``astype``) -> numpy on the result dtype; int32/int64 results are computed in
-  Python-exact object-free form (int64, or checked against wrap-around) so an overflow in the graph
-  is reported instead of silently matching TVM's wrap;
+  int64 when an exact Python-int bound shows that cannot wrap, else in Python ints, and every result
+  is checked against its dtype (integer ``astype`` too), so an overflow in the graph is reported
+  (:class:`ReferenceError_`) instead of silently matching TVM's wrap.  This is the run-time twin
+  of the quantize-time proof in :mod:`zsq_tvm.overflow`;
 * ``reshape``/``permute_dims``/``squeeze``/``expand_dims``/``matmul`` -> numpy equivalents.
 
 Any float op other than the boundary kernels raises: this is an *integer* reference.
@@ -44,6 +46,14 @@ def _prim_int(e) -> int:
     return int(v.value) if hasattr(v, "value") else int(v)
 
 
+_INT64_MAX = 2**63 - 1
+
+
+def _absmax(a: np.ndarray) -> int:
+    """max |a| as a Python int (no int64 wrap at -2^63)."""
+    return max(abs(int(a.min())), abs(int(a.max()))) if a.size else 0
+
+
 def _checked(res64: np.ndarray, dtype: str, what: str) -> np.ndarray:
     info = np.iinfo(dtype)
     if res64.size and (res64.min() < info.min or res64.max() > info.max):
@@ -58,12 +68,17 @@ def _binary(op: str, a: np.ndarray, b: np.ndarray, dtype: str) -> np.ndarray:
     if op == "right_shift":
         return (a64 >> b64).astype(dtype)
     if op in ("add", "subtract", "multiply"):
-        # int64 products of int32 values can exceed int64 only beyond 2^63: check with float bounds
-        fa, fb = np.abs(a64).max(initial=0), np.abs(b64).max(initial=0)
-        if op == "multiply" and float(fa) * float(fb) >= 2.0**63:
-            raise ReferenceError_("multiply may overflow int64")
-        r = {"add": np.add, "subtract": np.subtract, "multiply": np.multiply}[op](a64, b64)
-        return _checked(r, dtype, op)
+        fn = {"add": np.add, "subtract": np.subtract, "multiply": np.multiply}[op]
+        # exact Python-int bound of |result|: below 2^63 the int64 numpy result is exact (then checked
+        # against the result dtype); otherwise redo it in Python ints so a wrap is reported, not copied
+        fa, fb = _absmax(a64), _absmax(b64)
+        worst = fa * fb if op == "multiply" else fa + fb
+        if worst <= _INT64_MAX:
+            return _checked(fn(a64, b64), dtype, op)
+        r = fn(a64.astype(object), b64.astype(object))
+        if r.size and (min(r.flat) < np.iinfo(dtype).min or max(r.flat) > np.iinfo(dtype).max):
+            raise ReferenceError_(f"{op}: result overflows {dtype}")
+        return r.astype(dtype)
     if op == "maximum":
         return np.maximum(a64, b64).astype(dtype)
     if op == "minimum":
@@ -121,10 +136,16 @@ def run_reference(mod: tvm.IRModule, *inputs, func_name: str = "main", return_en
         if op == "nn.conv1d":
             if out_dtype != "int32":
                 raise ReferenceError_(f"conv1d {var.name} produces {out_dtype}, not int32")
-            env[var] = intmath.conv1d_int(args[0], args[1], int(a.strides[0]), [int(p) for p in a.padding],
-                                          int(a.dilation[0]), int(a.groups))
+            try:
+                env[var] = intmath.conv1d_int(args[0], args[1], int(a.strides[0]), [int(p) for p in a.padding],
+                                              int(a.dilation[0]), int(a.groups))
+            except OverflowError as e:
+                raise ReferenceError_(f"conv1d {var.name}: {e}") from None
         elif op == "matmul":
-            env[var] = _checked(np.matmul(args[0].astype(np.int64), args[1].astype(np.int64)), out_dtype, "matmul")
+            x64, w64 = args[0].astype(np.int64), args[1].astype(np.int64)
+            if args[0].shape[-1] * _absmax(x64) * _absmax(w64) > _INT64_MAX:
+                raise ReferenceError_(f"matmul {var.name}: partial sums may overflow int64")
+            env[var] = _checked(np.matmul(x64, w64), out_dtype, "matmul")
         elif op in ("add", "subtract", "multiply", "right_shift", "maximum", "minimum"):
             env[var] = _binary(op, args[0], args[1], out_dtype)
         elif op == "clip":
@@ -135,7 +156,10 @@ def run_reference(mod: tvm.IRModule, *inputs, func_name: str = "main", return_en
         elif op == "astype":
             if np.dtype(out_dtype).kind not in "iu":
                 raise ReferenceError_(f"cast to {out_dtype} at {var.name}")
-            env[var] = args[0].astype(out_dtype)  # wraps like LLVM trunc; Quantize clips first
+            # Quantize clips before every narrowing cast, so a value out of range here is a bug: report
+            # it instead of copying LLVM's truncation
+            env[var] = _checked(args[0].astype(np.int64), out_dtype, f"astype {var.name}") \
+                if args[0].dtype.kind in "iu" else args[0].astype(out_dtype)
         elif op == "reshape":
             env[var] = args[0].reshape(shape_of(var))
         elif op == "permute_dims":

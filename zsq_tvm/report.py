@@ -155,13 +155,18 @@ def size_report(cost: ModelCost, wbits: int, abits: int) -> dict:
 def format_report(rep: dict) -> str:
     q = rep["quantized"]
     f = rep["fp32"]
+    extra = ""
+    if rep.get("overflow"):  # quantized dirs: tightest accumulator margins (zsq_tvm.overflow)
+        from .overflow import format_summary
+
+        extra = "\n" + format_summary(rep["overflow"])
     return "\n".join([
         f"parameters       {rep['params'] / 1e6:10.3f} M (BatchNorm folded)",
         f"MACs             {rep['macs'] / 1e9:10.3f} G for {rep['seconds']:g} s ({rep['frames']} frames)",
         f"                 {'FP32':>10} {'W%dA%d' % (q['wbits'], q['abits']):>10}",
         f"size (MB=1e6 B)  {f['size_mb']:10.2f} {q['size_mb']:10.2f}   ({rep['compression']:.2f}x smaller)",
         f"BOPs (T)         {f['tbops']:10.2f} {q['tbops']:10.3f}",
-    ])
+    ]) + extra
 
 
 # ``zsq_tvm.report`` is both this module and the API function ``zsq_tvm.report(model)``: importing

@@ -74,8 +74,10 @@ def plot_figure3(model, batches, config, path, n_synth: int = 3, text: str = DEF
     vocab = getattr(net, "vocab", None) or QUARTZNET_VOCAB
     T = int(np.shape(batches[0])[-1])
     try:
-        real = _fit(real_mel(text, wav), T)
-        real_label = f"real ({'wav' if wav else 'espeak-ng'}: \"{text if not wav else wav}\")"
+        r = real_mel(text, wav)
+        fit = f", first {T} frames" if r.shape[1] > T else f", zero-padded to {T} frames" if r.shape[1] < T else ""
+        real = _fit(r, T)
+        real_label = f"real ({'wav' if wav else 'espeak-ng'}: \"{text if not wav else wav}\"{fit})"
     except (OSError, subprocess.SubprocessError, ValueError) as e:  # no espeak-ng: skip the row
         real, real_label = None, f"real mel unavailable ({type(e).__name__})"
     init = initial_batch(config, 0, feats).numpy()

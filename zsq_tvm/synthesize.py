@@ -8,18 +8,24 @@ A batch of mels ``x`` (initialised uniformly in ``[-0.3, 0.3]``) is a learnable 
 FP32 model runs in **eval mode** (BatchNorm normalises with its running statistics, dropout is
 off), and a forward hook on every BatchNorm measures the statistics of the BN's *input* over
 batch and time (per channel: mean ``mu_b``, biased variance ``var_b``).  Eq. 2 compares them with
-the running statistics ``(mu_r, var_r)`` the BN recorded on the real training data::
+the running statistics ``(mu_r, var_r)`` the BN recorded on the real training data, as a KL
+divergence between per-channel Gaussians.  Its direction is a choice (``kl``):
 
-    KL(N(mu_r, s_r) || N(mu_b, s_b)) = log(s_b / s_r) - 1/2 (1 - (s_r^2 + (mu_r - mu_b)^2) / s_b^2)
+* ``"batch-first"`` (default) ``KL(N(mu_b, s_b) || N(mu_r, s_r))
+  = log(s_r / s_b) - 1/2 (1 - (s_b^2 + (mu_b - mu_r)^2) / s_r^2)``;
+* ``"running-first"`` ``KL(N(mu_r, s_r) || N(mu_b, s_b))``: eq. 2 read literally with the paper's
+  notation (there the hatted statistics are the running ones).
 
-(``kl="paper"``, the default: the paper writes eq. 2 with hatted = running statistics;
-``kl="reverse"`` is ``KL(N(mu_b, s_b) || N(mu_r, s_r))``, the same formula with the roles swapped.)
-Both variances include the BN's ``eps`` (what BN actually divides by), so the loss is exactly 0
-when the batch statistics equal the running ones.  Per BatchNorm the per-channel KL is
-**averaged over channels**, and the layers are **summed** (eq. 2's Σ_i): every layer weighs the
-same whatever its width (a 1024-channel epilogue would otherwise dominate a 256-channel block),
-and the printed loss is "nats per channel, summed over layers", comparable across models.  Adam
-is invariant to the loss's overall scale, so this choice only sets the relative layer weights.
+Both are 0 exactly when the statistics match.  We default to batch-first because it optimises
+far better: the running variance (a constant) is in the denominator instead of the synthetic
+one.  On quartznet-tiny (8 x 64 x 256, 100 Adam steps) optimising batch-first reaches 0.05-0.13
+(lr 0.03-0.06) on *both* measures, optimising running-first only 0.7-2.0 on its own measure.
+Both variances include the BN's ``eps`` (what BN actually divides by).  Per BatchNorm the
+per-channel KL is **averaged over channels**, and the layers are **summed** (eq. 2's Σ_i): every
+layer weighs the same whatever its width (a 1024-channel epilogue would otherwise dominate a
+256-channel block), and the loss reads as "nats per channel, summed over layers", comparable
+across models.  Adam is invariant to the loss's overall scale, so this choice only sets the
+relative layer weights.
 
 The model may be a torch module (our nets), a shipped name / ``.pt`` checkpoint, or an ONNX
 file that still has BatchNormalization nodes (converted by :mod:`zsq_tvm.frontend.onnx_torch`).
@@ -43,7 +49,7 @@ from .errors import CalibrationError, ConfigError, ModelLoadError
 __all__ = ["SynthConfig", "synthesize", "bn_kl", "bn_loss", "initial_batch", "load_fp32_model", "save_batches",
            "FOLDED_BN_FIX"]
 
-KL_MODES = ("paper", "reverse")
+KL_MODES = ("batch-first", "running-first")
 REDUCTIONS = ("mean", "sum")
 
 FOLDED_BN_FIX = ("re-export the model keeping BatchNorm (`zsq export-nemo MODEL -o model.onnx`, or "
@@ -64,7 +70,7 @@ class SynthConfig:
     init_range: float = 0.3        # uniform init in [-init_range, init_range]
     betas: tuple[float, float] = (0.9, 0.999)
     seed: int = 0
-    kl: str = "paper"              # "paper": KL(N(running) || N(batch)); "reverse": KL(N(batch) || N(running))
+    kl: str = "batch-first"        # KL(N(batch) || N(running)); "running-first": KL(N(running) || N(batch))
     reduction: str = "mean"        # over channels within a BN layer ("sum" is also accepted)
     threads: int | None = None     # torch intra-op threads while synthesizing (None: leave as is)
     progress: bool = True
@@ -95,7 +101,7 @@ class SynthConfig:
 
 
 # --------------------------------------------------------------------------- the loss (eq. 2)
-def bn_kl(mu_b, var_b, mu_r, var_r, kl: str = "paper", reduction: str = "mean"):
+def bn_kl(mu_b, var_b, mu_r, var_r, kl: str = "batch-first", reduction: str = "mean"):
     """Eq. 2 for one BatchNorm: KL between per-channel Gaussians, reduced over channels.
 
     ``mu_b, var_b``: statistics of the synthetic batch; ``mu_r, var_r``: the BN's running
@@ -104,10 +110,10 @@ def bn_kl(mu_b, var_b, mu_r, var_r, kl: str = "paper", reduction: str = "mean"):
     """
     lib = _lib(mu_b)
     d2 = (mu_b - mu_r) ** 2
-    if kl == "paper":  # KL(N(mu_r, var_r) || N(mu_b, var_b))
-        per = 0.5 * lib.log(var_b / var_r) - 0.5 * (1.0 - (var_r + d2) / var_b)
-    elif kl == "reverse":  # KL(N(mu_b, var_b) || N(mu_r, var_r))
+    if kl == "batch-first":  # KL(N(mu_b, var_b) || N(mu_r, var_r))
         per = 0.5 * lib.log(var_r / var_b) - 0.5 * (1.0 - (var_b + d2) / var_r)
+    elif kl == "running-first":  # KL(N(mu_r, var_r) || N(mu_b, var_b))
+        per = 0.5 * lib.log(var_b / var_r) - 0.5 * (1.0 - (var_r + d2) / var_b)
     else:
         raise ConfigError(f"unknown KL direction {kl!r}", f"use one of {', '.join(KL_MODES)}")
     return per.mean() if reduction == "mean" else per.sum()
@@ -232,7 +238,7 @@ def _var_mean(x, dims):
     return torch.var_mean(x, dim=dims, correction=0)
 
 
-def bn_loss(model, mels, kl: str = "paper", reduction: str = "mean") -> list[float]:
+def bn_loss(model, mels, kl: str = "batch-first", reduction: str = "mean") -> list[float]:
     """Eq. 2 per BatchNorm (the synthesis loss) of a given mel batch ``[B, F, T]`` - e.g. real data."""
     import torch
 
@@ -294,6 +300,9 @@ def synthesize(model, config: SynthConfig | None = None, *, history: list | None
                 opt.zero_grad(set_to_none=True)
                 obs.terms.clear()
                 net(x)
+                if not obs.terms:
+                    raise CalibrationError("no BatchNorm with running statistics was reached in the forward pass",
+                                           FOLDED_BN_FIX)
                 loss = torch.stack(obs.terms).sum()
                 loss.backward()
                 opt.step()

@@ -56,8 +56,20 @@ class ConvSubsampling(nn.Module):
             lens = torch.div(lens + 2 - 3, 2, rounding_mode="floor") + 1
         return lens
 
-    def forward(self, x):  # x: [B, T, F]
-        x = self.conv(x.unsqueeze(1))  # [B, C, T/4, F/4]
+    def forward(self, x, lens: Optional[torch.Tensor] = None):  # x: [B, T, F]
+        x = x.unsqueeze(1)
+        if lens is None:
+            x = self.conv(x)  # [B, C, T/4, F/4]
+        else:
+            # NeMo's MaskedConvSequential: frames past each length are zeroed before every layer
+            # (and after the last), so padding never leaks into valid frames through the 3x3 convs.
+            for layer in self.conv:
+                x = x * (torch.arange(x.shape[2], device=x.device)[None, :] < lens[:, None])[:, None, :, None].to(x.dtype)
+                x = layer(x)
+                if isinstance(layer, nn.Conv2d):
+                    lens = torch.div(lens + 2 * layer.padding[0] - layer.kernel_size[0], layer.stride[0],
+                                     rounding_mode="floor") + 1
+            x = x * (torch.arange(x.shape[2], device=x.device)[None, :] < lens[:, None])[:, None, :, None].to(x.dtype)
         b, c, t, f = x.shape
         return self.out(x.transpose(1, 2).reshape(b, t, c * f))
 
@@ -142,8 +154,12 @@ class RelPositionMultiHeadAttention(nn.Module):
         bd = self.rel_shift(bd)[:, :, :, :t]
         scores = (ac + bd) / math.sqrt(self.d_k)
         if pad_mask is not None:
-            scores = scores.masked_fill(pad_mask[:, None, None, :], -10000.0)
-        attn = self.dropout(torch.softmax(scores, dim=-1))
+            # as NeMo: padded keys *and* padded queries are masked; masked weights are exactly 0
+            att_mask = (pad_mask[:, None, :] | pad_mask[:, :, None])[:, None]  # [B, 1, T, T]
+            scores = scores.masked_fill(att_mask, -10000.0)
+            attn = self.dropout(torch.softmax(scores, dim=-1).masked_fill(att_mask, 0.0))
+        else:
+            attn = self.dropout(torch.softmax(scores, dim=-1))
         out = torch.matmul(attn, v).transpose(1, 2).reshape(b, t, self.h * self.d_k)
         return self.linear_out(out)
 
@@ -181,7 +197,7 @@ class ConformerEncoder(nn.Module):
         self.feat_out = d_model
 
     def forward(self, mel, lens=None):  # mel [B, F, T] -> [B, D, T/4]
-        x = self.pre_encode(mel.transpose(1, 2))
+        x = self.pre_encode(mel.transpose(1, 2), lens)
         x, pos = self.pos_enc(x)
         pad_mask = None
         if lens is not None:
