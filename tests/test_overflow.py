@@ -67,7 +67,7 @@ def test_overflowing_layer_is_refused(tmp_path, linear):
     msg = str(ei.value)
     assert isinstance(ei.value, ZsqError) and "\n" not in msg
     assert ("matmul#0" if linear else "nn.conv1d#1") in msg  # the layer
-    assert str(127 * 255 * (LIMIT_TAPS + 1)) in msg and "2^31-1" in msg  # the bound and the limit
+    assert str(127 * 255 * (LIMIT_TAPS + 1)) in msg and "2^31-1" in msg and "int32" in msg  # the bound and the limit
     assert "Fix:" in msg and "--wbits" in msg and "split" in msg  # the fix
     assert "uint8 in [0, 255]" in msg
 
@@ -290,3 +290,19 @@ def test_report_lists_tightest_margins(tmp_path, capsys):
     old.pop("overflow")
     rj.write_text(json.dumps(old))
     assert zsq_tvm.report(str(tmp_path / "q"))["overflow"] == ov
+
+
+def test_ledger_uses_the_twos_complement_range():
+    """The residual mitigation: two branches clipped to +-2^30 sum to [-2^31, 2^31-2], which fits int32."""
+    from zsq_tvm.overflow import OverflowLedger
+
+    led = OverflowLedger()
+    rec = led.accumulate("res", "residual_sum", [-(2**31)], [2**31 - 2])
+    assert rec["bound"] == 2**31 and rec["headroom_bits"] == 0
+    with pytest.raises(AccumulatorOverflowError, match="layer res"):
+        led.accumulate("res", "residual_sum", [-(2**31) - 1], [0])
+    with pytest.raises(AccumulatorOverflowError):
+        led.accumulate("c", "conv1d", [0, 0], [5, 2**31], {"sum_abs_w": [1, 2], "taps": 3, "x_dtype": "uint8",
+                                                            "x_range": [0, 255]})
+    rec = led.requantize("r", [-(2**31)], [2**31 - 1], [2**31 - 1], [62])  # the extreme dyadic case fits int64
+    assert 0 < rec["headroom_bits"] < 1 and rec["bound"] == (2**31 - 1) ** 2 + 2**61

@@ -178,12 +178,12 @@ class Build:
             elif x.ndim == 3 and x.shape[1] == F:
                 how = "longer" if x.shape[2] > T else "shorter"
                 cause = f"input mel has {x.shape[2]} frames, {how} than the {T} this build was compiled for"
-                fix = (f"{'crop (or split) it' if how == 'longer' else 'zero-pad it'} to {T} frames, "
-                       f"or quantize again with --frames {x.shape[2]}")
+                fix = (f"pad or crop the mel to {T} frames ({'crop or split' if how == 'longer' else 'zero-pad'} "
+                       f"it), or quantize again with --frames {x.shape[2]}")
             else:
                 cause = f"input mel has shape {got}, this build expects [B, {F}, {T}] (or [{F}, {T}])"
-                fix = (f"pass {F} mel features per frame (features on axis -2, frames on axis -1)"
-                       if x.ndim == 3 else f"pass a 2-D [{F}, {T}] or 3-D [B, {F}, {T}] array")
+                fix = (f"pass {F} mel features per frame (features on axis -2, frames on axis -1); pad or crop "
+                       f"to {T} frames" if x.ndim == 3 else f"pass a 2-D [{F}, {T}] or 3-D [B, {F}, {T}] array")
             raise InputShapeError(cause, fix)
         finite = np.isfinite(x)
         if not finite.all():

@@ -1,8 +1,9 @@
 """``zsq demo``: quantize + compile + check + run the shipped default model, end to end.
 
-The default model is ``zsq_tvm/models/quartznet5x5.onnx`` when it ships (a trained model);
-until then a random-weight ``quartznet-tiny`` (from :mod:`zsq_tvm.nets.convasr`) is exported
-on the fly, so the demo shows the mechanics, not accuracy.
+The default model is the shipped, trained ``quartznet5x5`` (``zsq_tvm/models/quartznet5x5.pt``),
+exported to ONNX with its BatchNorm layers on the fly.  The input is a sentence spoken by
+``espeak-ng`` when it is installed, else a tone sweep; the demo prints what the FP32 model and
+the integer-only build transcribe.
 """
 
 from __future__ import annotations
@@ -18,14 +19,17 @@ import numpy as np
 
 MODELS_DIR = Path(__file__).parent / "models"
 DEFAULT_MODEL = "quartznet5x5"
-DEMO_FRAMES = 256
+DEMO_FRAMES = 400
+DEMO_SENTENCE = "the quick brown fox jumps over the lazy dog"
 
 
 def default_model(workdir: Path) -> tuple[Path, str]:
     """Path of the shipped default ONNX model, or a freshly exported random-weight stand-in."""
-    for cand in (MODELS_DIR / f"{DEFAULT_MODEL}.onnx", MODELS_DIR / DEFAULT_MODEL / "model.onnx"):
-        if cand.exists():
-            return cand, f"shipped {DEFAULT_MODEL}"
+    if (MODELS_DIR / f"{DEFAULT_MODEL}.pt").exists():
+        from .nets.export import export_onnx
+
+        path = export_onnx(DEFAULT_MODEL, workdir / f"{DEFAULT_MODEL}.onnx", frames=DEMO_FRAMES)
+        return Path(path), f"shipped trained {DEFAULT_MODEL}"
     from .frontend.toy import export_convasr
 
     try:
@@ -40,16 +44,29 @@ def default_model(workdir: Path) -> tuple[Path, str]:
 
 
 def _demo_mel(features: int, frames: int) -> np.ndarray:
-    """A deterministic mel-like input: a tone sweep through the project's mel front end if present."""
+    """Mel of a spoken sentence (espeak-ng), else of a tone sweep, through the project's front end."""
     try:
+        import shutil as _sh
+        import subprocess
+
         import torch
 
         from .audio import MelConfig, MelFrontend
+        from .audio.mel import wav_bytes_to_float
 
         sr = 16000
-        n = frames * 160 - 1
-        t = np.arange(n) / sr
-        wave = 0.3 * np.sin(2 * np.pi * (200 + 1800 * t / t[-1]) * t)
+        wave = None
+        if _sh.which("espeak-ng"):
+            from .data.corpus import _resample
+
+            data = subprocess.run(["espeak-ng", "-v", "en-us", "--stdout", DEMO_SENTENCE], capture_output=True,
+                                  check=True).stdout
+            x, r = wav_bytes_to_float(data)
+            wave = _resample(x, r)[: frames * 160 - 1]
+        if wave is None:
+            n = frames * 160 - 1
+            t = np.arange(n) / sr
+            wave = 0.3 * np.sin(2 * np.pi * (200 + 1800 * t / t[-1]) * t)
         mel = MelFrontend(MelConfig())(torch.tensor(wave[None], dtype=torch.float32))
         mel = mel[0] if isinstance(mel, tuple) else mel
         mel = mel.detach().numpy()[0]
@@ -88,7 +105,7 @@ def run_demo(workdir=None, json_out: bool = False, keep: bool = False) -> int:
 
         logits = Build.load(bdir).run(mel)
         text = b.decode(logits) if b.vocab else None
-        agree = None
+        agree, ref_text = None, None
         try:
             import onnxruntime as ort
 
@@ -96,11 +113,13 @@ def run_demo(workdir=None, json_out: bool = False, keep: bool = False) -> int:
             ref = sess.run(None, {sess.get_inputs()[0].name: mel[None]})[0]
             if ref.shape == logits.shape:
                 agree = float((ref.argmax(-1) == logits.argmax(-1)).mean())
+                ref_text = b.decode(ref) if b.vocab else None
         except Exception:
             pass
         r = q.report()
         say(f"[5/5] ran: logits {list(logits.shape)} {logits.dtype}; greedy CTC: {text[0] if text else '-'!r}")
         if agree is not None:
+            say(f"      FP32 (ONNX Runtime) greedy CTC: {ref_text[0] if ref_text else '-'!r}")
             say(f"      frame argmax agreement with FP32 ONNX Runtime: {100 * agree:.1f} %")
         if "fp32" in r:
             say(f"      size {r['fp32']['size_mb']:.2f} -> {r['quantized']['size_mb']:.2f} MB, "

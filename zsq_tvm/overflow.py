@@ -34,8 +34,9 @@ Requantize computes ``acc·M + 2^(s-1)`` in int64 with ``M < 2^31`` and ``s <= 6
 accumulator that fits int32 this is below ``2^62 + 2^61`` always; the recorded headroom below
 2^63 is the actual one.
 
-Margins are ``headroom_bits = log2(limit / bound)`` (``bound`` at least 1).  A bound above the
-limit raises :class:`AccumulatorOverflowError` naming the layer, the bound and the fix.
+Margins are ``headroom_bits = log2(limit / bound)`` (``bound`` at least 1; a negative end is measured
+against ``limit + 1``, e.g. -2^31 fits int32 with 0 bits to spare).  A range that leaves the dtype
+raises :class:`AccumulatorOverflowError` naming the layer, the bound and the fix.
 
 The numpy reference (:mod:`zsq_tvm.reference`) independently checks every int32/int64 result it
 computes for wrap-around, so a module that escaped this proof would still be caught there.
@@ -113,11 +114,20 @@ def requant_interval(lo, hi, M, s, qmin: int, qmax: int) -> tuple[np.ndarray, np
     return np.array(olo, dtype=np.int64), np.array(ohi, dtype=np.int64)
 
 
-def _worst(lo, hi) -> tuple[int, int]:
-    """``(max |value|, channel)`` over the per-channel interval ends (Python ints, no wrap)."""
-    mags = [max(abs(int(a)), abs(int(b))) for a, b in zip(np.ravel(lo), np.ravel(hi))]
-    c = int(np.argmax(mags)) if mags else 0
-    return (mags[c] if mags else 0), c
+def _worst(lo, hi, limit: int) -> tuple[int, int, float, bool]:
+    """``(max |value|, its channel, headroom bits, fits)`` over per-channel interval ends (Python ints).
+
+    Two's complement is asymmetric: the negative end may reach ``-(limit + 1)`` (e.g. -2^31 in int32),
+    so the headroom of a negative end is measured against ``limit + 1``.
+    """
+    lo = [int(v) for v in np.ravel(lo)]
+    hi = [int(v) for v in np.ravel(hi)]
+    if not lo:
+        return 0, 0, headroom_bits(0, limit), True
+    room = [min(headroom_bits(max(b, 0), limit), headroom_bits(max(-a, 0), limit + 1)) for a, b in zip(lo, hi)]
+    c = int(np.argmin(room))
+    fits = all(a >= -(limit + 1) and b <= limit for a, b in zip(lo, hi))
+    return max(abs(lo[c]), abs(hi[c])), c, room[c], fits
 
 
 _FIX = ("quantize with fewer weight/activation bits (--wbits/--abits, e.g. 7: each bit halves the bound), "
@@ -131,21 +141,21 @@ class OverflowLedger:
     def __init__(self):
         self.checks: list[dict] = []
 
-    def _record(self, layer, op, bound, channel, limit, extra=None):
+    def _record(self, layer, op, bound, channel, limit, room, extra=None):
         rec = {"layer": str(layer), "op": op, "bound": int(bound), "channel": int(channel), "limit": int(limit),
-               "headroom_bits": round(headroom_bits(bound, limit), 4)}
+               "headroom_bits": round(room, 4)}
         rec.update(extra or {})
         self.checks.append(rec)
         return rec
 
     def accumulate(self, layer, op, lo, hi, detail: dict | None = None) -> dict:
         """Record an int32 accumulation with per-channel range ``[lo, hi]``; raise if it can overflow."""
-        bound, c = _worst(lo, hi)
+        bound, c, room, fits = _worst(lo, hi, INT32_LIMIT)
         detail = dict(detail or {})
         if isinstance(detail.get("sum_abs_w"), (list, tuple, np.ndarray)):  # keep the worst channel's only
             detail["sum_abs_w"] = int(np.ravel(detail["sum_abs_w"])[c])
-        rec = self._record(layer, op, bound, c, INT32_LIMIT, detail)
-        if bound > INT32_LIMIT:
+        rec = self._record(layer, op, bound, c, INT32_LIMIT, room, detail)
+        if not fits:
             what = {"conv1d": "conv1d", "matmul": "matmul", "bias_add": "accumulator + bias",
                     "residual_sum": "residual sum"}.get(op, op)
             d = detail
@@ -155,19 +165,18 @@ class OverflowLedger:
                        f"{d.get('x_dtype', '?')} in {d.get('x_range', '?')})")
             raise AccumulatorOverflowError(
                 f"layer {layer}: the worst-case int32 {what} is {bound} = 2^{math.log2(max(bound, 1)):.2f}{how}, "
-                f"above 2^31-1 = {INT32_LIMIT}, so the integer kernel could overflow",
+                f"outside int32 [-2^31, 2^31-1 = {INT32_LIMIT}], so the integer kernel could overflow",
                 _FIX)
         return rec
 
     def requantize(self, tag, lo, hi, M, s) -> dict:
         """Record the int64 product ``acc·M + 2^(s-1)`` of a requantize over ``acc`` in ``[lo, hi]``."""
         lo, hi, M, s = np.broadcast_arrays(*(np.asarray(v, dtype=np.int64).reshape(-1) for v in (lo, hi, M, s)))
-        ends = [max(abs(int(a) * int(m) + (1 << (int(k) - 1))), abs(int(b) * int(m) + (1 << (int(k) - 1))))
-                for a, b, m, k in zip(lo, hi, M, s)]
-        c = int(np.argmax(ends)) if ends else 0
-        bound = ends[c] if ends else 0
-        rec = self._record(tag, "requantize", bound, c, INT64_LIMIT)
-        if bound > INT64_LIMIT:
+        plo = [int(a) * int(m) + (1 << (int(k) - 1)) for a, m, k in zip(lo, M, s)]
+        phi = [int(b) * int(m) + (1 << (int(k) - 1)) for b, m, k in zip(hi, M, s)]
+        bound, c, room, fits = _worst(plo, phi, INT64_LIMIT)
+        rec = self._record(tag, "requantize", bound, c, INT64_LIMIT, room)
+        if not fits:
             raise AccumulatorOverflowError(
                 f"requantize at {tag}: acc*M + 2^(s-1) reaches {bound} = 2^{math.log2(bound):.2f}, above 2^63-1",
                 _FIX)
