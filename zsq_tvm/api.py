@@ -358,7 +358,7 @@ def quantize(model, config: QuantConfig | None = None, **overrides) -> Quantized
         layout, ncls = "auto", None
     vocab = _vocab_for(proto, cfg, ncls)
     if isinstance(cfg.calib, str) and cfg.calib == "synthetic":
-        batches = synthetic_batches(proto, cfg, features, frames)
+        batches = synthetic_batches(model if isinstance(model, (str, os.PathLike)) else proto, cfg, features, frames)
     else:
         batches = calibration_batches(cfg, features, frames)
     qmod, meta, ranges, bn_stats = _run_passes(fmod, batches, cfg, proto_s)
