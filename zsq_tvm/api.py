@@ -407,6 +407,10 @@ def compile(qmodel, target: str = "host") -> Build:  # noqa: A001 - mirrors tvm.
 
     get_target(target)  # fail fast on unknown targets
     q = qmodel if isinstance(qmodel, QuantizedModel) else QuantizedModel.load(qmodel)
+    from .targets_cortexm import compile_firmware, is_cortexm
+
+    if is_cortexm(target):  # TVM c kernels + static firmware driver (zsq_tvm/targets_cortexm)
+        return compile_firmware(q, target)
     import tvm
 
     ex, lowered, io_report, tgt = compile_relax(q.mod, target)
@@ -431,6 +435,11 @@ def check(build_or_dir, recheck: bool = True, raise_on_violation: bool = False) 
         rep = integer_only_report(lower(b.module(), get_target(b.target).make())[0])
     rep = dict(rep)
     rep.setdefault("ok", None)
+    if hasattr(b, "check_firmware"):  # Cortex-M: the linked ELF has no soft-float / libm / malloc symbols
+        rep["firmware"] = fw = b.check_firmware()
+        rep["violations"] = list(rep.get("violations", [])) + [f"fw.elf: {v}" for v in fw["violations"]]
+        if not fw["ok"]:
+            rep["ok"] = False
     if raise_on_violation and rep["ok"] is False:
         raise IntegerOnlyViolation(f"build {b.target!r} executes floating point: {rep.get('summary', rep)}",
                                    "report this model to the zsq-tvm developers with the check output")

@@ -270,6 +270,10 @@ class Build:
         import tvm
 
         m = artifacts.read_manifest(path, artifacts.KIND_BUILD)
+        if "firmware" in m:  # Cortex-M build: runs its firmware under QEMU
+            from .targets_cortexm.build import FirmwareBuild
+
+            return FirmwareBuild.load(path)
         lib = Path(path) / LIB_NAME
         if not lib.exists():
             raise ArtifactError(f"{str(path)!r} has no {LIB_NAME}", "compile again with `zsq compile`")

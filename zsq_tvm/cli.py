@@ -98,6 +98,8 @@ def cmd_compile(a) -> int:
                      "integer_only": rep})
     else:
         print(f"compiled for {b.manifest['tvm_target']} -> {a.output} (integer-only: {_ok(rep)})")
+        if hasattr(b, "summary"):  # Cortex-M firmware: flash / RAM / arena
+            print("  " + b.summary())
     return 0
 
 
@@ -121,6 +123,9 @@ def cmd_check(a) -> int:
             b = rep.get("boundary", {})
             print(f"  {rep.get('prim_funcs', '?')} kernels; float only in the boundary kernels "
                   f"{', '.join(sum((list(x) for x in b.values()), [])) or '-'}")
+        if "firmware" in rep:
+            print(f"  fw.elf: {'ok' if rep['firmware']['ok'] else 'VIOLATIONS'} (no soft-float, libm or malloc "
+                  f"among {rep['firmware']['symbols']} symbols)")
     if rep.get("ok") is False:
         return IntegerOnlyViolation.exit_code
     if rep.get("ok") is None:

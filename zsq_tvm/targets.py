@@ -102,3 +102,6 @@ def _generic():
 
 register_target("host", _host, "llvm for this machine's CPU, VNNI where present")
 register_target("llvm", _generic, "generic llvm for this architecture, portable")
+
+
+from . import targets_cortexm as _targets_cortexm  # noqa: E402,F401  (registers cortex-m4 / cortex-m7)

@@ -1,0 +1,140 @@
+"""``FirmwareBuild``: a :class:`zsq_tvm.build.Build` whose library is a Cortex-M firmware folder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .. import artifacts
+from ..build import Build
+from ..errors import ArtifactError
+from . import firmware as fw
+
+FW_DIR = "firmware"
+
+
+def _budget(kw_val, env, default):
+    if kw_val is not None:
+        return int(kw_val) * 1024
+    v = os.environ.get(env)
+    return int(v) * 1024 if v else default
+
+
+def compile_firmware(q, target: str, flash_kb: int | None = None, ram_kb: int | None = None,
+                     stack_bytes: int = fw.DEFAULT_STACK) -> "FirmwareBuild":
+    """Quantized model → :class:`FirmwareBuild` (sources generated and ``fw.elf`` linked in a temp dir)."""
+    import tvm
+
+    from ..api import _normalize
+    from ..build import integer_only_report
+    from ..lowering import lower
+
+    _, _, dflash, dram = fw.BOARDS[target]
+    flash = _budget(flash_kb, "ZSQ_CM_FLASH_KB", dflash)
+    ram = _budget(ram_kb, "ZSQ_CM_RAM_KB", dram)
+    tmp = Path(tempfile.mkdtemp(prefix="zsq-fw-"))
+    try:
+        rec = fw.generate(q.mod, tmp / FW_DIR, board=target, flash=flash, ram=ram, stack=stack_bytes)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    io_report = integer_only_report(lower(q.mod))
+    m = dict(q.manifest)
+    m.update(artifacts.new_manifest(artifacts.KIND_BUILD))
+    m.update(target=target, tvm_target=str(fw.BOARDS[target][0]) + " (c + static driver)", integer_only=io_report,
+             firmware=rec, quantized_from={"created": q.manifest.get("created"), "source": q.manifest.get("source")})
+    files = {"quant.json": q.metadata, "report.json": q.report()}
+    if m.get("vocab"):
+        files["vocab.json"] = m["vocab"]
+    return FirmwareBuild(tmp / FW_DIR, _normalize(m), tvm.ir.save_json(q.mod), files, tmpdir=tmp)
+
+
+class FirmwareBuild(Build):
+    """Cortex-M build: ``run`` executes ``fw.elf`` under QEMU and returns the integer logits."""
+
+    def __init__(self, fw_dir, manifest, module_json=None, files=None, tmpdir=None):
+        super().__init__(None, manifest, module_json, files)
+        self.fw_dir = Path(fw_dir)
+        self._tmpdir = tmpdir
+
+    def __del__(self):
+        if getattr(self, "_tmpdir", None) is not None:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+
+    @property
+    def firmware(self) -> dict:
+        return self.manifest["firmware"]
+
+    def summary(self) -> str:
+        f = self.firmware
+        s = f.get("size", {})
+        return (f"{f['board']}: flash {s.get('flash_bytes', '?')} B (weights {f['weights_bytes']} B) of "
+                f"{f['flash_budget']}; RAM {s.get('ram_bytes', '?')} B (arena {f['arena_bytes']} B, workspace "
+                f"{f['workspace_bytes']} B, stack {f['stack_budget']} B) of {f['ram_budget']}; "
+                f"{f['calls']} kernel calls; ELF symbols: {'ok' if f.get('symbols', {}).get('ok') else 'VIOLATIONS'}")
+
+    def quantize_input(self, mel) -> np.ndarray:
+        """Float mel → the int8 input the firmware takes (host-side input quantize)."""
+        x = self._prepare(mel)
+        return fw.quantize_input(x, self.firmware["input"]["quantize"])
+
+    def run_int(self, x_int: np.ndarray, host: bool = False) -> tuple[np.ndarray, dict]:
+        f = self.firmware
+        shape, dtype = tuple(f["output"]["shape"]), f["output"]["dtype"]
+        if host:
+            return fw.run_host(self.fw_dir, x_int, shape, dtype), {}
+        return fw.run_qemu(self.fw_dir, x_int, f["board"], shape, dtype)
+
+    def run(self, mel, dequantize: bool = False, return_stats: bool = False):
+        f = self.firmware
+        if f["input"]["quantize"] is None:
+            raise ArtifactError("this firmware has no input quantize parameters", "compile again")
+        xq = self.quantize_input(mel)
+        B = f["input"]["shape"][0]
+        outs, stats = [], []
+        for i in range(0, xq.shape[0], B):
+            chunk = xq[i:i + B]
+            n = chunk.shape[0]
+            if n < B:
+                chunk = np.concatenate([chunk, np.zeros((B - n,) + chunk.shape[1:], chunk.dtype)])
+            y, st = self.run_int(chunk)
+            outs.append(y[:n])
+            stats.append(st)
+        out = np.concatenate(outs)
+        if dequantize and f["output"]["scale"] is not None:
+            out = out.astype(np.float32) * np.float32(f["output"]["scale"])
+        return (out, stats) if return_stats else out
+
+    def check_firmware(self) -> dict:
+        """Re-run the ELF symbol check (needs arm-none-eabi-nm)."""
+        elf = self.fw_dir / "fw.elf"
+        if not elf.exists():
+            raise ArtifactError(f"{elf} is missing", "compile again with `zsq compile --target cortex-m4`")
+        return fw.check_symbols(elf)
+
+    def save(self, out_dir, overwrite: bool = False) -> Path:
+        out = Path(out_dir)
+        with artifacts.atomic_dir(out, overwrite=overwrite) as tmp:
+            shutil.copytree(self.fw_dir, tmp / FW_DIR, ignore=shutil.ignore_patterns("*.o", "host_run"))
+            if self._module_json is not None:
+                (tmp / "module.json").write_text(self._module_json)
+            for name, obj in self._files.items():
+                artifacts.write_json(tmp / name, obj)
+            artifacts.write_json(tmp / artifacts.MANIFEST, self.manifest)
+        return out
+
+    @classmethod
+    def load(cls, path) -> "FirmwareBuild":
+        m = artifacts.read_manifest(path, artifacts.KIND_BUILD)
+        d = Path(path) / FW_DIR
+        if not d.is_dir():
+            raise ArtifactError(f"{str(path)!r} has no {FW_DIR}/", "compile again with `zsq compile`")
+        mj = Path(path) / "module.json"
+        return cls(d, m, mj.read_text() if mj.exists() else None)
+
+    def __repr__(self):
+        return f"FirmwareBuild(target={self.target!r}, frames={self.frames})"
