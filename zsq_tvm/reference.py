@@ -79,6 +79,10 @@ def _binary(op: str, a: np.ndarray, b: np.ndarray, dtype: str) -> np.ndarray:
         if r.size and (min(r.flat) < np.iinfo(dtype).min or max(r.flat) > np.iinfo(dtype).max):
             raise ReferenceError_(f"{op}: result overflows {dtype}")
         return r.astype(dtype)
+    if op == "floor_divide":  # integer-only non-linearities (relax_passes.integer_nonlinear): divisor > 0
+        if b64.size and int(b64.min()) <= 0:
+            raise ReferenceError_("floor_divide by a non-positive integer")
+        return _checked(a64 // b64, dtype, op)
     if op == "maximum":
         return np.maximum(a64, b64).astype(dtype)
     if op == "minimum":
@@ -146,7 +150,7 @@ def run_reference(mod: tvm.IRModule, *inputs, func_name: str = "main", return_en
             if args[0].shape[-1] * _absmax(x64) * _absmax(w64) > _INT64_MAX:
                 raise ReferenceError_(f"matmul {var.name}: partial sums may overflow int64")
             env[var] = _checked(np.matmul(x64, w64), out_dtype, "matmul")
-        elif op in ("add", "subtract", "multiply", "right_shift", "maximum", "minimum"):
+        elif op in ("add", "subtract", "multiply", "right_shift", "floor_divide", "maximum", "minimum"):
             env[var] = _binary(op, args[0], args[1], out_dtype)
         elif op == "clip":
             lo, hi = _prim_int(v.args[1]), _prim_int(v.args[2])

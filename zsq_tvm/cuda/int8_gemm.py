@@ -199,22 +199,26 @@ def schedule_dp4a(spec: GemmSpec, tensorize: bool = True, bt: int = 64, bm: int 
     m0, m1, m2 = sch.split(m, [None, tx, im])
     k0, k1, k2 = sch.split(k, [None, bk // 4, 4])
     sch.reorder(t0, m0, t1, m1, k0, k1, t2, m2, k2)
-    sch.bind(t0, "blockIdx.y")
-    sch.bind(m0, "blockIdx.x")
-    sch.bind(t1, "threadIdx.y")
-    sch.bind(m1, "threadIdx.x")
+    gpu = tensorize  # llvm variant: same loops, no bindings, global staging buffers
+    if gpu:
+        sch.bind(t0, "blockIdx.y")
+        sch.bind(m0, "blockIdx.x")
+        sch.bind(t1, "threadIdx.y")
+        sch.bind(m1, "threadIdx.x")
 
     for idx, pad_name in ((0, "X_pad"), (1, "W_pad")):
-        cr = sch.cache_read(gemm, idx, "shared")
+        cr = sch.cache_read(gemm, idx, "shared" if gpu else "global")
         sch.compute_at(cr, k0)
         _inline_producer(sch, pad_name)
         f = sch.fuse(*sch.get_loops(cr)[-2:])
         _, fy, fx, fv = sch.split(f, [None, ty, tx, 4])
-        sch.bind(fy, "threadIdx.y")
-        sch.bind(fx, "threadIdx.x")
-        sch.vectorize(fv)
+        if gpu:
+            sch.bind(fy, "threadIdx.y")
+            sch.bind(fx, "threadIdx.x")
+            sch.vectorize(fv)
 
-    sch.set_scope(gemm, 0, "local")
+    if gpu:
+        sch.set_scope(gemm, 0, "local")
     sch.reverse_compute_at(req, m1)
     sch.decompose_reduction(gemm, k0)
     if tensorize:
@@ -223,8 +227,85 @@ def schedule_dp4a(spec: GemmSpec, tensorize: bool = True, bt: int = 64, bm: int 
     return sch
 
 
-def schedule_wmma(spec: GemmSpec, tensorize: bool = True):  # filled in below
-    raise NotImplementedError
+def schedule_wmma(spec: GemmSpec, tensorize: bool = True):
+    """WMMA 16x16x16 s8s8s32 schedule: 64x64 block tile, 4 warps of 2x2 fragments, k-tile 16.
+
+    ``uint8`` activations run shifted to int8 (``x - 128``, inlined into the shared-memory load);
+    pass the bias through :func:`fold_u8_shift`.  The int32 tile goes fragment -> shared and each
+    warp requantizes its 32x32 outputs from there (``reverse_compute_at``), writing int8.
+    ``tensorize=False``: same tiling, pad, shift and epilogue, but scalar loops, no thread
+    bindings and ``global`` staging buffers, so llvm can run it.
+    """
+    from tvm import s_tir
+
+    gpu = tensorize
+    shift = spec.a_dtype == "uint8"
+    sch = s_tir.Schedule(gemm_requant_func(spec, shift_u8=shift))
+    gemm = sch.get_sblock("gemm")
+    _pad(sch, gemm, spec, 64, 64, 16)
+    req = _epilogue(sch)
+
+    t, m, k = sch.get_loops(gemm)
+    t, ti = sch.split(t, [None, 16])
+    m, mi = sch.split(m, [None, 16])
+    k0, ki = sch.split(k, [None, 16])
+    sch.reorder(t, m, k0, ti, mi, ki)
+    inner = gemm
+    outer = sch.blockize(ti)
+    t0, t1, t2 = sch.split(t, [None, 2, 2])
+    m0, m1, m2 = sch.split(m, [None, 2, 2])
+    sch.reorder(t0, m0, t1, m1, k0, t2, m2)
+    warp = sch.fuse(t1, m1)
+    if gpu:
+        sch.bind(t0, "blockIdx.y")
+        sch.bind(m0, "blockIdx.x")
+        sch.bind(warp, "threadIdx.y")
+
+    stage = "shared" if gpu else "global"
+    for idx, producers in ((0, ("X_pad", "shift", "Xs_pad")), (1, ("W_pad",))):
+        cr = sch.cache_read(outer, idx, stage)
+        sch.compute_at(cr, k0)
+        for name in producers:
+            _inline_producer(sch, name)
+        f = sch.fuse(*sch.get_loops(cr)[-2:])
+        _, fy, fx, fv = sch.split(f, [None, 4, 32, 4])  # int8 vectors of 4 (facts.md)
+        if gpu:
+            sch.bind(fy, "threadIdx.y")
+            sch.bind(fx, "threadIdx.x")
+            sch.vectorize(fv)
+    a_frag = sch.cache_read(outer, 0, "wmma.matrix_a" if gpu else "global")
+    b_frag = sch.cache_read(outer, 1, "wmma.matrix_b" if gpu else "global")
+    # cache_read already places the fragment loads inside k0 (next to the consumer)
+
+    sch.set_scope(outer, 0, stage)  # the padded int32 tile (acc_pad)
+    store = sch.cache_write(outer, 0, "wmma.accumulator" if gpu else "global")
+    sch.reverse_compute_at(store, warp)
+    sch.reverse_compute_at(req, warp)
+    f = sch.fuse(*sch.get_loops(req)[-2:])
+    _, fx = sch.split(f, [None, 32])
+    if gpu:
+        sch.bind(fx, "threadIdx.x")
+
+    init = sch.decompose_reduction(outer, k0)
+    if not gpu:
+        return sch
+    from tvm.s_tir.tensor_intrin.cuda import get_wmma_intrin_group
+
+    ig = get_wmma_intrin_group("shared", "shared", "int8", "int32", trans_b=True)
+    for frag, key in ((a_frag, "load_a"), (b_frag, "load_b")):
+        i, j = sch.get_loops(frag)[-2:]
+        i0, i1 = sch.split(i, [None, 16])
+        j0, j1 = sch.split(j, [None, 16])
+        sch.reorder(i0, j0, i1, j1)
+        sch.tensorize(i1, ig[key])
+    i, j = sch.get_loops(store)[-2:]
+    i0, i1 = sch.split(i, [None, 16])
+    j0, j1 = sch.split(j, [None, 16])
+    sch.reorder(i0, j0, i1, j1)
+    sch.tensorize(i1, ig["store"])
+    sch.tensorize(sch.get_loops(sch.get_child_blocks(init)[0])[-2], ig["init"])
+    sch.tensorize(sch.get_loops(inner)[-3], ig["compute"])
+    return sch
 
 
 # --------------------------------------------------------------------------- build helpers
@@ -308,3 +389,72 @@ def sass(cubin: str, cuobjdump: str | None = None) -> str:
     env["PATH"] = os.path.dirname(exe) + os.pathsep + env.get("PATH", "")
     return subprocess.run([exe, "-sass", cubin], check=True, capture_output=True, text=True,
                           env=env).stdout
+
+
+def random_problem(spec: GemmSpec, seed: int = 0):
+    """Random int8 operands, bias and dyadic (Mul, Sh) with outputs spread over the clip range."""
+    rng = np.random.default_rng(seed)
+    lo = 0 if spec.a_dtype == "uint8" else -127
+    hi = 255 if spec.a_dtype == "uint8" else 127
+    X = rng.integers(lo, hi + 1, (spec.T, spec.K)).astype(spec.a_dtype)
+    W = rng.integers(-127, 128, (spec.M, spec.K)).astype("int8")
+    bias = rng.integers(-(2**15), 2**15, spec.M).astype("int32")
+    Mul = rng.integers(2**29, 2**31 - 1, spec.M).astype("int64")
+    Sh = rng.integers(36, 44, spec.M).astype("int64")
+    return X, W, bias, Mul, Sh
+
+
+def kernel_bias(spec: GemmSpec, W, bias, schedule: str) -> np.ndarray:
+    """The bias a kernel takes: folded with the u8 shift for the WMMA schedule on uint8 input."""
+    if schedule == "wmma" and spec.a_dtype == "uint8":
+        return fold_u8_shift(W, bias)
+    return np.asarray(bias, np.int32)
+
+
+def run_llvm_check(spec: GemmSpec, schedule: str = "dp4a", seed: int = 0) -> bool:
+    """Build the un-tensorized version of the schedule's tiling on llvm and compare bit-exactly
+    with :func:`reference` (numpy + ``intmath.requantize``).  Returns True or raises."""
+    import tvm
+
+    sch = (schedule_dp4a if schedule == "dp4a" else schedule_wmma)(spec, tensorize=False)
+    lib = tvm.compile(sch.mod, target=tvm.target.Target("llvm"))
+    X, W, bias, Mul, Sh = random_problem(spec, seed)
+    dev = tvm.cpu()
+    y = tvm.runtime.tensor(np.zeros((spec.T, spec.M), spec.out_dtype), dev)
+    args = [tvm.runtime.tensor(a, dev) for a in (X, W, kernel_bias(spec, W, bias, schedule), Mul, Sh)]
+    lib["main"](*args, y)
+    want = reference(spec, X, W, bias, Mul, Sh)
+    got = y.numpy()
+    if not np.array_equal(got, want):
+        bad = np.argwhere(got != want)
+        raise AssertionError(f"{schedule} llvm mismatch at {len(bad)} places, first {bad[:3].tolist()}")
+    return True
+
+
+# --------------------------------------------------------------------------- integer-only scans
+import re as _re
+
+SASS_FLOAT_OPS = _re.compile(
+    r"\b(FADD|FMUL|FFMA|FMNMX|FSETP|FSET|FCHK|FRND|F2I|I2F|F2F|MUFU|DADD|DMUL|DFMA|"
+    r"HADD2|HMUL2|HFMA2|HMMA)\b")
+CUDA_FLOAT_TYPES = _re.compile(r"\b(float|double|half|__half|half2|nv_bfloat16|__nv_bfloat16)\b")
+
+
+def sass_float_ops(sass_text: str) -> list[str]:
+    """Float instructions in a SASS listing (empty for an integer-only kernel)."""
+    return SASS_FLOAT_OPS.findall(sass_text)
+
+
+def kernel_float_types(src: str) -> list[str]:
+    """Float type names in the ``__global__`` kernels of a CUDA source (TVM's header, which
+    defines half/bfloat16 helpers, comes before the first kernel and is skipped)."""
+    i = src.find('extern "C" __global__')
+    return CUDA_FLOAT_TYPES.findall(src[i:] if i >= 0 else src)
+
+
+def sass_counts(sass_text: str) -> dict[str, int]:
+    """Counts of the int8 dot-product instructions: ``IDP.4A*`` and ``IMMA*``."""
+    out: dict[str, int] = {}
+    for op in _re.findall(r"\b(IDP\.4A\.\w+\.\w+|IMMA\.\w+\.\w+\.\w+)", sass_text):
+        out[op] = out.get(op, 0) + 1
+    return out
