@@ -432,7 +432,9 @@ def check(build_or_dir, recheck: bool = True, raise_on_violation: bool = False) 
         from .build import integer_only_report, lower
         from .targets import get_target
 
-        rep = integer_only_report(lower(b.module(), get_target(b.target).make())[0])
+        spec = get_target(b.target)
+        mod = spec.prepare(b.module()) if spec.prepare is not None else b.module()
+        rep = integer_only_report(lower(mod, spec.make())[0])
     rep = dict(rep)
     rep.setdefault("ok", None)
     if hasattr(b, "check_firmware"):  # Cortex-M: the linked ELF has no soft-float / libm / malloc symbols

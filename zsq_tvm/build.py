@@ -86,6 +86,8 @@ def compile_relax(mod, target: str = "host"):
 
     spec = get_target(target)
     tgt = spec.make()
+    if spec.prepare is not None:  # opt-in target rewrite (e.g. host-vnni kernels)
+        mod = spec.prepare(mod)
     lowered, finish = lower(mod, tgt)
     report = integer_only_report(lowered)
     ex = tvm.compile(lowered, target=tgt, relax_pipeline=finish)

@@ -23,13 +23,15 @@ class TargetSpec:
     description: str
     make: Callable[[], "object"]  # -> tvm.target.Target
     runs_on_host: bool = True
+    prepare: Callable | None = None  # optional Relax rewrite applied before lowering (opt-in kernels)
 
 
 _REGISTRY: dict[str, TargetSpec] = {}
 
 
-def register_target(name: str, make: Callable[[], object], description: str, runs_on_host: bool = True):
-    _REGISTRY[name] = TargetSpec(name, description, make, runs_on_host)
+def register_target(name: str, make: Callable[[], object], description: str, runs_on_host: bool = True,
+                    prepare: Callable | None = None):
+    _REGISTRY[name] = TargetSpec(name, description, make, runs_on_host, prepare)
 
 
 def list_targets() -> list[str]:
@@ -102,6 +104,24 @@ def _generic():
 
 register_target("host", _host, "llvm for this machine's CPU, VNNI where present")
 register_target("llvm", _generic, "generic llvm for this architecture, portable")
+
+
+def _host_vnni():
+    if "avx512_vnni" not in host_features():
+        raise TargetError("target 'host-vnni' needs a CPU with AVX-512 VNNI (avx512_vnni in /proc/cpuinfo)",
+                          "use --target host")
+    return _host()
+
+
+def _vnni_prepare(mod):
+    """Opt-in: pointwise conv1d + requantize -> hand-scheduled VNNI kernels (relax_passes.x86_vnni_pointwise)."""
+    from relax_passes.x86_vnni_pointwise import X86VnniPointwise
+
+    return X86VnniPointwise()(mod)
+
+
+register_target("host-vnni", _host_vnni, "host llvm + hand-written AVX-512 VNNI pointwise conv kernels (opt-in)",
+                prepare=_vnni_prepare)
 
 
 from . import targets_cortexm as _targets_cortexm  # noqa: E402,F401  (registers cortex-m4 / cortex-m7)
