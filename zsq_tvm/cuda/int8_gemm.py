@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..tir_intmath import requantize_expr
+
 __all__ = [
     "GemmSpec",
     "gemm_requant_func",
@@ -101,10 +103,7 @@ def gemm_requant_func(spec: GemmSpec, a_dtype: str | None = None, shift_u8: bool
             for t, m in T.grid(Tn, M):
                 with T.sblock("requant"):
                     vt, vm = T.axis.remap("SS", [t, m])
-                    Y[vt, vm] = T.Cast(od, T.max(T.min(
-                        (T.Cast("int64", acc[vt, vm] + B[vm]) * Mul[vm]
-                         + T.shift_left(T.int64(1), Sh[vm] - T.int64(1))) >> Sh[vm],
-                        T.int64(qmax)), T.int64(qmin)))
+                    Y[vt, vm] = requantize_expr(acc[vt, vm] + B[vm], Mul[vm], Sh[vm], qmin, qmax, od)
 
         return func
 
@@ -123,10 +122,7 @@ def gemm_requant_func(spec: GemmSpec, a_dtype: str | None = None, shift_u8: bool
         for t, m in T.grid(Tn, M):
             with T.sblock("requant"):
                 vt, vm = T.axis.remap("SS", [t, m])
-                Y[vt, vm] = T.Cast(od, T.max(T.min(
-                    (T.Cast("int64", acc[vt, vm] + B[vm]) * Mul[vm]
-                     + T.shift_left(T.int64(1), Sh[vm] - T.int64(1))) >> Sh[vm],
-                    T.int64(qmax)), T.int64(qmin)))
+                Y[vt, vm] = requantize_expr(acc[vt, vm] + B[vm], Mul[vm], Sh[vm], qmin, qmax, od)
 
     return func
 

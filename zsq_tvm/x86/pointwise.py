@@ -41,6 +41,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..tir_intmath import requantize_expr
+
 from .vnni import register, x86_target
 
 __all__ = [
@@ -179,10 +181,7 @@ def pointwise_func(spec: PointwiseSpec):
             for t, m in T.grid(Tn, M):
                 with T.sblock("requant"):
                     vt, vm = T.axis.remap("SS", [t, m])
-                    Y[yidx(vt, vm)] = T.Cast(od, T.max(T.min(
-                        (T.Cast("int64", acc[vt, vm] + B[vm]) * Mul[vm]
-                         + T.shift_left(T.int64(1), Sh[vm] - T.int64(1))) >> Sh[vm],
-                        T.int64(qmax)), T.int64(qmin)))
+                    Y[yidx(vt, vm)] = requantize_expr(acc[vt, vm] + B[vm], Mul[vm], Sh[vm], qmin, qmax, od)
 
         return func
 
@@ -202,10 +201,7 @@ def pointwise_func(spec: PointwiseSpec):
         for t, m in T.grid(Tn, M):
             with T.sblock("requant"):
                 vt, vm = T.axis.remap("SS", [t, m])
-                Y[vt, vm] = T.Cast(od, T.max(T.min(
-                    (T.Cast("int64", acc[vt, vm] + B[vm]) * Mul[vm]
-                     + T.shift_left(T.int64(1), Sh[vm] - T.int64(1))) >> Sh[vm],
-                    T.int64(qmax)), T.int64(qmin)))
+                Y[vt, vm] = requantize_expr(acc[vt, vm] + B[vm], Mul[vm], Sh[vm], qmin, qmax, od)
 
     return func
 
