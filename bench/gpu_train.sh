@@ -3,11 +3,12 @@
 #   synthesize the TTS corpus on the GPU machine's CPUs (espeak-ng + flite carried as a
 #   bundle built by bench/make_gpu_bundle.sh), compute mel features, train four models
 #   concurrently until a shared deadline, evaluate, and leave fp16 checkpoints in $OUT.
-# Usage (device tool): bash bench/gpu_train.sh   with carry [".gpu"]
+# Usage (device tool): bash bench/make_gpu_bundle.sh here, then on the device
+#   [BUDGET=560] [RESUME=1] bash bench/gpu_train.sh   with carry [".gpu"], timeout_s 595
 set -uo pipefail
 START=$(date +%s)
-BUDGET=${BUDGET:-575}              # seconds this script may use in total
-TRAIN_END=$((START + BUDGET - 75)) # leave time for evaluation and copying back
+BUDGET=${BUDGET:-560}              # seconds this script may use in total
+TRAIN_END=$((START + BUDGET - 110)) # evaluation + saving took ~90 s after training in the first run
 OUT=${OUT:-/tmp/zsq_out}; mkdir -p "$OUT"
 W=/tmp/zsq; mkdir -p $W/tts $W/wrap
 exec > >(tee "$OUT/gpu_train.log") 2>&1
@@ -26,10 +27,12 @@ python3 -m zsq_tvm.train prep --corpus $W/corpus -o $W/feats 2>&1 | grep -v "mel
 echo "prep done at +$(( $(date +%s) - START )) s"
 mkdir -p "$OUT/ckpt"
 fit() { python3 -m zsq_tvm.train fit --feats $W/feats -o "$OUT/ckpt" --json-dir $W --deadline $TRAIN_END "$@"; }
-fit --arch quartznet5x5 --lr 3e-3 --warmup 300 &
-fit --arch quartznet-tiny --lr 3e-3 --warmup 300 &
-fit --arch jasper-dr-small --lr 2e-3 --warmup 300 &
-fit --arch conformer-ctc-small --lr 1.5e-3 --warmup 500 &
+# RESUME=1 continues from the shipped checkpoints (warm-up shortened) instead of starting afresh.
+res() { [ "${RESUME:-0}" = 1 ] && echo "--resume zsq_tvm/models/$1.pt"; }
+fit --arch quartznet5x5 --lr 3e-3 --warmup 300 $(res quartznet5x5) &
+fit --arch quartznet-tiny --lr 3e-3 --warmup 300 $(res quartznet-tiny) &
+fit --arch jasper-dr-small --lr 2e-3 --warmup 300 $(res jasper-dr-small) &
+fit --arch conformer-ctc-small --lr 1.5e-3 --warmup 500 $(res conformer-ctc-small) &
 wait
 echo "all done at +$(( $(date +%s) - START )) s"
 python3 - <<'PY'
