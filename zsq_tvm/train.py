@@ -28,30 +28,13 @@ import numpy as np
 import torch
 
 from .audio.mel import MelFrontend, load_wav
+from .ctc import greedy_ids
+from .evaluate import read_manifest
 from .metrics import cer, wer
 from .nets import VOCAB, build_model, count_params
 
 CHAR_TO_ID = {c: i for i, c in enumerate(VOCAB)}
 BLANK = len(VOCAB)
-
-
-def read_manifest(path: str) -> List[dict]:
-    """NeMo JSON-lines manifest; relative ``audio_filepath`` resolves against the manifest's folder."""
-    rows, base = [], Path(path).resolve().parent
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                r = json.loads(line)
-                r["text"], r["audio_filepath"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise ValueError(f"{path}:{n}: bad manifest line ({e}); expected JSON with "
-                                 f"'audio_filepath', 'duration', 'text'") from None
-            p = Path(r["audio_filepath"])
-            r["audio_filepath"] = str(p if p.is_absolute() else base / p)
-            rows.append(r)
-    return rows
 
 
 def prep(corpus: str, out: str, device: str = "cpu", workers: int = 8) -> None:
@@ -60,9 +43,9 @@ def prep(corpus: str, out: str, device: str = "cpu", workers: int = 8) -> None:
     fe = MelFrontend().to(device)
     Path(out).mkdir(parents=True, exist_ok=True)
     for man in sorted(Path(corpus).glob("*.json")):
-        rows = read_manifest(str(man))
+        rows = read_manifest(str(man), check_audio=False)
         with ThreadPoolExecutor(workers) as ex:
-            wavs = list(ex.map(lambda r: load_wav(r["audio_filepath"]), rows))
+            wavs = list(ex.map(lambda r: load_wav(r.audio_filepath), rows))
         feats = []
         order = np.argsort([len(w) for w in wavs])
         for s in tqdm(range(0, len(order), 64), desc=f"mel {man.stem}", mininterval=5):
@@ -75,8 +58,7 @@ def prep(corpus: str, out: str, device: str = "cpu", workers: int = 8) -> None:
             for k, i in enumerate(idx):
                 feats.append((int(i), f[k, :, :int(fl[k])].half().cpu()))
         feats.sort(key=lambda t: t[0])
-        torch.save({"feats": [f for _, f in feats], "texts": [r["text"] for r in rows],
-                    "voices": [r.get("voice", "") for r in rows]}, Path(out) / f"{man.stem}.pt")
+        torch.save({"feats": [f for _, f in feats], "texts": [r.text for r in rows]}, Path(out) / f"{man.stem}.pt")
         print(f"{man.stem}: {len(rows)} utterances", flush=True)
 
 
@@ -85,15 +67,11 @@ def encode_text(t: str) -> List[int]:
 
 
 def greedy_decode(logits: torch.Tensor, lens: torch.Tensor) -> List[str]:
-    ids = logits.argmax(-1).cpu().numpy()
-    out = []
-    for row, n in zip(ids, lens.cpu().numpy()):
-        prev, chars = BLANK, []
-        for t in row[:n]:
-            if t != prev and t != BLANK:
-                chars.append(VOCAB[t])
-            prev = t
-        out.append(" ".join("".join(chars).split()))
+    """Greedy CTC decode of ``[B, T', C]`` logits, each row cut to its valid length, spaces squeezed."""
+    a, out = logits.float().cpu().numpy(), []
+    for row, n in zip(a, lens.cpu().numpy()):
+        ids = greedy_ids(row[None, :n], blank=BLANK, layout="BTV")[0]
+        out.append(" ".join("".join(VOCAB[i] for i in ids).split()))
     return out
 
 
@@ -225,8 +203,6 @@ def fit(feats: str, arch: str, out: str, minutes: float, device: str, lr: float,
             if time.time() - last_ck > ckpt_every_s:
                 save_checkpoint(model, out_dir / f"{arch}.pt", {"steps": steps_done + step, "log": log})
                 last_ck = time.time()
-            if frac < 0.1 and limit == 0 and not resume:
-                pass
         else:
             continue
         break
