@@ -4,11 +4,11 @@
 #   bundle built by bench/make_gpu_bundle.sh), compute mel features, train four models
 #   concurrently until a shared deadline, evaluate, and leave fp16 checkpoints in $OUT.
 # Usage (device tool): bash bench/make_gpu_bundle.sh here, then on the device
-#   [BUDGET=560] [RESUME=1] bash bench/gpu_train.sh   with carry [".gpu"], timeout_s 595
+#   [BUDGET=560] [RESUME=1] [MAX_FRAMES=24000] [LR_SCALE=1] [EVAL_SPLITS=test] [EVAL_S=110] bash bench/gpu_train.sh   with carry [".gpu"], timeout_s 595
 set -uo pipefail
 START=$(date +%s)
 BUDGET=${BUDGET:-560}              # seconds this script may use in total
-TRAIN_END=$((START + BUDGET - 110)) # evaluation + saving took ~90 s after training in the first run
+TRAIN_END=$((START + BUDGET - ${EVAL_S:-110})) # evaluating 3 splits + saving took ~90 s in the first run
 OUT=${OUT:-/tmp/zsq_out}; mkdir -p "$OUT"
 W=/tmp/zsq; mkdir -p $W/tts $W/wrap
 exec > >(tee "$OUT/gpu_train.log") 2>&1
@@ -26,13 +26,18 @@ echo "synth done at +$(( $(date +%s) - START )) s"
 python3 -m zsq_tvm.train prep --corpus $W/corpus -o $W/feats 2>&1 | grep -v "mel "
 echo "prep done at +$(( $(date +%s) - START )) s"
 mkdir -p "$OUT/ckpt"
-fit() { python3 -m zsq_tvm.train fit --feats $W/feats -o "$OUT/ckpt" --json-dir $W --deadline $TRAIN_END "$@"; }
+# MAX_FRAMES: frames per batch (the steps are launch-bound on an H100, so larger batches are nearly free);
+# EVAL_SPLITS: splits evaluated on the device (the rest are evaluated later with `zsq eval`).
+fit() { python3 -m zsq_tvm.train fit --feats $W/feats -o "$OUT/ckpt" --json-dir $W --deadline $TRAIN_END \
+          --max-frames ${MAX_FRAMES:-24000} --eval-splits "${EVAL_SPLITS:-}" "$@"; }
 # RESUME=1 continues from the shipped checkpoints (warm-up shortened) instead of starting afresh.
 res() { [ "${RESUME:-0}" = 1 ] && echo "--resume zsq_tvm/models/$1.pt"; }
-fit --arch quartznet5x5 --lr 3e-3 --warmup 300 $(res quartznet5x5) &
-fit --arch quartznet-tiny --lr 3e-3 --warmup 300 $(res quartznet-tiny) &
-fit --arch jasper-dr-small --lr 2e-3 --warmup 300 $(res jasper-dr-small) &
-fit --arch conformer-ctc-small --lr 1.5e-3 --warmup 500 $(res conformer-ctc-small) &
+LRS=${LR_SCALE:-1}
+lr() { python3 -c "print($1 * $LRS)"; }
+fit --arch quartznet5x5 --lr $(lr 3e-3) --warmup 300 $(res quartznet5x5) &
+fit --arch quartznet-tiny --lr $(lr 3e-3) --warmup 300 $(res quartznet-tiny) &
+fit --arch jasper-dr-small --lr $(lr 2e-3) --warmup 300 $(res jasper-dr-small) &
+fit --arch conformer-ctc-small --lr $(lr 1.5e-3) --warmup 500 $(res conformer-ctc-small) &
 wait
 echo "all done at +$(( $(date +%s) - START )) s"
 python3 - <<'PY'

@@ -22,7 +22,7 @@ import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -142,7 +142,8 @@ def save_checkpoint(model, path: Path, meta: dict) -> None:
 
 def fit(feats: str, arch: str, out: str, minutes: float, device: str, lr: float, seed: int = 0,
         resume: str = "", max_frames: int = 24000, warmup: int = 300, ckpt_every_s: float = 120.0,
-        deadline: float = 0.0, log_every: int = 50, json_dir: str = "") -> dict:
+        deadline: float = 0.0, log_every: int = 50, json_dir: str = "",
+        eval_splits: Optional[List[str]] = None) -> dict:
     torch.manual_seed(seed)
     rng = random.Random(seed)
     g = torch.Generator().manual_seed(seed)
@@ -212,7 +213,7 @@ def fit(feats: str, arch: str, out: str, minutes: float, device: str, lr: float,
     save_checkpoint(model, out_dir / f"{arch}.pt", meta)
     results = {}
     for split_file in sorted(Path(feats).glob("*.pt")):
-        if split_file.stem == "train":
+        if split_file.stem == "train" or (eval_splits and split_file.stem not in eval_splits):
             continue
         results[split_file.stem] = evaluate(model, torch.load(split_file), device)
         print(f"[{arch}] {split_file.stem}: WER {results[split_file.stem]['wer'] * 100:.2f} % "
@@ -243,13 +244,16 @@ def main(argv=None):
     f.add_argument("--resume", default="")
     f.add_argument("--log-every", type=int, default=50)
     f.add_argument("--json-dir", default="")
+    f.add_argument("--eval-splits", default="", help="comma-separated splits to evaluate after training "
+                   "(default: every split in --feats except train)")
     f.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = ap.parse_args(argv)
     if a.cmd == "prep":
         prep(a.corpus, a.output, a.device)
     else:
         fit(a.feats, a.arch, a.output, a.minutes, a.device, a.lr, a.seed, a.resume, a.max_frames, a.warmup,
-            deadline=a.deadline, log_every=a.log_every, json_dir=a.json_dir)
+            deadline=a.deadline, log_every=a.log_every, json_dir=a.json_dir,
+            eval_splits=[s for s in a.eval_splits.split(",") if s] or None)
 
 
 if __name__ == "__main__":
