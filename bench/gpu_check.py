@@ -1,68 +1,504 @@
-"""Bit-exact GPU check of the sm_75 int8 GEMM schedules (zsq_tvm/cuda/int8_gemm.py).
+"""GPU check of the whole-model CUDA build: bit-exactness and INT8 vs FP32 speed, with the TVM runtime only.
 
-prepare (here, full TVM):  python bench/gpu_check.py prepare DIR
-    builds dp4a + wmma kernels for a few shapes, export_library -> DIR/<case>.so, and writes
-    DIR/<case>.npz with inputs, kernel bias and the numpy/intmath expected output.
-run (GPU machine, runtime-only TVM, TVM_USE_RUNTIME_LIB=1):  python bench/gpu_check.py run DIR
-    loads each .so, runs on cuda:0, compares bit-exactly, prints one line per case, exit 1 on any
-    mismatch.  Imports nothing from zsq_tvm.
+prepare (here: full TVM + nvcc, no GPU)::
+
+    python bench/gpu_check.py prepare DIR [--arch sm_90] [--models quartznet5x5,quartznet10x5,quartznet15x5]
+
+writes into DIR/art/ (``bench/make_gpu_runtime_bundle.sh`` calls it):
+
+* ``qn5_w8a8.so``: the shipped, trained QuartzNet-5x5, W8A8, T=1000, built for the CUDA target
+  (pointwise convs on the int8 WMMA/dp4a kernels, the rest dlight), weights embedded;
+  ``qn5_mel.npy`` a real utterance's mel, ``qn5_ref.npy`` the numpy reference output
+  (:func:`zsq_tvm.reference.run_reference`, bit-exact oracle), ``qn5_ref_text.txt`` its greedy decoding;
+* ``speed_<model>_{int8,fp32}.so``: QuartzNet-5x5/10x5/15x5 (random weights), T=1000, INT8 (same build
+  as above) and FP32 (BatchNorm folded, same dlight rules, same nvcc flags) with every weight of more than
+  4096 elements lifted to a runtime input (the device makes them from a seed: the bundle stays small);
+* ``kern_*.so`` + ``.npz``: the two int8 GEMM kernels alone with a numpy expected output;
+* ``<lib>.fatbin``: each library's CUDA source compiled by nvcc here (``-gencode sm_XX`` SASS + PTX),
+  found on the device by the SHA-256 of the source (``manifest.json``); TVM's CUDA module keeps the
+  source and asks ``tvm_callback_cuda_compile`` for a binary when loaded: the run registers one that
+  returns these, so the device needs neither nvcc nor NVRTC;
+* ``manifest.json``: inputs, lifted parameters (name, shape, dtype), fatbin map.
+
+run (the GPU machine: Python 3.12, numpy, CUDA driver, no TVM)::
+
+    TVM_USE_RUNTIME_LIB=1 PYTHONPATH=<bundle> python bench/gpu_check.py run <bundle>/art --out $OUT [--runs 20]
+
+Local tests without a GPU: ``check-load ART`` loads every library (each CUDA module must get its fatbin; needs
+a libcuda), and ``prepare DIR --arch llvm --model quartznet-tiny --models quartznet-tiny`` + ``run --device cpu``
+runs the same code path on the CPU.  Imports nothing from zsq_tvm.  Prints the GPU, one line per check, writes ``$OUT/gpu_check.json`` after
+every step (so a timeout keeps what was measured) and exits 1 on a bit mismatch.
 """
 
-import glob
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
 import os
+import subprocess
 import sys
+import time
 
 import numpy as np
 
-CASES = [(500, 256, 256, "uint8"), (500, 256, 256, "int8"), (100, 64, 64, "uint8"), (512, 1024, 29, "uint8")]
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+FRAMES = 1000
+LIFT_MIN = 4096  # constants with more elements become runtime inputs in the speed builds
+SPEED_MODELS = ("quartznet5x5", "quartznet10x5", "quartznet15x5")
+TIMING: dict = {}  # how _time measured (reported in the JSON)
+KERNEL_CASES = [(500, 256, 256, "uint8"), (500, 512, 29, "uint8")]
 
 
-def prepare(out):
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+# ============================================================================ prepare (full TVM)
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _cuda_sources(lib) -> list[str]:
+    mods, out = [getattr(lib, "mod", lib)], []
+    while mods:
+        m = mods.pop()
+        if m.kind == "cuda":
+            out.append(m.inspect_source())
+        mods.extend(m.imports)
+    return out
+
+
+def _fatbin(src: str, path: str, arch: str):
+    """nvcc the CUDA source of a library to a fatbin: SASS for ``arch`` and PTX for its compute level."""
+    import tempfile
+
+    num = arch.split("_")[1]
+    with tempfile.TemporaryDirectory() as td:
+        cu = os.path.join(td, "k.cu")
+        with open(cu, "w") as f:
+            f.write(src)
+        subprocess.run(["nvcc", "-fatbin", "-O3", f"-gencode=arch=compute_{num},code=sm_{num}",
+                        f"-gencode=arch=compute_{num},code=compute_{num}", "-o", path, cu],
+                       check=True, capture_output=True, text=True)
+
+
+def _export(lib, art: str, name: str, arch: str, man: dict, extra: dict):
+    path = os.path.join(art, name + ".so")
+    lib.export_library(path)
+    srcs = _cuda_sources(lib)
+    fb = {}
+    for i, src in enumerate(srcs):
+        fname = f"{name}.{i}.fatbin"
+        _fatbin(src, os.path.join(art, fname), arch)
+        fb[_sha(src)] = fname
+    man["libs"][name] = dict(extra, so=name + ".so", fatbins=fb)
+    print(f"prepared {name}: {os.path.getsize(path) / 1e6:.2f} MB .so, {len(srcs)} CUDA module(s)", flush=True)
+
+
+def _lift_constants(mod, min_size: int = LIFT_MIN):
+    """main's relax constants with >= min_size elements -> extra parameters; returns (mod, [(name, shape, dtype)])."""
+    import tvm
+    from tvm import relax
+
+    lifted = []
+
+    @relax.expr_functor.mutator
+    class Lift(relax.PyExprMutator):
+        def visit_generic_const_(self, c):  # relax constants are tvm.ir.expr.GenericConst in TVM 0.27
+            a = c.value
+            shape = [int(s) for s in a.shape]
+            if int(np.prod(shape)) < min_size:
+                return c
+            v = relax.Var(f"w{len(lifted)}", relax.TensorType(shape, str(a.dtype)))
+            lifted.append((v, shape, str(a.dtype)))
+            return v
+
+    gv = mod.get_global_var("main")
+    f = mod[gv]
+    body = Lift(mod).visit_expr(f)
+    newf = relax.Function(list(f.params) + [v for v, _, _ in lifted], body.body, f.ret_ty, f.is_pure, f.attrs)
+    newf = newf.with_attr("num_input", len(f.params) + len(lifted))  # all are runtime inputs now
+    out = tvm.IRModule({g: fn for g, fn in mod.functions.items()}, attrs=mod.attrs)
+    out[gv] = newf
+    out = relax.transform.Normalize()(out)
+    return out, [(str(v.name), s, d) for v, s, d in lifted]
+
+
+def _build(mod, target, int8: bool, lift: bool = False):
+    """Quantized (int8) or float Relax module -> executable: the zsq CUDA target's pipeline (int8 GEMM
+    kernels + dlight), or plain ``tvm.compile`` for an llvm target (local test of the runner).
+    ``lift``: weights become inputs (returns ``(exe, params)``)."""
+    import tvm
+
+    from zsq_tvm.cuda.pipeline import compile_lowered, prepare
+    from zsq_tvm.lowering import lower
+
+    cuda = target.kind.name == "cuda"
+    if int8 and cuda:
+        mod = prepare(mod)
+    params = []
+    if lift:
+        mod, params = _lift_constants(mod)
+    with target:
+        low = lower(mod)
+    ex = compile_lowered(low, target) if cuda else tvm.compile(low, target=target)
+    return (ex, params) if lift else ex
+
+
+def prepare(out: str, arch: str, models: list[str], skip_speed: bool = False, model: str = "quartznet5x5"):
+    sys.path.append(ROOT)  # after PYTHONPATH: a pinned copy of zsq_tvm there wins
+    import tvm
+
+    import zsq_tvm
+    from zsq_tvm.audio.mel import MelConfig, MelFrontend, load_wav
+    from zsq_tvm.reference import run_reference
+
+    art = os.path.join(out, "art")
+    os.makedirs(art, exist_ok=True)
+    cuda = arch != "llvm"  # arch "llvm": same artifacts for the CPU (local test of `run --device cpu`)
+    target = tvm.target.Target({"kind": "cuda", "arch": arch}, host="llvm") if cuda else tvm.target.Target("llvm")
+    man = {"arch": arch, "frames": FRAMES, "libs": {}, "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    t0 = time.time()
+
+    # ---- kernels alone
     from zsq_tvm.cuda import int8_gemm as g
 
-    os.makedirs(out, exist_ok=True)
-    for T_, K, M, a in CASES:
+    for T_, K, M, a in (KERNEL_CASES if cuda else []):
         spec = g.GemmSpec(T_, K, M, a_dtype=a)
         X, W, bias, Mul, Sh = g.random_problem(spec, seed=T_ + K + M)
         want = g.reference(spec, X, W, bias, Mul, Sh)
-        for name, fn in (("dp4a", g.schedule_dp4a), ("wmma", g.schedule_wmma)):
-            case = f"{name}_{T_}x{K}x{M}_{a}"
-            g.build(fn(spec)).export_library(os.path.join(out, case + ".so"))
-            np.savez(os.path.join(out, case + ".npz"), X=X, W=W, B=g.kernel_bias(spec, W, bias, name),
+        for kind, fn in (("dp4a", g.schedule_dp4a), ("wmma", g.schedule_wmma)):
+            if kind == "wmma" and M < 64:
+                continue
+            name = f"kern_{kind}_{T_}x{K}x{M}_{a}"
+            _export(g.build(fn(spec), target), art, name, arch, man, {"kind": "kernel"})
+            np.savez(os.path.join(art, name + ".npz"), X=X, W=W, B=g.kernel_bias(spec, W, bias, kind),
                      Mul=Mul, Sh=Sh, want=want)
-            print("prepared", case, flush=True)
+
+    # ---- trained QuartzNet-5x5, W8A8, bit-exact check
+    import torch
+
+    wav = os.path.join(ROOT, "tests", "fixtures", "real", "wav", "librivox-0870.wav")
+    with torch.no_grad():
+        mel = MelFrontend(MelConfig())(torch.from_numpy(load_wav(wav))[None].float())
+    mel = mel[0] if isinstance(mel, (tuple, list)) else mel
+    mel = np.asarray(mel, np.float32).reshape(1, 64, -1)
+    x = np.zeros((1, 64, FRAMES), np.float32)
+    n = min(FRAMES, mel.shape[2])
+    x[:, :, :n] = mel[:, :, :n]
+    q = zsq_tvm.quantize(model, zsq_tvm.QuantConfig(frames=FRAMES))
+    ref = run_reference(q.mod, x)
+    ref = ref[0] if isinstance(ref, tuple) else ref
+    np.save(os.path.join(art, "qn5_mel.npy"), x)
+    np.save(os.path.join(art, "qn5_ref.npy"), ref)
+    vocab = q.vocab
+    if vocab is not None:
+        from zsq_tvm.ctc import greedy_decode
+
+        with open(os.path.join(art, "qn5_ref_text.txt"), "w") as f:
+            f.write(greedy_decode(ref, vocab, q.manifest.get("logits_layout", "auto"))[0] + "\n")
+    print(f"quantized + reference in {time.time() - t0:.0f} s", flush=True)
+    _export(_build(q.mod, target, int8=True), art, "qn5_w8a8", arch, man,
+            {"kind": "model", "model": model, "inputs": [["mel", [1, 64, FRAMES], "float32"]], "params": [],
+             "mel": "qn5_mel.npy", "ref": "qn5_ref.npy"})
+    print(f"qn5_w8a8 built at {time.time() - t0:.0f} s", flush=True)
+    with open(os.path.join(art, "manifest.json"), "w") as f:
+        json.dump(man, f, indent=1)
+    if skip_speed:
+        return 0
+
+    # ---- speed: INT8 vs FP32, random weights lifted to inputs
+    from relax_passes.fold_batchnorm import FoldBatchNorm
+    from zsq_tvm.frontend.onnx_import import import_onnx
+    from zsq_tvm.nets import build_model
+    from zsq_tvm.nets.export import export_onnx
+
+    import onnx
+    import tempfile
+
+    for model in models:
+        torch.manual_seed(0)
+        net = build_model(model).eval()
+        net.name = model
+        for m in net.modules():  # random-init conv biases quantize out of int32 (tiny activation scales)
+            if isinstance(m, torch.nn.Conv1d) and m.bias is not None:
+                torch.nn.init.zeros_(m.bias)
+        with tempfile.TemporaryDirectory() as td:
+            p = export_onnx(net, os.path.join(td, model + ".onnx"), frames=FRAMES)
+            proto = onnx.load(str(p))
+        qm = zsq_tvm.quantize(proto, zsq_tvm.QuantConfig(frames=FRAMES, num_batches=2))
+        fmod, _info, proto_s = import_onnx(proto, frames=FRAMES, batch=1, features=64)
+        try:
+            fold = FoldBatchNorm(onnx_model=proto_s)
+        except TypeError:
+            fold = FoldBatchNorm()
+        for kind, mod in (("int8", qm.mod), ("fp32", fold(fmod))):
+            ex, params = _build(mod, target, int8=kind == "int8", lift=True)
+            _export(ex, art, f"speed_{model}_{kind}", arch, man,
+                    {"kind": "speed", "model": model, "dtype": kind,
+                     "inputs": [["mel", [1, 64, FRAMES], "float32"]], "params": params})
+            print(f"  {model} {kind}: {len(params)} lifted params, at {time.time() - t0:.0f} s", flush=True)
+            with open(os.path.join(art, "manifest.json"), "w") as f:
+                json.dump(man, f, indent=1)
+    return 0
 
 
-def run(out):
+# ============================================================================ run (TVM runtime only)
+def _load_runtime_libs() -> list[str]:
+    """Runtime-only ``import tvm`` loads libtvm_runtime.so alone: load the CUDA runtime module loader
+    (libtvm_runtime_cuda.so, which needs libcudart.so.13: bundled next to it) and the extras."""
+    import ctypes
+
     import tvm
 
-    dev = tvm.cuda(0)
+    d = os.path.join(os.path.dirname(tvm.__file__), "lib")
+    done = []
+    for n in ("libcudart.so.13", "libtvm_runtime_cuda.so", "libtvm_runtime_extra.so"):
+        p = os.path.join(d, n)
+        if os.path.exists(p):
+            ctypes.CDLL(p, mode=ctypes.RTLD_GLOBAL)
+            done.append(n)
+    return done
+
+
+def check_load(art: str) -> int:
+    """Load every library of the bundle (each CUDA module gets its prebuilt fatbin); no device needed
+    beyond a loadable libcuda.  Exit 1 if a library fails or a source has no fatbin."""
+    from tvm import runtime
+
+    print("runtime libs:", ", ".join(_load_runtime_libs()), flush=True)
+    with open(os.path.join(art, "manifest.json")) as f:
+        man = json.load(f)
+    seen = _register_fatbins(art, man)
     bad = 0
-    for so in sorted(glob.glob(os.path.join(out, "*.so"))):
-        d = np.load(so[:-3] + ".npz")
-        f = tvm.runtime.load_module(so)["main"]
-        args = [tvm.runtime.tensor(d[k], dev) for k in ("X", "W", "B", "Mul", "Sh")]
-        y = tvm.runtime.tensor(np.zeros_like(d["want"]), dev)
-        f(*args, y)
-        dev.sync()
-        got = y.numpy()
-        ok = np.array_equal(got, d["want"])
-        bad += not ok
-        t = f.time_evaluator if hasattr(f, "time_evaluator") else None
-        ms = ""
+    for name, lib in sorted(man["libs"].items()):
+        n0 = len(seen)
         try:
-            ev = tvm.runtime.load_module(so).time_evaluator("main", dev, number=20, repeat=3)
-            ms = f" {np.median(ev(*args, y).results) * 1e3:.4f} ms"
-        except Exception as e:  # timing is a bonus
-            ms = f" (no timing: {type(e).__name__})"
-        del t
-        print(f"{'OK  ' if ok else 'FAIL'} {os.path.basename(so)[:-3]}{ms}"
-              + ("" if ok else f" mismatches={int((got != d['want']).sum())}"), flush=True)
-    print("ALL BIT-EXACT" if not bad else f"{bad} CASES MISMATCH")
+            m = runtime.load_module(os.path.join(art, lib["so"]))
+            kinds = [i.kind for i in m.imports]
+            ok = len(seen) - n0 == len(lib["fatbins"])
+            print(f"{'OK  ' if ok else 'FAIL'} load {name}: imports {kinds}, {len(seen) - n0}/{len(lib['fatbins'])} "
+                  "fatbin(s) served", flush=True)
+        except Exception as e:
+            ok = False
+            print(f"ERR  load {name}: {type(e).__name__}: {str(e)[:300]}", flush=True)
+        bad += not ok
+    print("ALL LOADED" if not bad else f"{bad} FAILED", flush=True)
     return 1 if bad else 0
 
 
+def _register_fatbins(art: str, man: dict):
+    """tvm_callback_cuda_compile -> the fatbin nvcc made for this exact source at prepare time."""
+    import tvm_ffi
+
+    table = {}
+    for lib in man["libs"].values():
+        for sha, fname in lib["fatbins"].items():
+            table[sha] = os.path.join(art, fname)
+    seen = []
+
+    @tvm_ffi.register_global_func("tvm_callback_cuda_compile", override=True)
+    def _compile(code, *_rest):
+        sha = _sha(str(code))
+        if sha not in table:
+            raise RuntimeError(f"no prebuilt fatbin for CUDA source {sha[:12]} (bundle out of date: rebuild it)")
+        seen.append(sha)
+        with open(table[sha], "rb") as f:
+            return bytearray(f.read())
+
+    return seen
+
+
+def _params(spec, seed: int):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _name, shape, dtype in spec:
+        if dtype == "int8":
+            out.append(rng.integers(-127, 128, shape, dtype=np.int8))
+        elif dtype.startswith("float"):
+            fan_in = max(1, int(np.prod(shape[1:])))
+            out.append((rng.standard_normal(shape, dtype=np.float32) / np.sqrt(fan_in)).astype(dtype))
+        else:
+            out.append(rng.integers(-1000, 1000, shape).astype(dtype))
+    return out
+
+
+def _first(y):
+    if hasattr(y, "numpy"):
+        return y
+    return y[0]
+
+
+def run(art: str, out_dir: str, runs: int, budget_s: float, device: str = "cuda"):
+    t_start = time.time()
+    import tvm
+    from tvm import runtime
+    from tvm.runtime import vm as rvm  # not imported by `import tvm` in runtime-only mode
+
+    res = {"ok": None, "bit_exact": {}, "speed_ms": {}, "speedup_int8_vs_fp32": {}, "errors": []}
+    out_path = os.path.join(out_dir, "gpu_check.json")
+
+    def save():
+        res["elapsed_s"] = round(time.time() - t_start, 2)
+        os.makedirs(out_dir, exist_ok=True)
+        with open(out_path, "w") as f:
+            json.dump(res, f, indent=1)
+
+    with open(os.path.join(art, "manifest.json")) as f:
+        man = json.load(f)
+    res["bundle"] = {"arch": man["arch"], "built": man.get("built"), "frames": man.get("frames")}
+    if device == "cuda":
+        try:
+            res["runtime_libs"] = _load_runtime_libs()
+        except OSError as e:  # no driver (libcuda.so.1) or a driver too old for libcudart.so.13
+            res["errors"].append(f"TVM CUDA runtime does not load: {e}")
+            save()
+            print(f"FAIL: TVM CUDA runtime does not load ({e}); it needs a CUDA 13 capable driver", flush=True)
+            return 2
+    seen = _register_fatbins(art, man)
+    dev = tvm.cuda(0) if device == "cuda" else tvm.cpu(0)
+    if not dev.exist:
+        res["errors"].append(f"no {device} device visible to the TVM runtime")
+        save()
+        print(f"FAIL: no {device} device", flush=True)
+        return 2
+    res["device"] = device
+    if device == "cuda":
+        try:
+            res["gpu"] = str(dev.device_name)
+        except Exception as e:  # noqa: BLE001 - the shell script prints nvidia-smi's name too
+            res["gpu"] = f"? ({type(e).__name__})"
+        res["compute_version"] = str(dev.compute_version)
+    else:
+        res["gpu"], res["compute_version"] = "none (cpu run)", "-"
+    res["tvm"] = getattr(tvm, "__version__", "?")
+    print(f"GPU: {res['gpu']} (compute {res['compute_version']}), bundle built for {man['arch']}", flush=True)
+    save()
+    bad = 0
+
+    # ---- kernels
+    for name, lib in sorted(man["libs"].items()):
+        if lib["kind"] != "kernel":
+            continue
+        try:
+            d = np.load(os.path.join(art, name + ".npz"))
+            f = runtime.load_module(os.path.join(art, lib["so"]))["main"]
+            args = [runtime.tensor(d[k], dev) for k in ("X", "W", "B", "Mul", "Sh")]
+            y = runtime.tensor(np.zeros_like(d["want"]), dev)
+            f(*args, y)
+            dev.sync()
+            ok = bool(np.array_equal(y.numpy(), d["want"]))
+            res["bit_exact"][name] = ok
+            bad += not ok
+            print(f"{'OK  ' if ok else 'FAIL'} {name}", flush=True)
+        except Exception as e:
+            res["errors"].append(f"{name}: {type(e).__name__}: {str(e)[:300]}")
+            bad += 1
+            print(f"ERR  {name}: {type(e).__name__}: {str(e)[:300]}", flush=True)
+        save()
+
+    # ---- trained QuartzNet-5x5 W8A8, bit-exact vs the numpy reference
+    lib = man["libs"].get("qn5_w8a8")
+    if lib is not None:
+        try:
+            vm = rvm.VirtualMachine(runtime.load_module(os.path.join(art, lib["so"])), dev)
+            x = np.load(os.path.join(art, lib["mel"]))
+            want = np.load(os.path.join(art, lib["ref"]))
+            got = _first(vm["main"](runtime.tensor(x, dev))).numpy()
+            ok = bool(got.shape == want.shape and got.dtype == want.dtype and np.array_equal(got, want))
+            res["bit_exact"]["qn5_w8a8"] = ok
+            res["qn5_mismatches"] = int((got != want).sum()) if got.shape == want.shape else -1
+            bad += not ok
+            ms = _time(vm, [runtime.tensor(x, dev)], dev, runs)
+            res["speed_ms"]["qn5_w8a8_trained"] = ms
+            print(f"{'OK  ' if ok else 'FAIL'} qn5_w8a8 ({lib.get('model', 'quartznet5x5')} W8A8, T={x.shape[2]}) vs numpy reference"
+                  f" {'' if ok else res['qn5_mismatches']} ; {ms:.3f} ms", flush=True)
+        except Exception as e:
+            res["errors"].append(f"qn5_w8a8: {type(e).__name__}: {str(e)[:300]}")
+            bad += 1
+            print(f"ERR  qn5_w8a8: {type(e).__name__}: {str(e)[:300]}", flush=True)
+        save()
+
+    # ---- speed
+    speed_models = list(dict.fromkeys(lib["model"] for lib in man["libs"].values() if lib["kind"] == "speed"))
+    for model in speed_models:
+        for kind in ("int8", "fp32"):
+            name = f"speed_{model}_{kind}"
+            lib = man["libs"].get(name)
+            if lib is None:
+                continue
+            if time.time() - t_start > budget_s:
+                res["errors"].append(f"{name}: skipped, time budget {budget_s:.0f} s spent")
+                print(f"SKIP {name}: time budget spent", flush=True)
+                continue
+            try:
+                vm = rvm.VirtualMachine(runtime.load_module(os.path.join(art, lib["so"])), dev)
+                x = np.random.default_rng(1).standard_normal((1, 64, man["frames"]), dtype=np.float32)
+                args = [runtime.tensor(x, dev)] + [runtime.tensor(a, dev) for a in _params(lib["params"], 0)]
+                ms = _time(vm, args, dev, runs)
+                res["speed_ms"][name] = ms
+                print(f"TIME {name}: {ms:.3f} ms (median of {runs})", flush=True)
+            except Exception as e:
+                res["errors"].append(f"{name}: {type(e).__name__}: {str(e)[:300]}")
+                print(f"ERR  {name}: {type(e).__name__}: {str(e)[:300]}", flush=True)
+            i8, f32 = res["speed_ms"].get(f"speed_{model}_int8"), res["speed_ms"].get(f"speed_{model}_fp32")
+            if i8 and f32:
+                res["speedup_int8_vs_fp32"][model] = round(f32 / i8, 3)
+                print(f"     {model}: INT8 {f32 / i8:.2f}x faster than FP32", flush=True)
+            save()
+    res["fatbins_used"] = len(seen)
+    res["timing"] = dict(TIMING, runs=runs)
+    res["ok"] = bad == 0
+    save()
+    print("ALL BIT-EXACT" if bad == 0 else f"{bad} CHECK(S) FAILED", flush=True)
+    return 0 if bad == 0 else 1
+
+
+def _time(vm, args, dev, runs: int) -> float:
+    """Median time of ``main`` (ms) after 3 warm-up calls: TVM's time_evaluator on the VM's stateful
+    invoke (inputs set once, device-synchronized per repeat, no Python per call); a Python loop with
+    ``dev.sync()`` where that is unavailable."""
+    for _ in range(3):
+        vm["main"](*args)
+    dev.sync()
+    try:
+        vm.set_input("main", *args)
+        te = vm.time_evaluator("invoke_stateful", dev, number=1, repeat=runs)
+        ms = float(np.median(te("main").results) * 1e3)
+        TIMING["method"] = "time_evaluator(invoke_stateful)"
+        return ms
+    except Exception as e:  # noqa: BLE001 - fall back to wall time around each call
+        TIMING["method"] = f"python loop + dev.sync() ({type(e).__name__})"
+        ts = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            vm["main"](*args)
+            dev.sync()
+            ts.append((time.perf_counter() - t) * 1e3)
+        return float(np.median(ts))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="mode", required=True)
+    p = sub.add_parser("prepare")
+    p.add_argument("dir")
+    p.add_argument("--arch", default="sm_90")
+    p.add_argument("--models", default=",".join(SPEED_MODELS))
+    p.add_argument("--skip-speed", action="store_true")
+    p.add_argument("--model", default="quartznet5x5", help="the bit-exact check's model (shipped name)")
+    r = sub.add_parser("run")
+    r.add_argument("art")
+    r.add_argument("--out", default=os.environ.get("OUT", "."))
+    r.add_argument("--runs", type=int, default=20)
+    r.add_argument("--budget-s", type=float, default=110.0, help="skip remaining speed cases after this")
+    r.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cpu: local test with llvm artifacts")
+    c = sub.add_parser("check-load", help="load every library of a bundle (fatbin lookup), run nothing")
+    c.add_argument("art")
+    a = ap.parse_args(argv)
+    if a.mode == "check-load":
+        return check_load(a.art)
+    if a.mode == "prepare":
+        return prepare(a.dir, a.arch, [m for m in a.models.split(",") if m], a.skip_speed, a.model)
+    return run(a.art, a.out, a.runs, a.budget_s, a.device)
+
+
 if __name__ == "__main__":
-    mode, out = sys.argv[1], sys.argv[2]
-    sys.exit(prepare(out) if mode == "prepare" else run(out))
+    sys.exit(main())

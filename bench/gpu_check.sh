@@ -1,34 +1,43 @@
 #!/usr/bin/env bash
-# GPU bit-exactness check of the sm_75 int8 GEMM kernels (dp4a + WMMA), see bench/gpu_check.py.
+# GPU check on a lent machine WITHOUT TVM (Python 3.12 + numpy + CUDA driver): the whole quantized
+# QuartzNet-5x5 (CUDA build: int8 WMMA/dp4a pointwise kernels + dlight) bit-exact vs the numpy
+# reference, the int8 GEMM kernels alone, and INT8 vs FP32 speed of QuartzNet-5x5/10x5/15x5 at T=1000.
 #
-# 1) here (full TVM, no GPU):   bash bench/gpu_check.sh prepare
-#      -> bench/results/gpu_check/{kernels/*.so,*.npz, tvm_rt/ (runtime-only tvm copy)}
-#      Also put the cp312 apache-tvm-ffi wheel (GPU machine has Python 3.12) in
-#      bench/results/gpu_check/wheels/ (pip download apache-tvm-ffi==<same version> --python-version 3.12
-#      --only-binary=:all: --no-deps -d ...). Keep the folder under 64 MiB (facts.md).
-# 2) on the lent GPU (device tool `run`, carry bench/results/gpu_check):
-#      bash bench/gpu_check.sh run
-#      prints OK/FAIL per kernel (+ median ms), exit 1 on any mismatch. T4 = sm_75 (IMMA.8816);
-#      an H100/H200 runs the same source (IMMA.16816) - same integer results expected.
-set -euo pipefail
+# 1) here (full TVM + nvcc):  bash bench/make_gpu_runtime_bundle.sh     -> .gpu_rt/bundle.tar.xz (gitignored)
+# 2) device tool:  run(command="bash bench/gpu_check.sh", carry=[".gpu_rt"], timeout_s=200)
+#    -> prints GPU/driver, OK/FAIL per check, INT8 vs FP32 ms; writes $OUT/gpu_check.json, $OUT/log.txt.
+#    Exit 0 all bit-exact, 1 a mismatch/failed check, 2 no bundle / wrong Python / no GPU, 124 timeout.
+# Hard limit: GPU_CHECK_TIMEOUT (default 140 s) for the Python part; speed cases stop being started
+# after GPU_CHECK_BUDGET (100 s).  Local tests without a GPU: `bash bench/gpu_check.sh check-load` (loads every
+# library; needs a libcuda), or a bundle built with ARCH=llvm and GPU_CHECK_DEVICE=cpu (runs it all on the CPU).
+set -uo pipefail
 cd "$(dirname "$0")/.."
-D=bench/results/gpu_check
-case "${1:-}" in
-  prepare)
-    mkdir -p "$D/kernels"
-    python bench/gpu_check.py prepare "$D/kernels"
-    SRC=$(python -c 'import tvm,os;print(os.path.dirname(tvm.__file__))')
-    rm -rf "$D/tvm_rt" && mkdir -p "$D/tvm_rt"
-    rsync -a --exclude libtvm_compiler.so --exclude src/ --exclude include/ --exclude 3rdparty/ \
-      --exclude __pycache__ "$SRC" "$D/tvm_rt/"
-    du -sh "$D"
-    ;;
-  run)
-    if ls "$D"/wheels/*.whl >/dev/null 2>&1; then pip install -q --no-deps "$D"/wheels/*.whl; fi
-    export TVM_USE_RUNTIME_LIB=1 PYTHONPATH="$PWD/$D/tvm_rt:${PYTHONPATH:-}"
-    # NVRTC needs cuda-bindings (present there); else: export TVM_CUDA_COMPILE_MODE=nvcc
-    nvidia-smi --query-gpu=name --format=csv,noheader || true
-    python bench/gpu_check.py run "$D/kernels"
-    ;;
-  *) echo "usage: $0 prepare|run" >&2; exit 2 ;;
-esac
+B=${GPU_RT:-.gpu_rt}/bundle.tar.xz
+OUT=${OUT:-$PWD/gpu_check_out}
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/log.txt") 2>&1
+[ -f "$B" ] || { echo "error: $B missing: run bash bench/make_gpu_runtime_bundle.sh here and carry .gpu_rt" >&2; exit 2; }
+cat "${GPU_RT:-.gpu_rt}/INFO" 2>/dev/null
+PY=${PYTHON:-python3}
+want=$(sed -n 's/^python=\([0-9.]*\).*/\1/p' "${GPU_RT:-.gpu_rt}/INFO" 2>/dev/null)
+have=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+if [ -n "$want" ] && [ "$want" != "$have" ]; then
+  echo "error: bundle is for Python $want, $PY is $have: rebuild with PY=$have bash bench/make_gpu_runtime_bundle.sh" >&2
+  exit 2
+fi
+X=$(mktemp -d); trap 'rm -rf "$X"' EXIT
+t0=$(date +%s)
+tar xJf "$B" -C "$X" || exit 2
+echo "bundle unpacked in $(( $(date +%s) - t0 )) s: $(du -sh "$X" | cut -f1)"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader 2>/dev/null || echo "(no nvidia-smi)"
+export TVM_USE_RUNTIME_LIB=1 PYTHONPATH="$X/rt${PYTHONPATH:+:$PYTHONPATH}"
+MODE=${1:-run}
+if [ "$MODE" = check-load ]; then
+  timeout -k 5 "${GPU_CHECK_TIMEOUT:-140}" "$PY" bench/gpu_check.py check-load "$X/art"
+  exit $?
+fi
+timeout -k 5 "${GPU_CHECK_TIMEOUT:-140}" "$PY" bench/gpu_check.py run "$X/art" --out "$OUT" \
+  --runs "${GPU_CHECK_RUNS:-30}" --budget-s "${GPU_CHECK_BUDGET:-100}" --device "${GPU_CHECK_DEVICE:-cuda}"
+rc=$?
+echo "gpu_check exit $rc after $(( $(date +%s) - t0 )) s; JSON: $OUT/gpu_check.json"
+exit $rc

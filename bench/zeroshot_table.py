@@ -1,21 +1,30 @@
-"""Paper Tables 1-2 in miniature on our trained QuartzNet-5x5: W8A8 / W6A8 calibrated with
-synthetic (zero-shot, eq. 2), random (uniform [-3, 3], the paper's ablation) and real mels.
+"""Paper Tables 1-2 on our trained models: FP32 vs integer-only W8A8 / W6A8 calibrated with synthetic
+(zero-shot, eq. 2), random (uniform [-3, 3], the paper's ablation) and real (train split) mels, with
+min/max (the paper's) and percentile calibration, averaged over seeds, plus size and BOPs.
 
-"real" = mels of the corpus `dev` split (training voices, sentences disjoint from `test`): the
-upper reference a user with data would get.  WER is measured on the first ``--limit`` utterances
-of ``--manifest`` with the integer-only host build (fixed T; longer utterances are chunked), and
-the FP32 baseline is run with the same fixed-T padding so the comparison is like for like.
-Results are appended to the JSON after every cell, so an interrupted run keeps what it measured.
+    python bench/zeroshot_table.py --model quartznet5x5 --seeds 0 1 --limit 200 \\
+        --json bench/results/zeroshot_quartznet5x5.json
+    python bench/zeroshot_table.py --table bench/results/zeroshot_quartznet5x5.json ...   # markdown only
 
-    python -m zsq_tvm.data.corpus texts -o /tmp/texts.txt
-    python -m zsq_tvm.data.corpus synth --texts /tmp/texts.txt -o /tmp/corpus --train-hours 0
-    python bench/zeroshot_table.py --manifest /tmp/corpus/test.json --real /tmp/corpus/dev.json \
-        --limit 100 --seeds 0 1 --json bench/results/zeroshot_table.json
+Every quantized cell is an integer-only TVM build (``--target``, default ``host-vnni`` where the CPU
+has AVX-512 VNNI, else ``host``; both bit-exact with the numpy reference) of fixed length
+``--frames`` T, evaluated with the ``zsq eval`` machinery (:func:`zsq_tvm.evaluate.run_fixed`:
+zero-pad / chunk, never truncate; greedy CTC; :func:`zsq_tvm.evaluate.score`).  The FP32 baseline
+runs the torch model padded the same way (``zsq eval MODEL --frames-pad T``), so the comparison
+is like for like; the unpadded FP32 WER is reported next to it.  Each split uses its first
+``--limit`` utterances (the same subset for every row); their mels are computed once.
+
+Per seed: synthesis (``--synth-*``; batch ``b`` of seed ``s`` is seeded by ``[s, b]``), random
+calibration data drawn with the seed, and a seeded subset of the ``--real-calib`` manifest; all
+three sources give the same number of calibration mels.  Calibration does not depend on the bit
+width, so each (source, seed, method) is calibrated once and quantized at every ``--wbits``.
+Results are written to the JSON after every cell, so an interrupted run keeps what it measured.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -24,86 +33,238 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import zsq_tvm  # noqa: E402
-from zsq_tvm.evaluate import compute_mel, evaluate, read_manifest  # noqa: E402
+SPLITS = {"test": "/tmp/corpus/test.json", "test-heldout-voice": "/tmp/corpus/test-heldout-voice.json",
+          "real": str(Path(__file__).resolve().parents[1] / "tests/fixtures/real/real.json")}
 
 
-def real_mels(manifest, n, frames):
+def load_split(manifest, limit):
+    from zsq_tvm.data.corpus import normalize_text
+    from zsq_tvm.evaluate import compute_mel, read_manifest
+
+    rows = read_manifest(manifest)
+    rows = rows[:limit] if limit else rows
+    return [(compute_mel(u.audio_filepath), normalize_text(u.text)) for u in rows]
+
+
+def wer_of(infer, vocab, data, T):
+    """``zsq eval``'s loop on cached mels: fixed-T run (pad / chunk), greedy CTC, corpus WER/CER."""
+    from zsq_tvm.ctc import greedy_decode
+    from zsq_tvm.evaluate import run_fixed, score
+
+    refs, hyps = [], []
+    for mel, ref in data:
+        logits = run_fixed(infer, mel, T)[0] if T else infer(mel[None])
+        hyps.append(" ".join(greedy_decode(logits[None], vocab, "BTV")[0].split()))
+        refs.append(ref)
+    r = score(refs, hyps)
+    return {"wer": r["wer"], "cer": r["cer"], "n_utterances": len(data), "n_words": r["n_words"]}
+
+
+def real_calibration(manifest, n, seed):
+    from zsq_tvm.evaluate import compute_mel, read_manifest
+
+    rows = read_manifest(manifest)
+    idx = np.random.default_rng(seed).choice(len(rows), size=min(n, len(rows)), replace=False)
+    return [compute_mel(rows[i].audio_filepath) for i in sorted(idx)]
+
+
+def summarize(cells):
+    groups = {}
+    for c in cells:
+        for split, r in c["splits"].items():
+            groups.setdefault((c["wbits"], c["calib"], c["method"], split), []).append(100 * r["wer"])
+    return [{"wbits": k[0], "abits": 8, "calib": k[1], "method": k[2], "split": k[3], "n_seeds": len(v),
+             "wer_mean": float(np.mean(v)), "wer_min": float(np.min(v)), "wer_max": float(np.max(v)),
+             "wer_std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0} for k, v in sorted(groups.items())]
+
+
+def merge(results):
+    """Results of the same model and settings run in several processes (e.g. one per seed) -> one."""
+    out = {}
+    for r in results:
+        k = (r["config"]["model"], r["config"]["frames"], r["config"]["limit"])
+        if k not in out:
+            out[k] = {**r, "cells": list(r["cells"]), "runs": [r["config"]]}
+        elif not out[k]["fp32"] and r["fp32"]:
+            out[k]["fp32"], out[k]["fp32_unpadded"] = r["fp32"], r["fp32_unpadded"]
+        else:
+            seen = {(c["seed"], c["calib"], c["method"], c["wbits"]) for c in out[k]["cells"]}
+            out[k]["cells"] += [c for c in r["cells"] if (c["seed"], c["calib"], c["method"], c["wbits"]) not in seen]
+            out[k]["synth"] = out[k].get("synth", []) + r.get("synth", [])
+            out[k]["runs"].append(r["config"])
+    for r in out.values():
+        r["summary"] = summarize(r["cells"])
+    return list(out.values())
+
+
+def markdown(results):
+    """One table per model: rows = FP32 and W/A x calibration x method, columns = splits (mean (min-max))."""
     out = []
-    for u in read_manifest(manifest)[:n]:
-        m = compute_mel(u.audio_filepath)
-        x = np.zeros((64, frames), np.float32)
-        k = min(frames, m.shape[-1])
-        x[:, :k] = m[..., :k].reshape(64, -1)[:, :k]
-        out.append(x)
-    return out
+    for res in results:
+        splits = list(res["fp32"])
+        sz = res["size"]
+        n = {s: res["fp32"][s]["n_utterances"] for s in splits}
+        w = {s: res["fp32"][s]["n_words"] for s in splits}
+        out.append(f"**{res['config']['model']}** (T = {res['config']['frames']}; "
+                   + ", ".join(f"`{s}`: {n[s]} utt. / {w[s]} words" for s in splits) + ")\n")
+        out.append("| W/A | calibration | method | size (MB) | BOPs (T, 10 s) | "
+                   + " | ".join(f"{s} WER %" for s in splits) + " | seeds |")
+        out.append("|---|---|---|---|---|" + "---|" * len(splits) + "---|")
+        out.append(f"| 32/32 | - | - | {sz['fp32']['size_mb']:.2f} | {sz['fp32']['tbops']:.2f} | "
+                   + " | ".join(f"{100 * res['fp32'][s]['wer']:.2f}" for s in splits) + " | - |")
+        by = {(r["wbits"], r["calib"], r["method"], r["split"]): r for r in res.get("summary", [])}
+        for wb in res["config"]["wbits"]:
+            for calib in res["config"]["calib"]:
+                for m in res["config"]["methods"]:
+                    cells = [by.get((wb, calib, m, s)) for s in splits]
+                    if not any(cells):
+                        continue
+                    q = sz[str(wb)]["quantized"]
+                    txt = [f"{c['wer_mean']:.2f} ({c['wer_min']:.2f}-{c['wer_max']:.2f})" if c and c["n_seeds"] > 1
+                           else f"{c['wer_mean']:.2f}" if c else "-" for c in cells]
+                    ns = max(c["n_seeds"] for c in cells if c)
+                    out.append(f"| {wb}/8 | {calib} | {m} | {q['size_mb']:.2f} | {q['tbops']:.3f} | "
+                               + " | ".join(txt) + f" | {ns} |")
+        out.append("")
+    return "\n".join(out)
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="quartznet5x5")
-    ap.add_argument("--manifest", required=True)
-    ap.add_argument("--real", required=True, help="manifest whose mels are the 'real' calibration data")
-    ap.add_argument("--limit", type=int, default=100)
-    ap.add_argument("--frames", type=int, default=400)
+    ap.add_argument("--splits", nargs="+", default=list(SPLITS), help=f"names ({', '.join(SPLITS)}) or NAME=MANIFEST")
+    ap.add_argument("--limit", type=int, default=200, help="first N utterances of each split (0: all)")
+    ap.add_argument("--frames", type=int, default=400, help="T of the builds (longer utterances are chunked)")
+    ap.add_argument("--target", default=None, help="default: host-vnni where the CPU has AVX-512 VNNI, else host")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     ap.add_argument("--wbits", type=int, nargs="+", default=[8, 6])
     ap.add_argument("--calib", nargs="+", default=["synthetic", "random", "real"])
-    ap.add_argument("--synth-batches", type=int, default=2)
-    ap.add_argument("--synth-iters", type=int, default=100)
-    ap.add_argument("--n-calib", type=int, default=16)
+    ap.add_argument("--methods", nargs="+", default=["minmax", "percentile"])
+    ap.add_argument("--synth-batches", type=int, default=20)
+    ap.add_argument("--synth-iters", type=int, default=200)
+    ap.add_argument("--synth-frames", type=int, default=64)
+    ap.add_argument("--synth-lr", type=float, default=0.05)
+    ap.add_argument("--real-calib", default="/tmp/corpus/train.json", help="manifest of the 'real' calibration data")
+    ap.add_argument("--save-synth", default=None, help="directory: save each seed's synthetic mels (.npy)")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--json", default="bench/results/zeroshot_table.json")
+    ap.add_argument("--no-fp32", action="store_true", help="skip the FP32 baseline (helper runs, see --table)")
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--table", nargs="+", default=None, help="only print the markdown table of these result JSONs")
+    ap.add_argument("--md", default=None, help="also write the markdown table here")
+    ap.add_argument("--merged-json", default=None, help="--table: also write the merged results here")
     a = ap.parse_args()
+    if a.table:
+        md = markdown(merge([json.loads(Path(p).read_text()) for p in a.table]))
+        print(md)
+        if a.merged_json:
+            Path(a.merged_json).write_text(json.dumps(merge([json.loads(Path(p).read_text()) for p in a.table]),
+                                                      indent=1))
+        if a.md:
+            Path(a.md).write_text(md + "\n")
+        return
+
+    os.environ.setdefault("TVM_NUM_THREADS", str(a.threads))
     import torch
+    from tqdm import tqdm
+
+    import zsq_tvm
+    import zsq_tvm.calibrate as calib_mod
+    from zsq_tvm.evaluate import BuildRunner, TorchRunner
+    from zsq_tvm.models import load_torch
+    from zsq_tvm.targets import host_features
 
     torch.set_num_threads(a.threads)
-    out = Path(a.json)
+    target = a.target or ("host-vnni" if "avx512_vnni" in host_features() else "host")
+    n_calib = a.synth_batches * 8
+    out = Path(a.json or f"bench/results/zeroshot_{a.model}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    res = {"config": vars(a), "fp32": None, "cells": []}
+    res = {"config": {**vars(a), "target": target, "n_calib": n_calib}, "fp32": {}, "fp32_unpadded": {},
+           "size": {}, "cells": [], "synth": []}
 
     def dump():
+        res["summary"] = summarize(res["cells"])
         out.write_text(json.dumps(res, indent=1))
 
-    fp = evaluate(a.model, a.manifest, frames_pad=a.frames, limit=a.limit, threads=a.threads, progress=False)
-    res["fp32"] = {k: fp[k] for k in ("wer", "cer", "n_utterances", "n_words")}
-    print("FP32 (padded to T)", res["fp32"], flush=True)
+    t0 = time.time()
+    splits = dict(s.split("=", 1) if "=" in s else (s, SPLITS[s]) for s in a.splits)
+    data = {s: load_split(m, a.limit) for s, m in tqdm(splits.items(), desc="mels", file=sys.stderr)}
+    print(f"mels of {sum(len(v) for v in data.values())} utterances in {time.time() - t0:.0f} s", flush=True)
+    net = load_torch(a.model)
+    fp = TorchRunner(net, a.model)
+    for s, d in data.items():
+        if a.no_fp32:  # a helper run (e.g. more seeds in parallel): --table takes FP32 from another result
+            break
+        res["fp32"][s] = wer_of(fp.infer, fp.vocab, d, a.frames)
+        res["fp32_unpadded"][s] = wer_of(fp.infer, fp.vocab, d, None)
+        print("FP32", s, res["fp32"][s], "unpadded", res["fp32_unpadded"][s]["wer"], flush=True)
+    for wb in a.wbits:
+        res["size"][str(wb)] = zsq_tvm.report(a.model, wbits=wb, abits=8)
+    res["size"]["fp32"] = res["size"][str(a.wbits[0])]["fp32"]
     dump()
-    reals = real_mels(a.real, a.n_calib, a.frames)
+
+    # calibration does not depend on the bit width: calibrate each (source, seed, method) once
+    cache, key = {}, [None]
+    orig_calibrate = calib_mod.calibrate
+
+    def cached_calibrate(mod, batches, method="minmax", **kw):
+        k = (*key[0], method)
+        if k not in cache:
+            cache[k] = orig_calibrate(mod, batches, method=method, **kw)
+        return cache[k]
+
+    calib_mod.calibrate = cached_calibrate
+    n_cells = len(a.seeds) * len(a.calib) * len(a.methods) * len(a.wbits)
+    bar = tqdm(total=n_cells, desc=f"cells {a.model}", file=sys.stderr)
     for seed in a.seeds:
-        synth = None
         for calib in a.calib:
-            if calib == "synthetic" and synth is None:
-                t0 = time.time()
-                synth = zsq_tvm.synthesize(a.model, zsq_tvm.SynthConfig(
-                    num_batches=a.synth_batches, batch_size=8, iters=a.synth_iters, frames=a.frames, seed=seed,
-                    progress=False, threads=a.threads))
-                synth_s = time.time() - t0
-            src = {"synthetic": synth, "random": "random", "real": reals}[calib]
-            for wb in a.wbits:
-                t0 = time.time()
-                q = zsq_tvm.quantize(a.model, zsq_tvm.QuantConfig(wbits=wb, abits=8, frames=a.frames, calib=src,
-                                                                  seed=seed, num_batches=a.n_calib))
-                b = zsq_tvm.compile(q, target="host")
-                with __import__("tempfile").TemporaryDirectory() as d:
-                    b.save(Path(d) / "build")
-                    r = evaluate(str(Path(d) / "build"), a.manifest, limit=a.limit, threads=a.threads,
-                                 progress=False)
-                cell = {"seed": seed, "calib": calib, "wbits": wb, "abits": 8, "wer": r["wer"], "cer": r["cer"],
-                        "seconds": time.time() - t0}
-                if calib == "synthetic":
-                    cell["synth_seconds"] = synth_s
-                res["cells"].append(cell)
-                print(cell, flush=True)
-                dump()
-    # summary: mean and spread over seeds
-    summ = {}
-    for c in res["cells"]:
-        summ.setdefault(f"W{c['wbits']}A8 {c['calib']}", []).append(c["wer"])
-    res["summary"] = {k: {"wer_mean": float(np.mean(v)), "wer_min": float(np.min(v)), "wer_max": float(np.max(v)),
-                          "n_seeds": len(v)} for k, v in summ.items()}
+            ts = time.time()
+            if calib == "synthetic":
+                hist = []
+                mels = zsq_tvm.synthesize(net, zsq_tvm.SynthConfig(
+                    num_batches=a.synth_batches, batch_size=8, iters=a.synth_iters, frames=a.synth_frames,
+                    lr=a.synth_lr, seed=seed, threads=a.threads, progress=True), history=hist)
+                res["synth"].append({"seed": seed, "seconds": time.time() - ts,
+                                     "loss_initial": float(np.mean([h["initial"] for h in hist])),
+                                     "loss_final": float(np.mean([h["final"] for h in hist]))})
+                print("synth", res["synth"][-1], flush=True)
+                if a.save_synth:
+                    d = Path(a.save_synth) / f"{a.model}_seed{seed}"
+                    d.mkdir(parents=True, exist_ok=True)
+                    for i, m in enumerate(mels):
+                        np.save(d / f"synth_{i:03d}.npy", m)
+                src = mels
+            elif calib == "random":
+                src = "random"
+            else:
+                src = real_calibration(a.real_calib, n_calib, seed)
+            src_seconds = time.time() - ts
+            key[0] = (calib, seed)
+            for method in a.methods:
+                for wb in a.wbits:
+                    tc = time.time()
+                    q = zsq_tvm.quantize(a.model, zsq_tvm.QuantConfig(
+                        wbits=wb, abits=8, frames=a.frames, calib=src, calib_method=method, seed=seed,
+                        num_batches=n_calib))
+                    b = zsq_tvm.compile(q, target=target)
+                    tq = time.time() - tc
+                    r = BuildRunner(b, f"{a.model}-W{wb}A8-{calib}-{method}-s{seed}")
+                    cell = {"seed": seed, "calib": calib, "method": method, "wbits": wb, "abits": 8,
+                            "n_calib_inputs": q.manifest["calib"]["num_inputs"], "splits": {},
+                            "source_seconds": src_seconds, "quantize_compile_seconds": tq}
+                    te = time.time()
+                    for s, d in data.items():
+                        cell["splits"][s] = wer_of(r.infer, r.vocab, d, a.frames)
+                    cell["eval_seconds"] = time.time() - te
+                    res["cells"].append(cell)
+                    bar.update(1)
+                    print({k: v for k, v in cell.items() if k != "splits"},
+                          {s: round(100 * v["wer"], 2) for s, v in cell["splits"].items()}, flush=True)
+                    dump()
+    bar.close()
+    calib_mod.calibrate = orig_calibrate
+    res["seconds"] = time.time() - t0
     dump()
-    print(json.dumps(res["summary"], indent=1))
+    print(markdown([res]))
 
 
 if __name__ == "__main__":

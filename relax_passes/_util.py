@@ -3,7 +3,8 @@
 Stable tensor names are how calibration ranges (a plain JSON dict) find their tensors again in
 :class:`relax_passes.Quantize`: both enumerate the bindings of the same (BN-folded) ``main`` in
 order and name each op result ``"<op>#<k>"`` (``k`` counts that op: ``"nn.conv1d#3"``,
-``"add#7"``, ``"nn.relu#2"``) and each parameter ``"input:<name>"``.  Var names (``lv12``) are not
+``"add#7"``, ``"nn.relu#2"``), each item of a ``split`` ``"split#<k>[i]"``, and each parameter
+``"input:<name>"``.  Var names (``lv12``) are not
 used because importers and passes renumber them freely.
 """
 
@@ -50,9 +51,20 @@ def tensor_names(func: relax.Function) -> dict:
     for p in func.params:
         names[p] = f"input:{p.name}"
     counts: dict[str, int] = {}
+    tuples: dict = {}  # tuple-producing op (split) -> its name; items are "<name>[i]"
     for b in bindings(func):
-        op = call_op_name(b.value)
-        if op is None or tensor_ty(b.var) is None:
+        v = b.value
+        if isinstance(v, relax.TupleGetItem) and v.tuple_value in tuples and tensor_ty(b.var) is not None:
+            names[b.var] = f"{tuples[v.tuple_value]}[{int(v.index)}]"
+            continue
+        op = call_op_name(v)
+        if op is None:
+            continue
+        if tensor_ty(b.var) is None:
+            if op == "split":
+                k = counts.get(op, 0)
+                counts[op] = k + 1
+                tuples[b.var] = f"{op}#{k}"
             continue
         k = counts.get(op, 0)
         counts[op] = k + 1

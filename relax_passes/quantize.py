@@ -49,6 +49,11 @@ residual sum) and every int64 requantize product gets its exact worst case from 
 (:mod:`zsq_tvm.overflow`); the margins go to ``metadata["overflow"]`` and a layer whose bound can pass
 2^31-1 is refused with :class:`zsq_tvm.overflow.AccumulatorOverflowError` (layer, bound, fix).
 
+Conformer/Transformer ops (``nn.conv2d``, ``sigmoid`` incl. Swish/GLU products, attention ``matmul``
+of two activations, ``nn.softmax``, ``nn.layer_norm``, ``nn.gelu``, ``split``, ``concat`` with zeros,
+scalar ``multiply``/``divide``) are handled by the mixin in :mod:`relax_passes.quantize_conformer`
+(its docstring shows that IR before and after).
+
 Ops it cannot quantize are reported all at once (op and binding var) as
 :class:`zsq_tvm.errors.UnsupportedOpsError` before anything is built.
 
@@ -73,6 +78,7 @@ from zsq_tvm.errors import BitWidthError, UnsupportedOpsError
 from zsq_tvm.overflow import AccumulatorOverflowError, OverflowLedger, dot_interval, requant_interval
 
 from ._util import bindings, call_op_name, const, dtype_of, main_function, resolve_const, shape_of, tensor_names
+from .quantize_conformer import CONFORMER_OPS, ConformerOps
 
 __all__ = ["Quantize", "QuantizeUnsupportedOps", "AccumulatorOverflowError", "SUPPORTED_OPS", "INPUT_QUANTIZE", "OUTPUT_DEQUANTIZE", "ROLE_ATTR"]
 
@@ -82,10 +88,14 @@ OUTPUT_DEQUANTIZE = "output_dequantize"
 # residual branches are rescaled into int32 but clipped to +-2^30 so the int32 sum cannot wrap
 RESIDUAL_RANGE = (-(2**30), 2**30 - 1)
 
-_SHAPE_OPS = ("reshape", "permute_dims", "squeeze", "expand_dims")
+_SHAPE_OPS = ("reshape", "permute_dims", "squeeze", "expand_dims", "strided_slice")
 _SOFTMAX_OPS = ("nn.softmax", "nn.log_softmax")
 SUPPORTED_OPS = ("nn.conv1d", "matmul", "add", "nn.relu", "nn.dropout", "multiply (by a 0/1 mask)",
-                 *_SHAPE_OPS, "nn.softmax/nn.log_softmax (at the output)")
+                 *_SHAPE_OPS, "nn.softmax/nn.log_softmax (at the output)",
+                 # Conformer (relax_passes/quantize_conformer.py)
+                 "nn.conv2d", "sigmoid", "multiply (by a positive scalar / by a sigmoid)", "divide (by a positive scalar)",
+                 "matmul (of two activations)", "nn.softmax (last axis)", "nn.layer_norm (last axis)", "nn.gelu",
+                 "split", "concat (with zeros)")
 
 
 class QuantizeUnsupportedOps(UnsupportedOpsError):
@@ -145,7 +155,7 @@ def _bcast_shape(ndim, axis, c):
     return shape
 
 
-class _Quantizer:
+class _Quantizer(ConformerOps):
     def __init__(self, func, ranges, wbits, abits, out_bits, drop_output_softmax, dequantize_output):
         self.func = func
         self.ranges = ranges
@@ -218,6 +228,8 @@ class _Quantizer:
                     np.isin(c, (0.0, 1.0)).all() for c in cs if c is not None)
             if op in _SOFTMAX_OPS:
                 ok = self.drop_output_softmax and self._flows_to_output_only(b.var)
+            if not ok and op is not None:
+                ok = self.conformer_supported(op, v, b.var)
             if not (dtype_of(b.var) or "float").startswith("float") and op not in _SHAPE_OPS:
                 ok = False
             if not ok:
@@ -416,9 +428,10 @@ class _Quantizer:
         out_var = relu if relu is not None else var
         unsigned = relu is not None
         a = self.alpha(out_var)
-        s_out = intmath.symmetric_scale(a, self.abits, unsigned)
-        qmin, qmax = intmath.qrange(self.abits, unsigned)
-        dtype = intmath.storage_dtype(self.abits, unsigned)
+        bits = self.act_bits(out_var)  # abits, or 16 for attention scores feeding a softmax
+        s_out = intmath.symmetric_scale(a, bits, unsigned)
+        qmin, qmax = intmath.qrange(bits, unsigned)
+        dtype = intmath.storage_dtype(bits, unsigned)
         branches = []
         for st, arg in ((sa, call.args[0]), (sb, call.args[1])):
             if isinstance(st, _QT):
@@ -437,7 +450,7 @@ class _Quantizer:
         rec["var"] = s.name
         s = self.bb.emit(relax.op.clip(s, relax.prim_value(tirx.IntImm("int32", qmin)),
                                        relax.prim_value(tirx.IntImm("int32", qmax))))
-        q = _QT(self.bb.emit(relax.op.astype(s, dtype)), s_out, self.abits, unsigned)
+        q = _QT(self.bb.emit(relax.op.astype(s, dtype)), s_out, bits, unsigned)
         self.state[out_var] = q
         self.meta["layers"].append({"tensor": self.names[var], "op": "residual_add", "relu": unsigned,
                                     "out_scale": s_out})
@@ -487,25 +500,32 @@ class _Quantizer:
                     op = call_op_name(v)
                     if isinstance(v, relax.TupleGetItem) and v.tuple_value in dropouts:
                         self.alias[var] = self.alias[v.tuple_value]
+                    elif isinstance(v, relax.TupleGetItem) and self.op_tuple_item(var, v):
+                        pass
                     elif isinstance(v, relax.Var):
                         self.alias[var] = v
                     elif op == "nn.dropout":
                         dropouts.add(var)
                         self.alias[var] = v.args[0]
                         self.meta["dropped_ops"].append({"op": op, "var": var.name})
-                    elif op in _SOFTMAX_OPS:
+                    elif op in _SOFTMAX_OPS and self.drop_output_softmax and self._flows_to_output_only(var):
                         self.alias[var] = v.args[0]
                         self.meta["dropped_ops"].append({"op": op, "var": var.name, "tensor": self.names.get(var)})
                     elif op == "nn.conv1d":
                         self.op_conv1d(var, v)
                     elif op == "matmul":
-                        self.op_matmul(var, v)
+                        if not self.op_matmul_conf(var, v):
+                            self.op_matmul(var, v)
                     elif op == "add":
-                        self.op_add(var, v)
+                        if not self.op_add_conf(var, v):
+                            self.op_add(var, v)
                     elif op == "nn.relu":
                         self.op_relu(var, v)
                     elif op == "multiply":
-                        self.op_multiply(var, v)
+                        if not self.op_multiply_conf(var, v):
+                            self.op_multiply(var, v)
+                    elif op in CONFORMER_OPS:
+                        getattr(self, CONFORMER_OPS[op])(var, v)
                     elif op in _SHAPE_OPS:
                         self.op_shape(var, v)
                     else:  # check_supported ran first; reaching here is a bug

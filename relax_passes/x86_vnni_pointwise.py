@@ -74,8 +74,41 @@ def _ints(xs):
     return [int(x) for x in xs]
 
 
-def match_pointwise_chains(func: relax.Function):
-    """``[(final_var, x_expr, spec_kwargs, W, bias, Mul, Sh)]`` for each matched chain of ``func``."""
+def _pointwise_conv(call, W, xt):
+    """spec kwargs (T, K, M, a_dtype) of a k=1, groups=1 conv1d, else None."""
+    at = call.attrs
+    if (W.shape[2] != 1 or int(at.groups) != 1 or _ints(at.strides) != [1] or _ints(at.dilation) != [1]
+            or any(_ints(at.padding))):
+        return None
+    N, K, T = _ints(xt.shape)
+    if N != 1 or W.shape[1] != K:
+        return None
+    return dict(T=T, K=K, M=int(W.shape[0]), a_dtype=str(xt.dtype), layout="ncw"), int(W.shape[0])
+
+
+def _depthwise_conv(call, W, xt):
+    """spec kwargs (C, Tin, K, stride, pads, dilation, a_dtype) of a depthwise conv1d (groups = C), else None."""
+    at = call.attrs
+    N, C, T = _ints(xt.shape)
+    st, pads = _ints(at.strides), _ints(at.padding)
+    dl = _ints(at.dilation)
+    if (N != 1 or int(at.groups) != C or W.shape[0] != C or W.shape[1] != 1 or len(dl) != 1 or dl[0] < 1
+            or len(st) != 1 or st[0] not in (1, 2, 4) or (4 * dl[0]) % st[0]):
+        return None
+    pl, pr = (pads * 2)[:2] if len(pads) == 1 else pads[:2]
+    if (T + pl + pr - dl[0] * (int(W.shape[2]) - 1) - 1) // st[0] + 1 < 1:
+        return None
+    return dict(C=C, Tin=T, K=int(W.shape[2]), stride=st[0], pad_l=pl, pad_r=pr, dilation=dl[0],
+                a_dtype=str(xt.dtype)), C
+
+
+def match_pointwise_chains(func: relax.Function, kind: str = "pointwise"):
+    """``[(final_var, x_expr, spec_kwargs, W, bias, Mul, Sh)]`` for each matched chain of ``func``.
+
+    ``kind="depthwise"`` matches depthwise conv1d (groups = channels, stride 1/2/4 dividing 4 x dilation, any
+    padding) + the same requantize chain instead (spec kwargs for :class:`zsq_tvm.x86.depthwise.DepthwiseSpec`).
+    """
+    accept = {"pointwise": _pointwise_conv, "depthwise": _depthwise_conv}[kind]
     bs = bindings(func)
     value = {b.var: b.value for b in bs}
     users: dict = {}
@@ -107,20 +140,19 @@ def match_pointwise_chains(func: relax.Function):
         x, w = call.args
         W = _const(w)
         xt = x.ty
-        if (W is None or W.dtype != np.int8 or W.ndim != 3 or W.shape[2] != 1 or int(at.groups) != 1
-                or _ints(at.strides) != [1] or _ints(at.dilation) != [1] or any(_ints(at.padding))
+        if (W is None or W.dtype != np.int8 or W.ndim != 3
                 or str(at.data_layout) != "NCW" or str(at.kernel_layout) != "OIW"
                 or str(at.out_layout) != "NCW" or str(at.out_dtype) != "int32"):
             continue
         if not isinstance(xt, relax.TensorType) or xt.dtype not in ("int8", "uint8") or xt.ndim != 3:
             continue
         try:
-            N, K, T = _ints(xt.shape)
+            got = accept(call, W, xt)
         except Exception:  # symbolic shape
             continue
-        M = int(W.shape[0])
-        if N != 1 or W.shape[1] != K:
+        if got is None:
             continue
+        spec_kw, M = got
         cur = b.var
         bias = None
         nxt = only_user(cur)
@@ -169,7 +201,7 @@ def match_pointwise_chains(func: relax.Function):
             continue
         if bias is not None and (bias.min() < -(2**31) or bias.max() >= 2**31):
             continue
-        spec = dict(T=T, K=K, M=M, a_dtype=str(xt.dtype), out_dtype=od, qmin=int(qmin), qmax=int(qmax), layout="ncw")
+        spec = dict(spec_kw, out_dtype=od, qmin=int(qmin), qmax=int(qmax))
         found.append((cur, x, spec, W, bias, Mul, Sh))
     return found
 

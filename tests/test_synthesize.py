@@ -136,3 +136,39 @@ def test_lazy_export_is_callable_in_a_fresh_interpreter():
             "import zsq_tvm.synthesize; assert callable(zsq_tvm.synthesize); print('ok')")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.stdout.strip() == "ok", r.stderr
+
+
+def test_fast_cpu_path_matches_plain_forward(tiny):
+    """The channels-last / polyphase-dilation / stop-after-last-BN path computes the same loss and mels."""
+    cfg = SynthConfig(iters=6, **FAST)
+    hf, hp = [], []
+    (xf,) = synthesize(tiny, cfg, history=hf)
+    (xp,) = synthesize(tiny, cfg, fast=False, history=hp)
+    np.testing.assert_allclose(hf[0]["loss"], hp[0]["loss"], rtol=1e-4)
+    np.testing.assert_allclose(hf[0]["per_layer_final"], hp[0]["per_layer_final"], rtol=1e-3, atol=1e-6)
+    np.testing.assert_allclose(xf, xp, atol=1e-4)
+    # the module's own forwards are back after synthesis
+    assert all("forward" not in vars(m) for m in tiny.modules())
+
+
+@pytest.mark.parametrize("cin,cout,k,dil,groups,T,stride", [
+    (8, 8, 5, 2, 8, 12, 1),   # depthwise, dilated, T % d == 0: polyphase
+    (8, 8, 5, 2, 8, 11, 1),   # odd T: dilated conv2d fallback
+    (8, 6, 7, 3, 1, 12, 1),   # full conv, dilation 3
+    (8, 8, 5, 1, 8, 11, 2),   # strided depthwise
+    (8, 12, 1, 1, 1, 9, 1),   # pointwise: one GEMM
+])
+def test_conv1d_nwc_equals_conv1d(cin, cout, k, dil, groups, T, stride):
+    from zsq_tvm.synthesize import _conv1d_nwc
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(cin, cout, k, stride=stride, dilation=dil, padding=(k // 2) * dil, groups=groups)
+    x = torch.randn(3, cin, T, requires_grad=True)
+    y0 = conv(x)
+    (g0,) = torch.autograd.grad(y0.pow(2).sum(), x)
+    xn = x.detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_(True)  # channels-last strides
+    y1 = _conv1d_nwc(conv, xn)
+    (g1,) = torch.autograd.grad(y1.pow(2).sum(), xn)
+    assert y1.shape == y0.shape
+    torch.testing.assert_close(y1, y0, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(g1, g0, rtol=1e-5, atol=1e-5)

@@ -39,7 +39,7 @@ class QuantConfig:
     frames: the static number of mel frames T the model is compiled for (100 per second);
     ``None`` takes T from the ONNX file when it is fixed there.
     calib ``"synthetic"``: zero-shot (paper §2.3) — mels synthesized from the model's own BatchNorm
-    statistics (:func:`zsq_tvm.synthesize`; ``synth`` overrides its defaults, T = ``frames``).
+    statistics (:func:`zsq_tvm.synthesize`; ``synth`` overrides its defaults; T = min(``frames``, 64), zero-padded).
     """
 
     wbits: int = 8
@@ -144,10 +144,14 @@ def calibration_batches(cfg: QuantConfig, features: int, frames: int) -> list[np
 
 
 def synthetic_batches(model, cfg: QuantConfig, features: int, frames: int) -> list[np.ndarray]:
-    """Zero-shot calibration inputs: :func:`zsq_tvm.synthesize` on ``model`` (ONNX with BatchNorm kept)."""
+    """Zero-shot calibration inputs: :func:`zsq_tvm.synthesize` on ``model`` (ONNX with BatchNorm kept).
+
+    The mels are synthesized at SynthConfig's (short) T, at most ``frames``, unless ``cfg.synth`` sets
+    ``frames``; each is then zero-padded to the model's T like any shorter calibration mel."""
     from .synthesize import SynthConfig, synthesize
 
-    kw = {"seed": cfg.seed, "progress": cfg.progress, **(cfg.synth or {}), "frames": frames, "features": features}
+    kw = {"seed": cfg.seed, "progress": cfg.progress, "frames": min(frames, SynthConfig.frames),
+          **(cfg.synth or {}), "features": features}
     items = []
     for i, arr in enumerate(synthesize(model, SynthConfig(**kw))):
         items += _as_items(arr, features, frames, f"synthetic #{i}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import glob
 import json
 import os
 import shutil
@@ -86,15 +87,94 @@ def new_manifest(kind: str, **fields) -> dict:
     return m
 
 
+def _owner_tag() -> str:
+    """``<host hash>-<pid>``: names this process in temporary sibling names (see :func:`_reap_stale`)."""
+    import hashlib
+    import socket
+
+    return f"{hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]}-{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _reap_stale(out: Path) -> None:
+    """Remove temporary siblings of ``out`` left by a process of this host that was killed (SIGKILL,
+    power loss) before it could clean up, and put back an old ``out`` that such a process had moved
+    aside for ``--overwrite`` but not yet replaced.  Siblings of live processes or other hosts are
+    left alone."""
+    host = _owner_tag().split("-")[0]
+    for kind in ("old", "tmp"):  # restore first: an interrupted overwrite keeps the previous output
+        for d in out.parent.glob(f".{glob.escape(out.name)}.{kind}-{host}-*"):
+            try:
+                pid = int(d.name[len(f".{out.name}.{kind}-{host}-"):].split("-")[0])
+            except ValueError:
+                continue
+            if _pid_alive(pid) or not d.is_dir():
+                continue
+            if kind == "old" and (d / out.name).is_dir() and not out.exists():
+                try:
+                    os.replace(d / out.name, out)
+                except OSError:
+                    continue
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _fsync_path(path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems cannot fsync a directory
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush every file and folder under ``root`` to disk, so that after the rename the output is
+    complete even across a power loss (rename alone orders nothing on most filesystems)."""
+    for dirpath, _dirs, files in os.walk(root):
+        for f in files:
+            _fsync_path(os.path.join(dirpath, f))
+        _fsync_path(dirpath)
+
+
+def ensure_output_free(out_dir, overwrite: bool = False) -> None:
+    """Fail early — before minutes of work — when ``out_dir`` exists and ``overwrite`` is not set.
+
+    Leftovers of a killed earlier run are reaped first (as :func:`atomic_dir` would), so an
+    interrupted ``--overwrite`` that is put back is seen here and not only at the final rename."""
+    out = Path(os.fspath(out_dir)).absolute()
+    if out.parent.is_dir():
+        _reap_stale(out)
+    if out.exists() and not overwrite:
+        raise ArtifactError(f"output directory {str(out_dir)!r} already exists",
+                            "choose another -o path, remove it, or pass --overwrite")
+
+
 @contextlib.contextmanager
 def atomic_dir(out_dir, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory that becomes ``out_dir`` if the block succeeds.
 
     On any exception (including KeyboardInterrupt) the temporary directory is removed and
     ``out_dir`` is untouched.  With ``overwrite=False`` an existing ``out_dir`` is an error
-    (checked before any work is done).
+    (checked before any work is done).  A process killed outright (SIGKILL) cannot clean up: its
+    ``.<name>.tmp-<host>-<pid>-*`` sibling stays, never at ``out_dir`` itself, and the next
+    ``atomic_dir`` on the same path removes it once that pid is gone (``tests/test_crash_safe.py``).
     """
     out = Path(os.fspath(out_dir)).absolute()
+    if out.parent.is_dir():
+        _reap_stale(out)
     if out.exists() and not overwrite:
         raise ArtifactError(f"output directory {str(out_dir)!r} already exists",
                             "choose another -o path, remove it, or pass --overwrite")
@@ -107,12 +187,14 @@ def atomic_dir(out_dir, overwrite: bool = False) -> Iterator[Path]:
     except OSError as e:
         raise ArtifactError(f"cannot create parent directory {str(parent)!r}: {e.strerror}",
                             "choose a writable -o path") from None
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
+    tag = _owner_tag()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{tag}-", dir=parent))
     try:
         yield tmp
         os.chmod(tmp, 0o755)
+        _fsync_tree(tmp)
         if out.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=parent))
+            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-{tag}-", dir=parent))
             os.replace(out, trash / out.name)
             try:
                 os.replace(tmp, out)
@@ -123,6 +205,7 @@ def atomic_dir(out_dir, overwrite: bool = False) -> Iterator[Path]:
                 shutil.rmtree(trash, ignore_errors=True)
         else:
             os.replace(tmp, out)
+        _fsync_path(parent)  # make the rename itself durable
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -89,8 +90,18 @@ def compile_relax(mod, target: str = "host"):
     if spec.prepare is not None:  # opt-in target rewrite (e.g. host-vnni kernels)
         mod = spec.prepare(mod)
     lowered, finish = lower(mod, tgt)
+    tuning = None
+    if spec.compile is None and str(tgt.kind.name) == "llvm":  # `zsq tune` records (tuning_logs/<key>/)
+        from .tune import apply_tuning
+
+        lowered, tuning = apply_tuning(lowered, tgt)
     report = integer_only_report(lowered)
-    ex = tvm.compile(lowered, target=tgt, relax_pipeline=finish)
+    if tuning and tuning.get("db"):
+        report["tuning"] = tuning
+    if spec.compile is not None:  # e.g. the CUDA targets: own kernel schedules + the rest of the pipeline
+        ex = spec.compile(lowered, tgt)
+    else:
+        ex = tvm.compile(lowered, target=tgt, relax_pipeline=finish)
     return ex, lowered, report, tgt
 
 
@@ -118,7 +129,7 @@ class Build:
         self._module_json = module_json
         self._files = files or {}
         self._lib_path = lib_path
-        self._vm = None
+        self._tls = threading.local()  # one relax VM per thread: a VM is not re-entrant
 
     # ---- properties
     @property
@@ -140,12 +151,21 @@ class Build:
 
     # ---- running
     def _vm_(self):
-        if self._vm is None:
+        """This thread's VM.  ``relax.VirtualMachine`` keeps its frames and registers in the object, so
+        two threads calling one VM corrupt each other ("Check failed: reg < frame->register_file.size()");
+        each thread gets its own VM on the shared executable instead, which makes :meth:`run` safe to
+        call from several threads at once (``bench/steady_run.py``, ``tests/test_steady_run.py``)."""
+        vm = getattr(self._tls, "vm", None)
+        if vm is None:
             import tvm
             from tvm import relax
 
-            self._vm = relax.VirtualMachine(self._ex, tvm.cpu())
-        return self._vm
+            if self._ex is None:  # a CUDA build loaded where its library cannot be (Build.load)
+                raise NotAvailableError(f"build target {self.target!r} needs an NVIDIA GPU and TVM's CUDA runtime",
+                                        "run it on a GPU machine, or compile with --target host")
+            gpu = get_target(self.target).device == "cuda"
+            vm = self._tls.vm = relax.VirtualMachine(self._ex, tvm.cuda(0) if gpu else tvm.cpu())
+        return vm
 
     def _prepare(self, mel) -> np.ndarray:
         """Validate a mel where it enters the build; returns float32 ``[B, F, T]``.
@@ -283,7 +303,13 @@ class Build:
         if not spec.runs_on_host:
             raise NotAvailableError(f"build target {m['target']!r} cannot run on this machine",
                                     "run it on its device, or compile with --target host")
-        rt = tvm.runtime.load_module(str(lib))
+        if spec.device == "cuda":  # loading compiles the CUDA kernels: needs a GPU; `zsq check` does not
+            try:
+                rt = tvm.runtime.load_module(str(lib)) if tvm.cuda(0).exist else None
+            except Exception:  # noqa: BLE001 - no CUDA runtime here: run() says so
+                rt = None
+        else:
+            rt = tvm.runtime.load_module(str(lib))
         mj = Path(path) / "module.json"
         return cls(rt, m, mj.read_text() if mj.exists() else None, lib_path=str(lib))
 

@@ -39,14 +39,10 @@ def cmd_quantize(a) -> int:
                           synth={k: v for k, v in (("num_batches", a.synth_batches), ("iters", a.synth_iters))
                                  if v is not None} or None)
     cfg.validate()
-    from .artifacts import atomic_dir  # noqa: F401  (fail on an existing OUT_DIR before any work)
+    from .artifacts import ensure_output_free
 
     out = Path(a.output)
-    if out.exists() and not a.overwrite:
-        from .errors import ArtifactError
-
-        raise ArtifactError(f"output directory {a.output!r} already exists",
-                            "choose another -o path, remove it, or pass --overwrite")
+    ensure_output_free(out, a.overwrite)  # fail on an existing OUT_DIR before any work
     q = api.quantize(a.model, cfg)
     q.save(out, overwrite=a.overwrite)
     m = q.manifest
@@ -59,12 +55,10 @@ def cmd_quantize(a) -> int:
 
 
 def cmd_synth(a) -> int:
-    from .errors import ArtifactError
+    from .artifacts import ensure_output_free
     from .synthesize import SynthConfig, save_batches, synthesize
 
-    if Path(a.output).exists() and not a.overwrite:  # fail before minutes of work
-        raise ArtifactError(f"output directory {a.output!r} already exists",
-                            "choose another -o path, remove it, or pass --overwrite")
+    ensure_output_free(a.output, a.overwrite)  # fail before minutes of work
     cfg = SynthConfig(num_batches=a.batches, batch_size=a.batch_size, iters=a.iters, lr=a.lr, frames=a.frames,
                       seed=a.seed, kl=a.kl, threads=a.threads,
                       progress=not a.json and sys.stderr.isatty() or a.progress).validate()
@@ -90,6 +84,9 @@ def cmd_synth(a) -> int:
 def cmd_compile(a) -> int:
     from . import api
 
+    from .artifacts import ensure_output_free
+
+    ensure_output_free(a.output, a.overwrite)  # fail before the build, not after it
     b = api.compile(a.qdir, target=a.target)
     b.save(a.output, overwrite=a.overwrite)
     rep = b.integer_only
@@ -204,6 +201,34 @@ def cmd_eval(a) -> int:
     return 0
 
 
+def cmd_tune(a) -> int:
+    from .tune import tune
+
+    res = tune(a.dir, target=a.target, trials=a.trials, db_path=a.db, rpc_tracker=a.rpc_tracker, rpc_key=a.rpc_key,
+               seed=a.seed, progress=not a.json and sys.stderr.isatty() or a.progress)
+    if a.json:
+        _print_json(res)
+    else:
+        print(f"tuned {res['tasks']} distinct kernel(s) ({res['kernels']} in the model): {res['trials_run']} new "
+              f"trial(s) in {res['seconds']:.0f} s, {res['records_after']} record(s) in {res['db']}")
+        for e in res.get("errors", [])[:1]:
+            print(f"  first failed candidate: {e.splitlines()[-1] if e.strip() else e}")
+    return 0
+
+
+def cmd_bench(a) -> int:
+    from .benchmark import compare_onnx, format_compare, set_threads
+
+    set_threads(a.threads)  # before the first TVM kernel of this process
+    res = compare_onnx(a.build_dir, a.compare_onnx, threads=a.threads, runs=a.runs, seed=a.seed,
+                       int8=not a.no_int8, progress=not a.json and sys.stderr.isatty() or a.progress)
+    if a.json:
+        _print_json(res)
+    else:
+        print(format_compare(res))
+    return 0
+
+
 def cmd_demo(a) -> int:
     from .demo import run_demo
 
@@ -244,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=_int_arg, default=8, help="mels per batch (default 8)")
     s.add_argument("--iters", type=_int_arg, default=200, help="Adam iterations per batch (default 200)")
     s.add_argument("--lr", type=float, default=0.05, help="Adam learning rate (default 0.05)")
-    s.add_argument("--frames", type=_int_arg, default=500, help="frames T per mel (default 500 = 5 s)")
+    s.add_argument("--frames", type=_int_arg, default=64, help="frames T per mel (default 64 = 0.64 s)")
     s.add_argument("--seed", type=_int_arg, default=0)
     s.add_argument("--kl", default="batch-first", choices=["batch-first", "running-first"],
                    help="KL direction: KL(N(batch) || N(running)) (default) or KL(N(running) || N(batch))")
@@ -308,6 +333,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--progress", action="store_true", help="show the progress bar even when not on a terminal")
     _add_json(s)
     s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("tune", help="MetaSchedule (XGBoost) tuning of a model's kernels into a resumable database")
+    s.add_argument("dir", help="quantized directory (zsq quantize) or build directory (zsq compile)")
+    s.add_argument("--target", default="host", help="host (default) or host-vnni (tunes what the hand kernels leave)")
+    s.add_argument("--trials", type=_int_arg, default=64,
+                   help="total measured candidates over all kernels, counting records already in the database")
+    s.add_argument("--db", default=None, help="database folder (default tuning_logs/<target key>/, which "
+                                              "`zsq compile` uses automatically)")
+    s.add_argument("--rpc-tracker", default=None, metavar="HOST:PORT", help="measure on RPC servers of this tracker")
+    s.add_argument("--rpc-key", default=None, help="device key of the RPC servers")
+    s.add_argument("--seed", type=_int_arg, default=0)
+    s.add_argument("--progress", action="store_true", help="show the progress bar even when not on a terminal")
+    _add_json(s)
+    s.set_defaults(func=cmd_tune)
+
+    s = sub.add_parser("bench", help="latency of a build vs ONNX Runtime FP32 / INT8 QDQ (same input, one process)")
+    s.add_argument("build_dir")
+    s.add_argument("--compare-onnx", required=True, metavar="MODEL.onnx",
+                   help="the ONNX model the build came from (ORT FP32 runs it; ORT INT8 runs its quantize_static QDQ)")
+    s.add_argument("--threads", type=_int_arg, default=1, help="threads for TVM and ONNX Runtime (default 1)")
+    s.add_argument("--runs", type=_int_arg, default=20, help="timed interleaved rounds (default 20)")
+    s.add_argument("--seed", type=_int_arg, default=0, help="seed of the input and ORT calibration mels")
+    s.add_argument("--no-int8", action="store_true", help="skip ONNX Runtime INT8 (quantize_static)")
+    s.add_argument("--progress", action="store_true", help="show the progress bar even when not on a terminal")
+    _add_json(s)
+    s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("demo", help="quantize + compile + check + run the shipped default model")
     s.add_argument("--workdir", default=None, help="keep artifacts here (default: a temp dir)")

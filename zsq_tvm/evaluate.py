@@ -76,13 +76,48 @@ class Utterance:
 
 
 # --------------------------------------------------------------------------- manifest
+_WAV_FORMATS = {3: "IEEE float samples", 6: "A-law samples", 7: "mu-law samples", 0x11: "IMA ADPCM samples",
+                0x55: "MP3 data", 0xFFFE: "WAVE_FORMAT_EXTENSIBLE (multichannel / >16-bit) samples"}
+#: longest utterance ``zsq eval`` accepts: the log-mel of the whole file is computed at once (about
+#: 0.7 MB of memory per second of audio, measured), so an hour-long recording would need ~2.5 GB
+MAX_AUDIO_SECONDS = 1800
+#: shortest: one 10 ms hop (160 samples) gives the first valid mel frame
+MIN_AUDIO_SAMPLES = 160
+_SOX = "sox {name} -r 16000 -c 1 -b 16 out.wav"
+
+
+def _wav_format_code(path: Path) -> int | None:
+    """The ``fmt `` chunk's format tag of a RIFF/WAVE file (read from its first 4 KiB), or None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return None
+    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    pos = 12
+    while pos + 8 <= len(head):
+        cid, size = head[pos:pos + 4], int.from_bytes(head[pos + 4:pos + 8], "little")
+        if cid == b"fmt " and pos + 10 <= len(head):
+            return int.from_bytes(head[pos + 8:pos + 10], "little")
+        pos += 8 + size + (size & 1)
+    return None
+
+
 def _check_wav(path: Path, where: str) -> None:
+    """16 kHz mono 16-bit PCM, complete, at least one mel frame and at most ``MAX_AUDIO_SECONDS`` long;
+    otherwise :class:`ManifestError` naming ``where`` (``manifest:line``), the file and the fix.  Audio is
+    never resampled or down-mixed silently."""
+    fix = "convert it with: " + _SOX.format(name=path.name)
     try:
         with wave.open(str(path), "rb") as w:
-            sr, ch, width = w.getframerate(), w.getnchannels(), w.getsampwidth()
+            sr, ch, width, n = w.getframerate(), w.getnchannels(), w.getsampwidth(), w.getnframes()
     except (wave.Error, EOFError) as e:
-        raise ManifestError(f"{where}: {str(path)!r} is not a readable PCM WAV file ({e})",
-                            "convert it with: sox IN -r 16000 -c 1 -b 16 OUT.wav") from None
+        code = _wav_format_code(path)
+        what = f"has {_WAV_FORMATS[code]}" if code in _WAV_FORMATS else \
+            f"has WAV format code {code}" if code is not None else "is not a readable PCM WAV file"
+        raise ManifestError(f"{where}: {str(path)!r} {what} ({e or type(e).__name__}); zsq needs 16 kHz mono "
+                            "16-bit PCM", fix) from None
     problems = []
     if sr != SAMPLE_RATE:
         problems.append(f"sample rate {sr} Hz")
@@ -91,8 +126,21 @@ def _check_wav(path: Path, where: str) -> None:
     if width != 2:
         problems.append(f"{8 * width}-bit samples")
     if problems:
-        raise ManifestError(f"{where}: {str(path)!r} has {', '.join(problems)}; zsq needs 16 kHz mono 16-bit PCM",
-                            f"convert it with: sox {path.name} -r 16000 -c 1 -b 16 out.wav")
+        raise ManifestError(f"{where}: {str(path)!r} has {', '.join(problems)}; zsq needs 16 kHz mono 16-bit PCM", fix)
+    declared = n * ch * width
+    if declared > path.stat().st_size - 44:  # 44 = the smallest RIFF/fmt/data header
+        raise ManifestError(f"{where}: {str(path)!r} is truncated: its header declares {n:,} samples but the file "
+                            f"holds at most {max(0, path.stat().st_size - 44) // (ch * width):,}",
+                            "re-copy the file, or rewrite its header with: sox in.wav out.wav")
+    if n < MIN_AUDIO_SAMPLES:
+        raise ManifestError(f"{where}: {str(path)!r} has {n} samples" + (" (empty)" if n == 0 else "")
+                            + f", shorter than one 10 ms mel frame ({MIN_AUDIO_SAMPLES} samples)",
+                            "remove this line from the manifest or fix the audio file")
+    if n > MAX_AUDIO_SECONDS * SAMPLE_RATE:
+        raise ManifestError(f"{where}: {str(path)!r} is {n / SAMPLE_RATE:,.0f} s long, over the {MAX_AUDIO_SECONDS} s "
+                            "zsq eval accepts per utterance (its log-mel is computed in one piece)",
+                            f"split it into shorter utterances, e.g. sox {path.name} part.wav trim 0 600 : newfile "
+                            ": restart")
 
 
 def read_manifest(path, check_audio: bool = True) -> list[Utterance]:
@@ -433,6 +481,9 @@ def evaluate(model, manifest, runtime: str = "auto", frames: int | None = None, 
             except ValueError as e:
                 raise ManifestError(f"{manifest}:{u.line}: {e}", "convert the audio to 16 kHz mono 16-bit WAV") \
                     from None
+            if mel.shape[1] == 0:  # read_manifest refuses < 160 samples; a file changed since is caught here
+                raise ManifestError(f"{manifest}:{u.line}: {u.audio_filepath!r} gives no mel frame (under 10 ms)",
+                                    "remove this line from the manifest or fix the audio file")
             if mel.shape[0] != r.features:
                 raise ConfigError(f"model {r.name!r} takes {r.features} mel features, the front end gives "
                                   f"{mel.shape[0]}", "use a model with 64-bin mel input")

@@ -37,6 +37,7 @@ __all__ = [
     "dyadic_vector",
     "requantize",
     "conv1d_int",
+    "conv2d_int",
     "FLOAT64_EXACT_BOUND",
 ]
 
@@ -230,4 +231,32 @@ def conv1d_int(x, w, strides: int = 1, padding=(0, 0), dilation: int = 1, groups
     res = np.rint(out)
     if res.size and (res.min() < INT32_MIN or res.max() > INT32_MAX):
         raise OverflowError(f"conv1d accumulator overflows int32 (range [{res.min():.0f}, {res.max():.0f}])")
+    return res.astype(np.int32)
+
+
+def conv2d_int(x, w, strides=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1)) -> np.ndarray:
+    """Integer NCHW/OIHW conv2d (``groups = 1``) returning int32, exact like :func:`conv1d_int`:
+    ``y[n,o,i,j] = sum_{c,a,b} x[n,c,i st_h + a dl_h - p_top, j st_w + b dl_w - p_left] w[o,c,a,b]``,
+    products summed by float64 BLAS after checking the partial-sum bound is below 2^53.
+    ``padding`` is ``(top, left, bottom, right)`` as Relax writes it."""
+    x = np.asarray(x)
+    w = np.asarray(w)
+    assert x.dtype.kind in "iu" and w.dtype.kind in "iu", (x.dtype, w.dtype)
+    n, c, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    assert c == cg, "grouped conv2d is not supported"
+    pt, pl, pb, pr = padding
+    bound = c * kh * kw * float(np.abs(x.astype(np.int64)).max(initial=0)) * float(np.abs(w.astype(np.int64)).max(initial=0))
+    if not bound < FLOAT64_EXACT_BOUND:
+        raise OverflowError(f"conv2d partial sums up to {bound:.3g} not exact in float64")
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    ho = (h + pt + pb - dilation[0] * (kh - 1) - 1) // strides[0] + 1
+    wo = (wd + pl + pr - dilation[1] * (kw - 1) - 1) // strides[1] + 1
+    ih = np.arange(ho)[:, None] * strides[0] + np.arange(kh)[None, :] * dilation[0]  # [Ho, KH]
+    iw = np.arange(wo)[:, None] * strides[1] + np.arange(kw)[None, :] * dilation[1]  # [Wo, KW]
+    cols = xp[:, :, ih[:, :, None, None], iw[None, None, :, :]]  # [N, C, Ho, KH, Wo, KW]
+    out = np.einsum("nciajb,ocab->noij", cols, w.astype(np.float64), optimize=True)
+    res = np.rint(out)
+    if res.size and (res.min() < INT32_MIN or res.max() > INT32_MAX):
+        raise OverflowError(f"conv2d accumulator overflows int32 (range [{res.min():.0f}, {res.max():.0f}])")
     return res.astype(np.int32)

@@ -14,7 +14,11 @@ and code generation:
   is checked against its dtype (integer ``astype`` too), so an overflow in the graph is reported
   (:class:`ReferenceError_`) instead of silently matching TVM's wrap.  This is the run-time twin
   of the quantize-time proof in :mod:`zsq_tvm.overflow`;
-* ``reshape``/``permute_dims``/``squeeze``/``expand_dims``/``matmul`` -> numpy equivalents.
+* ``reshape``/``permute_dims``/``squeeze``/``expand_dims``/``matmul`` -> numpy equivalents;
+* for the Conformer (integer non-linearities of :mod:`relax_passes.integer_nonlinear`): ``nn.conv2d``
+  (:func:`intmath.conv2d_int`), integer ``sum``/``max``/``min`` reductions, ``left_shift`` (checked:
+  nothing may fall off the top), ``floor_divide`` by positive integers, ``concat``, ``split``,
+  ``strided_slice``.
 
 Any float op other than the boundary kernels raises: this is an *integer* reference.
 
@@ -79,6 +83,13 @@ def _binary(op: str, a: np.ndarray, b: np.ndarray, dtype: str) -> np.ndarray:
         if r.size and (min(r.flat) < np.iinfo(dtype).min or max(r.flat) > np.iinfo(dtype).max):
             raise ReferenceError_(f"{op}: result overflows {dtype}")
         return r.astype(dtype)
+    if op == "left_shift":  # integer LayerNorm's dynamic row shift: exact only if nothing falls off the top
+        if b64.size and (int(b64.min()) < 0 or int(b64.max()) > 62):
+            raise ReferenceError_("left_shift by a count outside 0..62")
+        r = a64 << b64
+        if r.size and not np.all((r >> b64) == a64):
+            raise ReferenceError_(f"left_shift: result overflows {dtype}")
+        return _checked(r, dtype, op)
     if op == "floor_divide":  # integer-only non-linearities (relax_passes.integer_nonlinear): divisor > 0
         if b64.size and int(b64.min()) <= 0:
             raise ReferenceError_("floor_divide by a non-positive integer")
@@ -135,7 +146,8 @@ def run_reference(mod: tvm.IRModule, *inputs, func_name: str = "main", return_en
         if op == "call_tir":
             env[var] = _boundary(mod, v, [ev(x) for x in v.args[1].fields])
             continue
-        args = [ev(x) for x in v.args if not isinstance(x, (relax.ShapeExpr, tvm.ir.prim.expr.IntImm, tvm.ir.prim.expr.FloatImm))]
+        args = [ev(v.args[0])] if op in ("strided_slice", "split") else \
+            [ev(x) for x in v.args if not isinstance(x, (relax.ShapeExpr, tvm.ir.prim.expr.IntImm, tvm.ir.prim.expr.FloatImm))]
         a = v.attrs
         if op == "nn.conv1d":
             if out_dtype != "int32":
@@ -150,7 +162,7 @@ def run_reference(mod: tvm.IRModule, *inputs, func_name: str = "main", return_en
             if args[0].shape[-1] * _absmax(x64) * _absmax(w64) > _INT64_MAX:
                 raise ReferenceError_(f"matmul {var.name}: partial sums may overflow int64")
             env[var] = _checked(np.matmul(x64, w64), out_dtype, "matmul")
-        elif op in ("add", "subtract", "multiply", "right_shift", "floor_divide", "maximum", "minimum"):
+        elif op in ("add", "subtract", "multiply", "right_shift", "left_shift", "floor_divide", "maximum", "minimum"):
             env[var] = _binary(op, args[0], args[1], out_dtype)
         elif op == "clip":
             lo, hi = _prim_int(v.args[1]), _prim_int(v.args[2])
@@ -164,6 +176,39 @@ def run_reference(mod: tvm.IRModule, *inputs, func_name: str = "main", return_en
             # it instead of copying LLVM's truncation
             env[var] = _checked(args[0].astype(np.int64), out_dtype, f"astype {var.name}") \
                 if args[0].dtype.kind in "iu" else args[0].astype(out_dtype)
+        elif op == "nn.conv2d":
+            if out_dtype != "int32" or int(a.groups) != 1:
+                raise ReferenceError_(f"conv2d {var.name}: only int32 output, groups=1")
+            try:
+                env[var] = intmath.conv2d_int(args[0], args[1], [int(x) for x in a.strides],
+                                              [int(p) for p in a.padding], [int(x) for x in a.dilation])
+            except OverflowError as e:
+                raise ReferenceError_(f"conv2d {var.name}: {e}") from None
+        elif op in ("sum", "max", "min"):
+            if np.dtype(out_dtype).kind not in "iu":
+                raise ReferenceError_(f"float {op} {var.name}")
+            axis = None if a.axis is None else tuple(int(x) for x in a.axis)
+            x64 = args[0].astype(np.int64)
+            fn = {"sum": np.sum, "max": np.max, "min": np.min}[op]
+            r = fn(x64, axis=axis, keepdims=bool(a.keepdims))
+            if op == "sum" and x64.size and _absmax(x64) * (x64.size // max(r.size, 1)) > _INT64_MAX:
+                raise ReferenceError_(f"sum {var.name}: may overflow int64")
+            env[var] = _checked(r, out_dtype, op)
+        elif op == "concat":
+            env[var] = np.concatenate(args[0], axis=int(a.axis))
+        elif op == "split":
+            ind = a.indices_or_sections
+            ind = _prim_int(ind) if isinstance(ind, int) or hasattr(ind, "value") else [_prim_int(i) for i in ind]
+            env[var] = tuple(np.split(args[0], ind, axis=int(a.axis)))
+            continue
+        elif op == "strided_slice":
+            x = args[0]
+            sl = [slice(None)] * x.ndim
+            vals = [[_prim_int(e) for e in v.args[i].fields] for i in (1, 2, 3)]
+            strides = [_prim_int(e) for e in v.args[4].fields] if len(v.args) > 4 else [1] * len(vals[0])
+            for ax, b0, e0, st in zip(vals[0], vals[1], vals[2], strides):
+                sl[ax] = slice(b0, min(e0, x.shape[ax]) if e0 >= 0 else e0, st)
+            env[var] = x[tuple(sl)]
         elif op == "reshape":
             env[var] = args[0].reshape(shape_of(var))
         elif op == "permute_dims":

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import subprocess
 import textwrap
+from pathlib import Path
 
 import numpy as np
 
@@ -58,9 +59,12 @@ def _fit(m: np.ndarray, T: int) -> np.ndarray:
     return m[:, :T] if m.shape[1] >= T else np.pad(m, ((0, 0), (0, T - m.shape[1])))
 
 
-def plot_figure3(model, batches, config, path, n_synth: int = 3, text: str = DEFAULT_SENTENCE,
+def plot_figure3(model, batches, config, path, n_synth: int = 3, text: str | None = None,
                  wav: str | None = None, title: str | None = None):
-    """Write the figure to ``path`` (PNG); returns ``{"rows": [{"label", "decoded", "loss"}...]}``."""
+    """Write the figure to ``path`` (PNG); returns ``{"rows": [{"label", "decoded", "loss"}...]}``.
+
+    The real row is ``wav`` (its transcript ``text`` in the label, if given) or ``text`` (default
+    :data:`DEFAULT_SENTENCE`) spoken by espeak-ng."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -74,10 +78,13 @@ def plot_figure3(model, batches, config, path, n_synth: int = 3, text: str = DEF
     vocab = getattr(net, "vocab", None) or QUARTZNET_VOCAB
     T = int(np.shape(batches[0])[-1])
     try:
-        r = real_mel(text, wav)
-        fit = f", first {T} frames" if r.shape[1] > T else f", zero-padded to {T} frames" if r.shape[1] < T else ""
+        r = real_mel(text or DEFAULT_SENTENCE, wav)
+        fit = f", first {T} of {r.shape[1]} frames" if r.shape[1] > T else \
+            f", zero-padded to {T} frames" if r.shape[1] < T else ""
         real = _fit(r, T)
-        real_label = f"real ({'wav' if wav else 'espeak-ng'}: \"{text if not wav else wav}\"{fit})"
+        src = f"{Path(wav).name}" + (f': "{text}"' if text else "") if wav else \
+            f'espeak-ng: "{text or DEFAULT_SENTENCE}"'
+        real_label = f"real ({src}{fit})"
     except (OSError, subprocess.SubprocessError, ValueError) as e:  # no espeak-ng: skip the row
         real, real_label = None, f"real mel unavailable ({type(e).__name__})"
     init = initial_batch(config, 0, feats).numpy()

@@ -24,14 +24,16 @@ class TargetSpec:
     make: Callable[[], "object"]  # -> tvm.target.Target
     runs_on_host: bool = True
     prepare: Callable | None = None  # optional Relax rewrite applied before lowering (opt-in kernels)
+    compile: Callable | None = None  # (lowered, tvm_target) -> executable; None: tvm.compile's default pipeline
+    device: str = "cpu"  # where the build runs: "cpu" or "cuda" (zsq_tvm.targets_cuda)
 
 
 _REGISTRY: dict[str, TargetSpec] = {}
 
 
 def register_target(name: str, make: Callable[[], object], description: str, runs_on_host: bool = True,
-                    prepare: Callable | None = None):
-    _REGISTRY[name] = TargetSpec(name, description, make, runs_on_host, prepare)
+                    prepare: Callable | None = None, compile: Callable | None = None, device: str = "cpu"):  # noqa: A002
+    _REGISTRY[name] = TargetSpec(name, description, make, runs_on_host, prepare, compile, device)
 
 
 def list_targets() -> list[str]:
@@ -114,14 +116,17 @@ def _host_vnni():
 
 
 def _vnni_prepare(mod):
-    """Opt-in: pointwise conv1d + requantize -> hand-scheduled VNNI kernels (relax_passes.x86_vnni_pointwise)."""
+    """Opt-in: pointwise and depthwise conv1d + requantize -> hand-scheduled VNNI kernels
+    (relax_passes.x86_vnni_pointwise, relax_passes.x86_vnni_depthwise)."""
+    from relax_passes.x86_vnni_depthwise import X86VnniDepthwise
     from relax_passes.x86_vnni_pointwise import X86VnniPointwise
 
-    return X86VnniPointwise()(mod)
+    return X86VnniDepthwise()(X86VnniPointwise()(mod))
 
 
-register_target("host-vnni", _host_vnni, "host llvm + hand-written AVX-512 VNNI pointwise conv kernels (opt-in)",
+register_target("host-vnni", _host_vnni, "host llvm + hand-written AVX-512 VNNI pointwise/depthwise conv kernels (opt-in)",
                 prepare=_vnni_prepare)
 
 
 from . import targets_cortexm as _targets_cortexm  # noqa: E402,F401  (registers cortex-m4 / cortex-m7)
+from . import targets_cuda as _targets_cuda  # noqa: E402,F401  (registers t4 / cuda / cuda-sm_XX)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputShapeError, ModelLoadError, UnsupportedOpsError
+from .onnx_safety import check_external_data, check_file_size, check_tensor_sizes
 
 __all__ = [
     "SUPPORTED_OPS",
@@ -26,9 +27,10 @@ __all__ = [
 
 #: ONNX ops the integer-only pipeline handles today (what ``relax_passes.Quantize`` accepts after
 #: import: conv1d, matmul by a constant, add, relu, dropout, 0/1 mask multiply, shape ops, and a
-#: softmax/log-softmax at the output, which is dropped).  Conformer's non-linearities (Sigmoid,
-#: Softmax inside attention, LayerNormalization, …) join this list with the integer polynomial
-#: approximations.  Shape plumbing is fine: it is constant-folded (onnxsim) once T is fixed.
+#: softmax/log-softmax at the output, which is dropped) and the Conformer's ops (Sigmoid, Softmax
+#: inside attention, LayerNormalization, Split, Conv2d subsampling, zero Pad).  Shape plumbing and the
+#: positional-encoding table (Sin/Cos/ScatterND) are constant-folded (:func:`fold_static`, onnxsim)
+#: once T is fixed.
 SUPPORTED_OPS: frozenset[str] = frozenset(
     {
         "Conv", "BatchNormalization", "Relu", "Add", "Mul", "MatMul", "Gemm",
@@ -37,6 +39,9 @@ SUPPORTED_OPS: frozenset[str] = frozenset(
         # shape plumbing (static once frames are fixed; folded away by onnxsim)
         "Shape", "Gather", "Cast", "ConstantOfShape", "Expand", "Range", "Equal", "Less", "Greater",
         "Not", "And", "Where", "Slice", "Concat",
+        # Conformer (integer non-linearities in relax_passes.quantize_conformer): attention, GLU, Swish
+        "LayerNormalization", "Sigmoid", "Split", "Pad", "Div", "ScatterND", "Sin", "Cos",
+        "Erf",  # only inside the exact-GELU pattern (erf_gelu_to_gelu); a lone Erf is refused by Quantize
     }
 )
 
@@ -72,6 +77,7 @@ def load_onnx(model, check: bool = True):
 
     if isinstance(model, onnx.ModelProto):
         proto, data, source = model, model.SerializeToString(), "<ModelProto>"
+        check_external_data(proto, None, source)  # in-memory: unloaded external data is an error
     else:
         path = Path(os.fspath(model))
         if not path.exists():
@@ -80,8 +86,9 @@ def load_onnx(model, check: bool = True):
         if path.is_dir():
             raise ModelLoadError(f"model path {str(path)!r} is a directory, not an .onnx file",
                                  "pass the .onnx file itself")
-        data = path.read_bytes()
         source = str(path)
+        check_file_size(path, path.stat().st_size)  # before reading: never pull >2 GiB into memory
+        data = path.read_bytes()
         if not data:
             raise ModelLoadError(f"model file {source!r} is empty", "re-export or re-download the model")
         try:
@@ -92,7 +99,7 @@ def load_onnx(model, check: bool = True):
                 f"{type(e).__name__})",
                 "re-export or re-download the model; check the file size matches the original",
             ) from None
-        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
+        if check_external_data(proto, path.parent, source):  # paths stay inside the model's folder
             try:
                 from onnx.external_data_helper import load_external_data_for_model
 
@@ -100,6 +107,7 @@ def load_onnx(model, check: bool = True):
             except Exception as e:
                 raise ModelLoadError(f"external weights of {source!r} cannot be loaded ({e})",
                                      "keep the external data files next to the .onnx file") from None
+    check_tensor_sizes(proto, source)  # declared shapes match the stored data
     if not proto.graph.node:
         raise ModelLoadError(f"model {source!r} has an empty graph (truncated or not a model)",
                              "re-export or re-download the model")
@@ -177,19 +185,264 @@ def _static_shape_dict(info: ModelInfo, frames: int, batch: int, features: int |
     return {info.input_name: [int(batch), int(F), int(frames)]}
 
 
+def fold_static(proto, shape_dict):
+    """Replace every tensor that does not depend on the input's *values* by an initializer.
+
+    With the input shape fixed, ``Shape`` of anything is a constant, and so is everything computed
+    only from shapes and weights: the sequence-length plumbing NeMo's exporter emits (``Shape`` ->
+    ``Gather`` -> ``Range``/``Expand``/``ConstantOfShape`` -> ``Where``), and the Conformer's
+    relative positional encoding ``sin``/``cos`` table with ``linear_pos`` applied to it.  onnxsim
+    fails on exactly these (it evaluates ``Expand``/``ScatterND`` pieces in isolation and gets
+    "invalid expand shape"), TVM's importer then fails on the dynamic ``Expand``/``Pad``.  Here the
+    whole graph runs once in onnxruntime on a zero input of the static shape with the frontier
+    tensors (static values consumed by input-dependent nodes) as extra outputs; those become
+    initializers and the nodes that only fed them are dropped.  ``BatchNormalization`` and every
+    other input-dependent node is kept as is.  Returns ``proto`` unchanged when nothing is static.
+    """
+    import collections
+
+    import onnx
+    from onnx import numpy_helper
+
+    g = proto.graph
+    inits = {t.name for t in g.initializer}
+    dyn = {i.name for i in g.input if i.name not in inits}
+    for n in g.node:  # ONNX nodes are topologically sorted
+        if n.op_type != "Shape" and any(x in dyn for x in n.input if x):
+            dyn.update(o for o in n.output if o)
+    consumers = collections.defaultdict(list)
+    for n in g.node:
+        for x in n.input:
+            consumers[x].append(n)
+    graph_outs = {o.name for o in g.output}
+    frontier = []
+    for n in g.node:
+        if any(o in dyn for o in n.output):
+            continue
+        for o in n.output:
+            if o and o not in frontier and (o in graph_outs or any(any(c in dyn for c in u.output) for u in consumers[o])):
+                frontier.append(o)
+    static_nodes = [n for n in g.node if not any(o in dyn for o in n.output)]
+    if not any(n.op_type not in ("Constant",) for n in static_nodes):
+        return proto
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(proto)
+    for name, shape in shape_dict.items():
+        for i in probe.graph.input:
+            if i.name == name:
+                for d, v in zip(i.type.tensor_type.shape.dim, shape):
+                    d.ClearField("dim_param")
+                    d.dim_value = int(v)
+    known = {o.name for o in probe.graph.output}
+    for name in frontier:
+        if name not in known:
+            probe.graph.output.append(onnx.ValueInfoProto(name=name))
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 4  # a graph ORT cannot run is reported by the caller, not logged here
+    sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    feeds = {i.name: np.zeros(shape_dict[i.name], dtype=np.float32) for i in sess.get_inputs()}
+    values = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    del out.graph.node[:]
+    out.graph.node.extend(n for n in g.node if any(o in dyn for o in n.output))
+    used = {x for n in out.graph.node for x in n.input} | graph_outs
+    keep = [t for t in g.initializer if t.name in used and t.name not in frontier]
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(keep)
+    out.graph.initializer.extend(numpy_helper.from_array(np.asarray(values[f]), f) for f in frontier if f in used)
+    del out.graph.value_info[:]
+    return out
+
+
+def pads_to_concat(proto):
+    """Rewrite zero-valued constant ``Pad`` nodes on static shapes as ``Concat`` with zero initializers.
+
+    TVM's ONNX importer lowers ``Pad`` straight to a float TIR ``call_tir`` that no Relax pass can
+    quantize; a concatenation with zeros is the same tensor (0 is exact in every symmetric integer
+    scale) and stays a Relax op (``R.concat``).  The Conformer's ``rel_shift`` pads one zero column
+    in front of the position scores.  Pads with another mode/value or unknown shapes are kept.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    if not any(n.op_type == "Pad" for n in proto.graph.node):
+        return proto
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    shapes = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        d = _dims(vi)
+        if d is not None and all(x is not None for x in d):
+            shapes[vi.name] = (d, vi.type.tensor_type.elem_type)
+    inits = {t.name: t for t in proto.graph.initializer}
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    del out.graph.node[:]
+    new_inits = []
+    for n in proto.graph.node:
+        mode = next((a.s.decode() for a in n.attribute if a.name == "mode"), "constant")
+        pads = inits.get(n.input[1]) if n.op_type == "Pad" and len(n.input) > 1 else None
+        value = inits.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
+        ok = (n.op_type == "Pad" and mode == "constant" and pads is not None and n.input[0] in shapes
+              and (len(n.input) <= 2 or not n.input[2] or (value is not None and not numpy_helper.to_array(value).any()))
+              and (len(n.input) <= 3 or not n.input[3]))
+        if not ok:
+            out.graph.node.append(n)
+            continue
+        shape, elem = shapes[n.input[0]]
+        pv = numpy_helper.to_array(pads).astype(np.int64).tolist()
+        r = len(shape)
+        if len(pv) != 2 * r or min(pv) < 0:
+            out.graph.node.append(n)
+            continue
+        cur, shape = n.input[0], list(shape)
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
+        for ax in range(r):
+            before, after = pv[ax], pv[ax + r]
+            if not before and not after:
+                continue
+            parts = []
+            for tag, k in (("before", before), ("after", after)):
+                if k:
+                    z = np.zeros(shape[:ax] + [k] + shape[ax + 1:], dtype=dtype)
+                    nm = f"{n.output[0]}__zeros_{tag}_{ax}"
+                    new_inits.append(numpy_helper.from_array(z, nm))
+                    parts.append(nm)
+            ins = ([parts[0]] if before else []) + [cur] + ([parts[-1]] if after else [])
+            shape[ax] += before + after
+            last = all(not (pv[a] or pv[a + r]) for a in range(ax + 1, r))
+            o = n.output[0] if last else f"{n.output[0]}__pad_axis{ax}"
+            out.graph.node.append(helper.make_node("Concat", ins, [o], axis=ax, name=f"{n.name or o}__concat{ax}"))
+            cur = o
+    out.graph.initializer.extend(new_inits)
+    return out
+
+
+def erf_gelu_to_gelu(proto):
+    """Fuse the exporters' exact-GELU pattern into one ``com.microsoft::Gelu`` node (TVM imports it
+    as ``R.nn.gelu``, which Quantize replaces by the integer GELU of I-BERT)::
+
+        Mul(Mul(x, Add(Erf(Div(x, sqrt 2)), 1)), 0.5)      (torch.onnx, opset < 20)
+        Mul(Mul(x, 0.5), Add(Erf(Div(x, sqrt 2)), 1))
+
+    Constants must be those numbers (within 1e-6); anything else is left alone (a lone ``Erf`` is
+    then reported by Quantize as unsupported).
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    g = proto.graph
+    if not any(n.op_type == "Erf" for n in g.node):
+        return proto
+    consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    for n in g.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+            consts[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+    prod = {o: n for n in g.node for o in n.output}
+    users: dict = {}
+    for n in g.node:
+        for x in n.input:
+            users.setdefault(x, []).append(n)
+
+    def cval(name, v):
+        c = consts.get(name)
+        return c is not None and c.size == 1 and abs(float(c.reshape(())) - v) < 1e-6
+
+    def other(node, name):
+        return node.input[1] if node.input[0] == name else node.input[0]
+
+    def only_user(name, op):
+        us = users.get(name, [])
+        return us[0] if len(us) == 1 and us[0].op_type == op else None
+
+    drop, new_nodes = set(), {}
+    for e in g.node:
+        if e.op_type != "Erf" or e.input[0] not in prod or prod[e.input[0]].op_type != "Div":
+            continue
+        d = prod[e.input[0]]
+        x = d.input[0]
+        add = only_user(e.output[0], "Add")
+        if not cval(d.input[1], 2 ** 0.5) or add is None or not cval(other(add, e.output[0]), 1.0):
+            continue
+        m1 = only_user(add.output[0], "Mul")
+        if m1 is None:
+            continue
+        y = other(m1, add.output[0])
+        if y == x:                                  # torch order: (x * (1 + erf)) * 0.5
+            m2 = only_user(m1.output[0], "Mul")
+            if m2 is None or not cval(other(m2, m1.output[0]), 0.5):
+                continue
+            chain, out = [d, e, add, m1, m2], m2.output[0]
+        elif y in prod and prod[y].op_type == "Mul" and x in prod[y].input and cval(other(prod[y], x), 0.5) \
+                and len(users.get(y, [])) == 1:      # (x * 0.5) * (1 + erf)
+            chain, out = [d, e, add, m1, prod[y]], m1.output[0]
+        else:
+            continue
+        if any(len(users.get(c.output[0], [])) != 1 for c in chain if c.output[0] != out):
+            continue
+        drop.update(id(c) for c in chain)
+        new_nodes[id(chain[-1] if out == chain[-1].output[0] else m1)] = helper.make_node(
+            "Gelu", [x], [out], domain="com.microsoft", name=f"{e.name or out}__gelu")
+    if not new_nodes:
+        return proto
+    out_model = onnx.ModelProto()
+    out_model.CopyFrom(proto)
+    del out_model.graph.node[:]
+    for n in g.node:
+        if id(n) in new_nodes:
+            out_model.graph.node.append(new_nodes[id(n)])
+        elif id(n) not in drop:
+            out_model.graph.node.append(n)
+    if not any(o.domain == "com.microsoft" for o in out_model.opset_import):
+        out_model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return out_model
+
+
 def _maybe_simplify(proto, shape_dict):
-    """Run onnxsim with the static input shape when shape-computation ops are present."""
+    """Fold the static part of the graph (:func:`fold_static`), then onnxsim with the static input
+    shape when shape-computation ops are present (best effort: its failure keeps the folded graph)."""
     if not any(n.op_type in _SHAPE_OPS for n in proto.graph.node):
         return proto
+    try:
+        proto = fold_static(proto, shape_dict)
+    except Exception:  # onnxruntime cannot run the graph: leave it to onnxsim / the importer
+        pass
     try:
         import onnxsim
     except ImportError:
         return proto
     try:
-        simplified, ok = onnxsim.simplify(proto, overwrite_input_shapes=shape_dict)
+        with _quiet_stderr():  # onnxsim prints whole tracebacks of the ops it cannot fold (best effort)
+            simplified, ok = onnxsim.simplify(proto, overwrite_input_shapes=shape_dict)
         return simplified if ok else proto
     except Exception:
         return proto
+
+
+class _quiet_stderr:
+    """Silence file descriptor 2 (C++ and Python writers alike) inside the block."""
+
+    def __enter__(self):
+        import sys
+
+        try:
+            sys.stderr.flush()
+            self._saved = os.dup(2)
+            self._null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(self._null, 2)
+        except OSError:  # no real fd 2 (e.g. captured): nothing to silence
+            self._saved = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._saved is not None:
+            os.dup2(self._saved, 2)
+            os.close(self._saved)
+            os.close(self._null)
+        return False
 
 
 def import_onnx(model, frames: int, batch: int = 1, features: int | None = None, simplify: bool = True,
@@ -209,7 +462,12 @@ def import_onnx(model, frames: int, batch: int = 1, features: int | None = None,
         )
     if simplify:
         proto = _maybe_simplify(proto, shape_dict)
+        try:
+            proto = pads_to_concat(proto)
+        except Exception:  # shape inference failed: the importer sees the Pad as it is
+            pass
     check_supported_ops(proto, supported)
+    proto = erf_gelu_to_gelu(proto)  # after the op check: it adds a com.microsoft node
     from tvm.relax.frontend.onnx import from_onnx
 
     try:

@@ -1,0 +1,119 @@
+"""CudaInt8Pointwise: each pointwise int8 conv1d + requantize chain -> one CUDA int8 GEMM kernel.
+
+Runs on the *quantized, not yet lowered* module (like :mod:`relax_passes.x86_vnni_pointwise`, whose
+matcher :func:`match_pointwise_chains` it shares: same chain, same conditions), for the CUDA targets
+(``t4``, ``cuda``, ``cuda-sm_XX`` in :mod:`zsq_tvm.targets`).  The kernel is
+:func:`zsq_tvm.cuda.int8_gemm.schedule_wmma` (16x16x16 s8 tensor cores) or
+:func:`~zsq_tvm.cuda.int8_gemm.schedule_dp4a` (``__dp4a``) with the dyadic requantize fused into the
+write-back.  The kernels are time-major (``X[T, K]``, ``Y[T, M]``) and the graph is NCW, so::
+
+    xt = R.permute_dims(R.reshape(x, (K, T)), [1, 0])                    # [T, K]
+    yt = R.call_tir(zsq_cuda_pw_..., (xt, W[M, K], B, Mul, Sh), out [T, M])
+    y  = R.reshape(R.permute_dims(yt, [1, 0]), (1, M, T))
+
+The two transposes are plain int8 copies (FuseOps merges the second into the next layer's input
+where it can).  ``B`` is the int32 bias, folded with ``128 * rowsum(W)`` for the WMMA kernel on
+uint8 activations (which it shifts to int8); the kernel computes exactly
+``clip((int64(acc + bias) * Mul + 2^(Sh-1)) >> Sh)``, bit-identical to the chain it replaces.
+
+Kernel choice: WMMA when ``M >= 64`` and ``K >= 64`` (tile 64x64x16), dp4a otherwise (e.g. the
+29-class decoder) -- ``schedule=`` forces one.  ``pass_obj.replaced`` lists the replaced layers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from .x86_vnni_pointwise import match_pointwise_chains
+
+__all__ = ["CudaInt8Pointwise"]
+
+
+@relax.expr_functor.mutator
+class _Rewriter(relax.PyExprMutator):
+    def __init__(self, mod, plan):
+        super().__init__(mod)
+        self.plan = plan  # final var -> (x, spec, W, B, Mul, Sh, (name, PrimFunc))
+        self.gvars = {}
+
+    def visit_var_binding_(self, binding):
+        p = self.plan.get(binding.var)
+        if p is None:
+            return super().visit_var_binding_(binding)
+        x, spec, W, B, Mul, Sh, (name, f) = p
+        gv = self.gvars.get(name)
+        if gv is None:
+            gv = self.gvars[name] = self.builder_.add_func(f, name)
+        emit = self.builder_.emit
+        xt = emit(relax.op.permute_dims(emit(relax.op.reshape(self.visit_expr(x), (spec.K, spec.T))), [1, 0]))
+        yt = emit(relax.call_tir(
+            gv, [xt, relax.const(W, "int8"), relax.const(B, "int32"), relax.const(Mul, "int64"),
+                 relax.const(Sh, "int64")],
+            out_ty=relax.TensorType((spec.T, spec.M), spec.out_dtype)))
+        y = emit(relax.op.permute_dims(yt, [1, 0]))
+        new = self.builder_.normalize(relax.op.reshape(y, (1, spec.M, spec.T)))
+        self.builder_.emit_normalized(relax.VarBinding(binding.var, new))
+
+
+def pick_schedule(spec) -> str:
+    return "wmma" if spec.M >= 64 and spec.K >= 64 else "dp4a"
+
+
+@tvm.transform.module_pass(opt_level=0, name="CudaInt8Pointwise")
+class CudaInt8Pointwise:
+    """Module pass: pointwise conv1d + requantize -> ``call_tir`` of a CUDA int8 GEMM (module doc)."""
+
+    def __init__(self, func_name: str = "main", schedule: str | None = None):
+        if schedule not in (None, "wmma", "dp4a"):
+            raise ValueError(f"schedule must be None, 'wmma' or 'dp4a', not {schedule!r}")
+        self.func_name = func_name
+        self.schedule = schedule
+        self.replaced: list[dict] = []
+
+    def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        from zsq_tvm.cuda import int8_gemm as g
+
+        gv_main = mod.get_global_var(self.func_name)
+        func = mod[gv_main]
+        self.replaced = []
+        plan, funcs = {}, {}
+        mod = tvm.IRModule({gv: f for gv, f in mod.functions.items()}, attrs=mod.attrs,
+                           global_infos=mod.global_infos)
+        for final, x, kw, W, bias, Mul, Sh in match_pointwise_chains(func):
+            spec = g.GemmSpec(T=kw["T"], K=kw["K"], M=kw["M"], a_dtype=kw["a_dtype"], out_dtype=kw["out_dtype"],
+                              qmin=kw["qmin"], qmax=kw["qmax"])
+            kind = self.schedule or pick_schedule(spec)
+            if kind == "wmma" and spec.a_dtype == "uint8" and spec.K * 128 * 127 >= 2**31:
+                kind = "dp4a"
+            W2 = np.ascontiguousarray(W.reshape(spec.M, spec.K).astype(np.int8))
+            b = np.zeros(spec.M, np.int64) if bias is None else np.asarray(bias, np.int64)
+            try:
+                B = g.kernel_bias(spec, W2, b, kind) if kind == "wmma" else _int32(b)
+            except OverflowError:
+                continue
+            key = (spec, kind)
+            if key not in funcs:
+                name = (f"zsq_cuda_{kind}_pw_{spec.K}x{spec.M}_t{spec.T}_{spec.a_dtype}_{spec.out_dtype}"
+                        f"_{spec.qmin}_{spec.qmax}").replace("-", "m")
+                sch = (g.schedule_wmma if kind == "wmma" else g.schedule_dp4a)(spec)
+                f = sch.mod["main"].with_attr("global_symbol", name).with_attr("op_pattern", 8)
+                f = f.with_attr("tirx.is_scheduled", True).with_attr("zsq.kernel", f"cuda_int8_{kind}")
+                funcs[key] = (name, f)
+            plan[final] = (x, spec, W2, B, Mul.astype(np.int64), Sh.astype(np.int64), funcs[key])
+            self.replaced.append({"var": str(final.name), "K": spec.K, "M": spec.M, "T": spec.T, "kernel": kind,
+                                  "a_dtype": spec.a_dtype, "out_dtype": spec.out_dtype})
+        if not plan:
+            return mod
+        rw = _Rewriter(mod, plan)
+        new_main = rw.visit_expr(func)
+        mod = rw.builder_.get()
+        mod[gv_main] = new_main
+        return relax.transform.DeadCodeElimination([self.func_name])(mod)
+
+
+def _int32(b: np.ndarray) -> np.ndarray:
+    if b.min() < -(2**31) or b.max() >= 2**31:
+        raise OverflowError("bias leaves int32")
+    return b.astype(np.int32)

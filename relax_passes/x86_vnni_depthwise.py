@@ -1,0 +1,94 @@
+"""X86VnniDepthwise: replace each depthwise int8 conv1d + requantize chain by one VNNI kernel (opt-in).
+
+The depthwise twin of :mod:`relax_passes.x86_vnni_pointwise` (same matching rules for the requantize
+chain, see there), applied by the ``host-vnni`` target before lowering.  Before (batch 1)::
+
+    a = R.nn.conv1d(x, W, strides=[s], padding=[pl, pr], dilation=[1], groups=C, out_dtype="int32")
+    [b = R.add(a, bias)]  c = R.astype(.., "int64") ... y = R.astype(R.clip(..), "int8" | "uint8" | "int32")
+
+After::
+
+    xr = R.reshape(x, (C, Tin))
+    yr = R.call_tir(zsq_vnni_dw_..., (xr, Wp, B, Mul, Sh), out_ty=R.Tensor((C, Tout), dtype))
+    y  = R.reshape(yr, (1, C, Tout))
+
+with the kernel of :func:`zsq_tvm.x86.depthwise.schedule` (4-tap VNNI windows, requantize fused),
+``Wp`` the taps padded to a multiple of 4 and ``B`` the folded bias (``bias - 128 sum W`` for int8
+input).  Bit-identical to the replaced chain.  Matched: x int8/uint8 ``[1, C, Tin]``, W constant int8
+``[C, 1, K]``, stride 1, 2 or 4 dividing 4 x dilation.  ``pass_obj.replaced`` lists the replaced layers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from .x86_vnni_pointwise import match_pointwise_chains
+
+__all__ = ["X86VnniDepthwise"]
+
+
+@relax.expr_functor.mutator
+class _Rewriter(relax.PyExprMutator):
+    def __init__(self, mod, plan):
+        super().__init__(mod)
+        self.plan = plan  # final var -> (x, spec, Wp, B, Mul, Sh, (name, PrimFunc))
+        self.gvars = {}
+
+    def visit_var_binding_(self, binding):
+        p = self.plan.get(binding.var)
+        if p is None:
+            return super().visit_var_binding_(binding)
+        x, spec, Wp, B, Mul, Sh, (name, f) = p
+        gv = self.gvars.get(name)
+        if gv is None:
+            gv = self.gvars[name] = self.builder_.add_func(f, name)
+        xr = self.builder_.emit(relax.op.reshape(self.visit_expr(x), (spec.C, spec.Tin)))
+        yr = self.builder_.emit(relax.call_tir(
+            gv, [xr, relax.const(Wp, "int8"), relax.const(B, "int32"), relax.const(Mul, "int64"),
+                 relax.const(Sh, "int64")],
+            out_ty=relax.TensorType((spec.C, spec.Tout), spec.out_dtype)))
+        new = self.builder_.normalize(relax.op.reshape(yr, (1, spec.C, spec.Tout)))
+        self.builder_.emit_normalized(relax.VarBinding(binding.var, new))
+
+
+@tvm.transform.module_pass(opt_level=0, name="X86VnniDepthwise")
+class X86VnniDepthwise:
+    """Module pass: depthwise conv1d + requantize -> one ``call_tir`` of the VNNI kernel (see module doc)."""
+
+    def __init__(self, func_name: str = "main"):
+        self.func_name = func_name
+        self.replaced: list[dict] = []
+
+    def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        from zsq_tvm.x86.depthwise import DepthwiseSpec, fold_bias, pack_weights, schedule
+
+        gv_main = mod.get_global_var(self.func_name)
+        func = mod[gv_main]
+        self.replaced = []
+        plan, funcs = {}, {}
+        mod = tvm.IRModule({g: f for g, f in mod.functions.items()}, attrs=mod.attrs,
+                           global_infos=mod.global_infos)
+        for final, x, kw, W, bias, Mul, Sh in match_pointwise_chains(func, kind="depthwise"):
+            spec = DepthwiseSpec(**kw)
+            try:
+                B = fold_bias(W, bias, spec)
+            except OverflowError:
+                continue
+            if spec not in funcs:
+                name = (f"zsq_vnni_dw_c{spec.C}_t{spec.Tin}_k{spec.K}_s{spec.stride}_d{spec.dilation}_p{spec.pad_l}_{spec.pad_r}"
+                        f"_{spec.a_dtype}_{spec.out_dtype}_{spec.qmin}_{spec.qmax}").replace("-", "m")
+                f = schedule(spec).mod["main"].with_attr("global_symbol", name).with_attr("op_pattern", 8)
+                f = f.with_attr("zsq.kernel", "x86_vnni_depthwise")
+                funcs[spec] = (name, f)
+            plan[final] = (x, spec, pack_weights(W, spec), B, Mul.astype(np.int64), Sh.astype(np.int64), funcs[spec])
+            self.replaced.append({"var": str(final.name), "C": spec.C, "Tin": spec.Tin, "K": spec.K,
+                                  "stride": spec.stride, "dilation": spec.dilation, "a_dtype": spec.a_dtype, "out_dtype": spec.out_dtype})
+        if not plan:
+            return mod
+        rw = _Rewriter(mod, plan)
+        new_main = rw.visit_expr(func)
+        mod = rw.builder_.get()
+        mod[gv_main] = new_main
+        return relax.transform.DeadCodeElimination([self.func_name])(mod)

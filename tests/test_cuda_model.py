@@ -1,0 +1,99 @@
+"""Whole-model CUDA build (``--target t4``): the quantized QuartzNet graph on int8 kernels, integer-only.
+
+No GPU needed: the shipped QuartzNet-tiny (same block structure as QuartzNet-5x5, narrower) is quantized
+at a short T, built for sm_75, its CUDA source compiled with nvcc and disassembled.  Running it on a GPU
+and comparing with the numpy reference bit for bit is ``bench/gpu_check.sh``.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+pytest.importorskip("tvm")
+
+from zsq_tvm.cuda import int8_gemm as g  # noqa: E402
+from zsq_tvm.cuda import pipeline as P  # noqa: E402
+
+NVCC = shutil.which("nvcc")
+CUOBJDUMP = g.find_cuobjdump()
+
+
+@pytest.fixture(scope="module")
+def t4(tmp_path_factory):
+    import zsq_tvm
+
+    q = zsq_tvm.quantize("quartznet-tiny", zsq_tvm.QuantConfig(frames=64, num_batches=1))
+    b = zsq_tvm.compile(q, target="t4")
+    src = g.cuda_source(b._ex)
+    sass = None
+    if NVCC and CUOBJDUMP:
+        sass = g.sass(g.nvcc_cubin(src, str(tmp_path_factory.mktemp("t4")), arch="sm_75"), CUOBJDUMP)
+    return q, b, src, sass
+
+
+def test_pointwise_convs_use_int8_kernels(t4):
+    from relax_passes.cuda_int8_pointwise import CudaInt8Pointwise
+    from relax_passes.x86_vnni_pointwise import match_pointwise_chains
+
+    q, b, src, _ = t4
+    n_pw = len(match_pointwise_chains(q.mod["main"]))
+    p = CudaInt8Pointwise()
+    p(q.mod)
+    assert n_pw >= 10 and len(p.replaced) == n_pw  # every pointwise conv + requantize chain
+    kinds = {r["kernel"] for r in p.replaced}
+    assert kinds == {"wmma", "dp4a"}  # wide layers on tensor cores, the 29-class decoder on dp4a
+    kernels = P.cuda_kernels(src)
+    assert sum(n.startswith("zsq_cuda_wmma_pw_") for n in kernels) >= 5
+    assert any(n.startswith("zsq_cuda_dp4a_pw_") for n in kernels)
+    assert "wmma::mma_sync" in src and "__dp4a(" in src
+    assert b.manifest["target"] == "t4" and '"arch":"sm_75"' in b.manifest["tvm_target"].replace(" ", "")
+
+
+def test_integer_region_has_no_float_in_source(t4):
+    _, b, src, _ = t4
+    rep = P.integer_region_report(src)
+    assert rep["ok"], rep["float_in_source"]
+    assert rep["boundary_kernels"] == ["zsq_input_quantize_kernel", "zsq_output_dequantize_kernel"]
+    kernels = P.cuda_kernels(src)
+    # the scan does see float: the two boundary kernels are float by design
+    assert all("float" in g.kernel_float_types(kernels[n]) for n in rep["boundary_kernels"])
+    assert b.integer_only["ok"] is True
+
+
+@pytest.mark.skipif(NVCC is None or CUOBJDUMP is None, reason="needs nvcc and cuobjdump (nvidia-cuda-cuobjdump)")
+def test_sass_int8_instructions_and_no_float(t4):
+    _, _, src, sass = t4
+    rep = P.integer_region_report(src, sass)
+    assert rep["ok"], (rep["float_in_source"], rep.get("float_in_sass"))
+    assert rep["sass_functions"] == rep["kernels"]
+    assert rep["int8_ops"].get("IMMA.8816.S8.S8", 0) > 0, rep["int8_ops"]
+    assert rep["int8_ops"].get("IDP.4A.U8.S8", 0) > 0, rep["int8_ops"]
+    funcs = P.sass_functions(sass)
+    assert g.sass_float_ops(funcs["zsq_input_quantize_kernel"])  # the scanner flags real float code
+
+
+def test_zsq_check_on_cuda_build(t4, tmp_path):
+    import zsq_tvm
+
+    _, b, _, _ = t4
+    out = b.save(tmp_path / "b")
+    rep = zsq_tvm.check(str(out))  # re-lowers module.json with the CUDA target's prepare pass
+    assert rep["ok"] is True
+    loaded = zsq_tvm.load(str(out))
+    assert loaded.target == "t4"
+
+
+def test_cuda_target_names():
+    from zsq_tvm.errors import TargetError
+    from zsq_tvm.targets import get_target, list_targets
+
+    assert {"t4", "cuda", "cuda-sm_90"} <= set(list_targets())
+    assert str(get_target("cuda-sm_90").make().attrs["arch"]) == "sm_90"
+    assert get_target("t4").device == "cuda"
+    import zsq_tvm.targets_cuda as tc
+
+    if tc.local_gpu_arch() is None:
+        with pytest.raises(TargetError):
+            get_target("cuda").make()

@@ -1,0 +1,257 @@
+"""`zsq tune` database and compile integration (zsq_tvm/tune.py).
+
+Database robustness without tuning (records made from hand schedules' traces, which are exactly what
+MetaSchedule stores): truncated / garbled / orphan lines are skipped with a warning naming the file and
+every valid record is kept; appends after a torn line stay parseable; a database of another target or
+without a header is ignored with a warning (compile falls back, never crashes); two processes appending
+to one database under the file lock lose nothing.  Applying records at compile keeps the output
+bit-exact with the numpy reference (quartznet-tiny, every kernel rescheduled).  The RPC test starts a
+loopback tracker + server, tunes a tiny conv through them (2 trials), checks the records landed and the
+tuned build is bit-exact; a dead tracker or an unknown key is a ZsqError within seconds.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+tvm = pytest.importorskip("tvm")
+
+from tvm import relax  # noqa: E402
+from tvm.s_tir import meta_schedule as ms  # noqa: E402
+
+import zsq_tvm  # noqa: E402
+from zsq_tvm.build import lower  # noqa: E402
+from zsq_tvm.errors import ZsqError  # noqa: E402
+from zsq_tvm.targets import get_target  # noqa: E402
+from zsq_tvm.tune import RECORDS, WORKLOADS, TuningDB, TuningWarning, apply_tuning, check_rpc, tune  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tiny_mod(C=16, M=32, T=32):
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, C, T), "int8"))
+    w = relax.const(np.random.default_rng(0).integers(-9, 9, (M, C, 3)).astype("int8"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            c = bb.emit(relax.op.nn.conv1d(x, w, padding=[1, 1], out_dtype="int32"))
+            d = bb.emit(relax.op.right_shift(c, relax.const(4, "int32")))
+            o = bb.emit_output(relax.op.astype(relax.op.clip(d, -127, 127), "int8"))
+        bb.emit_func_output(o)
+    return bb.get()
+
+
+def _records_for(lowered, tgt, db):
+    n = 0
+    for t in ms.relax_integration.extract_tasks(lowered, tgt):
+        mod = t.dispatched[0]
+        sch = tvm.s_tir.Schedule(mod)
+        blocks = sch.get_child_blocks(sch.get_sblock("root"))
+        for blk in blocks:
+            loops = sch.get_loops(blk)
+            if loops:
+                sch.parallel(loops[0])
+        wl = db.commit_workload(mod)
+        db.commit_tuning_record(ms.database.TuningRecord(sch.trace, wl, [1e-4], tgt,
+                                                         ms.arg_info.ArgInfo.from_prim_func(mod["main"])))
+        n += 1
+    return n
+
+
+@pytest.fixture(scope="module")
+def host():
+    return get_target("host").make()
+
+
+@pytest.fixture(scope="module")
+def tiny_lowered(host):
+    return lower(_tiny_mod(), host)[0]
+
+
+def test_db_keeps_valid_records_and_skips_bad_lines(tmp_path, host, tiny_lowered):
+    db = TuningDB(tmp_path / "db", host)
+    n = _records_for(tiny_lowered, host, db)
+    assert n >= 1
+    rec = tmp_path / "db" / RECORDS
+    good = rec.read_text().splitlines()
+    assert json.loads(good[0])["zsq_tuning_db"] == 1 and len(good) == 1 + n
+    with open(rec, "a") as f:
+        f.write("{not json}\n")
+        f.write(json.dumps({"shash": "12345", "record": json.loads(good[1])["record"]}) + "\n")  # unknown workload
+        f.write(good[1][: len(good[1]) // 2])  # torn write: no newline
+    with pytest.warns(TuningWarning, match=r"records\.jsonl.*skipped 3"):
+        db2 = TuningDB(tmp_path / "db", host)
+    assert db2.loaded == n and len(db2.get_all_tuning_records()) == n
+    _records_for(tiny_lowered, host, db2)  # appends after the torn line start on a fresh line
+    with pytest.warns(TuningWarning, match="skipped 3"):
+        db3 = TuningDB(tmp_path / "db", host)
+    assert db3.loaded == 2 * n
+
+
+def test_mismatched_or_headerless_db_warns_and_compile_falls_back(tmp_path, host, tiny_lowered):
+    other = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})
+    db = TuningDB(tmp_path / "db", other)
+    _records_for(tiny_lowered, other, db)
+    with pytest.warns(TuningWarning, match=r"workloads\.jsonl.*tuned for target"):
+        out, info = apply_tuning(tiny_lowered, host, tmp_path / "db")
+    assert info["applied"] == 0 and out.same_as(tiny_lowered)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / WORKLOADS).write_text("garbage\n")
+    (bad / RECORDS).write_bytes(b"\x00\xff garbage")
+    with pytest.warns(TuningWarning, match="no valid zsq header"):
+        out, info = apply_tuning(tiny_lowered, host, bad)
+    assert info["applied"] == 0
+    # the whole compile with a broken database from the environment: warning, default schedules, correct output
+    os.environ["ZSQ_TUNING_DB"] = str(bad)
+    try:
+        with pytest.warns(TuningWarning):
+            ex, *_ = zsq_tvm.build.compile_relax(_tiny_mod(), "host")
+    finally:
+        del os.environ["ZSQ_TUNING_DB"]
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    x = np.random.default_rng(1).integers(-128, 128, (1, 16, 32)).astype("int8")
+    assert np.array_equal(vm["main"](tvm.runtime.tensor(x)).numpy(), _tiny_numpy(x))
+
+
+def _tiny_numpy(x):
+    from zsq_tvm import intmath
+
+    w = np.random.default_rng(0).integers(-9, 9, (32, 16, 3)).astype("int8")
+    acc = intmath.conv1d_int(x, w, padding=(1, 1))
+    return np.clip(acc >> 4, -127, 127).astype("int8")
+
+
+_WRITER = r"""
+import sys, tvm
+from tvm.s_tir import meta_schedule as ms
+from zsq_tvm.build import lower
+from zsq_tvm.targets import get_target
+from zsq_tvm.tune import TuningDB
+sys.path.insert(0, sys.argv[3])
+from test_tune import _tiny_mod
+tgt = get_target("host").make()
+t = ms.relax_integration.extract_tasks(lower(_tiny_mod(), tgt)[0], tgt)[0]
+db = TuningDB(sys.argv[1], tgt)
+wl = db.commit_workload(t.dispatched[0])
+tr = tvm.s_tir.Schedule(t.dispatched[0]).trace
+ai = ms.arg_info.ArgInfo.from_prim_func(t.dispatched[0]["main"])
+for i in range(int(sys.argv[2])):
+    db.commit_tuning_record(ms.database.TuningRecord(tr, wl, [1e-3 + i * 1e-6], tgt, ai))
+"""
+
+
+def test_two_processes_share_one_db_without_corruption(tmp_path, host):
+    n = 150
+    ps = [subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path / "db"), str(n), str(ROOT / "tests")],
+                           cwd=str(ROOT)) for _ in range(2)]
+    assert all(p.wait(timeout=300) == 0 for p in ps)
+    lines = (tmp_path / "db" / RECORDS).read_text().splitlines()
+    assert len(lines) == 1 + 2 * n and all(json.loads(x) for x in lines)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TuningWarning)  # no line may be skipped
+        db = TuningDB(tmp_path / "db", host)
+    assert db.loaded == 2 * n
+
+
+def test_tuned_small_model_stays_bit_exact(tmp_path, host):
+    from zsq_tvm.reference import run_reference
+
+    q = zsq_tvm.quantize("quartznet-tiny", zsq_tvm.QuantConfig(frames=48))
+    lowered = lower(q.mod, host)[0]
+    n = _records_for(lowered, host, TuningDB(tmp_path / "db", host))
+    assert n >= 5
+    os.environ["ZSQ_TUNING_DB"] = str(tmp_path / "db")
+    try:
+        ex, low2, report, _ = zsq_tvm.build.compile_relax(q.mod, "host")
+    finally:
+        del os.environ["ZSQ_TUNING_DB"]
+    assert report["tuning"]["applied"] >= n  # every distinct kernel (and its duplicates) took a record
+    assert report["ok"] is True
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    b = zsq_tvm.compile(q, target="host")  # untuned (no database): same input encoding
+    mel = np.random.default_rng(2).standard_normal((1, 64, 48)).astype(np.float32) * 2
+    xq = b._encode_input(b._prepare(mel), b.manifest["io"]["inputs"][0]["dtype"])
+    y = vm["main"](tvm.runtime.tensor(xq))
+    y = (y[0] if not hasattr(y, "numpy") else y).numpy()
+    assert np.array_equal(y, run_reference(q.mod, mel))
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_rpc_unreachable_tracker_and_unknown_key_fail_fast():
+    t0 = time.time()
+    with pytest.raises(ZsqError, match="not reachable"):
+        check_rpc(f"127.0.0.1:{_free_port()}", "k", timeout=3)
+    with pytest.raises(ZsqError, match="HOST:PORT"):
+        check_rpc("nohostport", "k")
+    assert time.time() - t0 < 15
+
+
+@pytest.mark.skipif(os.environ.get("ZSQ_SKIP_RPC_TUNE") == "1", reason="ZSQ_SKIP_RPC_TUNE=1")
+def test_rpc_loopback_tune(tmp_path, host):
+    pytest.importorskip("tornado", reason="TVM's RPC tracker needs tornado (pip install -e '.[test]')")
+    port = _free_port()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    tracker = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1",
+                                "--port", str(port), "--port-end", str(port + 1)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = None
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.5)
+        server = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", "--tracker", f"127.0.0.1:{port}",
+                                   "--key", "zsq-test", "--host", "127.0.0.1"], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120  # the server imports TVM first: slow on a loaded machine
+        t0 = time.time()
+        with pytest.raises(ZsqError, match="no RPC server is registered with key 'nokey'"):
+            check_rpc(f"127.0.0.1:{port}", "nokey", timeout=5)
+        assert time.time() - t0 < 20
+        while time.time() < deadline:
+            try:
+                check_rpc(f"127.0.0.1:{port}", "zsq-test", timeout=5)
+                break
+            except ZsqError:
+                time.sleep(1)
+        res = tune(_tiny_mod(), trials=2, db_path=tmp_path / "db", rpc_tracker=f"127.0.0.1:{port}",
+                   rpc_key="zsq-test", progress=False, per_iter=2)
+        assert res["tasks"] == 1 and res["trials_run"] == 2 and res["records_after"] == 2
+        assert len((tmp_path / "db" / RECORDS).read_text().splitlines()) == 3
+        # resumable: the budget counts what is there
+        again = tune(_tiny_mod(), trials=2, db_path=tmp_path / "db", rpc_tracker=f"127.0.0.1:{port}",
+                     rpc_key="zsq-test", progress=False)
+        assert again["trials_run"] == 0 and again["records_before"] == 2
+        os.environ["ZSQ_TUNING_DB"] = str(tmp_path / "db")
+        try:
+            ex, _, report, _ = zsq_tvm.build.compile_relax(_tiny_mod(), "host")
+        finally:
+            del os.environ["ZSQ_TUNING_DB"]
+        vm = relax.VirtualMachine(ex, tvm.cpu())
+        x = np.random.default_rng(1).integers(-128, 128, (1, 16, 32)).astype("int8")
+        assert np.array_equal(vm["main"](tvm.runtime.tensor(x)).numpy(), _tiny_numpy(x))
+    finally:
+        for p in (server, tracker):
+            if p is not None:
+                p.terminate()
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.kill()

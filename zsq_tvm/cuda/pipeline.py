@@ -1,0 +1,165 @@
+"""Whole-model CUDA build: int8 GEMM kernels for the pointwise convs, dlight for the rest.
+
+Used by the CUDA targets of :mod:`zsq_tvm.targets` (``t4``, ``cuda``, ``cuda-sm_XX``):
+
+1. ``prepare`` (before :func:`zsq_tvm.lowering.lower`): :class:`relax_passes.cuda_int8_pointwise.CudaInt8Pointwise`
+   replaces every pointwise int8 conv1d + requantize chain by a hand-scheduled WMMA / dp4a kernel
+   (:mod:`zsq_tvm.cuda.int8_gemm`, requantize fused).
+2. :func:`schedule_module` (after lowering): every PrimFunc not scheduled yet gets the first dlight GPU
+   rule that applies *and builds*: ``Matmul`` (float only: its int8 tensorization fails in
+   ``InjectSoftwarePipeline`` in TVM 0.27), ``Reduction``, ``GeneralReduction``, ``Fallback``.
+   dlight's ``GEMV`` rule is left out: it crashes on depthwise conv1d (facts.md).
+3. :func:`relax_pipeline`: the rest of TVM's CUDA Relax pipeline (dataflow lowering, memory planning,
+   VM lowering) without its legalize/dlight stage, which step 2 replaced.
+
+TVM 0.27 keeps the generated CUDA C in the library (no nvcc at build time): the runtime compiles it when
+the library is loaded, through the ``tvm_callback_cuda_compile`` global (TVM's own uses NVRTC, or nvcc with
+``TVM_CUDA_COMPILE_MODE=nvcc``).  ``bench/gpu_check.py`` instead registers one that serves fatbins nvcc
+made ahead of time, so a GPU machine needs only the TVM runtime.
+"""
+
+from __future__ import annotations
+
+__all__ = ["schedule_module", "relax_pipeline", "prepare", "compile_lowered", "float_rules"]
+
+
+def prepare(mod):
+    from relax_passes.cuda_int8_pointwise import CudaInt8Pointwise
+
+    return CudaInt8Pointwise()(mod)
+
+
+def _is_int_func(func) -> bool:
+    """True when no buffer parameter of ``func`` is floating point."""
+    for p in func.params:
+        if str(getattr(p, "dtype", "")).startswith(("float", "bfloat")):
+            return False
+    return True
+
+
+def float_rules():
+    from tvm.s_tir import dlight as dl
+
+    return [dl.gpu.Matmul(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()]
+
+
+def _int_rules():
+    from tvm.s_tir import dlight as dl
+
+    return [dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()]
+
+
+def schedule_module(mod, target):
+    """Schedule every unscheduled PrimFunc of a lowered module for ``target`` (CUDA); returns the module.
+
+    ``mod.attrs`` gets nothing new; each scheduled function carries ``tirx.is_scheduled`` and
+    ``zsq.gpu_rule`` (the dlight rule used).  A function no rule schedules raises ``RuntimeError``
+    naming it (a GPU kernel without thread bindings would fail later with a less clear message).
+    """
+    from tvm import tirx
+
+    out = {}
+    with target:
+        for gv, func in mod.functions_items():
+            if not isinstance(func, tirx.PrimFunc) or func.attrs is not None and func.attrs.get("tirx.is_scheduled"):
+                continue
+            rules = _int_rules() if _is_int_func(func) else float_rules()
+            done = None
+            errors = []
+            for rule in rules:
+                try:
+                    sch = rule.apply(func, target, False)
+                except Exception as e:  # a rule that matches but cannot schedule: try the next one
+                    errors.append(f"{type(rule).__name__}: {type(e).__name__}")
+                    continue
+                if sch is None:
+                    continue
+                sch = sch[0] if isinstance(sch, (list, tuple)) else sch
+                done = (sch.mod["main"].with_attr("tirx.is_scheduled", True)
+                        .with_attr("zsq.gpu_rule", type(rule).__name__))
+                break
+            if done is None:
+                raise RuntimeError(f"no GPU schedule rule applies to {gv.name_hint} ({'; '.join(errors) or 'no match'})")
+            out[gv] = done
+    import tvm
+
+    mod = tvm.IRModule({gv: f for gv, f in mod.functions.items()}, attrs=mod.attrs, global_infos=mod.global_infos)
+    for gv, f in out.items():
+        mod[gv] = f
+    return mod
+
+
+def relax_pipeline(target):
+    """TVM's CUDA Relax pipeline minus legalization/dlight (done by lower + :func:`schedule_module`)."""
+    import tvm
+    from tvm.relax.backend.cuda import pipeline as cp
+
+    @tvm.transform.module_pass(opt_level=0, name="ZsqCudaFinish")
+    def _finish(mod, _ctx):
+        with target:
+            seq = tvm.transform.Sequential(cp.library_dispatch_passes(target) + cp.dataflow_lower_passes(target)
+                                           + cp.finalize_passes(target))
+            return seq(mod)
+
+    return _finish
+
+
+def compile_lowered(lowered, target):
+    """Schedule + ``tvm.compile`` a lowered module for a CUDA target (``TargetSpec.compile`` of the CUDA targets)."""
+    import tvm
+
+    mod = schedule_module(lowered, target)
+    with target:
+        return tvm.compile(mod, target=target, relax_pipeline=relax_pipeline(target))
+
+
+# --------------------------------------------------------------------------- evidence on a built model
+BOUNDARY_KERNELS = ("zsq_input_quantize", "zsq_output_dequantize")  # the only float code by design
+
+
+def _boundary(name: str) -> bool:
+    return any(name.startswith(b) for b in BOUNDARY_KERNELS)
+
+
+def cuda_kernels(src: str) -> dict[str, str]:
+    """``{kernel name: its definition text}`` of the ``__global__`` kernels of a CUDA source."""
+    import re
+
+    out = {}
+    pat = re.compile(r'extern "C" __global__ void (?:__launch_bounds__\(\d+\) )?(\w+)\([^;{]*\)\s*\{')
+    ms = list(pat.finditer(src))
+    for i, m in enumerate(ms):
+        end = ms[i + 1].start() if i + 1 < len(ms) else len(src)
+        out[m.group(1)] = src[m.start():end]
+    return out
+
+
+def sass_functions(sass_text: str) -> dict[str, str]:
+    """``{function name: SASS}`` from a ``cuobjdump -sass`` listing."""
+    import re
+
+    parts = re.split(r"\n\s*Function : (\S+)\n", sass_text)
+    return dict(zip(parts[1::2], parts[2::2]))
+
+
+def integer_region_report(src: str, sass_text: str | None = None) -> dict:
+    """Float use outside the input-quantize / output-dequantize kernels of a whole-model CUDA build.
+
+    ``ok``: no float type in the CUDA C of any other kernel (and, given the SASS, no float instruction in
+    any other function); ``int8_ops``: counts of ``IDP.4A`` / ``IMMA`` instructions in the SASS.
+    """
+    from .int8_gemm import CUDA_FLOAT_TYPES, sass_counts, sass_float_ops
+
+    kernels = cuda_kernels(src)
+    bad_src = {n: sorted(set(CUDA_FLOAT_TYPES.findall(body))) for n, body in kernels.items() if not _boundary(n)}
+    bad_src = {n: v for n, v in bad_src.items() if v}
+    rep = {"kernels": len(kernels), "boundary_kernels": sorted(n for n in kernels if _boundary(n)),
+           "float_in_source": bad_src}
+    if sass_text is not None:
+        funcs = sass_functions(sass_text)
+        bad = {n: sorted(set(sass_float_ops(t))) for n, t in funcs.items() if not _boundary(n)}
+        rep["sass_functions"] = len(funcs)
+        rep["float_in_sass"] = {n: v for n, v in bad.items() if v}
+        rep["int8_ops"] = sass_counts(sass_text)
+    rep["ok"] = not rep["float_in_source"] and not rep.get("float_in_sass")
+    return rep

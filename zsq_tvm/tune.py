@@ -1,0 +1,440 @@
+"""MetaSchedule tuning of a zsq model's kernels, a crash-safe tuning database, and applying it at compile.
+
+``zsq tune DIR --target host --trials N`` lowers the quantized model exactly as ``zsq compile`` does
+(:func:`zsq_tvm.build.lower`), extracts one MetaSchedule task per *distinct* fused PrimFunc
+(identical shapes are one task, weighted by their count; the hand-written ``host-vnni`` kernels are
+skipped) and tunes them with the evolutionary search and the XGBoost cost model, on this machine or on
+RPC devices behind a tracker (``--rpc-tracker HOST:PORT --rpc-key KEY``).
+
+The database (:class:`TuningDB`) is a folder of two JSON-lines files, ``workloads.jsonl`` and
+``records.jsonl``; the first line of each is a header ``{"zsq_tuning_db": 1, "target": ..., "key": ...}``.
+Every record is appended as one line, under an exclusive ``fcntl`` lock on ``.lock`` (two tune
+processes may share a database), flushed and ``fsync``-ed before tuning goes on, so an interrupted
+run keeps every measured record and ``zsq tune`` again resumes: the trial budget counts the records
+already there, and the search starts from them.  Loading skips (with one warning naming the file and
+the line) truncated or garbled lines and records of unknown workloads, keeping every valid record; a
+database for another target is ignored with a warning.
+
+``zsq compile`` (:func:`apply_tuning`) looks for ``$ZSQ_TUNING_DB`` or else ``tuning_logs/<key>/``
+(:func:`target_key`: e.g. ``x86_64-avx512vnni``) and applies the best record of each kernel with
+``MetaScheduleApplyDatabase``; no database or an unusable one means the default schedules, never an
+error.  Integer kernels stay integer under any schedule, so the output stays bit-exact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+from .errors import ConfigError, NotAvailableError, ZsqError
+
+__all__ = ["TuningWarning", "target_key", "default_db_dir", "TuningDB", "extract_tasks", "tune", "apply_tuning",
+           "check_rpc"]
+
+FORMAT = 1
+WORKLOADS, RECORDS, LOCK = "workloads.jsonl", "records.jsonl", ".lock"
+
+
+class TuningWarning(UserWarning):
+    """A tuning database problem that makes zsq fall back (bad lines skipped, mismatched target, ...)."""
+
+
+def _warn(msg: str) -> None:
+    warnings.warn(msg, TuningWarning, stacklevel=3)
+
+
+def target_key(tgt) -> str:
+    """Folder name of a target's database: ``x86_64-avx512vnni`` / ``x86_64-avx2`` / ``x86_64`` / kind."""
+    kind = str(tgt.kind.name)
+    if kind != "llvm":
+        arch = str(tgt.attrs.get("arch", "")) if hasattr(tgt, "attrs") else ""
+        return f"{kind}-{arch}" if arch else kind
+    mcpu = str(tgt.attrs.get("mcpu", "")) if tgt.attrs.get("mcpu") is not None else ""
+    if not mcpu:
+        return "x86_64"
+    from .targets import host_cpu, host_features
+
+    if mcpu == host_cpu():
+        f = host_features()
+        if "avx512_vnni" in f:
+            return "x86_64-avx512vnni"
+        if "avx2" in f:
+            return "x86_64-avx2"
+    return f"x86_64-{mcpu}"
+
+
+def default_db_dir(tgt) -> Path:
+    """``$ZSQ_TUNING_LOGS/<key>`` or the repository's ``tuning_logs/<key>``."""
+    root = os.environ.get("ZSQ_TUNING_LOGS") or str(Path(__file__).resolve().parent.parent / "tuning_logs")
+    return Path(root) / target_key(tgt)
+
+
+def _header(tgt) -> dict:
+    return {"zsq_tuning_db": FORMAT, "target": str(tgt), "key": target_key(tgt)}
+
+
+@contextlib.contextmanager
+def _locked(path: Path, exclusive: bool = True):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(str(path / LOCK) if path.is_dir() else str(path), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _append_lines(path: Path, lines: list[str], header: dict) -> None:
+    """Append whole lines (with the header first if the file is new) and fsync; caller holds the lock."""
+    new = not path.exists() or path.stat().st_size == 0
+    with open(path, "ab") as f:
+        if not new:
+            with open(path, "rb") as r:  # a previous writer died mid-line: start on a fresh line
+                r.seek(-1, os.SEEK_END)
+                if r.read(1) != b"\n":
+                    f.write(b"\n")
+        else:
+            f.write((json.dumps(header) + "\n").encode())
+        for ln in lines:
+            f.write((ln + "\n").encode())
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _make_db_class():
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.database import MemoryDatabase, PyDatabase, TuningRecord, Workload
+
+    @derived_object
+    class _TuningDB(PyDatabase):
+        def __init__(self, path, tgt, create: bool = True):
+            super().__init__()
+            self.path = Path(path)
+            self.tgt = tgt
+            self.header = _header(tgt)
+            self.mem = MemoryDatabase()
+            self.shash: dict[str, object] = {}  # shash -> Workload
+            self.usable = True
+            self.skipped = 0
+            self.loaded = 0
+            if create:
+                self.path.mkdir(parents=True, exist_ok=True)
+            self._load()
+
+        # ---- loading
+        def _read(self, name):
+            p = self.path / name
+            if not p.exists():
+                return []
+            with _locked(self.path, exclusive=False):
+                raw = p.read_bytes()
+            lines = raw.split(b"\n")
+            if not lines:
+                return []
+            out = []
+            for i, ln in enumerate(lines, 1):
+                if ln.strip():
+                    out.append((i, ln))
+            if not out:
+                return []
+            i0, first = out[0]
+            try:
+                hdr = json.loads(first)
+                assert isinstance(hdr, dict) and hdr.get("zsq_tuning_db") == FORMAT
+            except Exception:
+                _warn(f"tuning database {str(p)!r} has no valid zsq header (line {i0}); ignoring it and using the "
+                      f"default schedules")
+                self.usable = False
+                return []
+            if hdr.get("target") != self.header["target"]:
+                _warn(f"tuning database {str(p)!r} was tuned for target {hdr.get('target')!r}, not "
+                      f"{self.header['target']!r}; ignoring it and using the default schedules")
+                self.usable = False
+                return []
+            return out[1:]
+
+        def _load(self):
+            bad = []
+            for i, ln in self._read(WORKLOADS):
+                try:
+                    obj = json.loads(ln)
+                    wl = Workload.from_json(obj["workload"])
+                    self.mem.commit_workload(wl.mod)
+                    self.shash[str(obj["shash"])] = self.mem.commit_workload(wl.mod)
+                except Exception:
+                    bad.append((WORKLOADS, i))
+            recs = self._read(RECORDS) if self.usable else []
+            for i, ln in recs:
+                try:
+                    obj = json.loads(ln)
+                    wl = self.shash.get(str(obj["shash"]))
+                    if wl is None:
+                        raise KeyError("unknown workload")
+                    rec = TuningRecord.from_json(obj["record"], wl)
+                    self.mem.commit_tuning_record(rec)
+                    self.loaded += 1
+                except Exception:
+                    bad.append((RECORDS, i))
+            if not self.usable:
+                self.mem = MemoryDatabase()
+                self.shash = {}
+                self.loaded = 0
+                return
+            if bad:
+                self.skipped = len(bad)
+                where = ", ".join(f"{f}:{i}" for f, i in bad[:5]) + (" ..." if len(bad) > 5 else "")
+                files = ", ".join(repr(str(self.path / f)) for f in dict.fromkeys(f for f, _ in bad))
+                _warn(f"tuning database file {files}: skipped {len(bad)} truncated or corrupt line(s) ({where}); "
+                      f"kept {self.loaded} valid record(s)")
+
+        # ---- PyDatabase interface
+        def has_workload(self, mod) -> bool:
+            return self.mem.has_workload(mod)
+
+        def commit_workload(self, mod):
+            known = self.mem.has_workload(mod)
+            wl = self.mem.commit_workload(mod)
+            if not known:
+                js = wl.as_json()
+                sh = str(js[0])
+                self.shash[sh] = wl
+                with _locked(self.path):
+                    _append_lines(self.path / WORKLOADS, [json.dumps({"shash": sh, "workload": js})], self.header)
+            return wl
+
+        def commit_tuning_record(self, record) -> None:
+            self.mem.commit_tuning_record(record)
+            sh = str(record.workload.as_json()[0])
+            if sh not in self.shash:
+                self.commit_workload(record.workload.mod)
+            with _locked(self.path):
+                _append_lines(self.path / RECORDS, [json.dumps({"shash": sh, "record": record.as_json()})],
+                              self.header)
+
+        def get_top_k(self, workload, top_k: int):
+            return self.mem.get_top_k(workload, top_k)
+
+        def get_all_tuning_records(self):
+            return self.mem.get_all_tuning_records()
+
+        def __len__(self) -> int:
+            return len(self.mem)
+
+    return _TuningDB
+
+
+_DB_CLASS = None
+
+
+def TuningDB(path, tgt, create: bool = True):  # noqa: N802 - a class factory (the class needs TVM loaded)
+    """Open (creating if ``create``) the database folder ``path`` for target ``tgt`` (see module doc)."""
+    global _DB_CLASS
+    if _DB_CLASS is None:
+        _DB_CLASS = _make_db_class()
+    return _DB_CLASS(path, tgt, create)
+
+
+def extract_tasks(lowered, tgt) -> list:
+    """Distinct tunable kernels of a lowered module (MetaSchedule dedups identical workloads: ``weight``)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    hand = {gv.name_hint for gv, f in lowered.functions.items()
+            if getattr(f, "attrs", None) is not None and "zsq.kernel" in f.attrs}
+    tasks = ms.relax_integration.extract_tasks(lowered, tgt)
+    return [t for t in tasks if t.task_name not in hand and not t.task_name.startswith("zsq_")
+            and not t.mod.attrs.get("tirx.is_scheduled", False)]
+
+
+def check_rpc(tracker: str, key: str, timeout: float = 10.0):
+    """``(host, port)`` of a reachable tracker that has a server for ``key``, else a ZsqError (no hang)."""
+    host, _, port = tracker.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--rpc-tracker {tracker!r} is not HOST:PORT", "pass e.g. --rpc-tracker 127.0.0.1:9190")
+    port = int(port)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as e:
+        raise NotAvailableError(f"RPC tracker {tracker} is not reachable ({type(e).__name__}: {e})",
+                                "start it with `python -m tvm.exec.rpc_tracker --host HOST --port PORT` or fix "
+                                "--rpc-tracker") from None
+    from tvm import rpc
+
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout)
+    try:
+        summary = rpc.connect_tracker(host, port).summary()
+    except Exception as e:
+        raise NotAvailableError(f"RPC tracker {tracker} did not answer ({type(e).__name__})",
+                                "check that HOST:PORT is a TVM RPC tracker") from None
+    finally:
+        socket.setdefaulttimeout(old)
+    queue = summary.get("queue_info", {})
+    free = queue.get(key, {}).get("free", 0) + queue.get(key, {}).get("pending", 0)
+    servers = [s for s in summary.get("server_info", []) if str(s.get("key", "")).split(":")[-1] == key]
+    if key not in queue and not servers or (not free and not servers):
+        raise NotAvailableError(f"no RPC server is registered with key {key!r} at tracker {tracker} "
+                                f"(keys there: {sorted(queue) or 'none'})",
+                                f"start one with `python -m tvm.exec.rpc_server --tracker {tracker} --key {key}` "
+                                f"or pass the right --rpc-key")
+    return host, port
+
+
+def _progress_callback(pbar, errors: list, counts: list):
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+
+    @derived_object
+    class _Progress(PyMeasureCallback):
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+            ok = sum(1 for r in runner_results if r.error_msg is None)
+            for b, r in zip(builder_results, runner_results):
+                msg = b.error_msg or r.error_msg
+                if msg and len(errors) < 3:
+                    errors.append(str(msg)[-600:])
+            counts[0] += len(measure_candidates)
+            counts[1] += ok
+            pbar.update(len(measure_candidates))
+            pbar.set_postfix(task=task_id, ok=ok)
+
+    return _Progress()
+
+
+def _load_module(path):
+    """Quantized dir or build dir -> the integer Relax module (and the build's target name, if any)."""
+    from . import artifacts
+    from .errors import ArtifactError
+
+    p = Path(path)
+    if not p.is_dir():
+        raise ArtifactError(f"{str(path)!r} is not a directory", "pass a `zsq quantize` or `zsq compile` output dir")
+    m = artifacts.read_manifest(p)
+    if m.get("kind") == artifacts.KIND_BUILD:
+        from .build import Build
+
+        return Build.load(p).module(), m.get("target")
+    from .api import load
+
+    return load(p).mod, None
+
+
+def tune(source, target: str = "host", trials: int = 64, db_path=None, rpc_tracker: str | None = None,
+         rpc_key: str | None = None, per_iter: int = 16, seed: int = 0, progress: bool = True,
+         rpc_timeout: float = 10.0, lowered=None, builders: int = 1, build_timeout: float = 180.0) -> dict:
+    """Tune the kernels of ``source`` (quantized/build dir or Relax module); returns a summary dict.
+
+    ``trials`` is the total number of measured candidates across all tasks, *including* records
+    already in the database (so a second run with the same ``trials`` does nothing, a larger one resumes).
+    """
+    import tvm
+    from tqdm.auto import tqdm
+    from tvm.s_tir import meta_schedule as ms
+
+    from .build import lower
+    from .targets import get_target
+
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+        raise ConfigError(f"--trials {trials!r} must be a positive integer", "pass e.g. --trials 64")
+    if (rpc_tracker is None) != (rpc_key is None):
+        raise ConfigError("--rpc-tracker and --rpc-key go together", "pass both or neither")
+    spec = get_target(target)
+    if not spec.runs_on_host and rpc_tracker is None:
+        raise NotAvailableError(f"target {target!r} does not run on this machine", "tune it through --rpc-tracker")
+    tgt = spec.make()
+    if rpc_tracker is not None:
+        host, port = check_rpc(rpc_tracker, rpc_key, rpc_timeout)
+    if lowered is None:
+        mod = source
+        if not isinstance(source, tvm.IRModule):
+            mod, _ = _load_module(source)
+        if spec.prepare is not None:
+            mod = spec.prepare(mod)
+        lowered, _ = lower(mod, tgt)
+    # MetaSchedule needs the core count in the target; the database is keyed by the compile target
+    cfg = dict(tgt.export())
+    if cfg.get("kind") == "llvm" and not cfg.get("num-cores"):
+        import psutil
+
+        cfg["num-cores"] = int(psutil.cpu_count(logical=False) or os.cpu_count() or 1)
+    tasks = extract_tasks(lowered, tvm.target.Target(cfg))
+    db_dir = Path(db_path) if db_path else default_db_dir(tgt)
+    db = TuningDB(db_dir, tgt)
+    if not db.usable:
+        raise ConfigError(f"tuning database {str(db_dir)!r} belongs to another target or is not a zsq database",
+                          "pass another --db folder (or remove that one)")
+    names = [t.task_name for t in tasks]
+    done = {}
+    for t in tasks:
+        m = t.dispatched[0]
+        done[t.task_name] = len(db.get_top_k(db.commit_workload(m), 10**6)) if db.has_workload(m) else 0
+    already = sum(done.values())
+    remaining = max(0, trials - already)
+    summary = {"db": str(db_dir), "target": str(tgt), "key": target_key(tgt), "tasks": len(tasks),
+               "kernels": int(sum(t.weight for t in tasks)), "task_names": names, "records_before": already,
+               "trials_run": 0, "seconds": 0.0}
+    if not tasks or remaining == 0:
+        summary["records_after"] = already
+        return summary
+    if rpc_tracker is not None:
+        runner = ms.runner.RPCRunner(ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=rpc_key,
+                                                         session_timeout_sec=max(10, int(rpc_timeout))),
+                                     ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=0))
+    else:
+        runner = ms.runner.LocalRunner(ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=0))
+    errors: list = []
+    counts = [0, 0]  # measured, ran without error
+    import logging
+
+    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="zsq-tune-") as work, \
+            tqdm(total=remaining, desc=f"tune {len(tasks)} task(s)", unit="trial", disable=not progress) as pbar:
+        ctxs, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(tasks, work, seed=seed)
+        ms.tune_tasks(tasks=ctxs, task_weights=weights, work_dir=work, max_trials_global=remaining,
+                      num_trials_per_iter=min(per_iter, remaining), builder=ms.builder.LocalBuilder(max_workers=builders, timeout_sec=build_timeout),
+                      runner=runner, database=db, cost_model="xgb",
+                      measure_callbacks=ms.measure_callback.MeasureCallback.create("default")
+                      + [_progress_callback(pbar, errors, counts)])
+    summary["trials_run"], summary["trials_ok"] = counts
+    summary["errors"] = errors
+    summary["seconds"] = time.perf_counter() - t0
+    summary["records_after"] = len(TuningDB(db_dir, tgt).get_all_tuning_records())
+    return summary
+
+
+def apply_tuning(lowered, tgt, db_path=None):
+    """Apply the matching tuning database to a lowered module; ``(lowered, info)``; never raises for a bad DB."""
+    p = Path(db_path) if db_path else (Path(os.environ["ZSQ_TUNING_DB"]) if os.environ.get("ZSQ_TUNING_DB")
+                                       else default_db_dir(tgt))
+    info = {"db": str(p), "applied": 0}
+    if not (p / RECORDS).exists():
+        info["db"] = None
+        return lowered, info
+    try:
+        db = TuningDB(p, tgt, create=False)
+        if not db.usable or not len(db.get_all_tuning_records()):
+            return lowered, info
+        from tvm import relax
+
+        before = {gv.name_hint for gv, f in lowered.functions.items()
+                  if getattr(f, "attrs", None) is not None and f.attrs.get("tirx.is_scheduled", False)}
+        with tgt, db:
+            new = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(lowered)
+        after = {gv.name_hint for gv, f in new.functions.items()
+                 if getattr(f, "attrs", None) is not None and f.attrs.get("tirx.is_scheduled", False)}
+        info["applied"] = len(after - before)
+        return new, info
+    except ZsqError:
+        raise
+    except Exception as e:  # a database we cannot use must never break a compile
+        _warn(f"tuning database {str(p)!r} could not be applied ({type(e).__name__}: {str(e)[:160]}); "
+              f"using the default schedules")
+        return lowered, info
