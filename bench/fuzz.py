@@ -1,8 +1,10 @@
 """Long fuzzing run of the integer kernels: the properties of ``tests/test_fuzz_kernels.py`` at scale.
 
-    python bench/fuzz.py --examples 10000                      # dyadic, requantize, conv1d_int (numpy)
+    python bench/fuzz.py --examples 10000                      # numpy: dyadic, requantize, conv1d_int, i_exp,
+                                                               # i_softmax, i_sigmoid, i_sqrt, i_layernorm
     python bench/fuzz.py --examples 10000 --kernels dyadic requantize
     python bench/fuzz.py --examples 2000 --kernels conv_tvm    # TVM-compiled conv + epilogue (10 builds)
+    python bench/fuzz.py --examples 10000 --kernels depthwise_vnni   # x86 VNNI depthwise kernel (8 builds)
     python bench/fuzz.py --examples 10000 --json bench/results/fuzz.json
 
 Each kernel runs its ``prop_*`` function under hypothesis with ``max_examples = --examples`` (no example
@@ -25,6 +27,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import test_fuzz_kernels as fk  # noqa: E402
+import test_intnonlinear as nl  # noqa: E402
 
 KERNELS = {
     "dyadic": (lambda: fk.multipliers, fk.prop_dyadic),
@@ -32,8 +35,19 @@ KERNELS = {
     "conv1d_int": (lambda: fk.conv_cases(), fk.prop_conv1d_int),
     "conv_tvm": (lambda: st.tuples(st.sampled_from(fk.TVM_SHAPES), st.integers(0, 2**32 - 1), st.booleans()),
                  lambda a: fk.prop_conv_requant_tvm(*a)),
+    # the integer non-linearities (zsq_tvm/intnonlinear.py) against float, with their stated bounds
+    "i_exp": (lambda: st.tuples(st.floats(2.0**-24, 2.0**-8), st.integers(0, 2**31 - 1)),
+              lambda a: nl.prop_i_exp_int32(*a)),
+    "i_softmax": (lambda: st.tuples(*nl.SOFTMAX_CASES), lambda a: nl.prop_i_softmax_rows(*a)),
+    "i_sigmoid": (lambda: st.floats(1e-4, 0.5), nl.prop_i_sigmoid),
+    "i_sqrt": (lambda: st.integers(0, 2**62), nl.prop_i_sqrt),
+    "i_layernorm": (lambda: st.tuples(*nl.LAYERNORM_CASES), lambda a: nl.prop_i_layernorm(*a, rows=16)),
+    # the x86 VNNI depthwise kernel (needs avx512_vnni) on the shapes of tests/test_x86_vnni_depthwise.py
+    "depthwise_vnni": (lambda: st.tuples(st.sampled_from(__import__("test_x86_vnni_depthwise").SPECS),
+                                         st.integers(0, 2**32 - 1), st.booleans()),
+                       lambda a: __import__("test_x86_vnni_depthwise").prop_depthwise_vnni(*a)),
 }
-DEFAULT = ["dyadic", "requantize", "conv1d_int"]
+DEFAULT = ["dyadic", "requantize", "conv1d_int", "i_exp", "i_softmax", "i_sigmoid", "i_sqrt", "i_layernorm"]
 
 
 def run_kernel(name: str, examples: int, seed: int) -> dict:

@@ -82,7 +82,8 @@ def merge(results):
     """Results of the same model and settings run in several processes (e.g. one per seed) -> one."""
     out = {}
     for r in results:
-        k = (r["config"]["model"], r["config"]["frames"], r["config"]["limit"])
+        k = (r["config"]["model"], r["config"]["frames"], r["config"]["limit"], r["config"]["n_calib"],
+             r["config"]["synth_frames"], r["config"]["synth_iters"])  # only runs of the same settings merge
         if k not in out:
             out[k] = {**r, "cells": list(r["cells"]), "runs": [r["config"]]}
         elif not out[k]["fp32"] and r["fp32"]:
@@ -105,13 +106,15 @@ def markdown(results):
         sz = res["size"]
         n = {s: res["fp32"][s]["n_utterances"] for s in splits}
         w = {s: res["fp32"][s]["n_words"] for s in splits}
-        out.append(f"**{res['config']['model']}** (T = {res['config']['frames']}; "
+        c = res["config"]
+        out.append(f"**{c['model']}** (T = {c['frames']}; {c['n_calib']} calibration mels per source; synthetic: "
+                   f"{c['synth_batches']} x 8 x {c['synth_frames']} frames, {c['synth_iters']} Adam steps; "
                    + ", ".join(f"`{s}`: {n[s]} utt. / {w[s]} words" for s in splits) + ")\n")
         out.append("| W/A | calibration | method | size (MB) | BOPs (T, 10 s) | "
-                   + " | ".join(f"{s} WER %" for s in splits) + " | seeds |")
-        out.append("|---|---|---|---|---|" + "---|" * len(splits) + "---|")
+                   + " | ".join(f"{s} WER %" for s in splits) + f" | Δ {splits[0]} | seeds |")
+        out.append("|---|---|---|---|---|" + "---|" * len(splits) + "---|---|")
         out.append(f"| 32/32 | - | - | {sz['fp32']['size_mb']:.2f} | {sz['fp32']['tbops']:.2f} | "
-                   + " | ".join(f"{100 * res['fp32'][s]['wer']:.2f}" for s in splits) + " | - |")
+                   + " | ".join(f"{100 * res['fp32'][s]['wer']:.2f}" for s in splits) + " | - | - |")
         by = {(r["wbits"], r["calib"], r["method"], r["split"]): r for r in res.get("summary", [])}
         for wb in res["config"]["wbits"]:
             for calib in res["config"]["calib"]:
@@ -123,8 +126,9 @@ def markdown(results):
                     txt = [f"{c['wer_mean']:.2f} ({c['wer_min']:.2f}-{c['wer_max']:.2f})" if c and c["n_seeds"] > 1
                            else f"{c['wer_mean']:.2f}" if c else "-" for c in cells]
                     ns = max(c["n_seeds"] for c in cells if c)
+                    d0 = f"{cells[0]['wer_mean'] - 100 * res['fp32'][splits[0]]['wer']:+.2f}" if cells[0] else "-"
                     out.append(f"| {wb}/8 | {calib} | {m} | {q['size_mb']:.2f} | {q['tbops']:.3f} | "
-                               + " | ".join(txt) + f" | {ns} |")
+                               + " | ".join(txt) + f" | {d0} | {ns} |")
         out.append("")
     return "\n".join(out)
 

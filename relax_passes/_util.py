@@ -14,7 +14,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-__all__ = ["bindings", "call_op_name", "tensor_names", "resolve_const", "const", "main_function", "tensor_ty", "dtype_of", "shape_of", "is_tensor_const"]
+__all__ = ["KernelCallRewriter", "kernel_args", "bindings", "call_op_name", "tensor_names", "resolve_const", "const", "main_function", "tensor_ty", "dtype_of", "shape_of", "is_tensor_const"]
 
 
 def main_function(mod: tvm.IRModule, name: str = "main") -> relax.Function:
@@ -127,3 +127,39 @@ def shape_of(expr) -> tuple | None:
     if ty is None or ty.shape is None:
         return None
     return tuple(int(s) if isinstance(s, tvm.tirx.IntImm) else s for s in ty.shape)
+
+
+def kernel_args(x, W, B, Mul, Sh) -> list:
+    """The argument list every fused int8 conv kernel takes: activation, int8 weights, int32 bias,
+    int64 dyadic multiplier and shift (per output channel)."""
+    return [x, relax.const(W, "int8"), relax.const(B, "int32"), relax.const(Mul, "int64"),
+            relax.const(Sh, "int64")]
+
+
+@relax.expr_functor.mutator
+class KernelCallRewriter(relax.PyExprMutator):
+    """Replace the final binding of each matched conv + requantize chain by a call of a hand-written kernel.
+
+    ``plan`` maps the chain's final var to ``(x, spec, W, B, Mul, Sh, (name, PrimFunc))``; the PrimFunc is
+    added to the module once per name.  ``emit_call(emit, x, gv, spec, W, B, Mul, Sh)`` builds the
+    replacement from the rewritten input ``x`` with ``emit`` (the block builder's emit) and returns the
+    final ``[1, C, T]`` expression — the only part that differs between the x86 and CUDA kernels (layout).
+    Bindings the chain no longer uses are left for dead-code elimination.
+    """
+
+    def __init__(self, mod, plan, emit_call):
+        super().__init__(mod)
+        self.plan = plan
+        self.emit_call = emit_call
+        self.gvars = {}
+
+    def visit_var_binding_(self, binding):
+        p = self.plan.get(binding.var)
+        if p is None:
+            return super().visit_var_binding_(binding)
+        x, spec, W, B, Mul, Sh, (name, f) = p
+        gv = self.gvars.get(name)
+        if gv is None:
+            gv = self.gvars[name] = self.builder_.add_func(f, name)
+        new = self.emit_call(self.builder_.emit, self.visit_expr(x), gv, spec, W, B, Mul, Sh)
+        self.builder_.emit_normalized(relax.VarBinding(binding.var, self.builder_.normalize(new)))

@@ -26,35 +26,18 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from ._util import KernelCallRewriter, kernel_args
 from .x86_vnni_pointwise import match_pointwise_chains
 
 __all__ = ["CudaInt8Pointwise"]
 
 
-@relax.expr_functor.mutator
-class _Rewriter(relax.PyExprMutator):
-    def __init__(self, mod, plan):
-        super().__init__(mod)
-        self.plan = plan  # final var -> (x, spec, W, B, Mul, Sh, (name, PrimFunc))
-        self.gvars = {}
-
-    def visit_var_binding_(self, binding):
-        p = self.plan.get(binding.var)
-        if p is None:
-            return super().visit_var_binding_(binding)
-        x, spec, W, B, Mul, Sh, (name, f) = p
-        gv = self.gvars.get(name)
-        if gv is None:
-            gv = self.gvars[name] = self.builder_.add_func(f, name)
-        emit = self.builder_.emit
-        xt = emit(relax.op.permute_dims(emit(relax.op.reshape(self.visit_expr(x), (spec.K, spec.T))), [1, 0]))
-        yt = emit(relax.call_tir(
-            gv, [xt, relax.const(W, "int8"), relax.const(B, "int32"), relax.const(Mul, "int64"),
-                 relax.const(Sh, "int64")],
-            out_ty=relax.TensorType((spec.T, spec.M), spec.out_dtype)))
-        y = emit(relax.op.permute_dims(yt, [1, 0]))
-        new = self.builder_.normalize(relax.op.reshape(y, (1, spec.M, spec.T)))
-        self.builder_.emit_normalized(relax.VarBinding(binding.var, new))
+def _emit_call(emit, x, gv, spec, W, B, Mul, Sh):
+    """``[1, K, T]`` -> transpose -> time-major kernel ``[T, K] x [K, M]`` -> transpose back -> ``[1, M, T]``."""
+    xt = emit(relax.op.permute_dims(emit(relax.op.reshape(x, (spec.K, spec.T))), [1, 0]))
+    yt = emit(relax.call_tir(gv, kernel_args(xt, W, B, Mul, Sh),
+                             out_ty=relax.TensorType((spec.T, spec.M), spec.out_dtype)))
+    return relax.op.reshape(emit(relax.op.permute_dims(yt, [1, 0])), (1, spec.M, spec.T))
 
 
 def pick_schedule(spec) -> str:
@@ -106,7 +89,7 @@ class CudaInt8Pointwise:
                                   "a_dtype": spec.a_dtype, "out_dtype": spec.out_dtype})
         if not plan:
             return mod
-        rw = _Rewriter(mod, plan)
+        rw = KernelCallRewriter(mod, plan, _emit_call)
         new_main = rw.visit_expr(func)
         mod = rw.builder_.get()
         mod[gv_main] = new_main

@@ -185,7 +185,7 @@ def emit_i_layernorm(bb: relax.BlockBuilder, x: relax.Expr, S: float, shape, gam
     q = bb.emit(relax.op.astype(x, "int64"))
     d = _op(bb, "subtract", _op(bb, "multiply", q, _c(C)), _op(bb, "sum", q, axis=ax, keepdims=True))
     amax = _op(bb, "max", _op(bb, "maximum", d, _op(bb, "subtract", _c(0), d)), axis=ax, keepdims=True)
-    k = _op(bb, "subtract", _c(c["T"]), emit_bit_length(bb, amax))
+    k = _op(bb, "minimum", _op(bb, "subtract", _c(c["T"]), emit_bit_length(bb, amax)), _c(c["Kmax"]))
     kp = _op(bb, "maximum", k, _c(0))
     kn = _op(bb, "maximum", _op(bb, "subtract", _c(0), k), _c(0))
     dp = _op(bb, "right_shift", _op(bb, "left_shift", d, kp), kn)

@@ -24,33 +24,17 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from ._util import KernelCallRewriter, kernel_args
 from .x86_vnni_pointwise import match_pointwise_chains
 
 __all__ = ["X86VnniDepthwise"]
 
 
-@relax.expr_functor.mutator
-class _Rewriter(relax.PyExprMutator):
-    def __init__(self, mod, plan):
-        super().__init__(mod)
-        self.plan = plan  # final var -> (x, spec, Wp, B, Mul, Sh, (name, PrimFunc))
-        self.gvars = {}
-
-    def visit_var_binding_(self, binding):
-        p = self.plan.get(binding.var)
-        if p is None:
-            return super().visit_var_binding_(binding)
-        x, spec, Wp, B, Mul, Sh, (name, f) = p
-        gv = self.gvars.get(name)
-        if gv is None:
-            gv = self.gvars[name] = self.builder_.add_func(f, name)
-        xr = self.builder_.emit(relax.op.reshape(self.visit_expr(x), (spec.C, spec.Tin)))
-        yr = self.builder_.emit(relax.call_tir(
-            gv, [xr, relax.const(Wp, "int8"), relax.const(B, "int32"), relax.const(Mul, "int64"),
-                 relax.const(Sh, "int64")],
-            out_ty=relax.TensorType((spec.C, spec.Tout), spec.out_dtype)))
-        new = self.builder_.normalize(relax.op.reshape(yr, (1, spec.C, spec.Tout)))
-        self.builder_.emit_normalized(relax.VarBinding(binding.var, new))
+def _emit_call(emit, x, gv, spec, Wp, B, Mul, Sh):
+    """``[1, C, Tin]`` -> kernel on ``[C, Tin]`` -> ``[1, C, Tout]``."""
+    y = emit(relax.call_tir(gv, kernel_args(emit(relax.op.reshape(x, (spec.C, spec.Tin))), Wp, B, Mul, Sh),
+                            out_ty=relax.TensorType((spec.C, spec.Tout), spec.out_dtype)))
+    return relax.op.reshape(y, (1, spec.C, spec.Tout))
 
 
 @tvm.transform.module_pass(opt_level=0, name="X86VnniDepthwise")
@@ -87,7 +71,7 @@ class X86VnniDepthwise:
                                   "stride": spec.stride, "dilation": spec.dilation, "a_dtype": spec.a_dtype, "out_dtype": spec.out_dtype})
         if not plan:
             return mod
-        rw = _Rewriter(mod, plan)
+        rw = KernelCallRewriter(mod, plan, _emit_call)
         new_main = rw.visit_expr(func)
         mod = rw.builder_.get()
         mod[gv_main] = new_main

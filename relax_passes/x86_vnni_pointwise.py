@@ -42,7 +42,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from ._util import bindings, call_op_name, is_tensor_const
+from ._util import KernelCallRewriter, bindings, call_op_name, is_tensor_const, kernel_args
 
 __all__ = ["X86VnniPointwise", "match_pointwise_chains"]
 
@@ -206,28 +206,11 @@ def match_pointwise_chains(func: relax.Function, kind: str = "pointwise"):
     return found
 
 
-@relax.expr_functor.mutator
-class _Rewriter(relax.PyExprMutator):
-    def __init__(self, mod, plan):
-        super().__init__(mod)
-        self.plan = plan  # final var -> (x, spec, Wp, B, Mul, Sh, (name, PrimFunc))
-        self.gvars = {}
-
-    def visit_var_binding_(self, binding):
-        p = self.plan.get(binding.var)
-        if p is None:
-            return super().visit_var_binding_(binding)
-        x, spec, Wp, B, Mul, Sh, (name, f) = p
-        gv = self.gvars.get(name)
-        if gv is None:
-            gv = self.gvars[name] = self.builder_.add_func(f, name)
-        xr = self.builder_.emit(relax.op.reshape(self.visit_expr(x), (spec.K, spec.T)))
-        yr = self.builder_.emit(relax.call_tir(
-            gv, [xr, relax.const(Wp, "int8"), relax.const(B, "int32"), relax.const(Mul, "int64"),
-                 relax.const(Sh, "int64")],
-            out_ty=relax.TensorType((spec.M, spec.T), spec.out_dtype)))
-        new = self.builder_.normalize(relax.op.reshape(yr, (1, spec.M, spec.T)))
-        self.builder_.emit_normalized(relax.VarBinding(binding.var, new))
+def _emit_call(emit, x, gv, spec, Wp, B, Mul, Sh):
+    """``[1, K, T]`` -> kernel on ``[K, T]`` -> ``[1, M, T]`` (reshapes only: the kernel is channel-major)."""
+    y = emit(relax.call_tir(gv, kernel_args(emit(relax.op.reshape(x, (spec.K, spec.T))), Wp, B, Mul, Sh),
+                            out_ty=relax.TensorType((spec.M, spec.T), spec.out_dtype)))
+    return relax.op.reshape(y, (1, spec.M, spec.T))
 
 
 @tvm.transform.module_pass(opt_level=0, name="X86VnniPointwise")
@@ -264,7 +247,7 @@ class X86VnniPointwise:
                                   "a_dtype": spec.a_dtype, "out_dtype": spec.out_dtype})
         if not plan:
             return mod
-        rw = _Rewriter(mod, plan)
+        rw = KernelCallRewriter(mod, plan, _emit_call)
         new_main = rw.visit_expr(func)
         mod = rw.builder_.get()
         mod[gv_main] = new_main

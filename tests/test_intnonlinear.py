@@ -107,9 +107,9 @@ def test_i_exp_int8_relative_error(S):
     assert e.max() < 2**30 and e.min() >= 0
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.floats(2.0**-24, 2.0**-8), st.integers(0, 2**31 - 1))
-def test_i_exp_int32_input(S, seed):
+# The prop_* functions are the properties shared with the long fuzzing run (bench/fuzz.py, 10k examples).
+def prop_i_exp_int32(S, seed):
+    """i_exp on int32 inputs at a tiny scale, within the stated relative / absolute bound."""
     q = -np.random.default_rng(seed).integers(0, 2**31, size=256)
     e, Se = inl.i_exp(q, S)
     ref = np.exp(S * q)
@@ -117,6 +117,12 @@ def test_i_exp_int32_input(S, seed):
     # k < 0 floors the input: extra relative error <= S' = 2^-13
     assert np.all(np.abs(Se * e[big] / ref[big] - 1) <= 4.1e-3 + 2.0**-13)
     assert np.all(np.abs(Se * e - ref) <= 4.1e-3 + 2.0**-13)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.floats(2.0**-24, 2.0**-8), st.integers(0, 2**31 - 1))
+def test_i_exp_int32_input(S, seed):
+    prop_i_exp_int32(S, seed)
 
 
 # ---------------------------------------------------------------- i_softmax
@@ -131,9 +137,8 @@ def test_i_softmax_all_int8_pairs(S):
     assert err <= 4.1e-3 <= 1e-2
 
 
-@settings(max_examples=40, deadline=None)
-@given(st.sampled_from(SCALES + [2.0**-12]), st.integers(1, 200), st.integers(0, 2**31 - 1))
-def test_i_softmax_random_rows(S, n, seed):
+def prop_i_softmax_rows(S, n, seed):
+    """i_softmax of random rows (int8, or int32 attention scores at a small scale) within 4.1e-3, any axis."""
     rng = np.random.default_rng(seed)
     hi = 128 if S > 1e-3 else 2**20  # int32 attention scores at a small scale
     q = rng.integers(-hi + 1, hi, size=(8, n))
@@ -143,9 +148,18 @@ def test_i_softmax_random_rows(S, n, seed):
     np.testing.assert_array_equal(p0, p.T)
 
 
+SOFTMAX_CASES = (st.sampled_from(SCALES + [2.0**-12]), st.integers(1, 200), st.integers(0, 2**31 - 1))
+
+
+@settings(max_examples=40, deadline=None)
+@given(*SOFTMAX_CASES)
+def test_i_softmax_random_rows(S, n, seed):
+    prop_i_softmax_rows(S, n, seed)
+
+
 # ---------------------------------------------------------------- i_sigmoid / i_swish / i_glu
-@pytest.mark.parametrize("S", SCALES)
-def test_i_sigmoid_int8(S):
+def prop_i_sigmoid(S):
+    """i_sigmoid over every int8 input at scale S: 8-bit within 3e-3, 16-bit within 1.04e-3, exact symmetry."""
     s8, S8 = inl.i_sigmoid(Q8, S)
     assert S8 == 1 / 255 and s8.dtype == np.uint8
     assert np.abs(S8 * s8 - sigmoid(S * Q8)).max() <= 3.0e-3 <= 1e-2
@@ -153,6 +167,11 @@ def test_i_sigmoid_int8(S):
     assert np.abs(S16 * s16 - sigmoid(S * Q8)).max() <= 1.04e-3
     nz = Q8 != 0  # exact symmetry s(-x) = 1 - s(x) (q = 0: 255/2 rounds half up to 128)
     np.testing.assert_array_equal((s8.astype(int) + s8[::-1])[nz], 255)
+
+
+@pytest.mark.parametrize("S", SCALES)
+def test_i_sigmoid_int8(S):
+    prop_i_sigmoid(S)
 
 
 @pytest.mark.parametrize("S", SCALES)
@@ -222,10 +241,14 @@ def test_i_sqrt_random_bulk():
     assert all(int(a) == math.isqrt(int(b)) for a, b in zip(r, n))
 
 
+def prop_i_sqrt(n):
+    assert int(inl.i_sqrt(n)) == math.isqrt(n)
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.integers(0, 2**62))
 def test_i_sqrt_exact(n):
-    assert int(inl.i_sqrt(n)) == math.isqrt(n)
+    prop_i_sqrt(n)
 
 
 # ---------------------------------------------------------------- i_layernorm
@@ -234,10 +257,10 @@ def _ln_ref(x, g, b, eps=1e-5):
     return g * (x - mu) / np.sqrt(x.var(-1, keepdims=True) + eps) + b
 
 
-@pytest.mark.parametrize("C,hi,S", [(144, 127, 0.05), (256, 2**30, 1e-6), (4, 3, 0.1), (256, 5, 0.02), (1024, 127, 0.3)])
-def test_i_layernorm_vs_float(C, hi, S):
-    rng = np.random.default_rng(C + hi)
-    q = rng.integers(-hi, hi + 1, size=(300, C))
+def prop_i_layernorm(C, hi, S, seed, rows=300):
+    """i_layernorm within 1 + 2^-10 output LSB of float LayerNorm wherever float does not saturate."""
+    rng = np.random.default_rng(seed)
+    q = rng.integers(-hi, hi + 1, size=(rows, C))
     g = rng.normal(1, 0.3, C)
     b = rng.normal(0, 0.2, C)
     g[0], g[1] = -0.5, 0.0
@@ -247,6 +270,21 @@ def test_i_layernorm_vs_float(C, hi, S):
     inside = np.abs(ref) < 127 * So  # saturated outputs are the clip, not the algorithm
     assert np.abs(So * y - ref)[inside].max() <= So * (1 + 2.0**-10)
     assert np.all(y[~inside] == np.where(ref[~inside] > 0, 127, -127))
+
+
+@pytest.mark.parametrize("C,hi,S", [(144, 127, 0.05), (256, 2**30, 1e-6), (4, 3, 0.1), (256, 5, 0.02), (1024, 127, 0.3)])
+def test_i_layernorm_vs_float(C, hi, S):
+    prop_i_layernorm(C, hi, S, seed=C + hi)
+
+
+LAYERNORM_CASES = (st.integers(2, 512), st.sampled_from([1, 3, 5, 127, 2**15, 2**30]),
+                   st.floats(1e-6, 0.3), st.integers(0, 2**31 - 1))
+
+
+@settings(max_examples=30, deadline=None)
+@given(*LAYERNORM_CASES)
+def test_i_layernorm_random_shapes(C, hi, S, seed):
+    prop_i_layernorm(C, hi, S, seed, rows=16)
 
 
 def test_i_layernorm_constant_row_and_eps():

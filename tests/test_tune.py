@@ -200,7 +200,38 @@ def test_rpc_unreachable_tracker_and_unknown_key_fail_fast():
     assert time.time() - t0 < 15
 
 
-@pytest.mark.skipif(os.environ.get("ZSQ_SKIP_RPC_TUNE") == "1", reason="ZSQ_SKIP_RPC_TUNE=1")
+def _start_tracker(port, env):
+    tracker = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1",
+                                "--port", str(port), "--port-end", str(port + 1)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return tracker
+        except OSError:
+            time.sleep(0.5)
+    tracker.kill()
+    pytest.fail("RPC tracker did not start within 60 s")
+
+
+def test_rpc_tracker_without_that_key_fails_fast():
+    pytest.importorskip("tornado", reason="TVM's RPC tracker needs tornado (pip install -e '.[test]')")
+    port = _free_port()
+    tracker = _start_tracker(port, dict(os.environ))
+    try:
+        t0 = time.time()
+        with pytest.raises(ZsqError, match="no RPC server is registered with key 'nokey'"):
+            tune(_tiny_mod(), trials=2, rpc_tracker=f"127.0.0.1:{port}", rpc_key="nokey", progress=False,
+                 rpc_timeout=5)
+        assert time.time() - t0 < 20
+    finally:
+        tracker.terminate()
+        tracker.wait(timeout=10)
+
+
+# a real tuning run through tracker + server: ~1 min on 2 free cores, ~5 min on a loaded machine
+@pytest.mark.skipif(os.environ.get("ZSQ_TEST_RPC_TUNE") != "1", reason="slow: set ZSQ_TEST_RPC_TUNE=1")
 def test_rpc_loopback_tune(tmp_path, host):
     pytest.importorskip("tornado", reason="TVM's RPC tracker needs tornado (pip install -e '.[test]')")
     port = _free_port()

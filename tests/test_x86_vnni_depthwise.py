@@ -8,6 +8,8 @@ Compiling needs only LLVM; running needs avx512_vnni, else skipped.
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 tvm = pytest.importorskip("tvm")
 
@@ -65,6 +67,32 @@ def test_depthwise_bit_exact(spec):
     # second call, other data: no stale state in the kernel's scratch buffers
     X2 = _case(spec, seed=1)[0]
     assert np.array_equal(k(X2), dw.reference(spec, X2, W, b, Mul, Sh))
+
+
+def prop_depthwise_vnni(spec, seed: int, extreme: bool) -> None:
+    """The VNNI depthwise kernel == the numpy oracle on random (or all-extreme) data, weights, biases and
+    dyadic multipliers for one of the SPECS (the compiled kernel is cached per spec, so examples are cheap).
+    Shared with the long fuzzing run: ``python bench/fuzz.py --kernels depthwise_vnni``."""
+    rng = np.random.default_rng(seed)
+    lo, hi = (0, 255) if spec.a_dtype == "uint8" else (-128, 127)
+    shape = (spec.C, spec.Tin)
+    X = (rng.choice([lo, hi], size=shape) if extreme else rng.integers(lo, hi + 1, size=shape)).astype(spec.a_dtype)
+    W = (rng.choice([-127, 0, 127], size=(spec.C, spec.K)) if extreme
+         else rng.integers(-127, 128, size=(spec.C, spec.K))).astype(np.int8)
+    acc = 255 * 127 * spec.K
+    b = rng.integers(-acc, acc + 1, spec.C).astype(np.int32)
+    Mul = rng.integers(2**30, 2**31, spec.C).astype(np.int64)
+    Sh = rng.integers(31, 50, spec.C).astype(np.int64)  # from heavy saturation to outputs near zero
+    y = dw.DepthwiseKernel(spec, W, b, Mul, Sh)(X)
+    ref = dw.reference(spec, X, W, b, Mul, Sh)
+    assert y.dtype == ref.dtype and np.array_equal(y, ref), (spec, seed, extreme, int((y != ref).sum()))
+
+
+@needs_vnni
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.sampled_from(SPECS), st.integers(0, 2**32 - 1), st.booleans())
+def test_depthwise_vnni_fuzz(spec, seed, extreme):
+    prop_depthwise_vnni(spec, seed, extreme)
 
 
 def test_fold_bias_int8_is_exact_algebra():

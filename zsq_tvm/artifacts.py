@@ -172,12 +172,8 @@ def atomic_dir(out_dir, overwrite: bool = False) -> Iterator[Path]:
     ``.<name>.tmp-<host>-<pid>-*`` sibling stays, never at ``out_dir`` itself, and the next
     ``atomic_dir`` on the same path removes it once that pid is gone (``tests/test_crash_safe.py``).
     """
+    ensure_output_free(out_dir, overwrite)
     out = Path(os.fspath(out_dir)).absolute()
-    if out.parent.is_dir():
-        _reap_stale(out)
-    if out.exists() and not overwrite:
-        raise ArtifactError(f"output directory {str(out_dir)!r} already exists",
-                            "choose another -o path, remove it, or pass --overwrite")
     if out.exists() and not out.is_dir():
         raise ArtifactError(f"output path {str(out_dir)!r} exists and is not a directory",
                             "choose another -o path")

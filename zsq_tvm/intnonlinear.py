@@ -406,15 +406,25 @@ def _ln_consts(S, gamma, beta, C, eps, out_scale, out_bits):
             M[i], s[i] = intmath.dyadic(m)
     sgn = np.where(g < 0, -1, 1).astype(np.int64)
     beta_q = np.rint(bt / S_out).astype(np.int64)
-    E = 32                                              # eps in units S^2 as fixed point 2^-E
-    eps_fix = int(min(round(eps * C * C / (S * S) * 2.0**E), 2**61))  # d = C (x - mu): var scales by C^2
-    return dict(C=C, T=T, E=E, eps_fix=eps_fix, sgn=sgn, M=M, s=s, beta_q=beta_q, qmin=qmin, qmax=qmax), S_out
+    # eps in units (S/C)^2 (d = C (x - mu): var scales by C^2) as a fixed-point constant eps_fix 2^-E.
+    # E = 32 keeps tiny eps exact; a huge eps / S^2 (tiny input scales) lowers E instead of saturating
+    # eps_fix, which would under-weight eps (found by bench/fuzz.py: C=8, S=1e-6 erred by 1.07 LSB).
+    eps_units = eps * C * C / (S * S)
+    E = 32
+    while E > -64 and round(eps_units * 2.0**E) >= 2**61:
+        E -= 1
+    eps_fix = int(min(round(eps_units * 2.0**E), 2**61))
+    # Largest row shift k with eps' = eps_fix 2^(2k-E) <= 2^61: a larger k would saturate eps' and
+    # under-weight eps exactly where it matters (rows whose variance is comparable to eps; found by
+    # bench/fuzz.py: C=2, q in {-1,0,1}, S=2^-9 erred by 1.8 LSB).  Capping k keeps eps' exact.
+    Kmax = min(T, (61 + E - eps_fix.bit_length()) // 2)
+    return dict(C=C, T=T, Kmax=Kmax, E=E, eps_fix=eps_fix, sgn=sgn, M=M, s=s, beta_q=beta_q, qmin=qmin, qmax=qmax), S_out
 
 
-def _k_layernorm(q, C, T, E, eps_fix, sgn, M, s, beta_q, qmin, qmax):
+def _k_layernorm(q, C, T, Kmax, E, eps_fix, sgn, M, s, beta_q, qmin, qmax):
     # q: int64 [..., C] (normalised axis last)
     d = C * q - q.sum(axis=-1, keepdims=True)                    # C (x - mu) exactly; |d| < C 2^32
-    k = T - _k_bit_length(np.abs(d).max(axis=-1, keepdims=True))  # per-row dynamic shift
+    k = np.minimum(T - _k_bit_length(np.abs(d).max(axis=-1, keepdims=True)), Kmax)  # per-row shift
     dp = np.left_shift(d, np.maximum(k, 0)) >> np.maximum(-k, 0)  # |d'| < 2^T, d' ~= d 2^k
     var = (dp * dp).sum(axis=-1, keepdims=True) // C             # < 2^62 / C
     sh = np.clip(2 * k - E, -62, 62)                             # eps' = eps C^2/S^2 4^k
@@ -436,11 +446,12 @@ def i_layernorm(q, S: float, gamma, beta, eps: float = 1e-5, out_scale: float | 
     1. exact centring without a division: ``d = C q - sum q = C (q - mu)`` (``|d| < C 2^32``; a
        mean rounded to an integer would cost up to ``0.5/std`` -- 30% on an int8 row with std 2);
     2. dynamic shift per row: ``B = bits(max |d|)``, ``T = floor((62 - ceil(log2 C)) / 2)``,
-       ``k = T - B``, ``d' = d 2^k`` (left shift; ``k < 0`` floors).  Then ``|d'| < 2^T`` and
+       ``k = min(T - B, Kmax)``, ``d' = d 2^k`` (left shift; ``k < 0`` floors), where ``Kmax`` is the
+       largest shift at which ``eps'`` (step 3) still fits ``2^61`` exactly.  Then ``|d'| < 2^T`` and
        ``sum d'^2 < C 2^(2T) <= 2^62`` -- **never exceeds int64** whatever the input width; small
        (int8) rows are scaled *up* so ``std`` keeps >= ``T - 1 - log2(C)/2`` bits (``2^22`` at C=256);
     3. ``var' = floor(sum d'^2 / C)``, ``eps' = eps C^2/S^2 4^k`` (a fixed-point constant shifted by the
-       row's ``2k``, saturated at ``2^61``), ``std' = max(i_sqrt(var' + eps'), 1)``;
+       row's ``2k``; ``k <= Kmax`` keeps it ``<= 2^61``), ``std' = max(i_sqrt(var' + eps'), 1)``;
     4. ``n = round(d' 2^16 / std')`` -- ``C 2^k`` cancels, ``|n| <= sqrt(C) 2^16 < 2^31``;
     5. per channel: ``y = requantize(sgn(gamma_c) n, dyadic(|gamma_c| / (2^16 S_out))) +
        round(beta_c / S_out)``, clipped to signed ``out_bits``.  Default ``S_out`` from

@@ -295,7 +295,6 @@ def _conv1d_nwc(conv, x):
     channels-last strides, so the next conv / BN / ReLU / add keeps the layout without copies.
     """
     import torch
-    import torch.nn.functional as F
 
     (k,), (s,), (d,), (p,) = conv.kernel_size, conv.stride, conv.dilation, conv.padding
     if k == 1 and s == 1 and p == 0 and conv.groups == 1:
