@@ -370,16 +370,23 @@ class _Quantizer(ConformerOps):
         return self.bb.call_te(fdq, q.expr, primfunc_name_hint="zsq_output_dequantize", primfunc_attrs=attrs), q
 
     # ---------------------------------------------------------------- ops
-    def op_conv1d(self, var, call):
+    def _conv_weights(self, var, call, op: str):
+        """Quantize a conv's weights per output channel and record its int32 accumulation bound in the
+        overflow ledger (shared by conv1d and the Conformer's conv2d).
+        Returns ``(x, wq, sw, lo, hi, x_dtype, ledger_record)``."""
         x = self.ensure_q(call.args[0])
         w = resolve_const(call.args[1], self.values)
         wq, sw = intmath.quantize_per_channel(w, self.wbits, axis=0)
-        a = call.attrs
         lo, hi = dot_interval(wq, 0, x.qmin, x.qmax)
         x_dtype = intmath.storage_dtype(x.bits, x.unsigned)
-        rec = self.ledger.accumulate(self._layer(var), "conv1d", lo, hi, {
+        rec = self.ledger.accumulate(self._layer(var), op, lo, hi, {
             "x_dtype": x_dtype, "x_range": [x.qmin, x.qmax], "taps": int(np.prod(wq.shape[1:])),
             "sum_abs_w": np.abs(wq.astype(np.int64)).reshape(wq.shape[0], -1).sum(axis=1).tolist()})
+        return x, wq, sw, lo, hi, x_dtype, rec
+
+    def op_conv1d(self, var, call):
+        x, wq, sw, lo, hi, x_dtype, rec = self._conv_weights(var, call, "conv1d")
+        a = call.attrs
         expr = self.bb.emit(relax.op.nn.conv1d(
             x.expr, const(wq, "int8"), strides=a.strides, padding=a.padding, dilation=a.dilation, groups=a.groups,
             data_layout="NCW", kernel_layout="OIW", out_layout="NCW", out_dtype="int32"))

@@ -265,15 +265,8 @@ class ConformerOps:
     def op_conv2d(self, var, call):
         from .quantize import _Acc
 
-        x = self.ensure_q(call.args[0])
-        w = resolve_const(call.args[1], self.values)
-        wq, sw = intmath.quantize_per_channel(w, self.wbits, axis=0)
+        x, wq, sw, lo, hi, x_dtype, rec = self._conv_weights(var, call, "conv2d")
         a = call.attrs
-        lo, hi = dot_interval(wq, 0, x.qmin, x.qmax)
-        x_dtype = intmath.storage_dtype(x.bits, x.unsigned)
-        rec = self.ledger.accumulate(self._layer(var), "conv2d", lo, hi, {
-            "x_dtype": x_dtype, "x_range": [x.qmin, x.qmax], "taps": int(np.prod(wq.shape[1:])),
-            "sum_abs_w": np.abs(wq.astype(np.int64)).reshape(wq.shape[0], -1).sum(axis=1).tolist()})
         expr = self.bb.emit(relax.op.nn.conv2d(
             x.expr, const(wq, "int8"), strides=a.strides, padding=a.padding, dilation=a.dilation, groups=1,
             data_layout="NCHW", kernel_layout="OIHW", out_layout="NCHW", out_dtype="int32"))
