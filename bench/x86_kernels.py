@@ -159,7 +159,7 @@ def child(T, K, M, threads, runs) -> dict:
         assert np.array_equal(y, ref), f"vnni_{layout} mismatch"
         res[f"vnni_{layout}_vpdpbusd_in_asm"] = check_vnni_asm(k.lib)
         res[f"vnni_{layout}_tile"] = [spec.tile_t, spec.tile_m * 16]
-        Xt = tvm.runtime.tensor(X)
+        Xt = tvm.runtime.tensor(X[None] if layout == "ncw" else X)  # ncw kernels take [1, K, T]
         timings[f"vnni_{layout}"] = _median_time(lambda: k.run(Xt), runs)
 
     vm = _tvm_default(T, K, M, W, b, Mul, Sh, qmin, qmax)

@@ -68,6 +68,26 @@ def real_calibration(manifest, n, seed):
     return [compute_mel(rows[i].audio_filepath) for i in sorted(idx)]
 
 
+def load_synth_dir(d, seed, a):
+    """Batches written by ``zsq synth`` (or ``--save-synth``), checked against this run's settings."""
+    if not (d / "synth.json").exists():  # a --save-synth folder: .npy only, settings not recorded
+        print(f"note: {d} has no synth.json; its synthesis settings are taken on trust", flush=True)
+        meta, cfg = {}, None
+    else:
+        meta = json.loads((d / "synth.json").read_text())
+        cfg = meta.get("config", {})
+    want = {"seed": seed, "num_batches": a.synth_batches, "iters": a.synth_iters, "frames": a.synth_frames,
+            "lr": a.synth_lr, "batch_size": 8}
+    bad = {k: (cfg.get(k), v) for k, v in want.items() if cfg.get(k) != v} if cfg is not None else {}
+    if bad:
+        raise SystemExit(f"{d}/synth.json does not match this run (have, want): {bad}")
+    mels = [np.load(f) for f in sorted(d.glob("synth_*.npy"))]
+    hist = meta.get("loss") or []
+    return mels, {"dir": str(d), "seconds": meta.get("seconds"),
+                  "loss_initial": float(np.mean([h["initial"] for h in hist])) if hist else None,
+                  "loss_final": float(np.mean([h["final"] for h in hist])) if hist else None}
+
+
 def summarize(cells):
     groups = {}
     for c in cells:
@@ -83,7 +103,7 @@ def merge(results):
     out = {}
     for r in results:
         k = (r["config"]["model"], r["config"]["frames"], r["config"]["limit"], r["config"]["n_calib"],
-             r["config"]["synth_frames"], r["config"]["synth_iters"])  # only runs of the same settings merge
+             r["config"]["synth_frames"], r["config"]["synth_iters"], r["config"].get("out_bits", 8))  # only runs of the same settings merge
         if k not in out:
             out[k] = {**r, "cells": list(r["cells"]), "runs": [r["config"]]}
         elif not out[k]["fp32"] and r["fp32"]:
@@ -109,6 +129,7 @@ def markdown(results):
         c = res["config"]
         out.append(f"**{c['model']}** (T = {c['frames']}; {c['n_calib']} calibration mels per source; synthetic: "
                    f"{c['synth_batches']} x 8 x {c['synth_frames']} frames, {c['synth_iters']} Adam steps; "
+                   f"int{c.get('out_bits', 8)} logits; "
                    + ", ".join(f"`{s}`: {n[s]} utt. / {w[s]} words" for s in splits) + ")\n")
         out.append("| W/A | calibration | method | size (MB) | BOPs (T, 10 s) | "
                    + " | ".join(f"{s} WER %" for s in splits) + f" | Δ {splits[0]} | seeds |")
@@ -142,6 +163,7 @@ def main():
     ap.add_argument("--target", default=None, help="default: host-vnni where the CPU has AVX-512 VNNI, else host")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     ap.add_argument("--wbits", type=int, nargs="+", default=[8, 6])
+    ap.add_argument("--out-bits", type=int, default=16, help="bits of the integer logits (8 or 16; zsq default 16)")
     ap.add_argument("--calib", nargs="+", default=["synthetic", "random", "real"])
     ap.add_argument("--methods", nargs="+", default=["minmax", "percentile"])
     ap.add_argument("--synth-batches", type=int, default=20)
@@ -150,6 +172,9 @@ def main():
     ap.add_argument("--synth-lr", type=float, default=0.05)
     ap.add_argument("--real-calib", default="/tmp/corpus/train.json", help="manifest of the 'real' calibration data")
     ap.add_argument("--save-synth", default=None, help="directory: save each seed's synthetic mels (.npy)")
+    ap.add_argument("--load-synth", nargs="+", default=None, metavar="SEED=DIR",
+                    help="use these `zsq synth` outputs (synth_*.npy + synth.json) instead of synthesizing, e.g. "
+                         "0=/tmp/synth_s0 (the synth.json must match --synth-* and the seed)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-fp32", action="store_true", help="skip the FP32 baseline (helper runs, see --table)")
     ap.add_argument("--json", default=None)
@@ -217,12 +242,22 @@ def main():
         return cache[k]
 
     calib_mod.calibrate = cached_calibrate
+    loaded = {}
+    for spec in a.load_synth or []:
+        seed_s, d = spec.split("=", 1)
+        loaded[int(seed_s)] = load_synth_dir(Path(d), int(seed_s), a)
     n_cells = len(a.seeds) * len(a.calib) * len(a.methods) * len(a.wbits)
     bar = tqdm(total=n_cells, desc=f"cells {a.model}", file=sys.stderr)
     for seed in a.seeds:
         for calib in a.calib:
             ts = time.time()
-            if calib == "synthetic":
+            if calib == "synthetic" and seed in loaded:
+                mels, info = loaded[seed]
+                res["synth"].append({"seed": seed, "loaded_from": info["dir"], "seconds": info.get("seconds"),
+                                     "loss_initial": info.get("loss_initial"), "loss_final": info.get("loss_final")})
+                print("synth (loaded)", res["synth"][-1], flush=True)
+                src = mels
+            elif calib == "synthetic":
                 hist = []
                 mels = zsq_tvm.synthesize(net, zsq_tvm.SynthConfig(
                     num_batches=a.synth_batches, batch_size=8, iters=a.synth_iters, frames=a.synth_frames,
@@ -247,7 +282,7 @@ def main():
                 for wb in a.wbits:
                     tc = time.time()
                     q = zsq_tvm.quantize(a.model, zsq_tvm.QuantConfig(
-                        wbits=wb, abits=8, frames=a.frames, calib=src, calib_method=method, seed=seed,
+                        wbits=wb, abits=8, out_bits=a.out_bits, frames=a.frames, calib=src, calib_method=method, seed=seed,
                         num_batches=n_calib))
                     b = zsq_tvm.compile(q, target=target)
                     tq = time.time() - tc

@@ -140,10 +140,11 @@ def kernel_args(x, W, B, Mul, Sh) -> list:
 class KernelCallRewriter(relax.PyExprMutator):
     """Replace the final binding of each matched conv + requantize chain by a call of a hand-written kernel.
 
-    ``plan`` maps the chain's final var to ``(x, spec, W, B, Mul, Sh, (name, PrimFunc))``; the PrimFunc is
-    added to the module once per name.  ``emit_call(emit, x, gv, spec, W, B, Mul, Sh)`` builds the
+    ``plan`` maps the chain's final var to ``(x, spec, W, B, Mul, Sh, (name, PrimFunc), *extra)``; the PrimFunc
+    is added to the module once per name.  ``emit_call(emit, x, gv, spec, W, B, Mul, Sh, *extra)`` builds the
     replacement from the rewritten input ``x`` with ``emit`` (the block builder's emit) and returns the
-    final ``[1, C, T]`` expression — the only part that differs between the x86 and CUDA kernels (layout).
+    final expression, shaped like the chain's output (``[1, C, T]``; ``[T, M]`` for a linear layer) — the only
+    part that differs between the x86 and CUDA kernels (layout).
     Bindings the chain no longer uses are left for dead-code elimination.
     """
 
@@ -157,9 +158,10 @@ class KernelCallRewriter(relax.PyExprMutator):
         p = self.plan.get(binding.var)
         if p is None:
             return super().visit_var_binding_(binding)
-        x, spec, W, B, Mul, Sh, (name, f) = p
+        x, spec, W, B, Mul, Sh, (name, f), *extra = p  # extra: further tensor inputs (a fused residual)
         gv = self.gvars.get(name)
         if gv is None:
             gv = self.gvars[name] = self.builder_.add_func(f, name)
-        new = self.emit_call(self.builder_.emit, self.visit_expr(x), gv, spec, W, B, Mul, Sh)
+        new = self.emit_call(self.builder_.emit, self.visit_expr(x), gv, spec, W, B, Mul, Sh,
+                             *[self.visit_expr(e) for e in extra])
         self.builder_.emit_normalized(relax.VarBinding(binding.var, self.builder_.normalize(new)))

@@ -488,7 +488,14 @@ class _Quantizer(ConformerOps):
             self.state[var] = _QT(expr, st.scale, st.bits, st.unsigned)
 
     def op_shape(self, var, call):
-        q = self.ensure_q(call.args[0])
+        arg = call.args[0]
+        st = self.get(arg)
+        if self.out_bits != self.abits and isinstance(st, _Acc) and self._flows_to_output_only(var):
+            # logits reach the output through a transpose/reshape: requantize them at out_bits, not abits
+            key = self.root(arg) if isinstance(arg, relax.Var) else arg
+            q = self.to_q(st, key, bits=self.out_bits, tag=f"output:{self.names.get(key)}")
+        else:
+            q = self.ensure_q(arg)
         new = relax.Call(call.op, [q.expr] + list(call.args[1:]), call.attrs)
         self.state[var] = _QT(self.bb.emit(new), q.scale, q.bits, q.unsigned)
 

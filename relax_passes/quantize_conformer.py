@@ -216,6 +216,8 @@ class ConformerOps:
         expr, _ = inl.emit_i_gelu(self.bb, q.expr, q.scale, out_scale=S_out, out_bits=self.abits,
                                   in_bits=q.bits + (1 if q.unsigned else 0))
         self.state[var] = _QT(expr, S_out, self.abits, False)
+        self.meta["layers"].append({"tensor": self.names.get(var), "op": "gelu", "in_scale": q.scale,
+                                    "out_scale": S_out})
 
     # ------------------------------------------------------------------ split / items / concat
     def op_split(self, var, call):

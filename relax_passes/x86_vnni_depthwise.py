@@ -8,9 +8,7 @@ chain, see there), applied by the ``host-vnni`` target before lowering.  Before 
 
 After::
 
-    xr = R.reshape(x, (C, Tin))
-    yr = R.call_tir(zsq_vnni_dw_..., (xr, Wp, B, Mul, Sh), out_ty=R.Tensor((C, Tout), dtype))
-    y  = R.reshape(yr, (1, C, Tout))
+    y = R.call_tir(zsq_vnni_dw_..., (x, Wp, B, Mul, Sh), out_ty=R.Tensor((1, C, Tout), dtype))
 
 with the kernel of :func:`zsq_tvm.x86.depthwise.schedule` (4-tap VNNI windows, requantize fused),
 ``Wp`` the taps padded to a multiple of 4 and ``B`` the folded bias (``bias - 128 sum W`` for int8
@@ -31,10 +29,9 @@ __all__ = ["X86VnniDepthwise"]
 
 
 def _emit_call(emit, x, gv, spec, Wp, B, Mul, Sh):
-    """``[1, C, Tin]`` -> kernel on ``[C, Tin]`` -> ``[1, C, Tout]``."""
-    y = emit(relax.call_tir(gv, kernel_args(emit(relax.op.reshape(x, (spec.C, spec.Tin))), Wp, B, Mul, Sh),
-                            out_ty=relax.TensorType((spec.C, spec.Tout), spec.out_dtype)))
-    return relax.op.reshape(y, (1, spec.C, spec.Tout))
+    """``[1, C, Tin]`` -> kernel -> ``[1, C, Tout]`` (the kernel's own buffer shapes: no reshape, no copy)."""
+    return relax.call_tir(gv, kernel_args(x, Wp, B, Mul, Sh),
+                          out_ty=relax.TensorType((1, spec.C, spec.Tout), spec.out_dtype))
 
 
 @tvm.transform.module_pass(opt_level=0, name="X86VnniDepthwise")

@@ -17,9 +17,10 @@ Before (one pointwise layer, batch 1; the bias add is optional)::
 
 After::
 
-    xr = R.reshape(x, (K, T))
-    yr = R.call_tir(zsq_vnni_pw_<K>x<M>_..., (xr, Wp, B, Mul, Sh), out_ty=R.Tensor((M, T), dtype))
-    y  = R.reshape(yr, (1, M, T))
+    y = R.call_tir(zsq_vnni_pw_<K>x<M>_..., (x, Wp, B, Mul, Sh), out_ty=R.Tensor((1, M, T), dtype))
+
+(the kernel takes and returns the graph's ``[1, C, T]`` tensors: no reshapes, which FuseOps would turn
+into copy kernels between adjacent kernel calls)
 
 where the callee is :func:`zsq_tvm.x86.pointwise.schedule` of ``PointwiseSpec(T, K, M, layout="ncw")``
 (one PrimFunc per distinct spec, ``op_pattern`` opaque so FuseOps leaves it alone), ``Wp`` the
@@ -27,13 +28,25 @@ where the callee is :func:`zsq_tvm.x86.pointwise.schedule` of ``PointwiseSpec(T,
 activations).  The kernel computes exactly ``clip((int64(acc + bias) * Mul + 2^(Sh-1)) >> Sh)``,
 so the result is bit-identical to the chain it replaces (and to :func:`zsq_tvm.reference.run_reference`).
 
-Matching rule: ``x`` int8/uint8 ``[1, K, T]``; ``W`` a constant int8 ``[M, K, 1]``; groups 1, stride 1,
+Residual joins (QuartzNet/Jasper block ends, ``fuse_residual=True``): when two matched chains both end in
+int32 and meet in ``add -> clip -> astype``::
+
+    ya = <chain A> (int32, clip [qa0, qa1])      yb = <chain B> (int32, clip [qb0, qb1], only user: s)
+    s  = R.add(ya, yb);  c = R.clip(s, lo, hi);  y = R.astype(c, "uint8" | "int8" | "int32")
+
+becomes ``ya = call_tir(kernel A, ...)`` and ``y = R.call_tir(zsq_vnni_pw_..._res_<qb0>_<qb1>, (xb, Wp, B, Mul,
+Sh, ya), out_ty=R.Tensor((1, M, T), dtype))``: B's kernel adds ``ya`` to its requantized int32 value and
+clips/casts in its epilogue, so ``yb`` (4 bytes per element) is never written and no add kernel runs.
+Only when ``qa0 + qb0 >= -2^31`` and ``qa1 + qb1 < 2^31`` (the int32 add cannot wrap) and ``[lo, hi]``
+fits the dtype (:func:`match_residual_adds`).
+
+Matching rule (output dtypes int8/uint8/int16/int32): ``x`` int8/uint8 ``[1, K, T]``; ``W`` a constant int8 ``[M, K, 1]``; groups 1, stride 1,
 dilation 1, no padding, NCW/OIW/NCW; every intermediate (``a`` .. ``g``) has exactly one user and is
 not a function output; all constants are relax constants, per-channel (``[1, M, 1]``/``[M, 1]``/``[M]``)
 or scalar; the folded bias and the shifted u8 partial sums fit int32 (else the layer is left alone).
-Depthwise and k>1 convs, matmuls and residual adds are untouched.
+Depthwise and k>1 convs, matmuls and other adds are untouched.
 
-``pass_obj.replaced`` lists the replaced layers (var name, K, M, T, dtypes).
+``pass_obj.replaced`` lists the replaced layers (var name, K, M, T, dtypes, whether a residual join was fused).
 """
 
 from __future__ import annotations
@@ -44,7 +57,10 @@ from tvm import relax
 
 from ._util import KernelCallRewriter, bindings, call_op_name, is_tensor_const, kernel_args
 
-__all__ = ["X86VnniPointwise", "match_pointwise_chains"]
+__all__ = ["X86VnniPointwise", "match_pointwise_chains", "match_residual_adds", "X86_OUT_DTYPES"]
+
+# final casts the x86 kernels write (int16: e.g. the logits of a trained QuartzNet's classifier layer)
+X86_OUT_DTYPES = ("int8", "uint8", "int16", "int32")
 
 _CHAIN = ("astype", "multiply", "add", "right_shift", "clip", "astype")
 
@@ -86,6 +102,23 @@ def _pointwise_conv(call, W, xt):
     return dict(T=T, K=K, M=int(W.shape[0]), a_dtype=str(xt.dtype), layout="ncw"), int(W.shape[0])
 
 
+def _full_conv(call, W, xt):
+    """spec kwargs (T, K, M, a_dtype, taps, dilation, pads) of a groups=1, stride-1 conv1d that is *not*
+    pointwise (k > 1 or zero padding, any dilation), else None: the ncw kernel with a tap reduction axis."""
+    at = call.attrs
+    dl, pads = _ints(at.dilation), _ints(at.padding)
+    if int(at.groups) != 1 or _ints(at.strides) != [1] or len(dl) != 1 or dl[0] < 1:
+        return None
+    pl, pr = (pads * 2)[:2] if len(pads) == 1 else pads[:2]
+    N, K, T = _ints(xt.shape)
+    taps = int(W.shape[2])
+    if (N != 1 or W.shape[1] != K or (taps == 1 and pl == 0 and pr == 0)
+            or T + pl + pr - dl[0] * (taps - 1) < 1):
+        return None
+    return dict(T=T, K=K, M=int(W.shape[0]), a_dtype=str(xt.dtype), layout="ncw", taps=taps, dilation=dl[0],
+                pad_l=pl, pad_r=pr), int(W.shape[0])
+
+
 def _depthwise_conv(call, W, xt):
     """spec kwargs (C, Tin, K, stride, pads, dilation, a_dtype) of a depthwise conv1d (groups = C), else None."""
     at = call.attrs
@@ -102,13 +135,55 @@ def _depthwise_conv(call, W, xt):
                 a_dtype=str(xt.dtype)), C
 
 
-def match_pointwise_chains(func: relax.Function, kind: str = "pointwise"):
+def _per_channel_last(arr, M):
+    """Constant broadcast along the last axis of a ``[T, M]`` matmul output -> ``[M]`` int64, else None."""
+    if arr is None:
+        return None
+    a = np.asarray(arr)
+    if a.size == 1 and a.ndim <= 2:
+        return np.full(M, a.reshape(()).astype(np.int64))
+    if a.shape in ((M,), (1, M)):
+        return a.reshape(M).astype(np.int64)
+    return None
+
+
+def _linear(call):
+    """``(x, W[M, K], spec kwargs, M)`` of ``R.matmul(x[T, K] int8/uint8, W[K, M] const int8) -> int32`` (a
+    Conformer linear layer: the time-major ``tk`` kernel), else None."""
+    x, w = call.args
+    W = _const(w)
+    xt = x.ty
+    if (W is None or W.dtype != np.int8 or W.ndim != 2 or not isinstance(xt, relax.TensorType)
+            or xt.dtype not in ("int8", "uint8") or xt.ndim != 2 or str(call.attrs.out_dtype) != "int32"):
+        return None
+    try:
+        T, K = _ints(xt.shape)
+    except Exception:  # symbolic shape
+        return None
+    if W.shape[0] != K:
+        return None
+    M = int(W.shape[1])
+    # 16-channel vectors per register tile: a divisor of ceil(M / 16) when one of 4, 3, 2 is (no padded
+    # channels computed: M = 144 = 9 x 16 takes 3, not 4 -> 192)
+    m16 = -(-M // 16)
+    rm = next((r for r in (4, 3, 2) if m16 % r == 0), 4 if m16 >= 4 else m16)
+    return x, np.ascontiguousarray(W.T), dict(T=T, K=K, M=M, a_dtype=str(xt.dtype), layout="tk", rm=rm), M
+
+
+def match_pointwise_chains(func: relax.Function, kind: str = "pointwise",
+                           out_dtypes: tuple = ("int8", "uint8", "int32")):
     """``[(final_var, x_expr, spec_kwargs, W, bias, Mul, Sh)]`` for each matched chain of ``func``.
 
-    ``kind="depthwise"`` matches depthwise conv1d (groups = channels, stride 1/2/4 dividing 4 x dilation, any
-    padding) + the same requantize chain instead (spec kwargs for :class:`zsq_tvm.x86.depthwise.DepthwiseSpec`).
+    ``out_dtypes``: the final casts accepted (the x86 kernels also take int16: a classifier's logits).
+    ``kind="pointwise"``: k=1 conv1d without padding.  ``kind="conv"``: groups=1, stride-1 conv1d with k > 1
+    or padding (any dilation), spec kwargs with ``taps``/``dilation``/``pad_l``/``pad_r`` for the same ncw
+    kernel.  ``kind="matmul"``: ``R.matmul(x[T, K], W[K, M] const)`` (linear layers; per-channel constants
+    along the last axis), spec kwargs for the time-major ``tk`` kernel, ``W`` returned as ``[M, K]``.
+    ``kind="depthwise"``: depthwise conv1d (groups = channels, stride 1/2/4 dividing 4 x dilation, any
+    padding) + the same requantize chain (spec kwargs for :class:`zsq_tvm.x86.depthwise.DepthwiseSpec`).
     """
-    accept = {"pointwise": _pointwise_conv, "depthwise": _depthwise_conv}[kind]
+    accept = {"pointwise": _pointwise_conv, "conv": _full_conv, "depthwise": _depthwise_conv, "matmul": None}[kind]
+    per_channel = _per_channel_last if kind == "matmul" else _per_channel
     bs = bindings(func)
     value = {b.var: b.value for b in bs}
     users: dict = {}
@@ -133,33 +208,41 @@ def match_pointwise_chains(func: relax.Function, kind: str = "pointwise"):
         return None
 
     for b in bs:
-        if call_op_name(b.value) != "nn.conv1d":
-            continue
-        call = b.value
-        at = call.attrs
-        x, w = call.args
-        W = _const(w)
-        xt = x.ty
-        if (W is None or W.dtype != np.int8 or W.ndim != 3
-                or str(at.data_layout) != "NCW" or str(at.kernel_layout) != "OIW"
-                or str(at.out_layout) != "NCW" or str(at.out_dtype) != "int32"):
-            continue
-        if not isinstance(xt, relax.TensorType) or xt.dtype not in ("int8", "uint8") or xt.ndim != 3:
-            continue
-        try:
-            got = accept(call, W, xt)
-        except Exception:  # symbolic shape
-            continue
-        if got is None:
-            continue
-        spec_kw, M = got
+        if kind == "matmul":
+            if call_op_name(b.value) != "matmul":
+                continue
+            got = _linear(b.value)
+            if got is None:
+                continue
+            x, W, spec_kw, M = got
+        else:
+            if call_op_name(b.value) != "nn.conv1d":
+                continue
+            call = b.value
+            at = call.attrs
+            x, w = call.args
+            W = _const(w)
+            xt = x.ty
+            if (W is None or W.dtype != np.int8 or W.ndim != 3
+                    or str(at.data_layout) != "NCW" or str(at.kernel_layout) != "OIW"
+                    or str(at.out_layout) != "NCW" or str(at.out_dtype) != "int32"):
+                continue
+            if not isinstance(xt, relax.TensorType) or xt.dtype not in ("int8", "uint8") or xt.ndim != 3:
+                continue
+            try:
+                got = accept(call, W, xt)
+            except Exception:  # symbolic shape
+                continue
+            if got is None:
+                continue
+            spec_kw, M = got
         cur = b.var
         bias = None
         nxt = only_user(cur)
         if nxt is None:
             continue
         if call_op_name(value[nxt]) == "add":
-            bias = _per_channel(other_const(value[nxt], cur), M)
+            bias = per_channel(other_const(value[nxt], cur), M)
             if bias is None:
                 continue
             cur, nxt = nxt, only_user(nxt)
@@ -174,7 +257,7 @@ def match_pointwise_chains(func: relax.Function, kind: str = "pointwise"):
             elif op in ("multiply", "add", "right_shift"):
                 if op == "right_shift" and not v.args[0].same_as(cur):
                     ok = False
-                c = _per_channel(other_const(v, cur), M)
+                c = per_channel(other_const(v, cur), M)
                 if c is None:
                     ok = False
                 vals[op] = c
@@ -192,7 +275,7 @@ def match_pointwise_chains(func: relax.Function, kind: str = "pointwise"):
         Mul, Rnd, Sh = vals["multiply"], vals["add"], vals["right_shift"]
         qmin, qmax = vals["clip"]
         od = vals["dtype"]
-        if od not in ("int8", "uint8", "int32"):
+        if od not in out_dtypes:
             continue
         info = np.iinfo(od)
         if (np.any(Sh < 1) or np.any(Sh > 62) or np.any(Rnd != (np.int64(1) << np.clip(Sh - 1, 0, 62)))
@@ -206,19 +289,70 @@ def match_pointwise_chains(func: relax.Function, kind: str = "pointwise"):
     return found
 
 
-def _emit_call(emit, x, gv, spec, Wp, B, Mul, Sh):
-    """``[1, K, T]`` -> kernel on ``[K, T]`` -> ``[1, M, T]`` (reshapes only: the kernel is channel-major)."""
-    y = emit(relax.call_tir(gv, kernel_args(emit(relax.op.reshape(x, (spec.K, spec.T))), Wp, B, Mul, Sh),
-                            out_ty=relax.TensorType((spec.M, spec.T), spec.out_dtype)))
-    return relax.op.reshape(y, (1, spec.M, spec.T))
+def match_residual_adds(func: relax.Function, chains: dict) -> dict:
+    """Residual joins ``add(a, b) -> clip(lo, hi) -> astype(dtype)`` whose inputs are both int32 outputs of
+    matched pointwise chains (``chains``: final var -> spec kwargs).  Returns ``{astype var: (fused, residual,
+    lo, hi, dtype)}``: ``fused`` (the input whose only user is the add) gets the add, clip and cast in its
+    kernel's epilogue, ``residual`` is passed to it.  Only when the int32 add cannot wrap (the two chains'
+    clip bounds sum inside int32) and ``[lo, hi]`` fits ``dtype``, so the fused result is bit-identical."""
+    bs = bindings(func)
+    value = {b.var: b.value for b in bs}
+    users: dict = {}
+    for b in bs:
+        for v in relax.analysis.free_vars(b.value):
+            users.setdefault(v, []).append(b.var)
+    outs = set(relax.analysis.free_vars(func.body.body))
+
+    def only_user(var):
+        u = users.get(var, [])
+        return u[0] if len(u) == 1 and var not in outs else None
+
+    found = {}
+    for b in bs:
+        if call_op_name(b.value) != "add":
+            continue
+        a0, a1 = b.value.args
+        if not (isinstance(a0, relax.Var) and isinstance(a1, relax.Var) and a0 in chains and a1 in chains):
+            continue
+        fused, res = (a1, a0) if only_user(a1) is not None else (a0, a1)
+        kf, kr = chains[fused], chains[res]
+        if (only_user(fused) is None or fused.same_as(res) or kf["out_dtype"] != "int32" or kr["out_dtype"] != "int32"
+                or kf["layout"] != "ncw"
+                or [int(x) for x in fused.ty.shape] != [int(x) for x in res.ty.shape]
+                or kf["qmin"] + kr["qmin"] < -(2**31) or kf["qmax"] + kr["qmax"] >= 2**31):
+            continue
+        clip = only_user(b.var)
+        if clip is None or call_op_name(value[clip]) != "clip":
+            continue
+        cast = only_user(clip)
+        if cast is None or call_op_name(value[cast]) != "astype":
+            continue
+        lo, hi = _prim(value[clip].args[1]), _prim(value[clip].args[2])
+        od = str(value[cast].attrs.dtype)
+        if od not in ("int8", "uint8", "int32") or lo > hi or lo < np.iinfo(od).min or hi > np.iinfo(od).max:
+            continue
+        found[cast] = (fused, res, int(lo), int(hi), od)
+    return found
+
+
+def _emit_call(emit, x, gv, spec, Wp, B, Mul, Sh, *residual):
+    """``[1, K, T]`` (+ the int32 ``[1, M, T]`` residual) -> kernel -> ``[1, M, T]`` (the ncw kernel's own
+    buffer shapes: no reshape, no copy)."""
+    shape = (spec.T, spec.M) if spec.layout == "tk" else (1, spec.M, spec.Tout)  # tk: a linear layer's [T, M]
+    return relax.call_tir(gv, kernel_args(x, Wp, B, Mul, Sh) + list(residual),
+                          out_ty=relax.TensorType(shape, spec.out_dtype))
 
 
 @tvm.transform.module_pass(opt_level=0, name="X86VnniPointwise")
 class X86VnniPointwise:
     """Module pass: pointwise conv1d + requantize -> one ``call_tir`` of the VNNI kernel (see module doc)."""
 
-    def __init__(self, func_name: str = "main"):
+    def __init__(self, func_name: str = "main", fuse_residual: bool = True, full_convs: bool = True,
+                 linear: bool = True):
         self.func_name = func_name
+        self.fuse_residual = fuse_residual
+        self.full_convs = full_convs
+        self.linear = linear
         self.replaced: list[dict] = []
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
@@ -230,21 +364,37 @@ class X86VnniPointwise:
         plan, funcs = {}, {}
         mod = tvm.IRModule({g: f for g, f in mod.functions.items()}, attrs=mod.attrs,
                            global_infos=mod.global_infos)
-        for final, x, kw, W, bias, Mul, Sh in match_pointwise_chains(func):
-            spec = PointwiseSpec(**kw)
+        chains = {}
+        kinds = ["pointwise"] + (["conv"] if self.full_convs else []) + (["matmul"] if self.linear else [])
+        matched = [c for k in kinds for c in match_pointwise_chains(func, kind=k, out_dtypes=X86_OUT_DTYPES)]
+        for final, x, kw, W, bias, Mul, Sh in matched:
             try:
-                B = fold_bias(W, bias, spec)
+                B = fold_bias(W, bias, PointwiseSpec(**kw))
             except OverflowError:
                 continue
+            chains[final] = (x, kw, W, B, Mul.astype(np.int64), Sh.astype(np.int64))
+        joins = match_residual_adds(func, {v: c[1] for v, c in chains.items()}) if self.fuse_residual else {}
+        fused = {j[0]: (out, j) for out, j in joins.items()}
+        for final, (x, kw, W, B, Mul, Sh) in chains.items():
+            extra = ()
+            if final in fused:  # this chain's kernel also does the residual add + clip + cast
+                final, (_, res, lo, hi, od) = fused[final]
+                kw = dict(kw, residual=True, req_qmin=kw["qmin"], req_qmax=kw["qmax"], qmin=lo, qmax=hi, out_dtype=od)
+                extra = (res,)
+            spec = PointwiseSpec(**kw)
             if spec not in funcs:
-                name = (f"zsq_vnni_pw_{spec.K}x{spec.M}_t{spec.T}_{spec.a_dtype}_{spec.out_dtype}"
-                        f"_{spec.qmin}_{spec.qmax}").replace("-", "m")
+                name = (f"zsq_vnni_{'linear' if spec.layout == 'tk' else 'pw' if spec.taps == 1 else 'conv'}"
+                        f"_{spec.K}x{spec.M}_t{spec.T}"
+                        + (f"_k{spec.taps}_d{spec.dilation}_p{spec.pad_l}_{spec.pad_r}" if spec.taps > 1 or spec.pad_l
+                           or spec.pad_r else "")
+                        + f"_{spec.a_dtype}_{spec.out_dtype}_{spec.qmin}_{spec.qmax}"
+                        + (f"_res_{spec.req_qmin}_{spec.req_qmax}" if spec.residual else "")).replace("-", "m")
                 f = schedule(spec).mod["main"].with_attr("global_symbol", name).with_attr("op_pattern", 8)
                 f = f.with_attr("zsq.kernel", "x86_vnni_pointwise")
                 funcs[spec] = (name, f)
-            plan[final] = (x, spec, pack_weights(W, spec), B, Mul.astype(np.int64), Sh.astype(np.int64), funcs[spec])
+            plan[final] = (x, spec, pack_weights(W, spec), B, Mul, Sh, funcs[spec], *extra)
             self.replaced.append({"var": str(final.name), "K": spec.K, "M": spec.M, "T": spec.T,
-                                  "a_dtype": spec.a_dtype, "out_dtype": spec.out_dtype})
+                                  "a_dtype": spec.a_dtype, "out_dtype": spec.out_dtype, "residual": spec.residual})
         if not plan:
             return mod
         rw = KernelCallRewriter(mod, plan, _emit_call)

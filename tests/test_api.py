@@ -19,7 +19,7 @@ def micro(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def qmodel(micro):
-    return zsq_tvm.quantize(micro, QuantConfig(frames=FRAMES, num_batches=3, seed=0))
+    return zsq_tvm.quantize(micro, QuantConfig(frames=FRAMES, num_batches=3, seed=0, out_bits=8))
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,8 @@ def build(qmodel):
 
 def test_config_validation():
     QuantConfig().validate()
-    for bad in (dict(wbits=1), dict(abits=9), dict(wbits=8.0), dict(wbits=True)):
+    for bad in (dict(wbits=1), dict(abits=9), dict(wbits=8.0), dict(wbits=True), dict(out_bits=12),
+                dict(out_bits=True)):
         with pytest.raises(BitWidthError):
             QuantConfig(**bad).validate()
     with pytest.raises(ConfigError):
@@ -128,6 +129,26 @@ def test_compile_run_matches_float(micro, build, tmp_path):
     assert b2.transcribe(x) == build.decode(y)
     with pytest.raises(zsq_tvm.ZsqError, match="pad or crop"):
         build.run(np.zeros((64, FRAMES + 1), np.float32))
+
+
+def test_int16_logits_finer_and_bit_exact(micro, qmodel, build):
+    """out_bits=16: same calibration, int16 logits with a 258-times finer scale (1/32767 vs 1/127 of
+    the range), TVM == numpy reference bit for bit, closer to the float model than int8 logits."""
+    import onnxruntime as ort
+
+    from zsq_tvm.reference import run_reference
+
+    q16 = zsq_tvm.quantize(micro, QuantConfig(frames=FRAMES, num_batches=3, seed=0, out_bits=16))
+    (o8,), (o16,) = qmodel.metadata["output"], q16.metadata["output"]
+    assert o16["dtype"] == "int16" and o8["dtype"] == "int8"
+    assert o16["scale"] == pytest.approx(o8["scale"] * 127 / 32767, rel=1e-6)
+    b16 = zsq_tvm.compile(q16, target="host")
+    x = np.random.default_rng(3).uniform(-1, 1, (1, 64, FRAMES)).astype(np.float32)
+    y16 = b16.run(x)
+    np.testing.assert_array_equal(y16, run_reference(q16.mod, x))
+    ref = ort.InferenceSession(str(micro)).run(None, {"audio_signal": x})[0]
+    y8 = build.run(x)
+    assert np.abs(y16 - ref).max() <= np.abs(y8 - ref).max()
 
 
 def test_host_target():

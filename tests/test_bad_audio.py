@@ -114,3 +114,13 @@ def test_edge_lengths_evaluate(tmp_path):
     res = ev.evaluate("quartznet-tiny", m, frames_pad=1000, progress=False)
     assert res["n_utterances"] == 2 and res["n_chunked"] == 1 and abs(res["audio_seconds"] - 15.01) < 0.05
     assert 0 <= res["wer"] and np.isfinite(res["cer"])
+
+
+def test_load_wav_refuses_truncated_file(tmp_path):
+    """The direct reader (not only the manifest check) refuses a file shorter than its header says."""
+    from zsq_tvm.audio.mel import load_wav
+
+    ok = load_wav(_riff(tmp_path / "ok.wav", 1, 16, np.arange(800, dtype="<i2").tobytes()))
+    assert ok.shape == (800,) and ok[1] == np.float32(1 / 32768)
+    with pytest.raises(ValueError, match="truncated: its header declares 16000 samples but the file holds 100"):
+        load_wav(_riff(tmp_path / "cut.wav", 1, 16, bytes(200), declared=32000))

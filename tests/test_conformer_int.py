@@ -7,7 +7,11 @@
   the same as the original in onnxruntime;
 * end to end on a 1-layer Conformer (conv2d subsampling, rel-pos MHSA, GLU, depthwise conv + BN,
   Swish, LayerNorm): integer-only check passes, TVM == numpy reference bit for bit, and the
-  dequantized logits stay close to float.
+  dequantized logits stay close to float;
+* kernel sharing: a 2-layer Conformer compiles to no more kernels than a 1-layer one (per-layer
+  scalars passed as data), still integer-only and bit-exact;
+* exact-erf GELU (tiny Transformer) through Quantize and a host build, bit-exact vs the reference;
+* calibration's scheduled float build gives the very ranges of TVM's default (unscheduled) build.
 """
 
 from __future__ import annotations
@@ -151,6 +155,112 @@ def test_tiny_conformer_integer_only_bit_exact(tiny_onnx):
     assert np.abs(out - f).max() <= 0.15 * np.abs(f).max()
 
 
+def test_identical_layers_share_kernels_bit_exact(tmp_path):
+    """ShareScalarConstants (in ``zsq_tvm.build.lower`` for CPU targets): a 2-layer Conformer's layers differ
+    only in their scales, so once the per-layer integer scalars are kernel arguments the second layer adds
+    no kernel of its own — and the build stays integer-only and bit-exact with the reference (which runs
+    the module *before* the pass)."""
+    import tvm
+
+    import zsq_tvm
+    from relax_passes._util import is_tensor_const
+    from relax_passes.share_scalar_constants import BINARY_OPS, ShareScalarConstants
+    from zsq_tvm import lowering
+    from zsq_tvm.build import lower
+    from zsq_tvm.nets.conformer import ConformerCTCModel
+    from zsq_tvm.nets.export import export_onnx
+    from zsq_tvm.reference import run_reference
+
+    def n_kernels(mod):
+        return sum(isinstance(f, tvm.tirx.PrimFunc) for f in mod.functions.values())
+
+    tgt = lowering.host_target()
+    counts, qs = {}, {}
+    for n_layers in (1, 2):
+        torch.manual_seed(0)
+        m = ConformerCTCModel("tiny", params=dict(d_model=16, n_layers=n_layers, n_heads=2, ff_expansion=2,
+                                                  conv_kernel=5, subsampling_channels=4)).eval()
+        path = export_onnx(m, tmp_path / f"l{n_layers}.onnx", frames=32)
+        q = qs[n_layers] = zsq_tvm.quantize(str(path), zsq_tvm.QuantConfig(frames=32, num_batches=2))
+        with tgt:
+            unshared = n_kernels(lowering.lower(q.mod))
+        counts[n_layers] = (unshared, n_kernels(lower(q.mod, tgt)[0]))
+    (u1, s1), (u2, s2) = counts[1], counts[2]
+    assert u2 > u1 + 10, counts          # without the pass, the second layer brings its own kernels
+    assert s2 == s1, counts              # with it, none
+
+    q = qs[2]
+    p = ShareScalarConstants()
+    shared = p(q.mod)
+    assert p.rewritten > 100
+    for gv, f in shared.functions.items():  # postcondition: no integer 0-d constant left next to a tensor
+        if isinstance(f, tvm.relax.Function):
+            for blk in f.body.blocks:
+                for bnd in blk.bindings:
+                    v = bnd.value
+                    if isinstance(v, tvm.relax.Call) and isinstance(v.op, tvm.ir.Op) and v.op.name in BINARY_OPS \
+                            and len(v.ty.shape) >= 1:
+                        assert not any(is_tensor_const(a) and a.value.ndim == 0 and str(a.value.dtype)[0] in "iu"
+                                       for a in v.args), bnd.var.name
+    b = zsq_tvm.compile(q, target="host")
+    assert b.integer_only["ok"] and b.integer_only["prim_funcs"] == s2, b.integer_only
+    rng = np.random.default_rng(3)
+    for x in (rng.uniform(-3, 3, (1, 64, 32)), 5 * rng.standard_normal((1, 64, 32))):
+        x = x.astype(np.float32)
+        np.testing.assert_array_equal(b.run(x), run_reference(q.mod, x))
+
+
+def test_calibration_scheduled_build_keeps_ranges_exactly(tiny_onnx, monkeypatch):
+    """Calibration schedules the float matmuls/convs (rows streamed, all cores) but keeps each output's
+    summation order: the observed ranges equal those of TVM's default, unscheduled build exactly."""
+    import tvm
+
+    from relax_passes.fold_batchnorm import FoldBatchNorm
+    from zsq_tvm import calibrate as C
+    from zsq_tvm import lowering
+    from zsq_tvm.frontend.onnx_import import import_onnx
+
+    _, path = tiny_onnx
+    fmod, _, proto = import_onnx(str(path), frames=32)
+    folded = FoldBatchNorm(onnx_model=proto)(fmod)
+    imod, _ = C.instrument(folded)
+    with tvm.target.Target("llvm"):
+        _, n_scheduled = C.schedule_float_reductions(lowering.lower(imod))
+    assert n_scheduled >= 8  # conv2d x2, the linears, Q K^T, attention V, conv1d ...: not a no-op
+    rng = np.random.default_rng(5)
+    batches = [rng.uniform(-3, 3, (1, 64, 32)).astype(np.float32) for _ in range(2)]
+    new = C.calibrate(folded, batches, progress=False)
+    monkeypatch.setattr(C, "_build_float", lambda m, target: tvm.compile(m, target=target))
+    old = C.calibrate(folded, batches, progress=False)
+    assert new.keys() == old.keys() and len(new) > 50
+    assert new == old
+
+
+def test_architecture_name_quantizes_with_seeded_random_weights():
+    """``zsq quantize conformer-ctc-large ...``: an architecture without a shipped checkpoint resolves to an
+    export with random weights of that seed (same seed, same weights; another seed, others), and the
+    manifest names it; an unknown name is still one clear error."""
+    import onnx
+
+    from zsq_tvm.api import _resolve_model
+    from zsq_tvm.errors import ModelLoadError
+
+    def weights(proto):
+        return {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer if len(t.dims) >= 2
+                and np.prod(t.dims) > 1000}  # conv / linear weights (BN statistics start equal)
+
+    a, label = _resolve_model("quartznet10x5", frames=64, seed=0)  # the smallest unshipped architecture
+    assert label == "arch:quartznet10x5 (random weights, seed 0)"
+    b, _ = _resolve_model("quartznet10x5", frames=64, seed=0)
+    c, _ = _resolve_model("quartznet10x5", frames=64, seed=1)
+    wa, wb, wc = weights(a), weights(b), weights(c)
+    assert len(wa) > 10 and wa.keys() == wb.keys() == wc.keys()
+    assert all(np.array_equal(wa[k], wb[k]) for k in wa)
+    assert not any(np.array_equal(wa[k], wc[k]) for k in wa)
+    with pytest.raises(ModelLoadError, match="unknown model"):
+        _resolve_model("conformer-ctc-huge")
+
+
 class _TinyTransformer(torch.nn.Module):
     """Linear -> GELU -> LayerNorm -> single-head self-attention (scores / 4, softmax) -> Linear:
     the Transformer ops the Conformer does not have (GELU, a softmax fed by one matmul)."""
@@ -168,23 +278,29 @@ class _TinyTransformer(torch.nn.Module):
         return self.out(x + att @ v)
 
 
-def test_tiny_transformer_gelu_softmax_reference(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_transformer_q(tmp_path_factory):
     import warnings
 
     import zsq_tvm
-    from relax_passes._util import bindings, call_op_name
-    from zsq_tvm.reference import run_reference
 
     torch.manual_seed(0)
     m = _TinyTransformer().eval()
-    path = tmp_path / "t.onnx"
+    path = tmp_path_factory.mktemp("tt") / "t.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(m, (torch.zeros(1, 64, 24),), str(path), input_names=["mel"], output_names=["logits"],
                           opset_version=17, dynamo=False)
     rng = np.random.default_rng(0)
     calib = [rng.standard_normal((1, 64, 24)).astype(np.float32) for _ in range(4)]
-    q = zsq_tvm.quantize(str(path), zsq_tvm.QuantConfig(frames=24, calib=calib))
+    return m, calib, zsq_tvm.quantize(str(path), zsq_tvm.QuantConfig(frames=24, calib=calib))
+
+
+def test_tiny_transformer_gelu_softmax_reference(tiny_transformer_q):
+    from relax_passes._util import bindings, call_op_name
+    from zsq_tvm.reference import run_reference
+
+    m, calib, q = tiny_transformer_q
     ops = {call_op_name(b.value) for b in bindings(q.mod["main"])}
     assert not ops & {"nn.gelu", "nn.softmax", "nn.layer_norm", "divide"}
     softmax_in = [r for r in q.metadata["layers"] if r["op"] == "softmax"]
@@ -194,3 +310,20 @@ def test_tiny_transformer_gelu_softmax_reference(tmp_path):
     with torch.no_grad():
         f = m(torch.tensor(x)).numpy()
     assert np.abs(out - f).max() <= 0.1 * np.abs(f).max()
+
+
+def test_tiny_transformer_exact_gelu_tvm_build_bit_exact(tiny_transformer_q):
+    """Exact-erf GELU (torch's ``Div/Erf/Add/Mul/Mul``, fused to ``Gelu`` by the frontend) through the whole
+    Quantize pass *and* a host build: integer-only, TVM == numpy reference bit for bit on inputs it was
+    not calibrated on, including ones far outside the calibration range (saturating GELU inputs)."""
+    import zsq_tvm
+    from zsq_tvm.reference import run_reference
+
+    _, _, q = tiny_transformer_q
+    assert [r["op"] for r in q.metadata["layers"]].count("gelu") == 1  # the erf pattern became one integer GELU
+    b = zsq_tvm.compile(q, target="host")
+    assert b.integer_only["ok"], b.integer_only
+    rng = np.random.default_rng(7)
+    for x in (rng.standard_normal((1, 64, 24)), 6.0 * rng.standard_normal((1, 64, 24)), np.zeros((1, 64, 24))):
+        x = x.astype(np.float32)
+        np.testing.assert_array_equal(b.run(x), run_reference(q.mod, x))

@@ -44,6 +44,16 @@ SHAPES = [
     pw.PointwiseSpec(50, 64, 40, a_dtype="int8"),  # first layer: +128 shift and folded bias
     pw.PointwiseSpec(61, 129, 33, a_dtype="int8", layout="ncw"),
     pw.PointwiseSpec(64, 96, 80, rt=6, rm=2),  # explicit tiles, padded T
+    # ncw (time steps in the VNNI lanes): K < 4 (only the K % 4 tail group), one time step,
+    # odd T with uint8/int32 outputs, an explicit (rm=3 channels x 2 vectors) tile with M % 3 != 0
+    pw.PointwiseSpec(1, 3, 5, layout="ncw"),
+    pw.PointwiseSpec(33, 3, 40, a_dtype="int8", out_dtype="uint8", qmin=0, qmax=255, layout="ncw"),
+    pw.PointwiseSpec(77, 66, 19, out_dtype="int32", qmin=-(2**30), qmax=2**30 - 1, layout="ncw"),
+    pw.PointwiseSpec(101, 45, 23, a_dtype="int8", out_dtype="int32", qmin=-(2**30), qmax=2**30 - 1, layout="ncw"),
+    pw.PointwiseSpec(64, 8, 20, rt=2, rm=3, layout="ncw"),
+    # int16 outputs (a trained QuartzNet's classifier logits), both layouts
+    pw.PointwiseSpec(53, 132, 29, out_dtype="int16", qmin=-32767, qmax=32767, layout="ncw"),
+    pw.PointwiseSpec(37, 30, 29, a_dtype="int8", out_dtype="int16", qmin=-32767, qmax=32767),
 ]
 
 
@@ -91,3 +101,65 @@ def test_pack_weights_layout():
         for k in range(spec.Kp):
             want = W[m, k] if m < 20 and k < 10 else 0
             assert Wp[m // 16, k // 4, m % 16, k % 4] == want
+
+
+RESIDUAL_SPECS = [
+    # QuartzNet block join: u8 in, requant clip +-2^30, residual add, ReLU clip to u8
+    pw.PointwiseSpec(77, 66, 19, out_dtype="uint8", qmin=0, qmax=255, layout="ncw", residual=True,
+                     req_qmin=-(2**30), req_qmax=2**30 - 1),
+    # int8 in, K < 4, int8 out
+    pw.PointwiseSpec(33, 3, 40, a_dtype="int8", out_dtype="int8", qmin=-127, qmax=127, layout="ncw", residual=True,
+                     req_qmin=-(2**30), req_qmax=2**30 - 1),
+    # int32 out with a narrower final clip, odd T, M % tile != 0
+    pw.PointwiseSpec(101, 45, 23, a_dtype="int8", out_dtype="int32", qmin=-5000, qmax=7000, layout="ncw",
+                     residual=True, req_qmin=-(2**20), req_qmax=2**20),
+]
+
+
+@needs_vnni
+@pytest.mark.parametrize("spec", RESIDUAL_SPECS, ids=lambda s: f"res-{s.a_dtype}-T{s.T}K{s.K}M{s.M}-{s.out_dtype}")
+def test_pointwise_residual_bit_exact(spec):
+    """Fused residual join == requantize (clip req_qmin..req_qmax) + R, clip qmin..qmax, cast (numpy)."""
+    X, W, b, Mul, Sh = _case(spec)
+    rng = np.random.default_rng(11)
+    R = rng.integers(-600, 600, (spec.M, spec.T)).astype(np.int32)
+    R[0, :] = spec.req_qmax  # extremes: the int32 sums reach the clip bounds on both sides
+    R[-1, :] = spec.req_qmin
+    k = pw.PointwiseKernel(spec, W, b, Mul, Sh)
+    y = k(X, R)
+    ref = pw.reference(spec, X, W, b, Mul, Sh, R)
+    assert y.dtype == ref.dtype and y.shape == (spec.M, spec.T)
+    np.testing.assert_array_equal(y, ref)
+    assert (ref == spec.qmax).any() and (ref == spec.qmin).any() and len(np.unique(ref)) > 3
+    # the residual really is added: a zero residual gives a different result
+    assert not np.array_equal(k(X, np.zeros_like(R)), y)
+
+
+def test_residual_join_needs_int32_safe_bounds():
+    """match_residual_adds only fuses when the int32 add of the two requantized branches cannot wrap."""
+    from tvm.script import relax as R
+
+    from relax_passes.x86_vnni_pointwise import match_residual_adds
+
+    @R.function
+    def f(a: R.Tensor((1, 8, 5), "int32"), b: R.Tensor((1, 8, 5), "int32")):
+        with R.dataflow():
+            s = R.add(a, b)
+            c = R.clip(s, 0, 255)
+            y = R.astype(c, "uint8")
+            R.output(y)
+        return y
+
+    kw = dict(M=8, T=5, out_dtype="int32", layout="ncw")
+    safe = {f.params[0]: dict(kw, qmin=-(2**30), qmax=2**30 - 1), f.params[1]: dict(kw, qmin=-(2**30), qmax=2**30 - 1)}
+    # the function parameters stand in for the two chains' final vars; only b (its only user is the add) is fused
+    got = match_residual_adds(f, safe)
+    assert len(got) == 1
+    (fused, res, lo, hi, od), = got.values()
+    assert (lo, hi, od) == (0, 255, "uint8") and {fused, res} == set(f.params)
+    wide = {v: dict(kw, qmin=-(2**31), qmax=2**31 - 1) for v in f.params}
+    assert match_residual_adds(f, wide) == {}
+    narrow_out = {v: dict(d, out_dtype="int8") for v, d in safe.items()}
+    assert match_residual_adds(f, narrow_out) == {}
+    time_major = {v: dict(d, layout="tk") for v, d in safe.items()}  # linear layers: no residual epilogue
+    assert match_residual_adds(f, time_major) == {}

@@ -34,6 +34,13 @@ def test_rewrite_replaces_pointwise_convs(qtiny):
     mod = p(qtiny.mod)
     assert len(p.replaced) > 0
     assert all(r["K"] > 0 and r["M"] > 0 and r["T"] == 64 for r in p.replaced)
+    # every block's residual join (add of two int32 pointwise outputs, ReLU clip, cast) went into a kernel
+    assert any(r["residual"] for r in p.replaced)
+    from relax_passes._util import bindings, call_op_name
+
+    assert not any(call_op_name(b.value) == "add" and str(b.var.ty.dtype) == "int32" for b in bindings(mod["main"]))
+    # no reshapes around the kernels: they take the graph's [1, C, T] tensors
+    assert not any(call_op_name(b.value) == "reshape" for b in bindings(mod["main"]))
     assert _vnni_funcs(mod)
     # default lowering untouched
     assert not _vnni_funcs(qtiny.mod)
@@ -52,3 +59,20 @@ def test_host_vnni_bit_exact_and_integer_only(qtiny):
         y = b.run(mel)
         ref = run_reference(qtiny.mod, mel)
         assert y.dtype == ref.dtype and np.array_equal(y, ref)
+
+
+def test_quartznet5x5_every_conv_on_vnni_bit_exact():
+    """The shipped QuartzNet-5x5 (its classifier requantizes to int16 logits): no conv1d is left to TVM's
+    default lowering, and host-vnni equals the numpy reference bit for bit."""
+    from relax_passes._util import bindings, call_op_name
+    from relax_passes.x86_vnni_depthwise import X86VnniDepthwise
+
+    q = zsq_tvm.quantize("quartznet5x5", zsq_tvm.QuantConfig(frames=64))
+    p = X86VnniPointwise()
+    mod = X86VnniDepthwise()(p(q.mod))
+    assert any(r["out_dtype"] == "int16" for r in p.replaced)
+    assert not any(call_op_name(b.value) == "nn.conv1d" for b in bindings(mod["main"]))
+    b = zsq_tvm.compile(q, target="host-vnni")
+    assert b.integer_only["ok"] is True
+    mel = np.random.default_rng(5).standard_normal((1, 64, 64)).astype(np.float32) * 2
+    assert np.array_equal(b.run(mel), run_reference(q.mod, mel))

@@ -40,10 +40,17 @@ class QuantConfig:
     ``None`` takes T from the ONNX file when it is fixed there.
     calib ``"synthetic"``: zero-shot (paper §2.3) — mels synthesized from the model's own BatchNorm
     statistics (:func:`zsq_tvm.synthesize`; ``synth`` overrides its defaults; T = min(``frames``, 64), zero-padded).
+    seed: of the random / synthetic calibration, and of the random weights when the model is an architecture
+    name without a shipped checkpoint (``conformer-ctc-large``).
     """
 
     wbits: int = 8
     abits: int = 8
+    # bits of the integer logits the graph ends with (8 or 16).  16 is better for WER: the logits feed only the argmax
+    # (or a beam search), and at 8 bits near-ties between characters collapse -- W8A8 QuartzNet-5x5 loses
+    # 0.49 WER points with int8 logits vs ~0.1 with int16 (docs/results.md, issue 4); 8 stays the default until
+    # the CUDA kernel matcher accepts int16 outputs
+    out_bits: int = 8
     calib: Any = "random"
     calib_method: str = "minmax"
     frames: int | None = None
@@ -62,6 +69,9 @@ class QuantConfig:
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 2 <= v <= 8:
                 raise BitWidthError(f"{name}={v!r} is outside the supported range 2..8",
                                     f"pass --{name} with an integer from 2 to 8 (8 is the usual choice)")
+        if isinstance(self.out_bits, bool) or self.out_bits not in (8, 16):
+            raise BitWidthError(f"out_bits={self.out_bits!r} is not supported",
+                                "pass --out-bits 8 (int8 logits) or 16 (int16 logits)")
         if self.calib_method not in CALIB_METHODS:
             raise ConfigError(f"unknown calibration method {self.calib_method!r}",
                               "use --calib-method minmax or percentile")
@@ -202,7 +212,7 @@ def _run_passes(fmod, batches, cfg: QuantConfig, proto=None):
     if cfg.percentile is not None:
         kw["percentile"] = cfg.percentile
     ranges = calib_mod.calibrate(folded, batches, **kw)
-    qpass = Quantize(ranges, wbits=cfg.wbits, abits=cfg.abits)
+    qpass = Quantize(ranges, wbits=cfg.wbits, abits=cfg.abits, out_bits=cfg.out_bits)
     qmod = qpass(folded)
     meta = getattr(qpass, "metadata", None) or {}
     return qmod, _to_jsonable(meta) or {}, _to_jsonable(ranges), bn_stats
@@ -314,12 +324,17 @@ def _logits_layout(shape: list[int], frames: int, num_classes_hint: int | None) 
         else ("BVT", a)
 
 
-def _resolve_model(model, frames: int | None = None):
+def _resolve_model(model, frames: int | None = None, seed: int = 0):
     """A shipped model name (``zsq_tvm.models.SHIPPED``) -> ONNX ``ModelProto`` exported on the fly
-    (BatchNorm kept, ``frames`` fixes T); anything else is returned unchanged.  ``(model, name | None)``."""
+    (BatchNorm kept, ``frames`` fixes T); an architecture name without a shipped checkpoint
+    (``zsq_tvm.nets.ALL_ARCHS``, e.g. ``conformer-ctc-large``) -> the same with random weights
+    (NeMo-style init, torch seed ``seed``); anything else is returned unchanged.
+    ``(model, label | None)`` where the label (``"shipped:NAME"`` / ``"arch:NAME ..."``) names the source."""
     from .models import checkpoint_path, is_shipped
+    from .nets import ALL_ARCHS
 
-    if not is_shipped(model):
+    random_arch = isinstance(model, str) and model in ALL_ARCHS and not is_shipped(model) and not os.path.exists(model)
+    if not is_shipped(model) and not random_arch:
         if isinstance(model, str) and not os.path.exists(model) and not model.endswith((".onnx", ".pt")):
             checkpoint_path(model)  # "unknown model ...; use one of the shipped models: ..."
         return model, None
@@ -330,7 +345,13 @@ def _resolve_model(model, frames: int | None = None):
     from .nets.export import export_onnx
 
     with tempfile.TemporaryDirectory(prefix="zsq-export-") as td:
-        return onnx.load(str(export_onnx(model, Path(td) / f"{model}.onnx", frames=frames))), model
+        if random_arch:
+            from .nemo_io import _model_from_source
+
+            net = _model_from_source(model, seed=seed)
+            out = export_onnx(net, Path(td) / f"{model}.onnx", frames=frames)
+            return onnx.load(str(out)), f"arch:{model} (random weights, seed {seed})"
+        return onnx.load(str(export_onnx(model, Path(td) / f"{model}.onnx", frames=frames))), f"shipped:{model}"
 
 
 def quantize(model, config: QuantConfig | None = None, **overrides) -> QuantizedModel:
@@ -339,10 +360,10 @@ def quantize(model, config: QuantConfig | None = None, **overrides) -> Quantized
     if overrides:
         cfg = QuantConfig(**{**asdict(cfg), **overrides})
     cfg.validate()
-    model, shipped = _resolve_model(model, cfg.frames)
+    model, label = _resolve_model(model, cfg.frames, seed=cfg.seed)
     proto, sha, source = load_onnx(model)
-    if shipped:
-        source = f"shipped:{shipped}"
+    if label:
+        source = label
     from .frontend.onnx_import import model_info
 
     info0 = model_info(proto, sha, source)

@@ -34,7 +34,7 @@ from relax_passes._util import bindings, const, dtype_of, main_function, resolve
 
 from .errors import CalibrationError
 
-__all__ = ["calibrate", "instrument", "RangeObserver", "METHODS"]
+__all__ = ["calibrate", "instrument", "RangeObserver", "METHODS", "schedule_float_reductions"]
 
 METHODS = ("minmax", "percentile")
 
@@ -161,6 +161,80 @@ def _samples(batches, in_shape):
             yield x
 
 
+_COMM_REDUCE = 2  # tirx.IterVar kind of a reduction axis
+
+
+def _schedule_reduction_block(sch, name: str, vector: int) -> bool:
+    """Reorder one ``C[spatial] (+)= f(...)`` block to ``spatial[:-1], reduction, spatial[-1]`` with the
+    last spatial loop split by ``vector`` and vectorized, and the first non-unit spatial loop parallel.
+
+    Every output element still accumulates its reduction axes in the original (ascending) order, one
+    term after the other: only *which outputs* are computed side by side changes, so float results are
+    bit-identical.  False (``sch`` untouched) when the block does not have that simple shape."""
+    blk = sch.get_sblock(name)
+    kinds = [int(iv.iter_type) for iv in sch.get(blk).iter_vars]
+    loops = sch.get_loops(blk)
+    if _COMM_REDUCE not in kinds or len(loops) != len(kinds):
+        return False
+    ns = kinds.index(_COMM_REDUCE)
+    if ns == 0 or any(k != _COMM_REDUCE for k in kinds[ns:]):
+        return False
+    ext = sch.get(loops[ns - 1]).extent
+    if not isinstance(ext, tvm.tirx.IntImm) or int(ext.value) < vector:
+        return False
+    spatial, reduction = loops[:ns], loops[ns:]
+    outer, inner = sch.split(spatial[-1], [None, vector])
+    sch.reorder(*spatial[:-1], *reduction, outer, inner)
+    sch.vectorize(inner)  # before decompose_reduction: the vectorizer wants a block with its init
+    par = [lp for lp in spatial[:-1] if int(sch.get(lp).extent) > 1]
+    if par:
+        sch.parallel(par[0])
+    sch.decompose_reduction(blk, reduction[0])
+    return True
+
+
+def schedule_float_reductions(lowered: tvm.IRModule, vector: int = 8) -> tuple[tvm.IRModule, int]:
+    """Schedule every simple reduction block (matmul, conv1d/conv2d, ...) of a lowered module's
+    PrimFuncs with :func:`_schedule_reduction_block`; returns ``(module, number of blocks scheduled)``.
+
+    A block the schedule primitives refuse keeps TVM's default loop nest (only slower)."""
+    from tvm import s_tir
+
+    n, updates = 0, {}
+    for gv, func in lowered.functions.items():
+        if not isinstance(func, tvm.tirx.PrimFunc):
+            continue
+        if func.attrs is not None and func.attrs.get("tirx.is_scheduled", False):
+            continue
+        sch = s_tir.Schedule(func)
+        done = 0
+        for name in [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]:
+            trial = sch.copy()
+            try:
+                if _schedule_reduction_block(trial, name, vector):
+                    sch, done = trial, done + 1
+            except (s_tir.ScheduleError, tvm.TVMError):
+                continue
+        if done:
+            updates[gv] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+            n += done
+    for gv, f in updates.items():
+        lowered[gv] = f
+    return lowered, n
+
+
+def _build_float(imod: tvm.IRModule, target):
+    """Lower (:func:`zsq_tvm.lowering.lower`: the default CPU pipeline's legalize + fuse phase), schedule
+    the reductions, then let ``tvm.compile`` finish the default pipeline."""
+    from .lowering import lower
+
+    tgt = tvm.target.Target(target) if isinstance(target, str) else target
+    with tgt:
+        lowered = lower(imod)
+    lowered, _ = schedule_float_reductions(lowered)
+    return tvm.compile(lowered, target=tgt, relax_pipeline="default")
+
+
 def calibrate(mod: tvm.IRModule, batches, method: str = "minmax", percentile: float = 99.99,
               target="llvm", progress: bool = True, func_name: str = "main") -> dict:
     """Observe activation ranges of the float module over ``batches``.
@@ -177,7 +251,7 @@ def calibrate(mod: tvm.IRModule, batches, method: str = "minmax", percentile: fl
     in_shape = shape_of(func.params[0])
     reduce = method == "minmax"
     imod, names = instrument(mod, reduce=reduce, func_name=func_name)
-    ex = tvm.compile(imod, target=target)
+    ex = _build_float(imod, target)
     vm = relax.VirtualMachine(ex, tvm.cpu())
     n = 0
     total = len(batches) if hasattr(batches, "__len__") else None

@@ -33,7 +33,7 @@ def _int_arg(s: str) -> int:
 def cmd_quantize(a) -> int:
     from . import api
 
-    cfg = api.QuantConfig(wbits=a.wbits, abits=a.abits, calib=a.calib, calib_method=a.calib_method,
+    cfg = api.QuantConfig(wbits=a.wbits, abits=a.abits, out_bits=a.out_bits, calib=a.calib, calib_method=a.calib_method,
                           frames=a.frames, seed=a.seed, num_batches=a.num_batches,
                           progress=not a.json and sys.stderr.isatty() or a.progress,
                           synth={k: v for k, v in (("num_batches", a.synth_batches), ("iters", a.synth_iters))
@@ -244,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     s = sub.add_parser("quantize", help="ONNX model -> quantized (integer-only) model directory")
-    s.add_argument("model", help="ONNX model with a mel input [B, F, T], or a shipped model name (quartznet5x5, ...)")
+    s.add_argument("model", help="ONNX model with a mel input [B, F, T], a shipped model name (quartznet5x5, ...) "
+                                 "or an architecture name (conformer-ctc-large, ...: random weights, --seed)")
     s.add_argument("--calib", default="random",
                    help="'random', 'synthetic' (zero-shot: mels synthesized from the model's BatchNorm statistics; "
                         "needs BatchNormalization in the ONNX) or a directory of .npy mels [F, T] (default random)")
@@ -253,8 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--calib-method", default="minmax", help="minmax or percentile (default minmax)")
     s.add_argument("--wbits", type=_int_arg, default=8, help="weight bits, 2..8 (default 8)")
     s.add_argument("--abits", type=_int_arg, default=8, help="activation bits, 2..8 (default 8)")
+    s.add_argument("--out-bits", type=_int_arg, default=8,
+                   help="bits of the integer logits, 8 or 16 (default 8; 16 keeps near-ties of the CTC argmax apart: better WER, see docs/results.md)")
     s.add_argument("--frames", type=_int_arg, default=None, help="static input frames T (100 per second)")
-    s.add_argument("--seed", type=_int_arg, default=0)
+    s.add_argument("--seed", type=_int_arg, default=0,
+                   help="seed of the random calibration (and of the weights of an architecture name; default 0)")
     s.add_argument("--num-batches", type=_int_arg, default=8, help="random calibration inputs (default 8)")
     s.add_argument("--progress", action="store_true", help="show progress bars even when not on a terminal")
     s.add_argument("-o", "--output", required=True, help="output directory (must not exist)")

@@ -116,15 +116,16 @@ def _host_vnni():
 
 
 def _vnni_prepare(mod):
-    """Opt-in: pointwise and depthwise conv1d + requantize -> hand-scheduled VNNI kernels
-    (relax_passes.x86_vnni_pointwise, relax_passes.x86_vnni_depthwise)."""
+    """Opt-in: conv1d (pointwise, full groups=1 stride 1, depthwise) and linear-layer matmuls + requantize (and
+    QuartzNet/Jasper residual joins) -> hand-scheduled VNNI kernels (relax_passes.x86_vnni_pointwise,
+    relax_passes.x86_vnni_depthwise)."""
     from relax_passes.x86_vnni_depthwise import X86VnniDepthwise
     from relax_passes.x86_vnni_pointwise import X86VnniPointwise
 
     return X86VnniDepthwise()(X86VnniPointwise()(mod))
 
 
-register_target("host-vnni", _host_vnni, "host llvm + hand-written AVX-512 VNNI pointwise/depthwise conv kernels (opt-in)",
+register_target("host-vnni", _host_vnni, "host llvm + hand-written AVX-512 VNNI conv1d/linear kernels (opt-in)",
                 prepare=_vnni_prepare)
 
 

@@ -142,11 +142,15 @@ def load_wav(path: str, expected_rate: int = 16000) -> np.ndarray:
     """Read a 16-bit PCM mono WAV as float32 in [-1, 1].
 
     Refuses (ValueError naming the file) other sample rates, stereo and non-PCM16 data
-    instead of silently resampling: features of a wrong-rate file would be garbage.
+    instead of silently resampling: features of a wrong-rate file would be garbage; and a truncated
+    file (fewer bytes than its header declares), whose missing tail would silently vanish.
     """
     with wave.open(str(path), "rb") as w:
         sr, ch, width, n = w.getframerate(), w.getnchannels(), w.getsampwidth(), w.getnframes()
         raw = w.readframes(n)
+    if len(raw) < n * ch * width:
+        raise ValueError(f"{path}: truncated: its header declares {n} samples but the file holds "
+                         f"{len(raw) // max(1, ch * width)} (re-copy it, or rewrite the header with: sox in.wav out.wav)")
     if ch != 1:
         raise ValueError(f"{path}: {ch} channels; zsq needs mono audio (convert with: sox in.wav -c 1 out.wav)")
     if sr != expected_rate:

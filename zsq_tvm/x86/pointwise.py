@@ -1,38 +1,63 @@
-"""Pointwise (k=1) int8 conv1d as a GEMM on x86 with AVX-512 VNNI, requantize fused.
+"""Pointwise (k=1) int8 conv1d as a GEMM on x86 with AVX-512 VNNI, requantize fused (ncw: also full conv1d).
 
-Problem (one pointwise conv1d of the integer graph, batch 1, time-major layout)::
+Problem (one pointwise conv1d of the integer graph, batch 1)::
 
-    acc[t, m] = sum_k X[t, k] * W[m, k]                      X [T, K] uint8 (post-ReLU) or int8
+    acc[t, m] = sum_k X[t, k] * W[m, k]                      X uint8 (post-ReLU) or int8
     Y[t, m]   = cast(clip((int64(acc[t, m] + bias[m]) * Mul[m] + 2^(Sh[m]-1)) >> Sh[m], qmin, qmax))
 
 which is :func:`zsq_tvm.intmath.conv1d_int` (k=1) followed by :func:`zsq_tvm.intmath.requantize`
-per output channel.  ``layout="ncw"`` takes the graph's own layout ``x[K, T]``/``y[M, T]`` (NCW with
-N=1 squeezed) and does both transposes inside the kernel: the activation transpose in the ``xpad``
-block, the output one in the requantize write-back (so it is a drop-in for a k=1 conv1d).
+per output channel.  Two layouts, two register-tile shapes (one ``vpdpbusd`` = 16 int32 lanes, each
+``+= sum_{r<4} u8 * s8``):
 
-Layouts
-* weights are packed offline (:func:`pack_weights`) to ``Wp[Mp/16, Kp/4, 16, 4]``,
-  ``Wp[mo, ko, mi, ki] = W[16 mo + mi, 4 ko + ki]`` (zero outside ``M x K``), so the 16x4 int8 tile one
-  ``vpdpbusd`` consumes is 64 contiguous bytes;
-* ``Mp``, ``Kp``, ``Tp`` are ``M``, ``K``, ``T`` rounded up to 16·rm, 4 and rt; when ``K % 4`` or
-  ``T % rt`` is non-zero (or activations are int8) a ``xpad`` block writes a padded uint8 copy
-  ``Xp[Tp, Kp]`` (zeros in the pad; padded weights are zero, so padded k adds nothing; padded rows t
-  and columns m are never written to ``Y``).
+``layout="tk"`` (time-major ``X[T, K] -> Y[T, M]``): lanes are 16 output channels.  Weights are
+packed offline (:func:`pack_weights`) to ``Wp[Mp/16, Kp/4, 16, 4]``, ``Wp[mo, ko, mi, ki] =
+W[16 mo + mi, 4 ko + ki]`` (64 contiguous bytes per ``vpdpbusd``); the activation dword
+``X[t, 4ko:4ko+4]`` is broadcast.  Register tile ``rt`` time rows x ``rm`` 16-channel vectors.  When
+``K % 4``, ``T % rt`` or int8 activations need it, a ``xpad`` block writes a padded uint8 copy.
 
-Signed int8 activations (the model's first layer).  VNNI multiplies u8 x s8 only, so the kernel uses
-``xu = x + 128`` in ``[1, 255]`` (``[0, 255]`` for -128) and corrects in int32, exactly::
+``layout="ncw"`` (the graph's own ``X[1, K, T] -> Y[1, M, T]``, batch 1; the Relax graph passes its
+tensors as they are, no reshape): lanes are 16 consecutive *time steps* of one output channel, so
+neither side is transposed.  A ``xwin`` pre-pass interleaves groups of 4 input channels into one
+int32 per time step (the u8 operand: 4 consecutive k of one t, as VNNI wants)::
+
+    Xw[g, t] = sum_{r<4} u8(X[4g + r, t] + off) << 8r        (rows 4g+r >= K: 0, their weights are 0)
+
+and the weight dword ``Wq[m, 0, 4g:4g+4]`` (``Wq[Mp, taps, Kp]``, zero padded) is broadcast::
+
+    acc[m, t .. t+15] += vpdpbusd(Xw[g, t .. t+15], broadcast(Wq[m, 0, 4g:4g+4]))
+
+(the depthwise kernel's intrinsic, :data:`zsq_tvm.x86.depthwise.VNNI_DW_U8S8_16X4`).  Register tile
+``rm`` channels x ``rt`` 16-step vectors; the requantize epilogue uses per-channel scalars and writes
+16 contiguous bytes of ``Y[0, m, :]`` per vector.  ``Xw`` rows are padded to a stride of 16 mod 64
+words: at the natural 2048-byte stride (T=500 -> 512) the g-loop hits 4 L1 sets only.
+
+The ncw kernel also covers a full conv1d (groups 1, stride 1, ``taps`` taps, dilation ``d``, zero pads
+``pad_l``/``pad_r``: Jasper's blocks).  ``Xw`` then spans the padded input (pad columns hold ``u8(0 +
+off)``) and the reduction gains a tap axis; 16 outputs of tap ``j`` read the 64 contiguous bytes at
+column ``t + j d``::
+
+    acc[m, t] = sum_j sum_g sum_r byte_r(Xw[g, t + j d]) * Wq[m, j, 4g + r]
+              = sum_j sum_k xpad[k, t + j d] * W[m, k, j]                 (intmath.conv1d_int)
+
+and, for a residual join (``residual``), the epilogue adds an int32 ``R[1, M, Tout]`` to the requantized
+int32 value (clipped to ``req_qmin..req_qmax``) before the final clip and cast
+(:mod:`relax_passes.x86_vnni_pointwise`).
+
+Signed int8 activations (the model's first layer, and every layer fed by a depthwise conv).  VNNI
+multiplies u8 x s8 only, so the kernel uses ``xu = x + 128`` in ``[0, 255]`` and corrects in int32,
+exactly::
 
     sum_k x[t,k] w[m,k] = sum_k (x[t,k] + 128) w[m,k] - 128 * sum_k w[m,k]
 
 so ``bias'[m] = bias[m] - 128 * rowsum(W)[m]`` (:func:`fold_bias`, computed offline in int64 and
-checked to fit int32).  The shifted partial sums are bounded by ``K * 255 * 127`` (checked < 2^31);
-the final ``acc' + bias'`` equals ``acc + bias``, whose range ``zsq_tvm.overflow`` proves.  Integer
-addition is associative, so the result is bit-exact, not approximately equal.
+checked to fit int32; padded k have zero weights, so their value never matters; with taps the sum runs
+over taps too and the zero pads read 128).  The shifted partial sums are bounded by
+``K * taps * 255 * 127`` (checked < 2^31); the final ``acc' + bias'`` equals ``acc + bias``,
+whose range ``zsq_tvm.overflow`` proves.  Integer addition is associative, so the result is bit-exact,
+not approximately equal.
 
-Schedule (:func:`schedule`): the register tile is ``rt`` time rows x ``rm`` 16-lane channel vectors
-(rt·rm int32x16 accumulators in zmm registers); per 4-deep k step it loads rm weight vectors and
-broadcasts rt activation dwords.  Outer tiles (t, m) are fused and parallel (TVM thread pool); the
-requantize epilogue is computed per tile from the register accumulators and written as int8/uint8.
+Both schedules fuse the outer (t, m) tiles into one parallel loop (TVM thread pool) and requantize
+each tile from its register accumulators.
 """
 
 from __future__ import annotations
@@ -63,7 +88,8 @@ def _round_up(x: int, m: int) -> int:
 
 @dataclass(frozen=True)
 class PointwiseSpec:
-    """``X[T, K] (a_dtype) x W[M, K] (int8) -> Y[T, M] (out_dtype)`` with requantize."""
+    """``X[T, K] (a_dtype) x W[M, K] (int8) -> Y[T, M] (out_dtype)`` with requantize (tk), or the graph-layout
+    ``X[1, K, T] -> Y[1, M, Tout]`` conv1d with ``taps`` taps, optional residual join (ncw)."""
 
     T: int
     K: int
@@ -72,12 +98,38 @@ class PointwiseSpec:
     out_dtype: str = "int8"
     qmin: int = -127
     qmax: int = 127
-    rt: int = 0  # register tile rows (0: choose)
-    rm: int = 4  # register tile 16-lane vectors
-    layout: str = "tk"  # "tk": X[T, K] -> Y[T, M];  "ncw": X[K, T] -> Y[M, T] (graph layout, N=1)
+    rt: int = 0  # register tile: tk time rows / ncw 16-step time vectors (0: choose both rt and rm)
+    rm: int = 4  # register tile: tk 16-channel vectors / ncw channels (used by ncw only with rt set)
+    layout: str = "tk"  # "tk": X[T, K] -> Y[T, M];  "ncw": X[1, K, T] -> Y[1, M, T] (graph layout, N=1)
+    # ncw only: fuse a residual add, Y = clip(requant(acc) [clipped to req_qmin..req_qmax] + R, qmin, qmax)
+    residual: bool = False
+    req_qmin: int = 0
+    req_qmax: int = 0
+    # ncw only: a full conv1d (groups 1, stride 1) with `taps` taps dilated by `dilation`, zero pads;
+    # T is then the *input* length and Tout the output length
+    taps: int = 1
+    dilation: int = 1
+    pad_l: int = 0
+    pad_r: int = 0
+
+    def __post_init__(self):
+        if self.residual:
+            assert self.layout == "ncw", "residual add is fused in the ncw kernel only"
+            assert -(2**31) <= self.req_qmin <= self.req_qmax < 2**31, (self.req_qmin, self.req_qmax)
+        if self.taps != 1 or self.pad_l or self.pad_r:
+            assert self.layout == "ncw", "k > 1 convs and padding: ncw kernel only"
+        assert self.taps >= 1 and self.dilation >= 1 and self.pad_l >= 0 and self.pad_r >= 0 and self.Tout >= 1
+
+    @property
+    def Tout(self) -> int:
+        """Output time steps: ``T + pad_l + pad_r - dilation (taps - 1)`` (``T`` for a pointwise conv)."""
+        return self.T + self.pad_l + self.pad_r - self.dilation * (self.taps - 1)
 
     @property
     def tile_t(self) -> int:
+        """Time steps per register tile (tk: rows; ncw: 16 x the number of 16-step vectors)."""
+        if self.layout == "ncw":
+            return 16 * self.ncw_vectors
         if self.rt:
             return self.rt
         for r in (4, 5, 6, 8, 3):  # prefer a divisor of T (no padded copy of X)
@@ -86,13 +138,24 @@ class PointwiseSpec:
         return 6
 
     @property
+    def ncw_vectors(self) -> int:
+        """ncw: 16-step time vectors per register tile (``rt``, else up to 4, fewer for short T)."""
+        return self.rt or max(1, min(4, _round_up(self.Tout, 16) // 16))
+
+    @property
     def tile_m(self) -> int:
+        """Output channels per register tile in units of 16 (tk) or 1 (ncw)."""
+        if self.layout == "ncw":
+            # explicit tile (rt set): rm channels; else ~16 int32x16 accumulators (4 channels x 4
+            # vectors, 8 x 2, 8 x 1), never more channels than M
+            rm = self.rm if self.rt else {1: 8, 2: 8, 3: 5}.get(self.ncw_vectors, 4)
+            return max(1, min(rm, self.M))
         # never tile wider than the (16-rounded) channel count
         return max(1, min(self.rm, _round_up(self.M, 16) // 16))
 
     @property
     def Tp(self) -> int:
-        return _round_up(self.T, self.tile_t)
+        return _round_up(self.Tout, self.tile_t)
 
     @property
     def Kp(self) -> int:
@@ -100,7 +163,7 @@ class PointwiseSpec:
 
     @property
     def Mp(self) -> int:
-        return _round_up(self.M, 16 * self.tile_m)
+        return _round_up(self.M, self.tile_m if self.layout == "ncw" else 16 * self.tile_m)
 
     @property
     def needs_xpad(self) -> bool:
@@ -109,8 +172,15 @@ class PointwiseSpec:
 
 
 def pack_weights(W: np.ndarray, spec: PointwiseSpec) -> np.ndarray:
-    """``W[M, K]`` (or OIW ``[M, K, 1]``) int8 -> ``Wp[Mp/16, Kp/4, 16, 4]``, zero padded."""
+    """``W[M, K]`` (or OIW ``[M, K, taps]``) int8 -> tk: ``Wp[Mp/16, Kp/4, 16, 4]``; ncw: ``Wq[Mp, taps, Kp]``
+    (``Wq[m, j, k] = W[m, k, j]``: one broadcast dword per tap and 4 input channels); zero padded."""
     W = np.asarray(W)
+    if spec.layout == "ncw":
+        W3 = W if W.ndim == 3 else W[:, :, None]
+        assert W3.shape == (spec.M, spec.K, spec.taps) and W3.dtype == np.int8, (W3.shape, W3.dtype)
+        Wq = np.zeros((spec.Mp, spec.taps, spec.Kp), np.int8)
+        Wq[: spec.M, :, : spec.K] = W3.transpose(0, 2, 1)
+        return Wq
     if W.ndim == 3:
         assert W.shape[2] == 1, "pointwise conv only"
         W = W[:, :, 0]
@@ -121,13 +191,14 @@ def pack_weights(W: np.ndarray, spec: PointwiseSpec) -> np.ndarray:
 
 
 def fold_bias(W: np.ndarray, bias, spec: PointwiseSpec) -> np.ndarray:
-    """int32 bias the kernel adds: ``bias`` (u8 activations) or ``bias - 128 rowsum(W)`` (int8)."""
+    """int32 bias the kernel adds: ``bias`` (u8 activations) or ``bias - 128 rowsum(W)`` (int8; the sum runs
+    over channels and taps: every tap, pads included, reads a +128-shifted value)."""
     W = np.asarray(W)
     if W.ndim == 3:
-        W = W[:, :, 0]
+        W = W.reshape(W.shape[0], -1)
     b = np.zeros(spec.M, np.int64) if bias is None else np.broadcast_to(np.asarray(bias, np.int64), (spec.M,))
     if spec.a_dtype == "int8":
-        if spec.K * 255 * 127 >= 2**31:
+        if spec.K * spec.taps * 255 * 127 >= 2**31:
             raise OverflowError(f"K={spec.K}: shifted u8 partial sums could pass 2^31")
         b = b - 128 * W.astype(np.int64).sum(axis=1)
     if b.min(initial=0) < -(2**31) or b.max(initial=0) >= 2**31:
@@ -136,31 +207,26 @@ def fold_bias(W: np.ndarray, bias, spec: PointwiseSpec) -> np.ndarray:
 
 
 def pointwise_func(spec: PointwiseSpec):
-    """The TIR PrimFunc ``(X[T,K], Wp[Mp/16,Kp/4,16,4], B[M] i32, Mul[M] i64, Sh[M] i64) -> Y[T,M]``."""
+    """The TIR PrimFunc ``(X[T,K], Wp[Mp/16,Kp/4,16,4], B[M] i32, Mul[M] i64, Sh[M] i64) -> Y[T,M]``
+    (ncw: ``(X[1,K,T], Wq[Mp,Kp], B, Mul, Sh) -> Y[1,M,T]``, :func:`_ncw_func`)."""
     from tvm.script import tirx as T
+
+    if spec.layout == "ncw":
+        return _ncw_func(spec)
+    assert spec.layout == "tk", spec.layout
 
     Tn, K, M = spec.T, spec.K, spec.M
     Tp, Kp, Mp = spec.Tp, spec.Kp, spec.Mp
     ad, od = spec.a_dtype, spec.out_dtype
     qmin, qmax = int(spec.qmin), int(spec.qmax)
     off = 128 if ad == "int8" else 0
-    ncw = spec.layout == "ncw"
-    assert spec.layout in ("tk", "ncw"), spec.layout
-    xshape = (K, Tn) if ncw else (Tn, K)
-    yshape = (M, Tn) if ncw else (Tn, M)
-
-    def xload(X, t, k):
-        return X[k, t] if ncw else X[t, k]
-
-    def yidx(t, m):
-        return (m, t) if ncw else (t, m)
 
     if spec.needs_xpad:
 
         @T.prim_func(s_tir=True)
-        def func(X: T.Buffer(xshape, ad), Wp: T.Buffer((Mp // 16, Kp // 4, 16, 4), "int8"),
+        def func(X: T.Buffer((Tn, K), ad), Wp: T.Buffer((Mp // 16, Kp // 4, 16, 4), "int8"),
                  B: T.Buffer((M,), "int32"), Mul: T.Buffer((M,), "int64"),
-                 Sh: T.Buffer((M,), "int64"), Y: T.Buffer(yshape, od)):
+                 Sh: T.Buffer((M,), "int64"), Y: T.Buffer((Tn, M), od)):
             T.func_attr({"global_symbol": "main", "tirx.noalias": True})
             Xp = T.sblock_alloc_buffer((Tp, Kp), "uint8")
             acc = T.sblock_alloc_buffer((Tp, Mp), "int32")
@@ -169,7 +235,7 @@ def pointwise_func(spec: PointwiseSpec):
                     vt, vk = T.axis.remap("SS", [t, k])
                     Xp[vt, vk] = T.if_then_else(
                         vt < Tn and vk < K,
-                        T.Cast("uint8", T.Cast("int32", xload(X, T.min(vt, Tn - 1), T.min(vk, K - 1))) + off),
+                        T.Cast("uint8", T.Cast("int32", X[T.min(vt, Tn - 1), T.min(vk, K - 1)]) + off),
                         T.uint8(0))
             for t, mo, mi, ko, ki in T.grid(Tp, Mp // 16, 16, Kp // 4, 4):
                 with T.sblock("gemm"):
@@ -181,7 +247,7 @@ def pointwise_func(spec: PointwiseSpec):
             for t, m in T.grid(Tn, M):
                 with T.sblock("requant"):
                     vt, vm = T.axis.remap("SS", [t, m])
-                    Y[yidx(vt, vm)] = requantize_expr(acc[vt, vm] + B[vm], Mul[vm], Sh[vm], qmin, qmax, od)
+                    Y[vt, vm] = requantize_expr(acc[vt, vm] + B[vm], Mul[vm], Sh[vm], qmin, qmax, od)
 
         return func
 
@@ -206,10 +272,112 @@ def pointwise_func(spec: PointwiseSpec):
     return func
 
 
+def _pack4(X, g, t, rows: int, off: int):
+    """int32 holding ``u8(X[0, 4g + r, t] + off)`` in byte ``r`` for ``r < rows`` (other bytes 0)."""
+    from tvm.script import tirx as T
+
+    word = None
+    for r in range(rows):
+        b = T.Cast("int32", X[0, g * 4 + r, t]) + off  # in [0, 255]: u8 as is, int8 shifted by +128
+        b = b if r == 0 else T.shift_left(b, 8 * r)
+        word = b if word is None else T.bitwise_or(word, b)
+    return word
+
+
+def _ncw_func(spec: PointwiseSpec):
+    """``(X[1,K,T], Wq[Mp,taps,Kp] i8, B[M] i32, Mul[M] i64, Sh[M] i64[, R[1,M,Tout] i32]) -> Y[1,M,Tout]``,
+    time steps in lanes; ``R`` (``spec.residual``) is added to the int32 requantized value before the final
+    clip.  With ``taps > 1`` the reduction also runs over the taps: ``Xw`` covers the zero-padded input
+    (pads packed as ``u8(0 + off)``), and tap ``j`` of output ``t`` reads column ``t + j * dilation``::
+
+        acc[m, t] = sum_j sum_g sum_r byte_r(Xw[g, t + j d]) * Wq[m, j, 4g + r]
+    """
+    from tvm.script import tirx as T
+
+    Tn, K, M = spec.T, spec.K, spec.M
+    To, Tp, Kp, Mp = spec.Tout, spec.Tp, spec.Kp, spec.Mp
+    J, d, pl = spec.taps, spec.dilation, spec.pad_l
+    Tw = Tp + d * (J - 1)  # Xw columns the last output tile reads
+    tail = Tw - pl - Tn  # right pad (and tile padding) columns, >= pad_r
+    ad, od = spec.a_dtype, spec.out_dtype
+    qmin, qmax = int(spec.qmin), int(spec.qmax)
+    rqmin, rqmax = int(spec.req_qmin), int(spec.req_qmax)
+    off = 128 if ad == "int8" else 0
+    pad_word = int(np.uint32(off * 0x01010101).view(np.int32))  # four u8(0 + off) bytes
+    G, Gf, kr = Kp // 4, K // 4, K % 4  # groups of 4 input channels; full groups; rows of the last one
+
+    @T.macro
+    def xwin_and_gemm(X, Wq, Xw, acc):
+        if pl > 0:  # left zero pad (shifted: u8(0 + off) in every byte)
+            for g, u in T.grid(G, pl):
+                with T.sblock("xwin_pad_l"):
+                    vg, vu = T.axis.remap("SS", [g, u])
+                    Xw[vg, vu] = pad_word
+        if Gf > 0:
+            for g, t in T.grid(Gf, Tn):
+                with T.sblock("xwin"):
+                    vg, vt = T.axis.remap("SS", [g, t])
+                    Xw[vg, vt + pl] = _pack4(X, vg, vt, 4, off)
+        if kr > 0:  # the K % 4 rows of the last group; its other bytes meet zero weights
+            for t in range(Tn):
+                with T.sblock("xwin_k_tail"):
+                    vt = T.axis.spatial(Tn, t)
+                    Xw[Gf, vt + pl] = _pack4(X, Gf, vt, kr, off)
+        if tail > 0:  # right zero pad, then the tile padding (defined values; those outputs are not written)
+            for g, u in T.grid(G, tail):
+                with T.sblock("xwin_pad_r"):
+                    vg, vu = T.axis.remap("SS", [g, u])
+                    Xw[vg, vu + pl + Tn] = pad_word
+        for m, t, j, g, r in T.grid(Mp, Tp, J, G, 4):
+            with T.sblock("gemm"):
+                vm, vt, vj, vg, vr = T.axis.remap("SSRRR", [m, t, j, g, r])
+                with T.init():
+                    acc[vm, vt] = 0
+                acc[vm, vt] = acc[vm, vt] + T.bitwise_and(T.shift_right(Xw[vg, vt + vj * d], vr * 8), 255) * T.Cast(
+                    "int32", Wq[vm, vj, vg * 4 + vr])
+
+    if not spec.residual:
+
+        @T.prim_func(s_tir=True)
+        def func(X: T.Buffer((1, K, Tn), ad), Wq: T.Buffer((Mp, J, Kp), "int8"), B: T.Buffer((M,), "int32"),
+                 Mul: T.Buffer((M,), "int64"), Sh: T.Buffer((M,), "int64"), Y: T.Buffer((1, M, To), od)):
+            T.func_attr({"global_symbol": "main", "tirx.noalias": True})
+            Xw = T.sblock_alloc_buffer((G, Tw), "int32")
+            acc = T.sblock_alloc_buffer((Mp, Tp), "int32")
+            xwin_and_gemm(X, Wq, Xw, acc)
+            for m, t in T.grid(M, To):
+                with T.sblock("requant"):
+                    vm, vt = T.axis.remap("SS", [m, t])
+                    Y[0, vm, vt] = requantize_expr(acc[vm, vt] + B[vm], Mul[vm], Sh[vm], qmin, qmax, od)
+
+        return func
+
+    # residual: y = clip(requant(acc + B) in [rqmin, rqmax]) + R, then clip to [qmin, qmax]; the int32
+    # add cannot wrap (the caller checks rqmin + R's min >= -2^31 and rqmax + R's max < 2^31)
+    @T.prim_func(s_tir=True)
+    def func(X: T.Buffer((1, K, Tn), ad), Wq: T.Buffer((Mp, J, Kp), "int8"), B: T.Buffer((M,), "int32"),
+             Mul: T.Buffer((M,), "int64"), Sh: T.Buffer((M,), "int64"), R: T.Buffer((1, M, To), "int32"),
+             Y: T.Buffer((1, M, To), od)):
+        T.func_attr({"global_symbol": "main", "tirx.noalias": True})
+        Xw = T.sblock_alloc_buffer((G, Tw), "int32")
+        acc = T.sblock_alloc_buffer((Mp, Tp), "int32")
+        xwin_and_gemm(X, Wq, Xw, acc)
+        for m, t in T.grid(M, To):
+            with T.sblock("requant"):
+                vm, vt = T.axis.remap("SS", [m, t])
+                Y[0, vm, vt] = T.Cast(od, T.max(T.min(
+                    requantize_expr(acc[vm, vt] + B[vm], Mul[vm], Sh[vm], rqmin, rqmax, "int32") + R[0, vm, vt],
+                    T.int32(qmax)), T.int32(qmin)))
+
+    return func
+
+
 def schedule(spec: PointwiseSpec, tensorize: bool = True):
-    """Hand schedule: rt x (rm*16) register tiles, parallel outer tiles, VNNI inner product."""
+    """Hand schedule: register tiles, parallel outer tiles, VNNI inner product (ncw: :func:`_schedule_ncw`)."""
     from tvm import s_tir
 
+    if spec.layout == "ncw":
+        return _schedule_ncw(spec, tensorize)
     intrin = register("local")
     sch = s_tir.Schedule(pointwise_func(spec))
     gemm = sch.get_sblock("gemm")
@@ -225,14 +393,6 @@ def schedule(spec: PointwiseSpec, tensorize: bool = True):
     sch.set_scope(gemm, 0, "local")
     # requantize the tile right after its reduction finishes
     sch.reverse_compute_at(req, outer, preserve_unit_loops=True)
-    if spec.layout == "ncw":
-        # requantize into a small (rt, rm*16) tile, then write it transposed (rt contiguous
-        # bytes per channel) instead of scattering 16 single bytes per vector
-        yw = sch.cache_write(req, 0, "local")
-        sch.transform_layout(req, ("write", 0), lambda m, t: (t, m))
-        sch.reverse_compute_at(yw, outer, preserve_unit_loops=True)
-        wm, wt = sch.get_loops(yw)[-2:]
-        sch.unroll(wt)
     # epilogue: vectorise over the 16-lane channel chunks
     lt, lm = sch.get_loops(req)[-2:]
     lm0, lm1 = sch.split(lm, [None, 16])
@@ -248,17 +408,59 @@ def schedule(spec: PointwiseSpec, tensorize: bool = True):
     if spec.needs_xpad:
         xb = sch.get_sblock("xpad")
         xt, xk = sch.get_loops(xb)
-        if spec.layout == "ncw":
-            # transpose in 16 x 64 tiles: reads run along t, writes along k
-            t0, t1 = sch.split(xt, [None, 16])
-            k0, k1 = sch.split(xk, [None, 64])
-            sch.reorder(t0, k0, t1, k1)
-            sch.parallel(t0)
-            sch.vectorize(k1)
-        else:
-            sch.parallel(xt)
-            xo, xi = sch.split(xk, [None, 4])
-            sch.vectorize(xi)
+        sch.parallel(xt)
+        xo, xi = sch.split(xk, [None, 4])
+        sch.vectorize(xi)
+    return sch
+
+
+def _schedule_ncw(spec: PointwiseSpec, tensorize: bool = True):
+    """ncw: (rm channels x rt 16-step vectors) register tiles, (t, m) tiles fused and parallel, m inner
+    so consecutive tiles reuse one ``Xw`` column slab (``Kp * 16 rt`` bytes) from L1."""
+    from tvm import s_tir
+
+    from .depthwise import register_dw
+
+    intrin = register_dw()  # C[16] += sum_r byte_r(A[16]) * B[r]: A = Xw vector, B = weight dword
+    sch = s_tir.Schedule(pointwise_func(spec))
+    gemm, req = sch.get_sblock("gemm"), sch.get_sblock("requant")
+    rm, rv = spec.tile_m, spec.ncw_vectors
+    m, t, j, g, r = sch.get_loops(gemm)
+    m0, m1 = sch.split(m, [None, rm])
+    t0, t1, t2 = sch.split(t, [None, rv, 16])
+    sch.reorder(t0, m0, j, g, m1, t1, t2, r)
+    outer = sch.fuse(t0, m0)
+    sch.parallel(outer)
+    sch.set_scope(gemm, 0, "local")  # the rm x rt int32x16 accumulators live in zmm registers
+    sch.reverse_compute_at(req, outer, preserve_unit_loops=True)
+    lm, lt = sch.get_loops(req)[-2:]
+    # per-channel bias / multiplier / shift as scalars: vectorised over t with the T % 16 tail's
+    # predicate they would be gathered (vpgatherdq, ~10% of the kernel)
+    for i in (1, 2, 3):  # B, Mul, Sh (read buffer 0 is acc)
+        sch.compute_at(sch.cache_read(req, i, "local"), lm, preserve_unit_loops=True)
+    sch.vectorize(sch.split(sch.get_loops(req)[-1], [None, 16])[1])
+    init = sch.decompose_reduction(gemm, j)
+    il = sch.get_loops(init)
+    sch.vectorize(sch.fuse(*il[-2:]))
+    sch.unroll(il[-3])
+    sch.unroll(m1)
+    sch.unroll(t1)
+    if tensorize:
+        sch.tensorize(t2, intrin)
+    # the xwin blocks that exist (full groups if K >= 4, the K % 4 tail, pads / tile padding)
+    G, Gf = spec.Kp // 4, spec.K // 4
+    tail = spec.Tp + spec.dilation * (spec.taps - 1) - spec.pad_l - spec.T
+    blocks = [n for n, present in (("xwin", Gf > 0), ("xwin_k_tail", G > Gf), ("xwin_pad_l", spec.pad_l > 0),
+                                   ("xwin_pad_r", tail > 0)) if present]
+    # row stride = 16 mod 64 words: at T=500 (Tp=512) rows are 2048 B apart and the g-loop of a tile
+    # would map onto 4 of the 64 L1 sets (conflict misses on every load)
+    sch.storage_align(sch.get_sblock(blocks[0]), 0, axis=0, factor=64, offset=16)
+    for name in blocks:
+        b = sch.get_sblock(name)
+        loops = sch.get_loops(b)
+        if len(loops) == 2:
+            sch.parallel(loops[0])
+        sch.vectorize(sch.split(loops[-1], [None, 16])[1])
     return sch
 
 
@@ -270,23 +472,32 @@ def build(spec: PointwiseSpec, target=None, tensorize: bool = True):
     return tvm.compile(sch.mod, target=target if target is not None else x86_target())
 
 
-def reference(spec: PointwiseSpec, X, W, bias, Mul, Sh) -> np.ndarray:
-    """numpy oracle: :func:`intmath.conv1d_int` (k=1 on NCW) + :func:`intmath.requantize`."""
+def reference(spec: PointwiseSpec, X, W, bias, Mul, Sh, R=None) -> np.ndarray:
+    """numpy oracle: :func:`intmath.conv1d_int` (k=1 on NCW) + :func:`intmath.requantize` (+ the residual
+    ``R[M, T]`` int32 and the final clip for ``spec.residual``, as the Relax graph's add/clip/astype)."""
     from zsq_tvm import intmath
 
     W = np.asarray(W)
     if W.ndim == 2:
         W = W[:, :, None]
     Xncw = np.asarray(X) if spec.layout == "ncw" else np.asarray(X).T  # [K, T]
-    acc = intmath.conv1d_int(Xncw[None], W)[0].T.astype(np.int64)  # [T, M]
+    acc = intmath.conv1d_int(Xncw[None], W, padding=(spec.pad_l, spec.pad_r), dilation=spec.dilation
+                             )[0].T.astype(np.int64)  # [Tout, M]
     if bias is not None:
         acc = acc + np.asarray(bias, np.int64)[None, :]
+    if spec.residual:
+        y = intmath.requantize(acc, Mul, Sh, spec.req_qmin, spec.req_qmax, axis=1).astype(np.int32)
+        y = np.clip(y.T + np.asarray(R, np.int32), spec.qmin, spec.qmax).astype(spec.out_dtype)  # [M, T]
+        return np.ascontiguousarray(y)
     y = intmath.requantize(acc, Mul, Sh, spec.qmin, spec.qmax, axis=1).astype(spec.out_dtype)
     return np.ascontiguousarray(y.T) if spec.layout == "ncw" else y
 
 
 class PointwiseKernel:
-    """A compiled kernel with its packed constants: ``kernel(X) -> Y`` (numpy in, numpy out)."""
+    """A compiled kernel with its packed constants: ``kernel(X) -> Y`` (numpy in, numpy out).
+
+    numpy arrays are 2-D in both layouts (``X[K, T] -> Y[M, T]`` for ncw); :meth:`run` takes the
+    kernel's own buffer shape (``[1, K, T]`` for ncw)."""
 
     def __init__(self, spec: PointwiseSpec, W, bias, Mul, Sh, target=None, dev=None):
         import tvm
@@ -300,16 +511,20 @@ class PointwiseKernel:
         self.B = mk(fold_bias(W, bias, spec))
         self.Mul = mk(np.broadcast_to(np.asarray(Mul, np.int64), (spec.M,)))
         self.Sh = mk(np.broadcast_to(np.asarray(Sh, np.int64), (spec.M,)))
-        yshape = (spec.M, spec.T) if spec.layout == "ncw" else (spec.T, spec.M)
+        yshape = (1, spec.M, spec.Tout) if spec.layout == "ncw" else (spec.T, spec.M)
         self.Y = tvm.runtime.empty(yshape, spec.out_dtype, self.dev)
 
-    def run(self, Xt) -> None:
-        """Run on an already-placed tvm tensor (for timing)."""
-        self.f(Xt, self.Wp, self.B, self.Mul, self.Sh, self.Y)
+    def run(self, Xt, Rt=None) -> None:
+        """Run on already-placed tvm tensors (for timing); ``Rt`` the ``[1, M, T]`` residual (spec.residual)."""
+        extra = (Rt,) if self.spec.residual else ()
+        self.f(Xt, self.Wp, self.B, self.Mul, self.Sh, *extra, self.Y)
 
-    def __call__(self, X: np.ndarray) -> np.ndarray:
+    def __call__(self, X: np.ndarray, R: np.ndarray | None = None) -> np.ndarray:
         import tvm
 
-        Xt = tvm.runtime.tensor(np.ascontiguousarray(X), self.dev)
-        self.run(Xt)
-        return self.Y.numpy()
+        X = np.ascontiguousarray(X)
+        Xt = tvm.runtime.tensor(X[None] if self.spec.layout == "ncw" else X, self.dev)
+        Rt = tvm.runtime.tensor(np.ascontiguousarray(R, np.int32)[None], self.dev) if self.spec.residual else None
+        self.run(Xt, Rt)
+        y = self.Y.numpy()
+        return y[0] if self.spec.layout == "ncw" else y

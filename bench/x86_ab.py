@@ -1,0 +1,63 @@
+"""A/B timing of saved builds in one process: same input, interleaved round by round, outputs must be equal.
+
+On a CPU shared with other jobs, latencies measured in different processes or at different times are not
+comparable; this loads every build given (``zsq compile ... -o DIR`` / ``Build.save``) into one process,
+checks that they produce identical outputs on one seeded mel, then times ``main`` of each in turn, round
+by round, and prints wall-clock median / 25th percentile / min and the process CPU time per run (with
+``TVM_NUM_THREADS=1`` the CPU time is the work done, little affected by other jobs' time slices).
+
+    git archive HEAD | tar -x -C /tmp/head          # the committed code, to build the "before" side
+    PYTHONPATH=/tmp/head python -c "import zsq_tvm; zsq_tvm.compile(zsq_tvm.load('Q'), 'host-vnni').save('/tmp/b_head')"
+    python -c "import zsq_tvm; zsq_tvm.compile(zsq_tvm.load('Q'), 'host-vnni').save('/tmp/b_new')"
+    TVM_NUM_THREADS=1 python bench/x86_ab.py /tmp/b_head /tmp/b_new --runs 30
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("builds", nargs="+")
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=1)
+    a = ap.parse_args()
+    import numpy as np
+    import tvm
+
+    import zsq_tvm
+
+    builds = {d: zsq_tvm.load(d) for d in a.builds}
+    first = next(iter(builds.values()))
+    mel = np.random.default_rng(a.seed).standard_normal((1, 64, first.frames)).astype(np.float32)
+    outs = [b.run(mel) for b in builds.values()]
+    if not all(np.array_equal(outs[0], o) for o in outs[1:]):
+        raise SystemExit("the builds' outputs differ: not the same model, nothing to compare")
+    calls = {}
+    for d, b in builds.items():
+        vm, x = b._vm_(), tvm.runtime.tensor(mel)
+        calls[d] = lambda vm=vm, x=x: vm["main"](x)
+    for f in calls.values():
+        for _ in range(3):
+            f()
+    wall = {d: [] for d in calls}
+    cpu = {d: [] for d in calls}
+    for _ in range(a.runs):
+        for d, f in calls.items():
+            c, t = time.process_time(), time.perf_counter()
+            f()
+            wall[d].append((time.perf_counter() - t) * 1e3)
+            cpu[d].append((time.process_time() - c) * 1e3)
+    for d in calls:
+        w, c = np.array(wall[d]), np.array(cpu[d])
+        print(f"{d}: wall median {np.median(w):.1f} q25 {np.percentile(w, 25):.1f} min {w.min():.1f} ms | "
+              f"cpu median {np.median(c):.1f} min {c.min():.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
