@@ -69,16 +69,21 @@ def _const(expr):
     return expr.value.numpy() if is_tensor_const(expr) else None
 
 
-def _per_channel(arr, M):
-    """Constant broadcast along the channel axis of ``[1, M, T]`` -> ``[M]`` int64, else None."""
+def _channel_vector(arr, M, shapes, max_ndim):
+    """Scalar or one of ``shapes`` (a length-M vector along the channel axis) -> ``[M]`` int64, else None."""
     if arr is None:
         return None
     a = np.asarray(arr)
-    if a.size == 1 and a.ndim <= 3:
+    if a.size == 1 and a.ndim <= max_ndim:
         return np.full(M, a.reshape(()).astype(np.int64))
-    if a.shape in ((1, M, 1), (M, 1)):
+    if a.shape in shapes:
         return a.reshape(M).astype(np.int64)
     return None
+
+
+def _per_channel(arr, M):
+    """Constant broadcast along the channel axis of ``[1, M, T]`` -> ``[M]`` int64, else None."""
+    return _channel_vector(arr, M, ((1, M, 1), (M, 1)), 3)
 
 
 def _prim(e):
@@ -137,14 +142,7 @@ def _depthwise_conv(call, W, xt):
 
 def _per_channel_last(arr, M):
     """Constant broadcast along the last axis of a ``[T, M]`` matmul output -> ``[M]`` int64, else None."""
-    if arr is None:
-        return None
-    a = np.asarray(arr)
-    if a.size == 1 and a.ndim <= 2:
-        return np.full(M, a.reshape(()).astype(np.int64))
-    if a.shape in ((M,), (1, M)):
-        return a.reshape(M).astype(np.int64)
-    return None
+    return _channel_vector(arr, M, ((M,), (1, M)), 2)
 
 
 def _linear(call):
