@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import zsq_tvm  # noqa: E402
 from zsq_tvm.audio.mel import MelFrontend, wav_bytes_to_float  # noqa: E402
 from zsq_tvm.data.corpus import _resample  # noqa: E402
-from zsq_tvm.nets import build_model  # noqa: E402
+from zsq_tvm.nets import build_model, randomize_batchnorm  # noqa: E402
 
 FRAMES = 1000
 CALIB = ["the quick brown fox jumps over the lazy dog and runs far away into the forest",
@@ -67,12 +67,7 @@ def load_model(name):
     torch.manual_seed(0)
     m = build_model(name)
     # random weights, but non-trivial BatchNorm statistics so that folding is exercised
-    for mod in m.modules():
-        if isinstance(mod, torch.nn.BatchNorm1d):
-            mod.running_mean.uniform_(-0.2, 0.2)
-            mod.running_var.uniform_(0.5, 2.0)
-            mod.weight.data.uniform_(0.5, 1.5)
-            mod.bias.data.uniform_(-0.1, 0.1)
+    randomize_batchnorm(m)  # torch's global RNG, seeded above: the same statistics as before
     return m, "random weights (seed 0)"
 
 

@@ -47,7 +47,8 @@ FRAMES = 1000
 LIFT_MIN = 4096  # constants with more elements become runtime inputs in the speed builds
 SPEED_MODELS = ("quartznet5x5", "quartznet10x5", "quartznet15x5")
 TIMING: dict = {}  # how _time measured (reported in the JSON)
-KERNEL_CASES = [(500, 256, 256, "uint8"), (500, 512, 29, "uint8")]
+# (T, K, M, activations, output): the last is the 29-class decoder writing int16 logits (out_bits=16, the default)
+KERNEL_CASES = [(500, 256, 256, "uint8", "int8"), (500, 512, 29, "uint8", "int8"), (500, 512, 29, "uint8", "int16")]
 
 
 # ============================================================================ prepare (full TVM)
@@ -160,14 +161,15 @@ def prepare(out: str, arch: str, models: list[str], skip_speed: bool = False, mo
     # ---- kernels alone
     from zsq_tvm.cuda import int8_gemm as g
 
-    for T_, K, M, a in (KERNEL_CASES if cuda else []):
-        spec = g.GemmSpec(T_, K, M, a_dtype=a)
+    for T_, K, M, a, od in (KERNEL_CASES if cuda else []):
+        qmin, qmax = (-32767, 32767) if od == "int16" else (-127, 127)
+        spec = g.GemmSpec(T_, K, M, a_dtype=a, out_dtype=od, qmin=qmin, qmax=qmax)
         X, W, bias, Mul, Sh = g.random_problem(spec, seed=T_ + K + M)
         want = g.reference(spec, X, W, bias, Mul, Sh)
         for kind, fn in (("dp4a", g.schedule_dp4a), ("wmma", g.schedule_wmma)):
             if kind == "wmma" and M < 64:
                 continue
-            name = f"kern_{kind}_{T_}x{K}x{M}_{a}"
+            name = f"kern_{kind}_{T_}x{K}x{M}_{a}" + ("" if od == "int8" else f"_{od}")
             _export(g.build(fn(spec), target), art, name, arch, man, {"kind": "kernel"})
             np.savez(os.path.join(art, name + ".npz"), X=X, W=W, B=g.kernel_bias(spec, W, bias, kind),
                      Mul=Mul, Sh=Sh, want=want)

@@ -16,8 +16,16 @@ where it can).  ``B`` is the int32 bias, folded with ``128 * rowsum(W)`` for the
 uint8 activations (which it shifts to int8); the kernel computes exactly
 ``clip((int64(acc + bias) * Mul + 2^(Sh-1)) >> Sh)``, bit-identical to the chain it replaces.
 
+Output dtypes (:data:`CUDA_OUT_DTYPES`): int8/uint8 (hidden layers), int32 (residual branches) and int16 --
+the logits of ``QuantConfig(out_bits=16)`` (the default), which the decoder's pointwise conv writes.  Both
+kernels take any of them: the epilogue is :func:`zsq_tvm.tir_intmath.requantize_expr`, which clips to the
+chain's ``[qmin, qmax]`` in int64 before the cast, and the write-back is scalar (one element per store), so
+only the stored width changes.
+
 Kernel choice: WMMA when ``M >= 64`` and ``K >= 64`` (tile 64x64x16), dp4a otherwise (e.g. the
 29-class decoder) -- ``schedule=`` forces one.  ``pass_obj.replaced`` lists the replaced layers.
+A chain a kernel cannot take exactly (a bias that leaves int32 once folded) keeps the default lowering
+(still integer-only), as does anything :func:`match_pointwise_chains` does not match.
 """
 
 from __future__ import annotations
@@ -29,7 +37,10 @@ from tvm import relax
 from ._util import KernelCallRewriter, kernel_args
 from .x86_vnni_pointwise import match_pointwise_chains
 
-__all__ = ["CudaInt8Pointwise"]
+__all__ = ["CudaInt8Pointwise", "CUDA_OUT_DTYPES"]
+
+# final casts the CUDA kernels write: int16 is what the logits layer ends with at out_bits=16
+CUDA_OUT_DTYPES = ("int8", "uint8", "int16", "int32")
 
 
 def _emit_call(emit, x, gv, spec, W, B, Mul, Sh):
@@ -64,7 +75,7 @@ class CudaInt8Pointwise:
         plan, funcs = {}, {}
         mod = tvm.IRModule({gv: f for gv, f in mod.functions.items()}, attrs=mod.attrs,
                            global_infos=mod.global_infos)
-        for final, x, kw, W, bias, Mul, Sh in match_pointwise_chains(func):
+        for final, x, kw, W, bias, Mul, Sh in match_pointwise_chains(func, out_dtypes=CUDA_OUT_DTYPES):
             spec = g.GemmSpec(T=kw["T"], K=kw["K"], M=kw["M"], a_dtype=kw["a_dtype"], out_dtype=kw["out_dtype"],
                               qmin=kw["qmin"], qmax=kw["qmax"])
             kind = self.schedule or pick_schedule(spec)

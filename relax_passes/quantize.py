@@ -75,7 +75,8 @@ from tvm import relax, te, tirx
 
 from zsq_tvm import intmath
 from zsq_tvm.errors import BitWidthError, UnsupportedOpsError
-from zsq_tvm.overflow import AccumulatorOverflowError, OverflowLedger, dot_interval, requant_interval
+from zsq_tvm.overflow import (AccumulatorOverflowError, OverflowLedger, bias_overflow_error, dot_interval,
+                              requant_interval)
 
 from ._util import bindings, call_op_name, const, dtype_of, main_function, resolve_const, shape_of, tensor_names
 from .quantize_conformer import CONFORMER_OPS, ConformerOps
@@ -301,6 +302,26 @@ class _Quantizer(ConformerOps):
                                   st.axis, st.ndim, tag or self.names.get(self.root(var), var.name), st.lo, st.hi)
         return _QT(expr, scale, bits, unsigned)
 
+    def quantize_bias(self, var, arg, c, scale):
+        """:func:`intmath.quantize_bias` of the float bias ``c`` that ``var`` adds to the accumulator ``arg``
+        (scale ``scale``).  A bias past int32 (a near-zero activation or weight scale) raises
+        :class:`zsq_tvm.overflow.BiasOverflowError` naming the layer, the scales and the fix, not numpy's
+        bare ValueError from deep inside the pass."""
+        try:
+            return intmath.quantize_bias(c, scale)
+        except ValueError:
+            pass
+        src = self.names.get(self.root(arg)) if isinstance(arg, relax.Var) else None
+        rec = next((r for r in reversed(self.meta["layers"]) if src is not None and r.get("tensor") == src
+                    and "x_scale" in r), None)  # the conv/matmul that produced the accumulator
+        xs = ws = alpha = None
+        if rec is not None and np.allclose(np.multiply(rec["x_scale"], rec["w_scale"]), scale, rtol=1e-9, atol=0):
+            xs, ws = rec["x_scale"], rec["w_scale"]
+            unsigned = str(rec.get("x_dtype", "int8")).startswith("uint")
+            alpha = float(xs) * intmath.qrange(self.abits, unsigned)[1]
+        where = self._layer(var) + (f" (the bias add after {src})" if src and src != self.names.get(var) else "")
+        raise bias_overflow_error(where, c, scale, xs, ws, alpha)
+
     def ensure_q(self, var):
         key = self.root(var) if isinstance(var, relax.Var) else var
         if key in self.memo_q:
@@ -421,7 +442,7 @@ class _Quantizer(ConformerOps):
             n = acc.scale.size
             if c.size not in (1, n) or (c.ndim == acc.ndim and c.size == n and c.shape[acc.axis] != n):
                 raise ValueError(f"add {self._label(var)}: constant of shape {c.shape} is not a per-channel bias")
-            bq = intmath.quantize_bias(np.broadcast_to(c.reshape(-1), (n,)), acc.scale)
+            bq = self.quantize_bias(var, arg, np.broadcast_to(c.reshape(-1), (n,)), acc.scale)
             lo, hi = acc.lo + bq.astype(np.int64), acc.hi + bq.astype(np.int64)
             rec = self.ledger.accumulate(self._layer(var), "bias_add", lo, hi)
             expr = self.bb.emit(relax.op.add(acc.expr, const(bq.reshape(_bcast_shape(acc.ndim, acc.axis, n)), "int32")))
@@ -570,7 +591,8 @@ class Quantize:
     wbits, abits : int
         Weight / activation bit widths, 2..8 (stored int8/uint8).
     out_bits : int
-        Bits of the requantized logits (2..16; int8 or int16 storage).
+        Bits of the requantized logits (2..16; int8 or int16 storage).  8 for this pass alone;
+        :class:`zsq_tvm.QuantConfig` (``zsq quantize``) passes its default, 16.
     drop_output_softmax : bool
         Drop a trailing softmax/log_softmax (argmax-preserving) instead of refusing it.
     dequantize_output : bool

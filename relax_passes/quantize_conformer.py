@@ -318,7 +318,7 @@ class ConformerOps:
         sa, sb = self.get(call.args[0]), self.get(call.args[1])
         if isinstance(sa, np.ndarray) == isinstance(sb, np.ndarray):
             return False
-        c, st = (sa, sb) if isinstance(sa, np.ndarray) else (sb, sa)
+        c, st, arg = (sa, sb, call.args[1]) if isinstance(sa, np.ndarray) else (sb, sa, call.args[0])
         if isinstance(st, _Acc) and st.scale.size > 1:
             return False
         if isinstance(st, _QT):
@@ -327,7 +327,7 @@ class ConformerOps:
         else:
             expr, s = st.expr, float(st.scale.reshape(-1)[0])
             lo0, hi0 = np.int64(np.min(st.lo)), np.int64(np.max(st.hi))
-        cq = intmath.quantize_bias(c, s)
+        cq = self.quantize_bias(var, arg, c, s)  # BiasOverflowError (layer, scales, fix) past int32
         lo, hi = np.array([lo0 + int(cq.min())], np.int64), np.array([hi0 + int(cq.max())], np.int64)
         rec = self.ledger.accumulate(self._layer(var), "bias_add", lo, hi)
         expr = self.bb.emit(relax.op.add(expr, const(cq, "int32")))

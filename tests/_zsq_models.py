@@ -55,3 +55,25 @@ def truncated_copy(src: Path, dst: Path, keep: float = 0.5) -> Path:
     data = Path(src).read_bytes()
     Path(dst).write_bytes(data[: int(len(data) * keep)])
     return dst
+
+
+class _BiasOverflow(nn.Module):
+    """pointwise conv with near-zero weights -> ReLU -> decoder conv with an ordinary bias: the decoder's input
+    calibrates to a ~1e-9 range, so its bias divided by S_x * S_w is ~1e10 codes, past int32."""
+
+    def __init__(self):
+        super().__init__()
+        self.pre = nn.Conv1d(64, 16, 1, bias=False)
+        self.dec = nn.Conv1d(16, 29, 1, bias=True)
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            self.pre.weight.copy_(torch.randn(self.pre.weight.shape, generator=g) * 1e-9)
+            self.dec.weight.copy_(torch.randn(self.dec.weight.shape, generator=g) * 0.1)
+            self.dec.bias.copy_(torch.randn(self.dec.bias.shape, generator=g) * 0.1)
+
+    def forward(self, mel):
+        return self.dec(torch.relu(self.pre(mel))).transpose(1, 2)
+
+
+def bias_overflow_onnx(path: Path, frames: int = 32) -> Path:
+    return export_torch(_BiasOverflow().eval(), path, frames=frames)

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from _zsq_models import micro_onnx
+from _zsq_models import bias_overflow_onnx, micro_onnx
 from zsq_tvm.cli import main
 
 FRAMES = 64
@@ -85,6 +85,27 @@ def test_run_wrong_frames_is_a_clear_error(micro, tmp_path, capsys):
     assert rc == 2 and "does not exist" in err
     rc, _, err = cli(capsys, "compile", q, "-o", b)
     assert rc == 2 and "already exists" in err
+
+
+def test_bias_past_int32_is_a_clear_error(tmp_path, capsys):
+    """A bias that cannot be an int32 code (its layer's input calibrates to a ~1e-8 range, so the bias is ~1e11
+    accumulator steps) is a BiasOverflowError naming the layer and the scales, with a fix -- not numpy's bare
+    ValueError -- and the CLI prints that one line, exits 2 and leaves no output directory."""
+    import zsq_tvm
+    from zsq_tvm.overflow import AccumulatorOverflowError, BiasOverflowError
+
+    m = bias_overflow_onnx(tmp_path / "bo.onnx", frames=32)
+    with pytest.raises(BiasOverflowError, match=r"bias of layer .* \(the bias add after nn\.conv1d#1\) cannot be "
+                                                r"represented in int32") as ei:
+        zsq_tvm.quantize(m, zsq_tvm.QuantConfig(frames=32, num_batches=1))
+    msg = str(ei.value)
+    assert isinstance(ei.value, AccumulatorOverflowError) and isinstance(ei.value, zsq_tvm.ZsqError)
+    assert "S_x = " in msg and "S_w = " in msg and "(|code| > 2^31-1)" in msg and "Fix: calibrate" in msg
+
+    out = tmp_path / "q"
+    rc, _, err = cli(capsys, "quantize", m, "--frames", 32, "--num-batches", 1, "-o", out)
+    assert rc == 2 and err.startswith("zsq: error: bias of layer") and err.count("\n") == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bo.onnx"]  # no output (or temporary) directory
 
 
 def test_export_nemo_registered(capsys, tmp_path):

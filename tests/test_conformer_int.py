@@ -247,7 +247,7 @@ def test_architecture_name_quantizes_with_seeded_random_weights():
 
     def weights(proto):
         return {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer if len(t.dims) >= 2
-                and np.prod(t.dims) > 1000}  # conv / linear weights (BN statistics start equal)
+                and np.prod(t.dims) > 1000}  # conv / linear weights (BN vectors are 1-D)
 
     a, label = _resolve_model("quartznet10x5", frames=64, seed=0)  # the smallest unshipped architecture
     assert label == "arch:quartznet10x5 (random weights, seed 0)"

@@ -24,6 +24,7 @@ CUOBJDUMP = g.find_cuobjdump()
 def t4(tmp_path_factory):
     import zsq_tvm
 
+    # default out_bits (16): the decoder's pointwise conv writes int16 logits, on the dp4a kernel
     q = zsq_tvm.quantize("quartznet-tiny", zsq_tvm.QuantConfig(frames=64, num_batches=1))
     b = zsq_tvm.compile(q, target="t4")
     src = g.cuda_source(b._ex)
@@ -34,19 +35,24 @@ def t4(tmp_path_factory):
 
 
 def test_pointwise_convs_use_int8_kernels(t4):
-    from relax_passes.cuda_int8_pointwise import CudaInt8Pointwise
+    from relax_passes.cuda_int8_pointwise import CUDA_OUT_DTYPES, CudaInt8Pointwise
     from relax_passes.x86_vnni_pointwise import match_pointwise_chains
 
     q, b, src, _ = t4
-    n_pw = len(match_pointwise_chains(q.mod["main"]))
+    assert q.metadata["out_bits"] == 16 and q.metadata["output"][0]["dtype"] == "int16"
+    n_pw = len(match_pointwise_chains(q.mod["main"], out_dtypes=CUDA_OUT_DTYPES))
     p = CudaInt8Pointwise()
     p(q.mod)
     assert n_pw >= 10 and len(p.replaced) == n_pw  # every pointwise conv + requantize chain
     kinds = {r["kernel"] for r in p.replaced}
     assert kinds == {"wmma", "dp4a"}  # wide layers on tensor cores, the 29-class decoder on dp4a
+    # the logits layer runs on the int8 dp4a kernel too (not a generic dlight conv) and stores int16 itself
+    assert [(r["kernel"], r["M"]) for r in p.replaced if r["out_dtype"] == "int16"] == [("dp4a", 29)]
     kernels = P.cuda_kernels(src)
     assert sum(n.startswith("zsq_cuda_wmma_pw_") for n in kernels) >= 5
-    assert any(n.startswith("zsq_cuda_dp4a_pw_") for n in kernels)
+    assert any(n.startswith("zsq_cuda_dp4a_pw_") and "_int16_m32767_32767" in n for n in kernels)
+    dec = next(body for n, body in kernels.items() if n.startswith("zsq_cuda_dp4a_pw_") and "_int16_" in n)
+    assert "short* __restrict__" in dec and "__dp4a(" in dec  # int16 store from the dp4a kernel
     assert "wmma::mma_sync" in src and "__dp4a(" in src
     assert b.manifest["target"] == "t4" and '"arch":"sm_75"' in b.manifest["tvm_target"].replace(" ", "")
 

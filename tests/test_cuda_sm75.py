@@ -6,8 +6,10 @@ cuobjdump.  Running on a GPU and comparing bit-exactly is ``bench/gpu_check.sh``
 
 from __future__ import annotations
 
+import re
 import shutil
 
+import numpy as np
 import pytest
 
 pytest.importorskip("tvm")
@@ -95,10 +97,34 @@ def test_float_kernel_is_caught(tmp_path):
 
 @pytest.mark.parametrize("schedule", ["dp4a", "wmma"])
 @pytest.mark.parametrize("a_dtype", ["uint8", "int8"])
-def test_schedule_semantics_on_llvm(schedule, a_dtype):
-    """Same pad/tiling/u8-shift/epilogue without the tensor intrinsics, bit-exact vs numpy."""
-    spec = g.GemmSpec(T=100, K=48, M=72, a_dtype=a_dtype)
+@pytest.mark.parametrize("out", [("int8", -127, 127), ("int16", -32768, 32767)], ids=["int8", "int16"])
+def test_schedule_semantics_on_llvm(schedule, a_dtype, out):
+    """Same pad/tiling/u8-shift/epilogue without the tensor intrinsics, bit-exact vs numpy; int16 is the
+    logits layer at out_bits=16 (clip over the whole int16 range)."""
+    od, qmin, qmax = out
+    spec = g.GemmSpec(T=100, K=48, M=72, a_dtype=a_dtype, out_dtype=od, qmin=qmin, qmax=qmax)
+    X, W, bias, Mul, Sh = g.random_problem(spec, 1)
+    want = g.reference(spec, X, W, bias, Mul, Sh).astype(np.int64)
+    # the problem exercises the whole output range: both clip bounds hit, values past the int8 range when wider
+    assert (want == qmin).any() and (want == qmax).any() and ((want > qmin) & (want < qmax)).mean() > 0.3
+    if od == "int16":
+        assert (np.abs(want) > 127).mean() > 0.5
     assert g.run_llvm_check(spec, schedule, seed=1)
+
+
+@needs_nvcc
+@needs_cuobjdump
+@pytest.mark.parametrize("schedule,M,op", [("dp4a", 29, "IDP.4A.U8.S8"), ("wmma", 64, "IMMA.8816.S8.S8")])
+def test_int16_logits_sass(tmp_path, schedule, M, op):
+    """int16 logits (out_bits=16) from both kernels -- the 29-class decoder on dp4a, a >= 64-class one on WMMA:
+    the int8 dot-product instruction, a 16-bit global store, no float."""
+    spec = g.GemmSpec(T=64, K=256, M=M, a_dtype="uint8", out_dtype="int16", qmin=-32767, qmax=32767)
+    src = g.cuda_source(g.build((g.schedule_dp4a if schedule == "dp4a" else g.schedule_wmma)(spec)))
+    assert "short* __restrict__ Y" in src and g.kernel_float_types(src) == []
+    text = g.sass(g.nvcc_cubin(src, str(tmp_path)), CUOBJDUMP)
+    assert g.sass_counts(text).get(op, 0) > 0
+    assert re.search(r"\bSTG\.E\.U?16\b", text), "no 16-bit global store"
+    assert g.sass_float_ops(text) == []
 
 
 def test_u8_shift_fold_identity():

@@ -46,11 +46,11 @@ class QuantConfig:
 
     wbits: int = 8
     abits: int = 8
-    # bits of the integer logits the graph ends with (8 or 16).  16 is better for WER: the logits feed only the argmax
-    # (or a beam search), and at 8 bits near-ties between characters collapse -- W8A8 QuartzNet-5x5 loses
-    # 0.49 WER points with int8 logits vs ~0.1 with int16 (docs/results.md, issue 4); 8 stays the default until
-    # the CUDA kernel matcher accepts int16 outputs
-    out_bits: int = 8
+    # bits of the integer logits the graph ends with (8 or 16).  16 (the default) is better for WER: the logits feed
+    # only the argmax (or a beam search), and at 8 bits near-ties between characters collapse -- W8A8 QuartzNet-5x5
+    # loses 0.49 WER points with int8 logits vs ~0.1 with int16 (docs/results.md, issue 4).  Every target writes
+    # int16 logits from its integer kernels (x86 VNNI, CUDA dp4a/WMMA, Cortex-M C); 8 halves the output buffer
+    out_bits: int = 16
     calib: Any = "random"
     calib_method: str = "minmax"
     frames: int | None = None
@@ -328,7 +328,8 @@ def _resolve_model(model, frames: int | None = None, seed: int = 0):
     """A shipped model name (``zsq_tvm.models.SHIPPED``) -> ONNX ``ModelProto`` exported on the fly
     (BatchNorm kept, ``frames`` fixes T); an architecture name without a shipped checkpoint
     (``zsq_tvm.nets.ALL_ARCHS``, e.g. ``conformer-ctc-large``) -> the same with random weights
-    (NeMo-style init, torch seed ``seed``); anything else is returned unchanged.
+    (NeMo-style init, torch seed ``seed``) and random BatchNorm statistics
+    (:func:`zsq_tvm.nets.randomize_batchnorm`, same seed); anything else is returned unchanged.
     ``(model, label | None)`` where the label (``"shipped:NAME"`` / ``"arch:NAME ..."``) names the source."""
     from .models import checkpoint_path, is_shipped
     from .nets import ALL_ARCHS
@@ -346,9 +347,15 @@ def _resolve_model(model, frames: int | None = None, seed: int = 0):
 
     with tempfile.TemporaryDirectory(prefix="zsq-export-") as td:
         if random_arch:
+            import torch
+
             from .nemo_io import _model_from_source
+            from .nets import randomize_batchnorm
 
             net = _model_from_source(model, seed=seed)
+            # a fresh net's identity BatchNorms let the activations vanish over QuartzNet-10x5/15x5's blocks (tiny
+            # calibrated scales, biases past int32): give them trained-like statistics, seeded like the weights
+            randomize_batchnorm(net, torch.Generator().manual_seed(seed))
             out = export_onnx(net, Path(td) / f"{model}.onnx", frames=frames)
             return onnx.load(str(out)), f"arch:{model} (random weights, seed {seed})"
         return onnx.load(str(export_onnx(model, Path(td) / f"{model}.onnx", frames=frames))), f"shipped:{model}"

@@ -254,8 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--calib-method", default="minmax", help="minmax or percentile (default minmax)")
     s.add_argument("--wbits", type=_int_arg, default=8, help="weight bits, 2..8 (default 8)")
     s.add_argument("--abits", type=_int_arg, default=8, help="activation bits, 2..8 (default 8)")
-    s.add_argument("--out-bits", type=_int_arg, default=8,
-                   help="bits of the integer logits, 8 or 16 (default 8; 16 keeps near-ties of the CTC argmax apart: better WER, see docs/results.md)")
+    s.add_argument("--out-bits", type=_int_arg, default=16,
+                   help="bits of the integer logits, 8 or 16 (default 16: keeps near-ties of the CTC argmax apart, "
+                        "better WER, see docs/results.md; 8 halves the logits buffer)")
     s.add_argument("--frames", type=_int_arg, default=None, help="static input frames T (100 per second)")
     s.add_argument("--seed", type=_int_arg, default=0,
                    help="seed of the random calibration (and of the weights of an architecture name; default 0)")

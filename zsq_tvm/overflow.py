@@ -50,8 +50,8 @@ import numpy as np
 
 from .errors import ZsqError
 
-__all__ = ["INT32_LIMIT", "INT64_LIMIT", "AccumulatorOverflowError", "headroom_bits", "dot_interval",
-           "requant_interval", "OverflowLedger", "summary", "format_summary"]
+__all__ = ["INT32_LIMIT", "INT64_LIMIT", "AccumulatorOverflowError", "BiasOverflowError", "bias_overflow_error",
+           "headroom_bits", "dot_interval", "requant_interval", "OverflowLedger", "summary", "format_summary"]
 
 INT32_LIMIT = 2**31 - 1
 INT64_LIMIT = 2**63 - 1
@@ -64,10 +64,40 @@ class AccumulatorOverflowError(ZsqError):
         super().__init__(cause, fix)
 
 
+class BiasOverflowError(AccumulatorOverflowError):
+    """A bias cannot be stored as the int32 the accumulator adds: ``|b| / (S_x S_w) >= 2^31`` (a near-zero
+    activation or weight scale).  A subclass of :class:`AccumulatorOverflowError` (an int32 value of the
+    layer's accumulation that does not fit), with its own cause and fix."""
+
+
+def bias_overflow_error(layer: str, bias, acc_scale, x_scale=None, w_scale=None, x_alpha=None) -> BiasOverflowError:
+    """The :class:`BiasOverflowError` of ``layer`` whose float ``bias`` (per channel) divided by the accumulator
+    scale ``acc_scale`` (= ``x_scale * w_scale`` when the producing conv/matmul is known) leaves int32: names the
+    worst channel, the scales and what to do."""
+    b, s = np.broadcast_arrays(np.asarray(bias, np.float64).reshape(-1), np.asarray(acc_scale, np.float64).reshape(-1))
+    q = np.abs(b) / s
+    c = int(np.argmax(q))
+    parts = [f"bias of layer {layer} cannot be represented in int32: channel {c} has bias {b[c]:.3g} and "
+             f"accumulator scale {s[c]:.3g}"]
+    if x_scale is not None and w_scale is not None:
+        ws = np.asarray(w_scale, np.float64).reshape(-1)
+        ws = ws[c] if ws.size == b.size else ws[0]
+        parts.append(f" (input activation scale S_x = {float(x_scale):.3g} x weight scale S_w = {ws:.3g})")
+    parts.append(f", so its int32 code would be {b[c] / s[c]:.3g} (|code| > 2^31-1)")
+    if x_alpha is not None:
+        parts.append(f"; the input activation's calibrated range is only +-{float(x_alpha):.3g}")
+    return BiasOverflowError(
+        "".join(parts),
+        "calibrate with inputs that exercise the model (--calib DIR of real mel .npy files, or --calib synthetic); "
+        "if the activations really are that small, the weights are degenerate (an untrained net with identity "
+        "BatchNorms loses its signal over many blocks): use trained weights, or zero/rescale this bias")
+
+
 try:  # raised inside the Quantize pass: keep the class across TVM's FFI (re-created from the message)
     import tvm_ffi
 
     tvm_ffi.register_error("AccumulatorOverflowError", AccumulatorOverflowError)
+    tvm_ffi.register_error("BiasOverflowError", BiasOverflowError)
 except Exception:  # pragma: no cover - tvm not importable, or already registered
     pass
 

@@ -6,6 +6,9 @@ dyadic requantize epilogue of :func:`zsq_tvm.intmath.requantize` fused into the 
 
     y[t, m] = cast(clip((int64(acc[t, m] + bias[m]) * Mul[m] + 2^(Sh[m]-1)) >> Sh[m], qmin, qmax))
 
+``out_dtype`` int8/uint8 (activations), int16 (the logits at ``out_bits=16``) or int32: the clip is done in
+int64 before the cast, so any ``[qmin, qmax]`` inside the dtype is exact.
+
 Two schedules:
 
 * ``dp4a``  -- ``__dp4a`` (``IDP.4A``) via ``tensorize``.  Post-ReLU ``uint8`` activations use the
@@ -176,7 +179,7 @@ def schedule_dp4a(spec: GemmSpec, tensorize: bool = True, bt: int = 64, bm: int 
     """dp4a schedule: 64x64 output tile per block, 16x16 threads of 4x4 outputs, k-tile 16.
 
     The int32 accumulators live in registers (``local``); each thread requantizes its own 4x4
-    outputs from them (the epilogue is ``reverse_compute_at`` the thread loop) and writes int8.
+    outputs from them (the epilogue is ``reverse_compute_at`` the thread loop) and writes ``out_dtype``.
     ``tensorize=False`` gives the same loop nest with scalar int32 multiply-adds (for llvm).
     """
     from tvm import s_tir
@@ -228,7 +231,7 @@ def schedule_wmma(spec: GemmSpec, tensorize: bool = True):
 
     ``uint8`` activations run shifted to int8 (``x - 128``, inlined into the shared-memory load);
     pass the bias through :func:`fold_u8_shift`.  The int32 tile goes fragment -> shared and each
-    warp requantizes its 32x32 outputs from there (``reverse_compute_at``), writing int8.
+    warp requantizes its 32x32 outputs from there (``reverse_compute_at``), writing ``out_dtype``.
     ``tensorize=False``: same tiling, pad, shift and epilogue, but scalar loops, no thread
     bindings and ``global`` staging buffers, so llvm can run it.
     """
@@ -396,7 +399,10 @@ def random_problem(spec: GemmSpec, seed: int = 0):
     W = rng.integers(-127, 128, (spec.M, spec.K)).astype("int8")
     bias = rng.integers(-(2**15), 2**15, spec.M).astype("int32")
     Mul = rng.integers(2**29, 2**31 - 1, spec.M).astype("int64")
-    Sh = rng.integers(36, 44, spec.M).astype("int64")
+    # shifts 36..43 spread the outputs over an 8-bit range (some saturate); a wider clip range (int16 logits)
+    # gets shifts smaller by the extra bits, so its values and its saturation are exercised too
+    extra = max(0, int(round(np.log2(float(spec.qmax) - float(spec.qmin) + 1))) - 8)
+    Sh = (rng.integers(36, 44, spec.M) - extra).astype("int64")
     return X, W, bias, Mul, Sh
 
 
