@@ -6,15 +6,21 @@ every valid record is kept; appends after a torn line stay parseable; a database
 without a header is ignored with a warning (compile falls back, never crashes); two processes appending
 to one database under the file lock lose nothing.  Applying records at compile keeps the output
 bit-exact with the numpy reference (quartznet-tiny, every kernel rescheduled).  The RPC test starts a
-loopback tracker + server, tunes a tiny conv through them (2 trials), checks the records landed and the
-tuned build is bit-exact; a dead tracker or an unknown key is a ZsqError within seconds.
+real loopback tracker + server (``python -m tvm.exec.rpc_tracker`` / ``rpc_server``), tunes a tiny conv
+through them (2 trials, a 16-candidate search population), checks that both candidates were loaded and
+timed on the server, that the records landed with finite times, that a rerun resumes instead of re-tuning
+and that the tuned build is bit-exact; a dead tracker or an unknown key is a ZsqError within seconds.  It
+runs by default (well under a minute on 2 cores); every started process is killed in ``finally`` and a
+watchdog kills them if tuning hangs.
 """
 
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -31,7 +37,8 @@ import zsq_tvm  # noqa: E402
 from zsq_tvm.build import lower  # noqa: E402
 from zsq_tvm.errors import ZsqError  # noqa: E402
 from zsq_tvm.targets import get_target  # noqa: E402
-from zsq_tvm.tune import RECORDS, WORKLOADS, TuningDB, TuningWarning, apply_tuning, check_rpc, tune  # noqa: E402
+from zsq_tvm.tune import (RECORDS, WORKLOADS, TuningDB, TuningWarning, _register_tensor_intrinsics,  # noqa: E402
+                          apply_tuning, check_rpc, tune)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -200,19 +207,64 @@ def test_rpc_unreachable_tracker_and_unknown_key_fail_fast():
     assert time.time() - t0 < 15
 
 
-def _start_tracker(port, env):
+def _stop(*procs, grace=5.0):
+    """Terminate (after ``grace`` s: kill) started RPC processes *and their descendants*.
+
+    The tracker and the server each run their socket loop in a TVM PopenWorker child whose server thread
+    outlives its parent, so stopping only the parent leaks a process listening on a port (and a wedged
+    child would keep a runner's connection open forever).
+    """
+    import psutil
+
+    tree = []
+    for p in procs:
+        if p is None:
+            continue
+        try:
+            root = psutil.Process(p.pid)
+            tree += root.children(recursive=True) + [root]
+        except psutil.NoSuchProcess:
+            pass
+    for q in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            (q.terminate if grace else q.kill)()
+    _, alive = psutil.wait_procs(tree, timeout=grace or 5.0)
+    for q in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            q.kill()
+    psutil.wait_procs(alive, timeout=5)
+    for p in procs:
+        if p is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=1)
+
+
+def _start_tracker(port, env, deadline_s=60):
     tracker = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1",
                                 "--port", str(port), "--port-end", str(port + 1)], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while time.time() < deadline:
+    deadline = time.time() + deadline_s
+    while time.time() < deadline and tracker.poll() is None:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return tracker
         except OSError:
-            time.sleep(0.5)
-    tracker.kill()
-    pytest.fail("RPC tracker did not start within 60 s")
+            time.sleep(0.1)
+    _stop(tracker)
+    pytest.fail(f"RPC tracker did not start within {deadline_s} s (exit code {tracker.returncode})")
+
+
+def _wait_for_key(tracker_addr, key, server, server_log, deadline_s=120):
+    """Poll the tracker until a server registered ``key``; fail (with the server's log) if it died or never did."""
+    deadline = time.time() + deadline_s
+    while time.time() < deadline and server.poll() is None:
+        try:
+            check_rpc(tracker_addr, key, timeout=5)
+            return
+        except ZsqError:
+            time.sleep(0.2)
+    pytest.fail(f"RPC server {key!r} did not register within {deadline_s} s (exit code {server.poll()}); its log:\n"
+                + server_log.read_text()[-2000:])
 
 
 def test_rpc_tracker_without_that_key_fails_fast():
@@ -226,63 +278,66 @@ def test_rpc_tracker_without_that_key_fails_fast():
                  rpc_timeout=5)
         assert time.time() - t0 < 20
     finally:
-        tracker.terminate()
-        tracker.wait(timeout=10)
+        _stop(tracker)
 
 
-# a real tuning run through tracker + server: ~1 min on 2 free cores, ~5 min on a loaded machine
-@pytest.mark.skipif(os.environ.get("ZSQ_TEST_RPC_TUNE") != "1", reason="slow: set ZSQ_TEST_RPC_TUNE=1")
 def test_rpc_loopback_tune(tmp_path, host):
+    """Real tracker + server processes on 127.0.0.1; both candidates are built here and timed on the server."""
     pytest.importorskip("tornado", reason="TVM's RPC tracker needs tornado (pip install -e '.[test]')")
     port = _free_port()
+    addr = f"127.0.0.1:{port}"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    tracker = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1",
-                                "--port", str(port), "--port-end", str(port + 1)], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    server = None
+    server_log = tmp_path / "rpc_server.log"
+    tracker = server = None
+    killed = threading.Event()
+
+    def _watchdog():  # a hung RPC must fail this test, not hang CI: dead tracker/server = failed runner requests
+        killed.set()
+        _stop(server, tracker, grace=0)
+
+    watchdog = threading.Timer(180, _watchdog)  # ~20 s normally; ~5x that on a loaded 2-core machine
+    watchdog.daemon = True
     try:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.5)
-        server = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", "--tracker", f"127.0.0.1:{port}",
-                                   "--key", "zsq-test", "--host", "127.0.0.1"], env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 120  # the server imports TVM first: slow on a loaded machine
+        tracker = _start_tracker(port, env)
+        with open(server_log, "wb") as log:  # the server logs each uploaded module it loads (checked below)
+            server = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", "--tracker", addr,
+                                       "--key", "zsq-test", "--host", "127.0.0.1"], env=env,
+                                      stdout=log, stderr=subprocess.STDOUT)
+        # the tensor intrinsics MetaSchedule registers once per process (~10 s of TVMScript parsing; tune()
+        # would do it itself): register them while the server imports TVM
+        _register_tensor_intrinsics()
+
         t0 = time.time()
         with pytest.raises(ZsqError, match="no RPC server is registered with key 'nokey'"):
-            check_rpc(f"127.0.0.1:{port}", "nokey", timeout=5)
+            check_rpc(addr, "nokey", timeout=5)
         assert time.time() - t0 < 20
-        while time.time() < deadline:
-            try:
-                check_rpc(f"127.0.0.1:{port}", "zsq-test", timeout=5)
-                break
-            except ZsqError:
-                time.sleep(1)
-        res = tune(_tiny_mod(), trials=2, db_path=tmp_path / "db", rpc_tracker=f"127.0.0.1:{port}",
-                   rpc_key="zsq-test", progress=False, per_iter=2)
+        _wait_for_key(addr, "zsq-test", server, server_log)
+        watchdog.start()
+        # a small search population: 2 trials need no 512-candidate rounds, and RPC is what is tested here
+        res = tune(_tiny_mod(), trials=2, db_path=tmp_path / "db", rpc_tracker=addr, rpc_key="zsq-test",
+                   progress=False, per_iter=2, population=16, build_timeout=60)
+        assert not killed.is_set(), "tuning through RPC took over 180 s; the tracker and server were killed"
+        assert res["errors"] == [] and res["trials_ok"] == 2, res["errors"]
         assert res["tasks"] == 1 and res["trials_run"] == 2 and res["records_after"] == 2
         assert len((tmp_path / "db" / RECORDS).read_text().splitlines()) == 3
+        run_secs = [float(s) for r in TuningDB(tmp_path / "db", host).get_all_tuning_records() for s in r.run_secs]
+        assert len(run_secs) == 2 and all(0 < s < 1 for s in run_secs), run_secs
+        # timed on the RPC server, not here: it loaded one uploaded module per measured candidate
+        loads = [ln for ln in server_log.read_text().splitlines() if "load_module" in ln]
+        assert len(loads) == 2, server_log.read_text()[-2000:]
         # resumable: the budget counts what is there
-        again = tune(_tiny_mod(), trials=2, db_path=tmp_path / "db", rpc_tracker=f"127.0.0.1:{port}",
-                     rpc_key="zsq-test", progress=False)
+        again = tune(_tiny_mod(), trials=2, db_path=tmp_path / "db", rpc_tracker=addr, rpc_key="zsq-test",
+                     progress=False)
         assert again["trials_run"] == 0 and again["records_before"] == 2
         os.environ["ZSQ_TUNING_DB"] = str(tmp_path / "db")
         try:
             ex, _, report, _ = zsq_tvm.build.compile_relax(_tiny_mod(), "host")
         finally:
             del os.environ["ZSQ_TUNING_DB"]
+        assert report["tuning"]["applied"] >= 1
         vm = relax.VirtualMachine(ex, tvm.cpu())
         x = np.random.default_rng(1).integers(-128, 128, (1, 16, 32)).astype("int8")
         assert np.array_equal(vm["main"](tvm.runtime.tensor(x)).numpy(), _tiny_numpy(x))
     finally:
-        for p in (server, tracker):
-            if p is not None:
-                p.terminate()
-                try:
-                    p.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        watchdog.cancel()
+        _stop(server, tracker)

@@ -308,6 +308,46 @@ def _progress_callback(pbar, errors: list, counts: list):
     return _Progress()
 
 
+def _register_tensor_intrinsics() -> None:
+    """``import tvm.s_tir.tensor_intrin`` (every MetaSchedule TuneContext does it first) in ~12 s, not ~60 s.
+
+    That import parses the tensor intrinsics of every backend from TVMScript, and the parser calls
+    ``inspect.stack()`` for each of them.  For each frame of the import machinery on the stack (file
+    ``<frozen importlib._bootstrap>``, not on disk) ``inspect.getmodule`` then scans all of ``sys.modules``
+    (2000+ modules: TVM loads torch), which was 4/5 of that import's CPU time on a 2-core machine.
+    Recording in inspect's file->module cache which module those two frozen files are makes each lookup
+    a dict hit; the frame info inspect returns is unchanged (frozen modules have no source either way).
+    """
+    import inspect
+    import sys
+
+    if "tvm.s_tir.tensor_intrin" in sys.modules:
+        return
+    cache = getattr(inspect, "modulesbyfile", None)
+    if isinstance(cache, dict):
+        for name in ("importlib._bootstrap", "importlib._bootstrap_external"):
+            if name in sys.modules:
+                cache.setdefault(f"<frozen {name}>", name)
+    import tvm.s_tir.tensor_intrin  # noqa: F401
+
+
+def _build_candidate(mod, target, _params):
+    """MetaSchedule's builder step, run in the fresh worker process LocalBuilder starts for every batch.
+
+    MetaSchedule's default build first imports ``tvm.s_tir.tensor_intrin``, i.e. every batch of candidates
+    pays :func:`_register_tensor_intrinsics` again (a minute of CPU without its fix).  A CPU (llvm)
+    candidate needs none of those intrinsics to build: they are looked up while scheduling, in the
+    tuning process, and arrive here already inlined, so the import is skipped.  Other targets get it,
+    fast: TVM's compiler looks up functions it registers (the CUDA ldmatrix index maps).
+    """
+    if str(target.kind.name) != "llvm":
+        _register_tensor_intrinsics()
+    from tvm.driver import build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    return build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
+
+
 def _load_module(path):
     """Quantized dir or build dir -> the integer Relax module (and the build's target name, if any)."""
     from . import artifacts
@@ -328,11 +368,14 @@ def _load_module(path):
 
 def tune(source, target: str = "host", trials: int = 64, db_path=None, rpc_tracker: str | None = None,
          rpc_key: str | None = None, per_iter: int = 16, seed: int = 0, progress: bool = True,
-         rpc_timeout: float = 10.0, lowered=None, builders: int = 1, build_timeout: float = 180.0) -> dict:
+         rpc_timeout: float = 10.0, lowered=None, builders: int = 1, build_timeout: float = 180.0, *,
+         population: int = 512) -> dict:
     """Tune the kernels of ``source`` (quantized/build dir or Relax module); returns a summary dict.
 
     ``trials`` is the total number of measured candidates across all tasks, *including* records
     already in the database (so a second run with the same ``trials`` does nothing, a larger one resumes).
+    ``population`` is the evolutionary search's population per round (MetaSchedule's default, 512); the
+    cost of each round grows with it, so a run of a handful of trials (a smoke test) can pass e.g. 16.
     """
     import tvm
     from tqdm.auto import tqdm
@@ -343,6 +386,8 @@ def tune(source, target: str = "host", trials: int = 64, db_path=None, rpc_track
 
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
         raise ConfigError(f"--trials {trials!r} must be a positive integer", "pass e.g. --trials 64")
+    if isinstance(population, bool) or not isinstance(population, int) or population < 1:
+        raise ConfigError(f"population {population!r} must be a positive integer", "pass e.g. population=512")
     if (rpc_tracker is None) != (rpc_key is None):
         raise ConfigError("--rpc-tracker and --rpc-key go together", "pass both or neither")
     spec = get_target(target)
@@ -397,9 +442,15 @@ def tune(source, target: str = "host", trials: int = 64, db_path=None, rpc_track
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="zsq-tune-") as work, \
             tqdm(total=remaining, desc=f"tune {len(tasks)} task(s)", unit="trial", disable=not progress) as pbar:
-        ctxs, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(tasks, work, seed=seed)
+        strategy = "evolutionary" if population == 512 else ms.search_strategy.EvolutionarySearch(
+            population_size=population, init_min_unmeasured=min(50, population))
+        _register_tensor_intrinsics()  # the tuning contexts need them; this is the fast way in
+        ctxs, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(tasks, work, strategy=strategy,
+                                                                              seed=seed)
+        builder = ms.builder.LocalBuilder(max_workers=builders, timeout_sec=build_timeout,
+                                          f_build=_build_candidate)
         ms.tune_tasks(tasks=ctxs, task_weights=weights, work_dir=work, max_trials_global=remaining,
-                      num_trials_per_iter=min(per_iter, remaining), builder=ms.builder.LocalBuilder(max_workers=builders, timeout_sec=build_timeout),
+                      num_trials_per_iter=min(per_iter, remaining), builder=builder,
                       runner=runner, database=db, cost_model="xgb",
                       measure_callbacks=ms.measure_callback.MeasureCallback.create("default")
                       + [_progress_callback(pbar, errors, counts)])
