@@ -1,7 +1,7 @@
-"""X86VnniDepthwise: replace each depthwise int8 conv1d + requantize chain by one VNNI kernel (opt-in).
+"""X86VnniDepthwise: replace each depthwise int8 conv1d + requantize chain by one VNNI kernel.
 
 The depthwise twin of :mod:`relax_passes.x86_vnni_pointwise` (same matching rules for the requantize
-chain, see there), applied by the ``host-vnni`` target before lowering.  Before (batch 1)::
+chain, see there), applied by the VNNI targets (``host`` on a VNNI CPU, ``host-vnni``) before lowering.  Before (batch 1)::
 
     a = R.nn.conv1d(x, W, strides=[s], padding=[pl, pr], dilation=[1], groups=C, out_dtype="int32")
     [b = R.add(a, bias)]  c = R.astype(.., "int64") ... y = R.astype(R.clip(..), "int8" | "uint8" | "int32")

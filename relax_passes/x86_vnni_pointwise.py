@@ -1,8 +1,9 @@
-"""X86VnniPointwise: replace each pointwise int8 conv1d + requantize chain by one VNNI kernel (opt-in).
+"""X86VnniPointwise: replace each pointwise int8 conv1d + requantize chain by one VNNI kernel.
 
 Runs on the *quantized, not yet lowered* module (the output of :class:`relax_passes.Quantize`), before
 :func:`zsq_tvm.lowering.lower`; everything it does not match keeps the default lowering.  Applied by
-the ``host-vnni`` target (:mod:`zsq_tvm.targets`) only; the default ``host`` build never sees it.
+the ``host`` target on a CPU with AVX-512 VNNI, and by ``host-vnni`` / ``x86-avx512vnni``
+(:mod:`zsq_tvm.targets`); ``host-generic`` never sees it.
 
 Before (one pointwise layer, batch 1; the bias add is optional)::
 

@@ -75,7 +75,7 @@ def _records_for(lowered, tgt, db):
 
 @pytest.fixture(scope="module")
 def host():
-    return get_target("host").make()
+    return get_target("host-generic").make()
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +104,10 @@ def test_db_keeps_valid_records_and_skips_bad_lines(tmp_path, host, tiny_lowered
 
 
 def test_mismatched_or_headerless_db_warns_and_compile_falls_back(tmp_path, host, tiny_lowered):
-    other = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})
+    from zsq_tvm.targets import host_cpu, isa_class
+
+    # a CPU of another class than the host's (the database folder is keyed by class, see the next test)
+    other = tvm.target.Target({"kind": "llvm", "mcpu": "haswell" if isa_class(host_cpu()) != "avx2" else "znver4"})
     db = TuningDB(tmp_path / "db", other)
     _records_for(tiny_lowered, other, db)
     with pytest.warns(TuningWarning, match=r"workloads\.jsonl.*tuned for target"):
@@ -121,13 +124,82 @@ def test_mismatched_or_headerless_db_warns_and_compile_falls_back(tmp_path, host
     os.environ["ZSQ_TUNING_DB"] = str(bad)
     try:
         with pytest.warns(TuningWarning):
-            ex, *_ = zsq_tvm.build.compile_relax(_tiny_mod(), "host")
+            ex, *_ = zsq_tvm.build.compile_relax(_tiny_mod(), "host-generic")
     finally:
         del os.environ["ZSQ_TUNING_DB"]
     vm = relax.VirtualMachine(ex, tvm.cpu())
     x = np.random.default_rng(1).integers(-128, 128, (1, 16, 32)).astype("int8")
     assert np.array_equal(vm["main"](tvm.runtime.tensor(x)).numpy(), _tiny_numpy(x))
 
+
+def test_db_key_is_the_cpu_class_and_a_log_serves_every_cpu_of_it(tmp_path, host, tiny_lowered):
+    from zsq_tvm.tune import target_key
+
+    key = lambda mcpu: target_key(tvm.target.Target({"kind": "llvm", "mcpu": mcpu}))  # noqa: E731
+    assert key("cascadelake") == key("znver4") == key("sapphirerapids") == "x86_64-avx512vnni"
+    assert key("haswell") == key("znver3") == "x86_64-avx2"
+    assert key("skylake-avx512") == "x86_64-avx512" and key("pentium4") == "x86_64-pentium4"
+    assert target_key(get_target("x86-avx2").make()) == "x86_64-avx2"
+    # a log tuned on another CPU of the host's class is applied (one shipped log per class) ...
+    same_class = {"avx512vnni": "cascadelake", "avx2": "haswell", "avx512": "skylake-avx512"}
+    from zsq_tvm.targets import host_cpu, isa_class
+
+    cls = isa_class(host_cpu())
+    if not cls:
+        pytest.skip(f"host CPU {host_cpu()!r} is of no known class")
+    other = tvm.target.Target({"kind": "llvm", "mcpu": same_class[cls]})
+    n = _records_for(tiny_lowered, other, TuningDB(tmp_path / "db", other))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TuningWarning)
+        out, info = apply_tuning(tiny_lowered, host, tmp_path / "db")
+    assert n >= 1 and info["applied"] >= 1
+
+
+
+def test_shipped_log_in_a_read_only_folder_still_applies(tmp_path, host, tiny_lowered, monkeypatch):
+    import zsq_tvm.tune as tune_mod
+
+    n = _records_for(tiny_lowered, host, TuningDB(tmp_path / "db", host))
+    (tmp_path / "db" / ".lock").unlink()
+    real_open = os.open
+
+    def read_only_open(path, flags, *a):  # what a non-root user sees in a read-only site-packages
+        if str(path).endswith(".lock") and flags & os.O_CREAT:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *a)
+
+    monkeypatch.setattr(tune_mod.os, "open", read_only_open)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TuningWarning)
+        out, info = apply_tuning(tiny_lowered, host, tmp_path / "db")
+    assert n >= 1 and info["applied"] >= 1
+
+
+def test_shipped_logs_load_cleanly_and_keep_the_build_bit_exact():
+    """Every folder in tuning_logs/ parses without a skipped line; the AVX2 log (QuartzNet-5x5, T=1000) gives
+    every kernel of that build a record, and the tuned build still equals the numpy reference bit for bit."""
+    from zsq_tvm.reference import run_reference
+    from zsq_tvm.tune import target_key
+
+    logs = sorted(p.parent for p in (ROOT / "tuning_logs").glob("*/" + RECORDS))
+    assert logs, "no shipped tuning log"
+    by_key = {target_key(get_target(n).make()): n for n in ("x86-avx2", "x86-avx512vnni")}
+    for d in logs:
+        assert d.name in by_key, f"{d.name}: no target of that class"
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", TuningWarning)  # no skipped line, right class
+            db = TuningDB(d, get_target(by_key[d.name]).make(), create=False)
+        assert db.usable and db.loaded > 0
+    from zsq_tvm.targets import host_features
+
+    if "avx2" not in host_features():
+        pytest.skip("the AVX2 build cannot run on this CPU")
+    q = zsq_tvm.quantize("quartznet5x5", zsq_tvm.QuantConfig(frames=1000))
+    b = zsq_tvm.compile(q, target="x86-avx2")  # applies tuning_logs/x86_64-avx2/ on its own
+    tuning = b.integer_only["tuning"]
+    assert tuning["applied"] >= 20 and tuning["db"].endswith("x86_64-avx2"), tuning
+    mel = np.random.default_rng(3).standard_normal((1, 64, 1000)).astype(np.float32)
+    assert np.array_equal(b.run(mel), run_reference(q.mod, mel))
 
 def _tiny_numpy(x):
     from zsq_tvm import intmath
@@ -145,7 +217,7 @@ from zsq_tvm.targets import get_target
 from zsq_tvm.tune import TuningDB
 sys.path.insert(0, sys.argv[3])
 from test_tune import _tiny_mod
-tgt = get_target("host").make()
+tgt = get_target("host-generic").make()
 t = ms.relax_integration.extract_tasks(lower(_tiny_mod(), tgt)[0], tgt)[0]
 db = TuningDB(sys.argv[1], tgt)
 wl = db.commit_workload(t.dispatched[0])
@@ -178,13 +250,13 @@ def test_tuned_small_model_stays_bit_exact(tmp_path, host):
     assert n >= 5
     os.environ["ZSQ_TUNING_DB"] = str(tmp_path / "db")
     try:
-        ex, low2, report, _ = zsq_tvm.build.compile_relax(q.mod, "host")
+        ex, low2, report, _ = zsq_tvm.build.compile_relax(q.mod, "host-generic")
     finally:
         del os.environ["ZSQ_TUNING_DB"]
     assert report["tuning"]["applied"] >= n  # every distinct kernel (and its duplicates) took a record
     assert report["ok"] is True
     vm = relax.VirtualMachine(ex, tvm.cpu())
-    b = zsq_tvm.compile(q, target="host")  # untuned (no database): same input encoding
+    b = zsq_tvm.compile(q, target="host-generic")  # untuned (no database): same input encoding
     mel = np.random.default_rng(2).standard_normal((1, 64, 48)).astype(np.float32) * 2
     xq = b._encode_input(b._prepare(mel), b.manifest["io"]["inputs"][0]["dtype"])
     y = vm["main"](tvm.runtime.tensor(xq))
@@ -314,7 +386,8 @@ def test_rpc_loopback_tune(tmp_path, host):
         _wait_for_key(addr, "zsq-test", server, server_log)
         watchdog.start()
         # a small search population: 2 trials need no 512-candidate rounds, and RPC is what is tested here
-        res = tune(_tiny_mod(), trials=2, db_path=tmp_path / "db", rpc_tracker=addr, rpc_key="zsq-test",
+        res = tune(_tiny_mod(), "host-generic", trials=2, db_path=tmp_path / "db", rpc_tracker=addr,
+                   rpc_key="zsq-test",
                    progress=False, per_iter=2, population=16, build_timeout=60)
         assert not killed.is_set(), "tuning through RPC took over 180 s; the tracker and server were killed"
         assert res["errors"] == [] and res["trials_ok"] == 2, res["errors"]
@@ -326,12 +399,13 @@ def test_rpc_loopback_tune(tmp_path, host):
         loads = [ln for ln in server_log.read_text().splitlines() if "load_module" in ln]
         assert len(loads) == 2, server_log.read_text()[-2000:]
         # resumable: the budget counts what is there
-        again = tune(_tiny_mod(), trials=2, db_path=tmp_path / "db", rpc_tracker=addr, rpc_key="zsq-test",
+        again = tune(_tiny_mod(), "host-generic", trials=2, db_path=tmp_path / "db", rpc_tracker=addr,
+                     rpc_key="zsq-test",
                      progress=False)
         assert again["trials_run"] == 0 and again["records_before"] == 2
         os.environ["ZSQ_TUNING_DB"] = str(tmp_path / "db")
         try:
-            ex, _, report, _ = zsq_tvm.build.compile_relax(_tiny_mod(), "host")
+            ex, _, report, _ = zsq_tvm.build.compile_relax(_tiny_mod(), "host-generic")
         finally:
             del os.environ["ZSQ_TUNING_DB"]
         assert report["tuning"]["applied"] >= 1

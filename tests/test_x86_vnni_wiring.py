@@ -1,8 +1,9 @@
-"""Opt-in ``host-vnni`` target: pointwise conv1d + requantize chains -> hand-written VNNI kernels.
+"""``host`` / ``host-vnni`` targets: pointwise conv1d + requantize chains -> hand-written VNNI kernels.
 
 quartznet-tiny (T=128) compiled for ``host-vnni`` must equal the numpy integer reference bit for bit,
 pass the integer-only check (on the rewritten, lowered module) and actually replace some convs; the
-default ``host`` build is untouched by the rewrite (its module has no VNNI kernel).
+``host-generic`` build is untouched by the rewrite (its module has no VNNI kernel), and ``host`` takes the
+kernels exactly when the CPU has AVX-512 VNNI.
 """
 
 import numpy as np
@@ -44,6 +45,17 @@ def test_rewrite_replaces_pointwise_convs(qtiny):
     assert _vnni_funcs(mod)
     # default lowering untouched
     assert not _vnni_funcs(qtiny.mod)
+
+
+def test_host_takes_vnni_kernels_host_generic_does_not(qtiny):
+    from zsq_tvm.targets import host_features
+
+    _, low_host, rep_host, _ = compile_relax(qtiny.mod, "host")
+    _, low_gen, rep_gen, _ = compile_relax(qtiny.mod, "host-generic")
+    assert rep_host["ok"] is True and rep_gen["ok"] is True
+    # the default build is the fast one where the CPU allows it, and only there
+    assert bool(_vnni_funcs(low_host)) == ("avx512_vnni" in host_features())
+    assert not _vnni_funcs(low_gen)
 
 
 def test_host_vnni_bit_exact_and_integer_only(qtiny):

@@ -1,8 +1,16 @@
 """Compilation targets by name.
 
-``host`` is the machine we run on: ``llvm`` with the detected CPU (``-mcpu``) so that LLVM
-may use AVX-512/VNNI where the CPU has them.  More targets (``cuda-sm75``, ``c``) register
-themselves with :func:`register_target`.
+``host`` is the machine we run on: ``llvm`` with the detected CPU (``-mcpu``), and on a CPU with
+AVX-512 VNNI our hand-written int8 kernels (``zsq_tvm/x86``) in place of TVM's default lowering of the
+convs and linear layers, so the default build is the fast one.  ``host-generic`` is the same CPU with
+TVM's default lowering only (what MetaSchedule tunes, and the reference for the hand kernels);
+``host-vnni`` insists on the hand kernels (an error without VNNI).  ``x86-avx2`` / ``x86-avx512vnni``
+compile for a CPU *class* rather than this CPU (``-mcpu=haswell`` / ``-mcpu=cascadelake``: the binary
+runs on any x86-64 with those extensions), e.g. to ship one library to a fleet.  CUDA and Cortex-M
+targets register themselves with :func:`register_target`.
+
+:func:`isa_class` names the class a target's code needs; the tuning database folder is keyed by it
+(``tuning_logs/x86_64-avx512vnni/``), so a log tuned on one VNNI CPU serves every VNNI CPU.
 """
 
 from __future__ import annotations
@@ -14,7 +22,8 @@ from typing import Callable
 
 from .errors import TargetError
 
-__all__ = ["TargetSpec", "register_target", "get_target", "list_targets", "host_cpu", "host_features"]
+__all__ = ["TargetSpec", "register_target", "get_target", "list_targets", "host_cpu", "host_features",
+           "isa_class"]
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,38 @@ def has_vnni() -> bool:
     return bool({"avx512_vnni", "avx_vnni"} & host_features())
 
 
+# LLVM -mcpu names by the newest int8-relevant x86 extension they guarantee (a CPU's class decides
+# which tuning log and which kernels fit it; schedules tuned on one member replay on the others)
+_VNNI_CPUS = frozenset({"cascadelake", "cooperlake", "icelake-client", "icelake-server", "tigerlake",
+                        "rocketlake", "sapphirerapids", "emeraldrapids", "graniterapids", "graniterapids-d",
+                        "znver4", "znver5"})
+_AVX512_CPUS = frozenset({"skylake-avx512", "skx", "cannonlake", "knl", "knm"})
+_AVX2_CPUS = frozenset({"haswell", "broadwell", "skylake", "kabylake", "coffeelake", "alderlake", "raptorlake",
+                        "meteorlake", "arrowlake", "lunarlake", "gracemont", "znver1", "znver2", "znver3",
+                        "x86-64-v3", "bdver4"})
+
+
+def isa_class(mcpu: str) -> str:
+    """``"avx512vnni"``, ``"avx512"``, ``"avx2"`` or ``""`` (unknown/older) for an LLVM ``-mcpu`` name;
+    for this machine's own CPU the answer comes from /proc/cpuinfo (an LLVM name we do not list still works)."""
+    mcpu = str(mcpu or "")
+    if mcpu in _VNNI_CPUS:
+        return "avx512vnni"
+    if mcpu in _AVX512_CPUS or mcpu == "x86-64-v4":
+        return "avx512"
+    if mcpu in _AVX2_CPUS:
+        return "avx2"
+    if mcpu and mcpu == host_cpu():
+        f = host_features()
+        if "avx512_vnni" in f:
+            return "avx512vnni"
+        if "avx512bw" in f:
+            return "avx512"
+        if "avx2" in f:
+            return "avx2"
+    return ""
+
+
 def _host():
     import tvm
 
@@ -104,29 +145,48 @@ def _generic():
     return tvm.target.Target({"kind": "llvm"})
 
 
-register_target("host", _host, "llvm for this machine's CPU, VNNI where present")
-register_target("llvm", _generic, "generic llvm for this architecture, portable")
-
-
-def _host_vnni():
-    if "avx512_vnni" not in host_features():
-        raise TargetError("target 'host-vnni' needs a CPU with AVX-512 VNNI (avx512_vnni in /proc/cpuinfo)",
-                          "use --target host")
-    return _host()
-
-
 def _vnni_prepare(mod):
-    """Opt-in: conv1d (pointwise, full groups=1 stride 1, depthwise) and linear-layer matmuls + requantize (and
+    """conv1d (pointwise, full groups=1 stride 1, depthwise) and linear-layer matmuls + requantize (and
     QuartzNet/Jasper residual joins) -> hand-scheduled VNNI kernels (relax_passes.x86_vnni_pointwise,
-    relax_passes.x86_vnni_depthwise)."""
+    relax_passes.x86_vnni_depthwise); every other op keeps TVM's default lowering."""
     from relax_passes.x86_vnni_depthwise import X86VnniDepthwise
     from relax_passes.x86_vnni_pointwise import X86VnniPointwise
 
     return X86VnniDepthwise()(X86VnniPointwise()(mod))
 
 
-register_target("host-vnni", _host_vnni, "host llvm + hand-written AVX-512 VNNI conv1d/linear kernels (opt-in)",
+def _host_prepare(mod):
+    # decided per call, not at import: the kernels need AVX-512 VNNI on the CPU that builds *and* runs
+    return _vnni_prepare(mod) if "avx512_vnni" in host_features() else mod
+
+
+def _host_vnni():
+    if "avx512_vnni" not in host_features():
+        raise TargetError("target 'host-vnni' needs a CPU with AVX-512 VNNI (avx512_vnni in /proc/cpuinfo)",
+                          "use --target host (TVM's default lowering on this CPU)")
+    return _host()
+
+
+def _class_target(mcpu: str):
+    def make():
+        import tvm
+
+        return tvm.target.Target({"kind": "llvm", "mcpu": mcpu})
+
+    return make
+
+
+register_target("host", _host, "this CPU; hand-written AVX-512 VNNI int8 kernels where the CPU has VNNI",
+                prepare=_host_prepare)
+register_target("host-generic", _host, "this CPU, TVM's default lowering only (what `zsq tune` tunes)")
+register_target("host-vnni", _host_vnni, "this CPU with the hand-written AVX-512 VNNI kernels (error without VNNI)",
                 prepare=_vnni_prepare)
+register_target("llvm", _generic, "generic llvm for this architecture, portable")
+register_target("x86-avx2", _class_target("haswell"), "any x86-64 CPU with AVX2 (-mcpu=haswell), default lowering",
+                runs_on_host="avx2" in host_features())
+register_target("x86-avx512vnni", _class_target("cascadelake"),
+                "any x86-64 CPU with AVX-512 VNNI (-mcpu=cascadelake), hand-written VNNI kernels",
+                runs_on_host="avx512_vnni" in host_features(), prepare=_vnni_prepare)
 
 
 from . import targets_cortexm as _targets_cortexm  # noqa: E402,F401  (registers cortex-m4 / cortex-m7)

@@ -51,7 +51,10 @@ def _warn(msg: str) -> None:
 
 
 def target_key(tgt) -> str:
-    """Folder name of a target's database: ``x86_64-avx512vnni`` / ``x86_64-avx2`` / ``x86_64`` / kind."""
+    """Folder name of a target's database: ``x86_64-avx512vnni`` / ``x86_64-avx512`` / ``x86_64-avx2`` for an llvm
+    target whose ``-mcpu`` is of that class (:func:`zsq_tvm.targets.isa_class`), else ``x86_64-<mcpu>`` /
+    ``x86_64`` / ``<kind>-<arch>``.  Keying by class, not by CPU, is what lets a shipped log tuned on one
+    VNNI CPU (a Zen 4 here) serve a Cascade Lake or Sapphire Rapids too."""
     kind = str(tgt.kind.name)
     if kind != "llvm":
         arch = str(tgt.attrs.get("arch", "")) if hasattr(tgt, "attrs") else ""
@@ -59,15 +62,10 @@ def target_key(tgt) -> str:
     mcpu = str(tgt.attrs.get("mcpu", "")) if tgt.attrs.get("mcpu") is not None else ""
     if not mcpu:
         return "x86_64"
-    from .targets import host_cpu, host_features
+    from .targets import isa_class
 
-    if mcpu == host_cpu():
-        f = host_features()
-        if "avx512_vnni" in f:
-            return "x86_64-avx512vnni"
-        if "avx2" in f:
-            return "x86_64-avx2"
-    return f"x86_64-{mcpu}"
+    cls = isa_class(mcpu)
+    return f"x86_64-{cls}" if cls else f"x86_64-{mcpu}"
 
 
 def default_db_dir(tgt) -> Path:
@@ -82,6 +80,21 @@ def _header(tgt) -> dict:
 
 @contextlib.contextmanager
 def _locked(path: Path, exclusive: bool = True):
+    if not exclusive:
+        # readers of a database they cannot write to (a shipped log in a read-only install) read unlocked:
+        # records are only ever appended as whole fsync-ed lines, and torn lines are skipped anyway
+        try:
+            fd = os.open(str(path / LOCK) if path.is_dir() else str(path), os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            yield
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(str(path / LOCK) if path.is_dir() else str(path), os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -154,9 +167,12 @@ def _make_db_class():
                       f"default schedules")
                 self.usable = False
                 return []
-            if hdr.get("target") != self.header["target"]:
-                _warn(f"tuning database {str(p)!r} was tuned for target {hdr.get('target')!r}, not "
-                      f"{self.header['target']!r}; ignoring it and using the default schedules")
+            # same CPU class (key) is enough: schedules are loop transformations that replay on any CPU of
+            # the class; a record that does not fit is dropped by MetaSchedule, never miscompiled
+            if hdr.get("key", None) != self.header["key"] and hdr.get("target") != self.header["target"]:
+                _warn(f"tuning database {str(p)!r} was tuned for target {hdr.get('target')!r} (class "
+                      f"{hdr.get('key')!r}), not {self.header['target']!r} (class {self.header['key']!r}); "
+                      f"ignoring it and using the default schedules")
                 self.usable = False
                 return []
             return out[1:]
