@@ -146,13 +146,15 @@ def _generic():
 
 
 def _vnni_prepare(mod):
-    """conv1d (pointwise, full groups=1 stride 1, depthwise) and linear-layer matmuls + requantize (and
-    QuartzNet/Jasper residual joins) -> hand-scheduled VNNI kernels (relax_passes.x86_vnni_pointwise,
+    """conv1d (pointwise, full groups=1 stride 1, depthwise), conv2d (as im2col + matmul) and linear-layer
+    matmuls + requantize (and QuartzNet/Jasper residual joins) -> hand-scheduled VNNI kernels (relax_passes.x86_vnni_pointwise,
     relax_passes.x86_vnni_depthwise); every other op keeps TVM's default lowering."""
+    from relax_passes.conv2d_as_matmul import Conv2dAsMatmul
     from relax_passes.x86_vnni_depthwise import X86VnniDepthwise
     from relax_passes.x86_vnni_pointwise import X86VnniPointwise
 
-    return X86VnniDepthwise()(X86VnniPointwise()(mod))
+    # conv2d (Conformer subsampling) first: as im2col + matmul it is a linear layer for the VNNI pass
+    return X86VnniDepthwise()(X86VnniPointwise()(Conv2dAsMatmul()(mod)))
 
 
 def _host_prepare(mod):

@@ -1,0 +1,188 @@
+"""Conv2dAsMatmul: an int8 conv2d + requantize chain becomes im2col + matmul + the same chain, time-major.
+
+Why: the only conv2d layers of our models are the Conformer's subsampling convs (3x3, stride 2), and TVM's
+default lowering of an int8 conv2d runs at ~4 GMAC/s on x86 (205 ms of conformer-ctc-small's 375 ms at
+10 s).  As a matmul ``[Ho*Wo, C*kh*kw] x [C*kh*kw, M]`` followed by the requantize chain with per-channel
+constants along the last axis, the layer is exactly what :class:`relax_passes.x86_vnni_pointwise.X86VnniPointwise`
+turns into its VNNI linear kernel, so this pass runs right before it (``host`` on a VNNI CPU).
+
+Before (batch 1, NCHW / OIHW, groups 1; every constant per output channel ``[1, M, 1, 1]`` or scalar)::
+
+    a = R.nn.conv2d(x, W, strides=[sh, sw], padding=[pt, pl, pb, pr], dilation=[1, 1], out_dtype="int32")
+    b = R.add(a, bias)  c = R.astype(b, "int64")  d = R.multiply(c, Mul)  e = R.add(d, rnd)
+    f = R.right_shift(e, Sh)  g = R.clip(f, lo, hi)  y = R.astype(g, "int8" | "uint8")        # y: [1, M, Ho, Wo]
+
+After::
+
+    xp = R.nn.pad(x, [0, 0, 0, 0, pt, pb, pl, pr])                         # zero = the real zero (symmetric)
+    s  = R.stack([xp[:, :, i::sh, j::sw] (Ho x Wo) for i < kh, j < kw], axis=2)   # [1, C, kh*kw, Ho, Wo]
+    p  = R.reshape(R.permute_dims(s, [0, 3, 4, 1, 2]), [Ho*Wo, C*kh*kw])         # im2col, (c, i, j) order
+    a' = R.matmul(p, W.reshape(M, C*kh*kw).T, out_dtype="int32")                  # [Ho*Wo, M]
+    ... the same chain on a', constants reshaped to [M] ...                        # y' : [Ho*Wo, M]
+    y  = R.permute_dims(R.reshape(y', [1, Ho, Wo, M]), [0, 3, 1, 2])
+
+Exact, not approximate: ``a'[ho*Wo + wo, m] = sum_{c,i,j} xp[c, sh*ho + i, sw*wo + j] * W[m, c, i, j] = a[m, ho, wo]``
+(integer sums in any order), and every chain op is elementwise with a per-channel constant, so applying it
+before or after the layout change gives the same integers.  Anything else (other layouts, groups, dilation,
+non-constant weights, a chain with a second user) is left as it is.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from ._util import bindings, call_op_name, is_tensor_const
+
+__all__ = ["Conv2dAsMatmul"]
+
+_BINARY = ("add", "multiply", "right_shift")
+
+
+def _const(e):
+    return e.value.numpy() if is_tensor_const(e) else None
+
+
+def _ints(xs):
+    return [int(v) for v in xs]
+
+
+def _conv2d(call):
+    """``dict`` of the conv2d's geometry when it is one this pass rewrites, else None."""
+    a = call.attrs
+    x, w = call.args
+    W = _const(w)
+    xt = x.ty
+    if (W is None or W.dtype != np.int8 or W.ndim != 4 or not isinstance(xt, relax.TensorType)
+            or xt.dtype not in ("int8", "uint8") or xt.ndim != 4 or str(a.out_dtype) != "int32"
+            or int(a.groups) != 1 or str(a.data_layout) != "NCHW" or str(a.kernel_layout) != "OIHW"
+            or str(a.out_layout) not in ("NCHW", "") or _ints(a.dilation) != [1, 1]):
+        return None
+    try:
+        N, C, H, Wd = _ints(xt.shape)
+        _, _, Ho, Wo = _ints(call.ty.shape)
+    except Exception:  # symbolic shape
+        return None
+    if N != 1 or W.shape[1] != C:
+        return None
+    return dict(C=C, H=H, W=Wd, Ho=Ho, Wo=Wo, M=int(W.shape[0]), kh=int(W.shape[2]), kw=int(W.shape[3]),
+                strides=_ints(a.strides), padding=_ints(a.padding), weight=W)
+
+
+def _per_channel(arr: np.ndarray, M: int):
+    """``[1, M, 1, 1]`` / ``[M, 1, 1]`` / scalar constant -> the same values for a ``[Ho*Wo, M]`` tensor, else None."""
+    if arr.size == 1:
+        return arr.reshape(())
+    shape = tuple(arr.shape)
+    if shape in ((1, M, 1, 1), (M, 1, 1)):
+        return np.ascontiguousarray(arr.reshape(M))
+    return None
+
+
+def _chain(conv_var, users):
+    """The requantize chain after ``conv_var``: ``[(binding, new_const | None), ...]`` ending in an int8/uint8
+    cast, each var used once by the next op; None when the layer does not end like that."""
+    out, cur, M = [], conv_var, int(conv_var.ty.shape[1])
+    while True:
+        u = users.get(cur)
+        if u is None or len(u) != 1:
+            return None
+        b = u[0]
+        op = call_op_name(b.value)
+        if op in _BINARY:
+            lhs, rhs = b.value.args
+            if not lhs.same_as(cur):
+                return None
+            c = _const(rhs)
+            c = None if c is None else _per_channel(c, M)
+            if c is None:
+                return None
+            out.append((b, c))
+        elif op in ("astype", "clip"):
+            out.append((b, None))
+            if op == "astype" and str(b.var.ty.dtype) in ("int8", "uint8"):
+                return out
+        else:
+            return None
+        cur = b.var
+
+
+@relax.expr_functor.mutator
+class _Rewriter(relax.PyExprMutator):
+    def __init__(self, mod, plan):
+        super().__init__(mod)
+        self.plan = plan  # final var of a chain -> (x, geometry, chain)
+
+    def visit_var_binding_(self, binding):
+        p = self.plan.get(binding.var)
+        if p is None:
+            return super().visit_var_binding_(binding)
+        x, g, chain = p
+        emit = self.builder_.emit
+        C, M, kh, kw, Ho, Wo = g["C"], g["M"], g["kh"], g["kw"], g["Ho"], g["Wo"]
+        (sh, sw), (pt, pl, pb, pr) = g["strides"], g["padding"]
+        x = self.visit_expr(x)
+        xp = emit(relax.op.nn.pad(x, [0, 0, 0, 0, pt, pb, pl, pr], pad_value=0.0)) if (pt or pl or pb or pr) else x
+        cols = [emit(relax.op.strided_slice(xp, axes=[2, 3], begin=[i, j], end=[i + sh * (Ho - 1) + 1,
+                                                                              j + sw * (Wo - 1) + 1],
+                                            strides=[sh, sw]))
+                for i in range(kh) for j in range(kw)]
+        s = emit(relax.op.stack(cols, axis=2))  # [1, C, kh*kw, Ho, Wo]
+        patches = emit(relax.op.reshape(relax.op.permute_dims(s, [0, 3, 4, 1, 2]), [Ho * Wo, C * kh * kw]))
+        Wm = np.ascontiguousarray(g["weight"].reshape(M, C * kh * kw).T)  # [(c, i, j), M]
+        y = emit(relax.op.matmul(patches, relax.const(Wm, "int8"), out_dtype="int32"))
+        for b, c in chain:
+            op = call_op_name(b.value)
+            if op in _BINARY:
+                y = emit(getattr(relax.op, op)(y, relax.const(c, str(c.dtype))))  # const() alone makes int64 int32
+            elif op == "astype":
+                y = emit(relax.op.astype(y, b.value.attrs.dtype))
+            else:  # clip: same bounds
+                y = emit(relax.Call(b.value.op, [y] + list(b.value.args[1:]), b.value.attrs))
+        new = relax.op.permute_dims(relax.op.reshape(y, [1, Ho, Wo, M]), [0, 3, 1, 2])
+        self.builder_.emit_normalized(relax.VarBinding(binding.var, self.builder_.normalize(new)))
+
+
+@tvm.transform.module_pass(opt_level=0, name="Conv2dAsMatmul")
+class Conv2dAsMatmul:
+    """Module pass: int8 conv2d + requantize chain -> im2col + matmul + chain (time-major) -> NCHW (module doc)."""
+
+    def __init__(self, func_name: str = "main"):
+        self.func_name = func_name
+        self.replaced: list[dict] = []
+
+    def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        gv = mod.get_global_var(self.func_name)
+        func = mod[gv]
+        self.replaced = []
+        bs = list(bindings(func))
+        users: dict = {}
+        for b in bs:
+            if isinstance(b.value, relax.Call):
+                for a in b.value.args:
+                    if isinstance(a, relax.Var):
+                        users.setdefault(a, []).append(b)
+        # a var the function returns (or uses outside a call) must keep a single call user to be rewritten
+        for b in bs:
+            if not isinstance(b.value, relax.Call) and isinstance(b.value, relax.Var):
+                users.setdefault(b.value, []).append(b)
+        plan = {}
+        for b in bs:
+            if call_op_name(b.value) != "nn.conv2d":
+                continue
+            g = _conv2d(b.value)
+            chain = _chain(b.var, users) if g is not None else None
+            if chain is None:
+                continue
+            plan[chain[-1][0].var] = (b.value.args[0], g, chain)
+            self.replaced.append({"var": str(b.var.name), "C": g["C"], "M": g["M"], "Ho": g["Ho"], "Wo": g["Wo"],
+                                  "kernel": (g["kh"], g["kw"]), "strides": tuple(g["strides"])})
+        if not plan:
+            return mod
+        mod = tvm.IRModule({k: f for k, f in mod.functions.items()}, attrs=mod.attrs, global_infos=mod.global_infos)
+        rw = _Rewriter(mod, plan)
+        new_main = rw.visit_expr(func)
+        mod = rw.builder_.get()
+        mod[gv] = new_main
+        return relax.transform.DeadCodeElimination([self.func_name])(mod)  # the old conv2d and chain

@@ -1,0 +1,101 @@
+"""Conv2dAsMatmul (relax_passes/conv2d_as_matmul.py): int8 conv2d + requantize -> im2col + matmul + chain.
+
+Hand-built integer graphs as relax_passes.Quantize emits them (per-channel ``[1, M, 1, 1]`` and scalar
+constants, int8 and uint8 inputs, strides 1 and 2, asymmetric padding, odd sizes, M not a multiple of 16):
+the rewritten module, compiled with TVM's default lowering and (on a VNNI CPU) with the VNNI linear
+kernel it is meant for, equals the original conv2d graph bit for bit.  A conv2d whose output has a second
+user, or a grouped conv2d, is left alone.
+"""
+
+import numpy as np
+import pytest
+
+tvm = pytest.importorskip("tvm")
+
+from tvm import relax  # noqa: E402
+
+from relax_passes._util import const  # noqa: E402
+from relax_passes.conv2d_as_matmul import Conv2dAsMatmul  # noqa: E402
+from relax_passes.x86_vnni_pointwise import X86VnniPointwise  # noqa: E402
+from zsq_tvm.x86.vnni import has_avx512_vnni  # noqa: E402
+
+CASES = [  # C, H, W, M, kernel, strides, padding, a_dtype, out_dtype, qmin, qmax, scalar_mul
+    (1, 40, 16, 20, (3, 3), (2, 2), (1, 1, 1, 1), "int8", "uint8", 0, 255, False),     # subsampling conv 1
+    (6, 21, 9, 36, (3, 3), (2, 2), (1, 1, 1, 1), "uint8", "int8", -127, 127, True),    # conv 2, odd sizes
+    (5, 13, 11, 17, (3, 2), (1, 1), (0, 1, 2, 0), "uint8", "uint8", 0, 255, False),    # stride 1, asym pad
+]
+
+
+def _graph(C, H, W, M, kernel, strides, padding, a_dtype, out_dtype, qmin, qmax, scalar_mul, seed=0,
+           second_user=False, groups=1):
+    rng = np.random.default_rng(seed)
+    Wt = rng.integers(-127, 128, (M, C // groups, *kernel)).astype(np.int8)
+    b = rng.integers(-20000, 20000, (1, M, 1, 1)).astype(np.int32)
+    Mul = rng.integers(2**30, 2**31, (1, M, 1, 1)).astype(np.int64)
+    Sh = rng.integers(33, 40, (1, M, 1, 1)).astype(np.int64)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, C, H, W), a_dtype))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            a = bb.emit(relax.op.nn.conv2d(x, const(Wt, "int8"), strides=list(strides), padding=list(padding),
+                                           groups=groups, out_dtype="int32"))
+            c = bb.emit(relax.op.add(a, const(b, "int32")))
+            c = bb.emit(relax.op.astype(c, "int64"))
+            c = bb.emit(relax.op.multiply(c, const(Mul[0, 0, 0, 0], "int64") if scalar_mul else const(Mul, "int64")))
+            c = bb.emit(relax.op.add(c, const(np.int64(1) << (Sh - 1), "int64")))
+            c = bb.emit(relax.op.right_shift(c, const(Sh, "int64")))
+            c = bb.emit(relax.op.clip(c, qmin, qmax))
+            y = bb.emit(relax.op.astype(c, out_dtype))
+            if second_user:  # the int32 conv output is also used elsewhere: the chain cannot be moved
+                y = bb.emit(relax.op.add(relax.op.astype(y, "int32"), a))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def _run(mod, x, target="llvm"):
+    ex = tvm.compile(mod, target=target)
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    return vm["main"](tvm.runtime.tensor(x)).numpy()
+
+
+def _input(case, seed=1):
+    C, H, W, a_dtype = case[0], case[1], case[2], case[7]
+    lo, hi = (-128, 128) if a_dtype == "int8" else (0, 256)
+    return np.random.default_rng(seed).integers(lo, hi, (1, C, H, W)).astype(a_dtype)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_rewrite_is_bit_exact_on_the_default_lowering(case):
+    mod = _graph(*case)
+    p = Conv2dAsMatmul()
+    new = p(mod)
+    assert len(p.replaced) == 1
+    ops = {c.op.name for b in new["main"].body.blocks for bd in b.bindings for c in [bd.value]
+           if isinstance(c, relax.Call) and isinstance(c.op, tvm.ir.Op)}
+    assert "relax.nn.conv2d" not in ops and "relax.matmul" in ops
+    x = _input(case)
+    ref = _run(mod, x)
+    assert ref.shape == _run(new, x).shape
+    assert np.array_equal(_run(new, x), ref)
+
+
+@pytest.mark.skipif(not has_avx512_vnni(), reason="CPU lacks avx512_vnni (/proc/cpuinfo flags)")
+@pytest.mark.parametrize("case", CASES)
+def test_rewrite_then_vnni_linear_kernel_bit_exact(case):
+    mod = _graph(*case)
+    p = X86VnniPointwise()
+    new = p(Conv2dAsMatmul()(mod))
+    assert len(p.replaced) == 1 and p.replaced[0]["K"] == case[0] * case[4][0] * case[4][1]
+    x = _input(case, seed=2)
+    tgt = tvm.target.Target({"kind": "llvm", "mcpu": "znver4"})
+    assert np.array_equal(_run(new, x, tgt), _run(mod, x))
+
+
+def test_second_user_or_groups_left_alone():
+    case = CASES[1]
+    for kw in (dict(second_user=True), dict(groups=2)):
+        mod = _graph(*case, **kw)
+        p = Conv2dAsMatmul()
+        new = p(mod)
+        assert p.replaced == [] and new.same_as(mod), kw
