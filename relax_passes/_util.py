@@ -14,7 +14,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-__all__ = ["KernelCallRewriter", "kernel_args", "bindings", "call_op_name", "tensor_names", "resolve_const", "const", "main_function", "tensor_ty", "dtype_of", "shape_of", "is_tensor_const"]
+__all__ = ["KernelCallRewriter", "UseIndex", "kernel_args", "bindings", "call_op_name", "tensor_names", "resolve_const", "const_value", "const", "main_function", "tensor_ty", "dtype_of", "shape_of", "is_tensor_const"]
 
 
 def main_function(mod: tvm.IRModule, name: str = "main") -> relax.Function:
@@ -38,6 +38,25 @@ def call_op_name(value) -> str | None:
         name = value.op.name
         return name[len("relax."):] if name.startswith("relax.") else name
     return None
+
+
+class UseIndex:
+    """Who uses each var of ``func``: ``value[var]`` is its bound expression, ``users[var]`` the vars whose
+    bindings mention it, and :meth:`only_user` the single user of a var the function does not return (the
+    condition for folding a chain of bindings into one kernel call)."""
+
+    def __init__(self, func: relax.Function):
+        self.bindings = bindings(func)
+        self.value = {b.var: b.value for b in self.bindings}
+        self.users: dict = {}
+        for b in self.bindings:
+            for v in relax.analysis.free_vars(b.value):
+                self.users.setdefault(v, []).append(b.var)
+        self.outs = set(relax.analysis.free_vars(func.body.body))
+
+    def only_user(self, var):
+        u = self.users.get(var, [])
+        return u[0] if len(u) == 1 and var not in self.outs else None
 
 
 def tensor_ty(expr):
@@ -75,6 +94,11 @@ def tensor_names(func: relax.Function) -> dict:
 def is_tensor_const(expr) -> bool:
     """A tensor Constant (in this TVM, scalar PrimValues such as IntImm also subclass Constant)."""
     return isinstance(expr, tvm.ir.expr.Constant) and hasattr(expr.value, "numpy")
+
+
+def const_value(expr):
+    """numpy value of a tensor Constant, else None."""
+    return expr.value.numpy() if is_tensor_const(expr) else None
 
 
 _CONST_OPS = {"reshape", "permute_dims", "astype", "squeeze", "expand_dims"}

@@ -33,15 +33,11 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from ._util import bindings, call_op_name, is_tensor_const
+from ._util import UseIndex, call_op_name, const_value
 
 __all__ = ["Conv2dAsMatmul"]
 
 _BINARY = ("add", "multiply", "right_shift")
-
-
-def _const(e):
-    return e.value.numpy() if is_tensor_const(e) else None
 
 
 def _ints(xs):
@@ -52,7 +48,7 @@ def _conv2d(call):
     """``dict`` of the conv2d's geometry when it is one this pass rewrites, else None."""
     a = call.attrs
     x, w = call.args
-    W = _const(w)
+    W = const_value(w)
     xt = x.ty
     if (W is None or W.dtype != np.int8 or W.ndim != 4 or not isinstance(xt, relax.TensorType)
             or xt.dtype not in ("int8", "uint8") or xt.ndim != 4 or str(a.out_dtype) != "int32"
@@ -80,32 +76,32 @@ def _per_channel(arr: np.ndarray, M: int):
     return None
 
 
-def _chain(conv_var, users):
-    """The requantize chain after ``conv_var``: ``[(binding, new_const | None), ...]`` ending in an int8/uint8
-    cast, each var used once by the next op; None when the layer does not end like that."""
+def _chain(conv_var, idx: UseIndex):
+    """The requantize chain after ``conv_var``: ``[(var, value, new_const | None), ...]`` ending in an int8/uint8
+    cast, each var used only by the next op; None when the layer does not end like that."""
     out, cur, M = [], conv_var, int(conv_var.ty.shape[1])
     while True:
-        u = users.get(cur)
-        if u is None or len(u) != 1:
+        var = idx.only_user(cur)
+        if var is None:
             return None
-        b = u[0]
-        op = call_op_name(b.value)
+        value = idx.value[var]
+        op = call_op_name(value)
         if op in _BINARY:
-            lhs, rhs = b.value.args
+            lhs, rhs = value.args
             if not lhs.same_as(cur):
                 return None
-            c = _const(rhs)
+            c = const_value(rhs)
             c = None if c is None else _per_channel(c, M)
             if c is None:
                 return None
-            out.append((b, c))
+            out.append((var, value, c))
         elif op in ("astype", "clip"):
-            out.append((b, None))
-            if op == "astype" and str(b.var.ty.dtype) in ("int8", "uint8"):
+            out.append((var, value, None))
+            if op == "astype" and str(var.ty.dtype) in ("int8", "uint8"):
                 return out
         else:
             return None
-        cur = b.var
+        cur = var
 
 
 @relax.expr_functor.mutator
@@ -132,14 +128,14 @@ class _Rewriter(relax.PyExprMutator):
         patches = emit(relax.op.reshape(relax.op.permute_dims(s, [0, 3, 4, 1, 2]), [Ho * Wo, C * kh * kw]))
         Wm = np.ascontiguousarray(g["weight"].reshape(M, C * kh * kw).T)  # [(c, i, j), M]
         y = emit(relax.op.matmul(patches, relax.const(Wm, "int8"), out_dtype="int32"))
-        for b, c in chain:
-            op = call_op_name(b.value)
+        for _, value, c in chain:
+            op = call_op_name(value)
             if op in _BINARY:
                 y = emit(getattr(relax.op, op)(y, relax.const(c, str(c.dtype))))  # const() alone makes int64 int32
             elif op == "astype":
-                y = emit(relax.op.astype(y, b.value.attrs.dtype))
+                y = emit(relax.op.astype(y, value.attrs.dtype))
             else:  # clip: same bounds
-                y = emit(relax.Call(b.value.op, [y] + list(b.value.args[1:]), b.value.attrs))
+                y = emit(relax.Call(value.op, [y] + list(value.args[1:]), value.attrs))
         new = relax.op.permute_dims(relax.op.reshape(y, [1, Ho, Wo, M]), [0, 3, 1, 2])
         self.builder_.emit_normalized(relax.VarBinding(binding.var, self.builder_.normalize(new)))
 
@@ -156,26 +152,16 @@ class Conv2dAsMatmul:
         gv = mod.get_global_var(self.func_name)
         func = mod[gv]
         self.replaced = []
-        bs = list(bindings(func))
-        users: dict = {}
-        for b in bs:
-            if isinstance(b.value, relax.Call):
-                for a in b.value.args:
-                    if isinstance(a, relax.Var):
-                        users.setdefault(a, []).append(b)
-        # a var the function returns (or uses outside a call) must keep a single call user to be rewritten
-        for b in bs:
-            if not isinstance(b.value, relax.Call) and isinstance(b.value, relax.Var):
-                users.setdefault(b.value, []).append(b)
+        idx = UseIndex(func)
         plan = {}
-        for b in bs:
+        for b in idx.bindings:
             if call_op_name(b.value) != "nn.conv2d":
                 continue
             g = _conv2d(b.value)
-            chain = _chain(b.var, users) if g is not None else None
+            chain = _chain(b.var, idx) if g is not None else None
             if chain is None:
                 continue
-            plan[chain[-1][0].var] = (b.value.args[0], g, chain)
+            plan[chain[-1][0]] = (b.value.args[0], g, chain)
             self.replaced.append({"var": str(b.var.name), "C": g["C"], "M": g["M"], "Ho": g["Ho"], "Wo": g["Wo"],
                                   "kernel": (g["kh"], g["kw"]), "strides": tuple(g["strides"])})
         if not plan:

@@ -56,7 +56,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from ._util import KernelCallRewriter, bindings, call_op_name, is_tensor_const, kernel_args
+from ._util import KernelCallRewriter, UseIndex, call_op_name, const_value, kernel_args
 
 __all__ = ["X86VnniPointwise", "match_pointwise_chains", "match_residual_adds", "X86_OUT_DTYPES"]
 
@@ -66,8 +66,7 @@ X86_OUT_DTYPES = ("int8", "uint8", "int16", "int32")
 _CHAIN = ("astype", "multiply", "add", "right_shift", "clip", "astype")
 
 
-def _const(expr):
-    return expr.value.numpy() if is_tensor_const(expr) else None
+_const = const_value
 
 
 def _channel_vector(arr, M, shapes, max_ndim):
@@ -183,20 +182,9 @@ def match_pointwise_chains(func: relax.Function, kind: str = "pointwise",
     """
     accept = {"pointwise": _pointwise_conv, "conv": _full_conv, "depthwise": _depthwise_conv, "matmul": None}[kind]
     per_channel = _per_channel_last if kind == "matmul" else _per_channel
-    bs = bindings(func)
-    value = {b.var: b.value for b in bs}
-    users: dict = {}
-    for b in bs:
-        for v in relax.analysis.free_vars(b.value):
-            users.setdefault(v, []).append(b.var)
-    outs = set(relax.analysis.free_vars(func.body.body))
+    idx = UseIndex(func)
+    bs, value, only_user = idx.bindings, idx.value, idx.only_user
     found = []
-
-    def only_user(var):
-        u = users.get(var, [])
-        if len(u) != 1 or var in outs:
-            return None
-        return u[0]
 
     def other_const(call, var):
         a, b = call.args
@@ -294,18 +282,8 @@ def match_residual_adds(func: relax.Function, chains: dict) -> dict:
     lo, hi, dtype)}``: ``fused`` (the input whose only user is the add) gets the add, clip and cast in its
     kernel's epilogue, ``residual`` is passed to it.  Only when the int32 add cannot wrap (the two chains'
     clip bounds sum inside int32) and ``[lo, hi]`` fits ``dtype``, so the fused result is bit-identical."""
-    bs = bindings(func)
-    value = {b.var: b.value for b in bs}
-    users: dict = {}
-    for b in bs:
-        for v in relax.analysis.free_vars(b.value):
-            users.setdefault(v, []).append(b.var)
-    outs = set(relax.analysis.free_vars(func.body.body))
-
-    def only_user(var):
-        u = users.get(var, [])
-        return u[0] if len(u) == 1 and var not in outs else None
-
+    idx = UseIndex(func)
+    bs, value, only_user = idx.bindings, idx.value, idx.only_user
     found = {}
     for b in bs:
         if call_op_name(b.value) != "add":

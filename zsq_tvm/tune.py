@@ -80,23 +80,18 @@ def _header(tgt) -> dict:
 
 @contextlib.contextmanager
 def _locked(path: Path, exclusive: bool = True):
-    if not exclusive:
-        # readers of a database they cannot write to (a shipped log in a read-only install) read unlocked:
+    lock = str(path / LOCK) if path.is_dir() else str(path)
+    if exclusive:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        if exclusive:
+            raise
+        # a reader of a database it cannot write to (a shipped log in a read-only install) reads unlocked:
         # records are only ever appended as whole fsync-ed lines, and torn lines are skipped anyway
-        try:
-            fd = os.open(str(path / LOCK) if path.is_dir() else str(path), os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError:
-            yield
-            return
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH)
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+        yield
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(str(path / LOCK) if path.is_dir() else str(path), os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         yield
