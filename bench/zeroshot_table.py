@@ -106,13 +106,17 @@ def merge(results):
              r["config"]["synth_frames"], r["config"]["synth_iters"], r["config"].get("out_bits", 8))  # only runs of the same settings merge
         if k not in out:
             out[k] = {**r, "cells": list(r["cells"]), "runs": [r["config"]]}
-        elif not out[k]["fp32"] and r["fp32"]:
-            out[k]["fp32"], out[k]["fp32_unpadded"] = r["fp32"], r["fp32_unpadded"]
         else:
+            # baselines of every split any run measured (a helper run may have none, or other splits)
+            out[k]["fp32"] = {**r["fp32"], **out[k]["fp32"]}
+            out[k]["fp32_unpadded"] = {**r.get("fp32_unpadded", {}), **out[k].get("fp32_unpadded", {})}
             seen = {(c["seed"], c["calib"], c["method"], c["wbits"]) for c in out[k]["cells"]}
             out[k]["cells"] += [c for c in r["cells"] if (c["seed"], c["calib"], c["method"], c["wbits"]) not in seen]
             out[k]["synth"] = out[k].get("synth", []) + r.get("synth", [])
             out[k]["runs"].append(r["config"])
+            cfg = out[k]["config"] = dict(out[k]["config"])  # rows of every run's settings in the table
+            for f in ("calib", "methods", "wbits", "seeds", "splits"):
+                cfg[f] = list(dict.fromkeys(list(cfg.get(f, [])) + list(r["config"].get(f, []))))
     for r in out.values():
         r["summary"] = summarize(r["cells"])
     return list(out.values())
@@ -122,6 +126,10 @@ def markdown(results):
     """One table per model: rows = FP32 and W/A x calibration x method, columns = splits (mean (min-max))."""
     out = []
     for res in results:
+        if not res["fp32"]:  # a --no-fp32 helper run: merge it with a run that has the baseline (--table)
+            out.append(f"**{res['config']['model']}**: no FP32 baseline in this run; "
+                       f"merge it with one that has it: --table A.json B.json\n")
+            continue
         splits = list(res["fp32"])
         sz = res["size"]
         n = {s: res["fp32"][s]["n_utterances"] for s in splits}

@@ -13,7 +13,9 @@ After::
 with the kernel of :func:`zsq_tvm.x86.depthwise.schedule` (4-tap VNNI windows, requantize fused),
 ``Wp`` the taps padded to a multiple of 4 and ``B`` the folded bias (``bias - 128 sum W`` for int8
 input).  Bit-identical to the replaced chain.  Matched: x int8/uint8 ``[1, C, Tin]``, W constant int8
-``[C, 1, K]``, stride 1, 2 or 4 dividing 4 x dilation.  ``pass_obj.replaced`` lists the replaced layers.
+``[C, 1, K]``, stride 1, 2 or 4 dividing 4 x dilation.  ``isa="avx2"``: the AVX2 variant (2-tap int16
+windows, ``vpmaddwd``; stride dividing 2 x dilation, no bias fold).  ``pass_obj.replaced`` lists the
+replaced layers.
 """
 
 from __future__ import annotations
@@ -38,7 +40,10 @@ def _emit_call(emit, x, gv, spec, Wp, B, Mul, Sh):
 class X86VnniDepthwise:
     """Module pass: depthwise conv1d + requantize -> one ``call_tir`` of the VNNI kernel (see module doc)."""
 
-    def __init__(self, func_name: str = "main"):
+    def __init__(self, func_name: str = "main", isa: str = "avx512vnni"):
+        if isa not in ("avx512vnni", "avx2"):
+            raise ValueError(f"isa must be 'avx512vnni' or 'avx2', not {isa!r}")
+        self.isa = isa
         self.func_name = func_name
         self.replaced: list[dict] = []
 
@@ -52,16 +57,18 @@ class X86VnniDepthwise:
         mod = tvm.IRModule({g: f for g, f in mod.functions.items()}, attrs=mod.attrs,
                            global_infos=mod.global_infos)
         for final, x, kw, W, bias, Mul, Sh in match_pointwise_chains(func, kind="depthwise"):
-            spec = DepthwiseSpec(**kw)
+            if self.isa == "avx2" and (2 * kw["dilation"]) % kw["stride"]:
+                continue  # 2-tap windows need the stride to divide 2 x dilation
+            spec = DepthwiseSpec(**kw, isa=self.isa)
             try:
                 B = fold_bias(W, bias, spec)
             except OverflowError:
                 continue
             if spec not in funcs:
-                name = (f"zsq_vnni_dw_c{spec.C}_t{spec.Tin}_k{spec.K}_s{spec.stride}_d{spec.dilation}_p{spec.pad_l}_{spec.pad_r}"
+                name = (f"zsq_{'vnni' if self.isa == 'avx512vnni' else 'avx2'}_dw_c{spec.C}_t{spec.Tin}_k{spec.K}_s{spec.stride}_d{spec.dilation}_p{spec.pad_l}_{spec.pad_r}"
                         f"_{spec.a_dtype}_{spec.out_dtype}_{spec.qmin}_{spec.qmax}").replace("-", "m")
                 f = schedule(spec).mod["main"].with_attr("global_symbol", name).with_attr("op_pattern", 8)
-                f = f.with_attr("zsq.kernel", "x86_vnni_depthwise")
+                f = f.with_attr("zsq.kernel", f"x86_{self.isa}_depthwise")
                 funcs[spec] = (name, f)
             plan[final] = (x, spec, pack_weights(W, spec), B, Mul.astype(np.int64), Sh.astype(np.int64), funcs[spec])
             self.replaced.append({"var": str(final.name), "C": spec.C, "Tin": spec.Tin, "K": spec.K,

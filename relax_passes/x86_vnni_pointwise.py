@@ -47,6 +47,10 @@ not a function output; all constants are relax constants, per-channel (``[1, M, 
 or scalar; the folded bias and the shifted u8 partial sums fit int32 (else the layer is left alone).
 Depthwise and k>1 convs, matmuls and other adds are untouched.
 
+``isa="avx2"`` (the ``x86-avx2`` target and ``host`` on a CPU without VNNI) emits the AVX2 variant of the
+same ncw kernel (``vpmaddwd`` on int16 pairs, ``zsq_avx2_pw_...``; the bias is not folded) and leaves
+linear-layer matmuls alone (no AVX2 ``tk`` kernel).
+
 ``pass_obj.replaced`` lists the replaced layers (var name, K, M, T, dtypes, whether a residual join was fused).
 """
 
@@ -56,7 +60,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from ._util import KernelCallRewriter, UseIndex, call_op_name, const_value, kernel_args
+from ._util import KernelCallRewriter, UseIndex, call_op_name, const_value, is_tensor_const, kernel_args
 
 __all__ = ["X86VnniPointwise", "match_pointwise_chains", "match_residual_adds", "X86_OUT_DTYPES"]
 
@@ -141,24 +145,24 @@ def _depthwise_conv(call, W, xt):
 
 
 def _per_channel_last(arr, M):
-    """Constant broadcast along the last axis of a ``[T, M]`` matmul output -> ``[M]`` int64, else None."""
-    return _channel_vector(arr, M, ((M,), (1, M)), 2)
+    """Constant broadcast along the last axis of a ``[T, M]`` / ``[1, T, M]`` matmul output -> ``[M]`` int64, else None."""
+    return _channel_vector(arr, M, ((M,), (1, M), (1, 1, M)), 3)
 
 
 def _linear(call):
-    """``(x, W[M, K], spec kwargs, M)`` of ``R.matmul(x[T, K] int8/uint8, W[K, M] const int8) -> int32`` (a
-    Conformer linear layer: the time-major ``tk`` kernel), else None."""
+    """``(x, W[M, K], spec kwargs, M)`` of ``R.matmul(x[T, K] | x[1, T, K] int8/uint8, W[K, M] const int8) -> int32``
+    (a Conformer linear layer: the time-major ``tk`` kernel; a batch-1 3-D ``x`` is reshaped around it), else None."""
     x, w = call.args
     W = _const(w)
     xt = x.ty
     if (W is None or W.dtype != np.int8 or W.ndim != 2 or not isinstance(xt, relax.TensorType)
-            or xt.dtype not in ("int8", "uint8") or xt.ndim != 2 or str(call.attrs.out_dtype) != "int32"):
+            or xt.dtype not in ("int8", "uint8") or xt.ndim not in (2, 3) or str(call.attrs.out_dtype) != "int32"):
         return None
     try:
-        T, K = _ints(xt.shape)
+        *lead, T, K = _ints(xt.shape)
     except Exception:  # symbolic shape
         return None
-    if W.shape[0] != K:
+    if W.shape[0] != K or lead not in ([], [1]):
         return None
     M = int(W.shape[1])
     # 16-channel vectors per register tile: a divisor of ceil(M / 16) when one of 4, 3, 2 is (no padded
@@ -166,6 +170,48 @@ def _linear(call):
     m16 = -(-M // 16)
     rm = next((r for r in (4, 3, 2) if m16 % r == 0), 4 if m16 >= 4 else m16)
     return x, np.ascontiguousarray(W.T), dict(T=T, K=K, M=M, a_dtype=str(xt.dtype), layout="tk", rm=rm), M
+
+
+def _int32_of_int8(e, value):
+    """``s`` when ``e`` is a var bound to ``R.astype(s, "int32")`` with ``s`` an int8/uint8 tensor, else None."""
+    v = value.get(e) if isinstance(e, relax.Var) else None
+    if v is None or call_op_name(v) != "astype" or str(v.attrs.dtype) != "int32":
+        return None
+    s = v.args[0]
+    st = s.ty
+    return s if isinstance(st, relax.TensorType) and st.dtype in ("int8", "uint8") else None
+
+
+def _int8_operand(e, value):
+    """An int8/uint8 operand of an int32 matmul: ``e`` itself (an int8/uint8 tensor var or constant) or the
+    source of ``e = R.astype(s, "int32")``, else None."""
+    st = e.ty
+    if (isinstance(e, relax.Var) or is_tensor_const(e)) and isinstance(st, relax.TensorType) and st.dtype in ("int8", "uint8"):
+        return e
+    return _int32_of_int8(e, value)
+
+
+def _batch_matmul(call, value):
+    """``((a, b), None, spec kwargs, 1)`` of an int32 ``R.matmul(a, b)`` of ``a[1, H, T, K]`` int8/uint8 and
+    ``b[1, H, K, N]`` int8 (attention scores / context; the relative-position term's ``b`` is a constant),
+    each given as such or as ``R.astype(., "int32")`` of it, else None."""
+    if str(call.attrs.out_dtype) != "int32":
+        return None
+    a, b = (_int8_operand(e, value) for e in call.args)
+    if a is None or b is None or b.ty.dtype != "int8" or a.ty.ndim != 4 or b.ty.ndim != 4:
+        return None
+    try:
+        (n, H, T, K), (n2, H2, K2, N) = _ints(a.ty.shape), _ints(b.ty.shape)
+    except Exception:  # symbolic shape
+        return None
+    if n != 1 or n2 != 1 or H2 != H or K2 != K:
+        return None
+    return (a, b), None, dict(H=H, T=T, K=K, N=N, a_dtype=str(a.ty.dtype)), N
+
+
+def _per_column(arr, N):
+    """A scalar or ``[N]`` / ``[1, 1, 1, N]`` constant of a ``[1, H, T, N]`` product -> ``[N]`` int64, else None."""
+    return _channel_vector(arr, N, ((N,), (1, 1, 1, N)), 4)
 
 
 def match_pointwise_chains(func: relax.Function, kind: str = "pointwise",
@@ -179,9 +225,13 @@ def match_pointwise_chains(func: relax.Function, kind: str = "pointwise",
     along the last axis), spec kwargs for the time-major ``tk`` kernel, ``W`` returned as ``[M, K]``.
     ``kind="depthwise"``: depthwise conv1d (groups = channels, stride 1/2/4 dividing 4 x dilation, any
     padding) + the same requantize chain (spec kwargs for :class:`zsq_tvm.x86.depthwise.DepthwiseSpec`).
+    ``kind="bmm"``: ``R.matmul(astype(a, int32), astype(b, int32))`` of two 4-D int8 tensors (attention; ``b``
+    may be a constant), constants scalar or per column; ``x_expr`` is the pair ``(a, b)``, ``W`` None
+    (:class:`zsq_tvm.x86.bmm.BmmSpec` kwargs).
     """
-    accept = {"pointwise": _pointwise_conv, "conv": _full_conv, "depthwise": _depthwise_conv, "matmul": None}[kind]
-    per_channel = _per_channel_last if kind == "matmul" else _per_channel
+    accept = {"pointwise": _pointwise_conv, "conv": _full_conv, "depthwise": _depthwise_conv, "matmul": None,
+              "bmm": None}[kind]
+    per_channel = {"matmul": _per_channel_last, "bmm": _per_column}.get(kind, _per_channel)
     idx = UseIndex(func)
     bs, value, only_user = idx.bindings, idx.value, idx.only_user
     found = []
@@ -195,7 +245,14 @@ def match_pointwise_chains(func: relax.Function, kind: str = "pointwise",
         return None
 
     for b in bs:
-        if kind == "matmul":
+        if kind == "bmm":
+            if call_op_name(b.value) != "matmul":
+                continue
+            got = _batch_matmul(b.value, value)
+            if got is None:
+                continue
+            x, W, spec_kw, M = got
+        elif kind == "matmul":
             if call_op_name(b.value) != "matmul":
                 continue
             got = _linear(b.value)
@@ -316,8 +373,12 @@ def _emit_call(emit, x, gv, spec, Wp, B, Mul, Sh, *residual):
     """``[1, K, T]`` (+ the int32 ``[1, M, T]`` residual) -> kernel -> ``[1, M, T]`` (the ncw kernel's own
     buffer shapes: no reshape, no copy)."""
     shape = (spec.T, spec.M) if spec.layout == "tk" else (1, spec.M, spec.Tout)  # tk: a linear layer's [T, M]
-    return relax.call_tir(gv, kernel_args(x, Wp, B, Mul, Sh) + list(residual),
-                          out_ty=relax.TensorType(shape, spec.out_dtype))
+    batch3d = spec.layout == "tk" and x.ty.ndim == 3  # [1, T, K] -> [T, K] -> kernel -> [1, T, M] (views)
+    if batch3d:
+        x = emit(relax.op.reshape(x, [spec.T, spec.K]))
+    y = relax.call_tir(gv, kernel_args(x, Wp, B, Mul, Sh) + list(residual),
+                       out_ty=relax.TensorType(shape, spec.out_dtype))
+    return relax.op.reshape(emit(y), [1, spec.T, spec.M]) if batch3d else y
 
 
 @tvm.transform.module_pass(opt_level=0, name="X86VnniPointwise")
@@ -325,7 +386,10 @@ class X86VnniPointwise:
     """Module pass: pointwise conv1d + requantize -> one ``call_tir`` of the VNNI kernel (see module doc)."""
 
     def __init__(self, func_name: str = "main", fuse_residual: bool = True, full_convs: bool = True,
-                 linear: bool = True):
+                 linear: bool = True, isa: str = "avx512vnni"):
+        if isa not in ("avx512vnni", "avx2"):
+            raise ValueError(f"isa must be 'avx512vnni' or 'avx2', not {isa!r}")
+        self.isa = isa
         self.func_name = func_name
         self.fuse_residual = fuse_residual
         self.full_convs = full_convs
@@ -342,9 +406,11 @@ class X86VnniPointwise:
         mod = tvm.IRModule({g: f for g, f in mod.functions.items()}, attrs=mod.attrs,
                            global_infos=mod.global_infos)
         chains = {}
-        kinds = ["pointwise"] + (["conv"] if self.full_convs else []) + (["matmul"] if self.linear else [])
+        linear = self.linear and self.isa == "avx512vnni"  # the time-major tk kernel is VNNI only
+        kinds = ["pointwise"] + (["conv"] if self.full_convs else []) + (["matmul"] if linear else [])
         matched = [c for k in kinds for c in match_pointwise_chains(func, kind=k, out_dtypes=X86_OUT_DTYPES)]
         for final, x, kw, W, bias, Mul, Sh in matched:
+            kw = dict(kw, isa=self.isa)
             try:
                 B = fold_bias(W, bias, PointwiseSpec(**kw))
             except OverflowError:
@@ -360,14 +426,14 @@ class X86VnniPointwise:
                 extra = (res,)
             spec = PointwiseSpec(**kw)
             if spec not in funcs:
-                name = (f"zsq_vnni_{'linear' if spec.layout == 'tk' else 'pw' if spec.taps == 1 else 'conv'}"
+                name = (f"zsq_{'vnni' if self.isa == 'avx512vnni' else 'avx2'}_{'linear' if spec.layout == 'tk' else 'pw' if spec.taps == 1 else 'conv'}"
                         f"_{spec.K}x{spec.M}_t{spec.T}"
                         + (f"_k{spec.taps}_d{spec.dilation}_p{spec.pad_l}_{spec.pad_r}" if spec.taps > 1 or spec.pad_l
                            or spec.pad_r else "")
                         + f"_{spec.a_dtype}_{spec.out_dtype}_{spec.qmin}_{spec.qmax}"
                         + (f"_res_{spec.req_qmin}_{spec.req_qmax}" if spec.residual else "")).replace("-", "m")
                 f = schedule(spec).mod["main"].with_attr("global_symbol", name).with_attr("op_pattern", 8)
-                f = f.with_attr("zsq.kernel", "x86_vnni_pointwise")
+                f = f.with_attr("zsq.kernel", f"x86_{self.isa}_pointwise")
                 funcs[spec] = (name, f)
             plan[final] = (x, spec, pack_weights(W, spec), B, Mul, Sh, funcs[spec], *extra)
             self.replaced.append({"var": str(final.name), "K": spec.K, "M": spec.M, "T": spec.T,

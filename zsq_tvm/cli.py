@@ -343,7 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("dir", help="quantized directory (zsq quantize) or build directory (zsq compile)")
     s.add_argument("--target", default="host",
                    help="host (default: what the hand-written kernels leave on this CPU), host-generic (every kernel "
-                        "on TVM's default lowering), x86-avx2, x86-avx512vnni, or a CUDA target with --rpc-tracker")
+                        "on TVM's default lowering), x86-avx2-generic (likewise for any AVX2 CPU), x86-avx2, x86-avx512vnni, "
+                        "or a CUDA target with --rpc-tracker")
     s.add_argument("--trials", type=_int_arg, default=64,
                    help="total measured candidates over all kernels, counting records already in the database")
     s.add_argument("--db", default=None, help="database folder (default tuning_logs/<target key>/, which "

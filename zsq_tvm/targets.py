@@ -2,11 +2,14 @@
 
 ``host`` is the machine we run on: ``llvm`` with the detected CPU (``-mcpu``), and on a CPU with
 AVX-512 VNNI our hand-written int8 kernels (``zsq_tvm/x86``) in place of TVM's default lowering of the
-convs and linear layers, so the default build is the fast one.  ``host-generic`` is the same CPU with
+convs and linear layers, so the default build is the fast one; on a CPU with AVX2 but no AVX-512 VNNI
+the AVX2 variants of the conv kernels (``vpmaddwd``; linear layers keep the default lowering).  ``host-generic`` is the same CPU with
 TVM's default lowering only (what MetaSchedule tunes, and the reference for the hand kernels);
 ``host-vnni`` insists on the hand kernels (an error without VNNI).  ``x86-avx2`` / ``x86-avx512vnni``
 compile for a CPU *class* rather than this CPU (``-mcpu=haswell`` / ``-mcpu=cascadelake``: the binary
-runs on any x86-64 with those extensions), e.g. to ship one library to a fleet.  CUDA and Cortex-M
+runs on any x86-64 with those extensions), e.g. to ship one library to a fleet; each uses the hand
+kernels of its class (``x86-avx2-generic``: the AVX2 class on TVM's default lowering only, which the
+shipped ``tuning_logs/x86_64-avx2/`` log was tuned for).  CUDA and Cortex-M
 targets register themselves with :func:`register_target`.
 
 :func:`isa_class` names the class a target's code needs; the tuning database folder is keyed by it
@@ -146,20 +149,36 @@ def _generic():
 
 
 def _vnni_prepare(mod):
-    """conv1d (pointwise, full groups=1 stride 1, depthwise), conv2d (as im2col + matmul) and linear-layer
-    matmuls + requantize (and QuartzNet/Jasper residual joins) -> hand-scheduled VNNI kernels (relax_passes.x86_vnni_pointwise,
+    """conv1d (pointwise, full groups=1 stride 1, depthwise), conv2d (as im2col + matmul), linear-layer
+    matmuls and attention's activation x activation matmuls (relax_passes.x86_vnni_bmm) + requantize (and QuartzNet/Jasper residual joins) -> hand-scheduled VNNI kernels (relax_passes.x86_vnni_pointwise,
     relax_passes.x86_vnni_depthwise); every other op keeps TVM's default lowering."""
     from relax_passes.conv2d_as_matmul import Conv2dAsMatmul
+    from relax_passes.split_projections import SplitProjections
+    from relax_passes.x86_vnni_bmm import X86VnniBatchMatmul
     from relax_passes.x86_vnni_depthwise import X86VnniDepthwise
     from relax_passes.x86_vnni_pointwise import X86VnniPointwise
 
     # conv2d (Conformer subsampling) first: as im2col + matmul it is a linear layer for the VNNI pass
-    return X86VnniDepthwise()(X86VnniPointwise()(Conv2dAsMatmul()(mod)))
+    # and fused projections (Q/K/V, the GLU's pointwise conv) are split into one layer per section
+    mod = SplitProjections()(Conv2dAsMatmul()(mod))
+    return X86VnniBatchMatmul()(X86VnniDepthwise()(X86VnniPointwise()(mod)))
+
+
+def _avx2_prepare(mod):
+    """conv1d (pointwise, full groups=1 stride 1, depthwise) + requantize (and residual joins) -> the AVX2
+    variants of the hand kernels (``vpmaddwd`` on int16 pairs); matmuls and conv2d keep the default lowering."""
+    from relax_passes.x86_vnni_depthwise import X86VnniDepthwise
+    from relax_passes.x86_vnni_pointwise import X86VnniPointwise
+
+    return X86VnniDepthwise(isa="avx2")(X86VnniPointwise(isa="avx2")(mod))
 
 
 def _host_prepare(mod):
-    # decided per call, not at import: the kernels need AVX-512 VNNI on the CPU that builds *and* runs
-    return _vnni_prepare(mod) if "avx512_vnni" in host_features() else mod
+    # decided per call, not at import: the kernels need the extension on the CPU that builds *and* runs
+    f = host_features()
+    if "avx512_vnni" in f:
+        return _vnni_prepare(mod)
+    return _avx2_prepare(mod) if "avx2" in f else mod
 
 
 def _host_vnni():
@@ -178,13 +197,16 @@ def _class_target(mcpu: str):
     return make
 
 
-register_target("host", _host, "this CPU; hand-written AVX-512 VNNI int8 kernels where the CPU has VNNI",
+register_target("host", _host, "this CPU; hand-written int8 kernels where the CPU has AVX-512 VNNI or AVX2",
                 prepare=_host_prepare)
 register_target("host-generic", _host, "this CPU, TVM's default lowering only (what `zsq tune` tunes)")
 register_target("host-vnni", _host_vnni, "this CPU with the hand-written AVX-512 VNNI kernels (error without VNNI)",
                 prepare=_vnni_prepare)
 register_target("llvm", _generic, "generic llvm for this architecture, portable")
-register_target("x86-avx2", _class_target("haswell"), "any x86-64 CPU with AVX2 (-mcpu=haswell), default lowering",
+register_target("x86-avx2", _class_target("haswell"), "any x86-64 CPU with AVX2 (-mcpu=haswell), hand-written AVX2 kernels",
+                runs_on_host="avx2" in host_features(), prepare=_avx2_prepare)
+register_target("x86-avx2-generic", _class_target("haswell"),
+                "any x86-64 CPU with AVX2 (-mcpu=haswell), TVM's default lowering only (what its tuning log tunes)",
                 runs_on_host="avx2" in host_features())
 register_target("x86-avx512vnni", _class_target("cascadelake"),
                 "any x86-64 CPU with AVX-512 VNNI (-mcpu=cascadelake), hand-written VNNI kernels",

@@ -23,6 +23,11 @@ no shuffles (:data:`VNNI_DW_U8S8_16X4`).  Signed activations are shifted by +128
 become 128) and ``bias' = bias - 128 * sum_k W[c, k]`` corrects it exactly (integer algebra, as in
 :mod:`zsq_tvm.x86.pointwise`).
 
+AVX2 (``isa="avx2"``, CPUs without VNNI): the same kernel with 2-tap windows of int16 halves,
+``Xw[c, u] = pack16(xpad[c, s*u], xpad[c, s*u + d])``, taps padded to a multiple of 2, stride dividing
+``2d``, and ``vpmaddwd`` + ``vpaddd`` on 8 lanes (:data:`zsq_tvm.x86.avx2.AVX2_PAIR_16X2`).  int16 holds
+int8 and uint8 activations as they are: no +128 shift, the bias is added unchanged.
+
 Schedule: channels in parallel; per channel the window buffer (``(Tp + Kp/s) x 4`` bytes, in L1) is
 built, then ``rt`` 16-lane register accumulators per time tile sweep the ``Kp/4`` tap groups; the
 requantize epilogue runs on the tile while it is in registers and writes ``Y[c, t]`` contiguously.
@@ -36,6 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..tir_intmath import requantize_expr
+from .avx2 import half16, pack16, register_avx2
 from .vnni import x86_target
 
 __all__ = ["DepthwiseSpec", "VNNI_DW_U8S8_16X4", "register_dw", "pack_weights", "fold_bias", "depthwise_func",
@@ -97,12 +103,40 @@ class DepthwiseSpec:
     out_dtype: str = "int8"
     qmin: int = -127
     qmax: int = 127
-    rt: int = 4  # 16-lane accumulators per time tile
+    rt: int = 4  # vector accumulators (16 lanes VNNI, 8 AVX2) per time tile
     dilation: int = 1
+    isa: str = "avx512vnni"  # "avx512vnni": vpdpbusd, 4-tap windows; "avx2": vpmaddwd, 2-tap windows
 
     def __post_init__(self):
-        assert self.stride in (1, 2, 4) and (4 * self.dilation) % self.stride == 0, "stride must divide 4*dilation"
+        assert self.isa in ("avx512vnni", "avx2"), self.isa
+        assert self.stride in (1, 2, 4) and (self.gs * self.dilation) % self.stride == 0, \
+            f"stride must divide {self.gs}*dilation"
         assert self.a_dtype in ("uint8", "int8") and self.Tout >= 1
+
+    @property
+    def gs(self) -> int:
+        """Taps per window word: 4 bytes (VNNI) or 2 int16 halves (AVX2)."""
+        return 4 if self.isa == "avx512vnni" else 2
+
+    @property
+    def lanes(self) -> int:
+        """int32 lanes of one vector accumulator: 16 (zmm) or 8 (ymm)."""
+        return 16 if self.isa == "avx512vnni" else 8
+
+    @property
+    def offset(self) -> int:
+        """Added to int8 activations so VNNI sees u8 (128); 0 for u8 input and on AVX2 (int16 holds both)."""
+        return 128 if self.isa == "avx512vnni" and self.a_dtype == "int8" else 0
+
+    @property
+    def wdtype(self) -> str:
+        """dtype of the packed weights: int8 (VNNI) or int16 (the AVX2 broadcast pair)."""
+        return "int8" if self.isa == "avx512vnni" else "int16"
+
+    @property
+    def L(self) -> int:
+        """Padded input elements the windows read."""
+        return self.stride * (self.Tw - 1) + (self.gs - 1) * self.dilation + 1
 
     @property
     def Tout(self) -> int:
@@ -110,11 +144,12 @@ class DepthwiseSpec:
 
     @property
     def Kp(self) -> int:
-        return _round_up(self.K, 4)
+        return _round_up(self.K, self.gs)
 
     @property
     def tile(self) -> int:
-        return 16 * max(1, min(self.rt, _round_up(self.Tout, 16) // 16))
+        v = self.lanes
+        return v * max(1, min(self.rt, _round_up(self.Tout, v) // v))
 
     @property
     def Tp(self) -> int:
@@ -122,31 +157,32 @@ class DepthwiseSpec:
 
     @property
     def Tw(self) -> int:
-        """Window rows: the last output row Tp-1 reads row Tp-1 + (Kp/4 - 1) * 4d/s; rounded up to 16 so
+        """Window rows: the last output row Tp-1 reads row Tp-1 + (Kp/g - 1) * g d/s; rounded up to 16 so
         the window build vectorises without a predicated tail (LLVM scalarises masked byte loads into
         vpinsrw chains: a fifth of the kernel's time at K=75)."""
-        return _round_up(self.Tp + (self.Kp // 4 - 1) * (4 * self.dilation // self.stride), 16)
+        g = self.gs
+        return _round_up(self.Tp + (self.Kp // g - 1) * (g * self.dilation // self.stride), 16)
 
 
 def pack_weights(W: np.ndarray, spec: DepthwiseSpec) -> np.ndarray:
-    """``W[C, K]`` or OIW ``[C, 1, K]`` int8 -> ``Wp[C, Kp]`` (zero taps appended)."""
+    """``W[C, K]`` or OIW ``[C, 1, K]`` int8 -> ``Wp[C, Kp]`` (zero taps appended; int16 for AVX2)."""
     W = np.asarray(W)
     if W.ndim == 3:
         assert W.shape[1] == 1, "depthwise: [C, 1, K]"
         W = W[:, 0, :]
     assert W.shape == (spec.C, spec.K) and W.dtype == np.int8, (W.shape, W.dtype)
-    Wp = np.zeros((spec.C, spec.Kp), np.int8)
+    Wp = np.zeros((spec.C, spec.Kp), spec.wdtype)
     Wp[:, : spec.K] = W
     return Wp
 
 
 def fold_bias(W: np.ndarray, bias, spec: DepthwiseSpec) -> np.ndarray:
-    """int32 bias the kernel adds: ``bias`` (u8 input) or ``bias - 128 * sum_k W[c, k]`` (int8 input)."""
+    """int32 bias the kernel adds: ``bias`` (u8 input, or AVX2) or ``bias - 128 * sum_k W[c, k]`` (int8 input on VNNI)."""
     W = np.asarray(W)
     if W.ndim == 3:
         W = W[:, 0, :]
     b = np.zeros(spec.C, np.int64) if bias is None else np.broadcast_to(np.asarray(bias, np.int64), (spec.C,))
-    if spec.a_dtype == "int8":
+    if spec.offset:
         if spec.Kp * 255 * 128 >= 2**31:
             raise OverflowError(f"K={spec.K}: shifted u8 partial sums could pass 2^31")
         b = b - 128 * W.astype(np.int64).sum(axis=1)
@@ -155,27 +191,48 @@ def fold_bias(W: np.ndarray, bias, spec: DepthwiseSpec) -> np.ndarray:
     return np.ascontiguousarray(b.astype(np.int32))
 
 
+def _window(Xp, c, u, s: int, d: int, g: int):
+    """Window word ``u`` of channel ``c`` (TIR): 4 u8 bytes ``Xp[c, s u + d r]`` (VNNI) or 2 int16 halves (AVX2)."""
+    from tvm.script import tirx as T
+
+    x = [T.Cast("int32", Xp[c, u * s + r * d]) for r in range(g)]
+    if g == 2:
+        return pack16(x[0], x[1])
+    return T.bitwise_or(T.bitwise_or(x[0], T.shift_left(x[1], 8)),
+                        T.bitwise_or(T.shift_left(x[2], 16), T.shift_left(x[3], 24)))
+
+
+def _element(word, r, g: int):
+    """Element ``r`` of a window word as int32 (TIR; the form the tensor intrinsics' descriptions use)."""
+    from tvm.script import tirx as T
+
+    return half16(word, r) if g == 2 else T.bitwise_and(T.shift_right(word, r * 8), 255)
+
+
 def depthwise_func(spec: DepthwiseSpec):
-    """PrimFunc ``(X[1, C, Tin], Wp[C, Kp] i8, B[C] i32, Mul[C] i64, Sh[C] i64) -> Y[1, C, Tout]``."""
+    """PrimFunc ``(X[1, C, Tin], Wp[C, Kp] i8 (i16 AVX2), B[C] i32, Mul[C] i64, Sh[C] i64) -> Y[1, C, Tout]``."""
     from tvm.script import tirx as T
 
     C, Tin, s, pl = spec.C, spec.Tin, spec.stride, spec.pad_l
     Kp, Tp, Tw, To = spec.Kp, spec.Tp, spec.Tw, spec.Tout
     ad, od = spec.a_dtype, spec.out_dtype
     qmin, qmax = int(spec.qmin), int(spec.qmax)
-    off = 128 if ad == "int8" else 0
+    off = spec.offset
     d = spec.dilation
-    step = 4 * d // s
+    g = spec.gs
+    step = g * d // s
+    wd = spec.wdtype
+    xd = "uint8" if g == 4 else "int16"  # padded row: shifted u8 (VNNI) or the values as int16 (AVX2)
 
-    L = s * (Tw - 1) + 3 * d + 1  # padded input bytes the windows read
+    L = spec.L  # padded input elements the windows read
     nr = max(0, min(L, pl + Tin) - pl)  # real input bytes inside [0, L)
     tail = L - pl - nr
 
     @T.prim_func(s_tir=True)
-    def func(X: T.Buffer((1, C, Tin), ad), Wp: T.Buffer((C, Kp), "int8"), B: T.Buffer((C,), "int32"),
+    def func(X: T.Buffer((1, C, Tin), ad), Wp: T.Buffer((C, Kp), wd), B: T.Buffer((C,), "int32"),
              Mul: T.Buffer((C,), "int64"), Sh: T.Buffer((C,), "int64"), Y: T.Buffer((1, C, To), od)):
         T.func_attr({"global_symbol": "main", "tirx.noalias": True})
-        Xp = T.sblock_alloc_buffer((C, L), "uint8")
+        Xp = T.sblock_alloc_buffer((C, L), xd)
         Xw = T.sblock_alloc_buffer((C, Tw), "int32")
         acc = T.sblock_alloc_buffer((C, Tp), "int32")
         # every stage sits under one channel loop, so the schedule can parallelise that loop once and
@@ -186,32 +243,28 @@ def depthwise_func(spec: DepthwiseSpec):
                 for i in range(pl):
                     with T.sblock("padl"):
                         vc, vi = T.axis.remap("SS", [c, i])
-                        Xp[vc, vi] = T.uint8(off)
+                        Xp[vc, vi] = T.Cast(xd, off)
             if nr > 0:
                 for i in range(nr):
                     with T.sblock("copy"):
                         vc, vi = T.axis.remap("SS", [c, i])
-                        Xp[vc, vi + pl] = T.Cast("uint8", T.Cast("int32", X[0, vc, vi]) + off)
+                        Xp[vc, vi + pl] = T.Cast(xd, T.Cast("int32", X[0, vc, vi]) + off)
             if tail > 0:
                 for i in range(tail):
                     with T.sblock("padr"):
                         vc, vi = T.axis.remap("SS", [c, i])
-                        Xp[vc, vi + pl + nr] = T.uint8(off)
+                        Xp[vc, vi + pl + nr] = T.Cast(xd, off)
             for u in range(Tw):
                 with T.sblock("xwin"):
                     vc, vu = T.axis.remap("SS", [c, u])
-                    Xw[vc, vu] = T.bitwise_or(
-                        T.bitwise_or(T.Cast("int32", Xp[vc, vu * s]),
-                                     T.shift_left(T.Cast("int32", Xp[vc, vu * s + d]), 8)),
-                        T.bitwise_or(T.shift_left(T.Cast("int32", Xp[vc, vu * s + 2 * d]), 16),
-                                     T.shift_left(T.Cast("int32", Xp[vc, vu * s + 3 * d]), 24)))
-            for t, j, r in T.grid(Tp, Kp // 4, 4):
+                    Xw[vc, vu] = _window(Xp, vc, vu, s, d, g)
+            for t, j, r in T.grid(Tp, Kp // g, g):
                 with T.sblock("dw"):
                     vc, vt, vj, vr = T.axis.remap("SSRR", [c, t, j, r])
                     with T.init():
                         acc[vc, vt] = 0
-                    acc[vc, vt] = acc[vc, vt] + T.bitwise_and(
-                        T.shift_right(Xw[vc, vt + vj * step], vr * 8), 255) * T.Cast("int32", Wp[vc, vj * 4 + vr])
+                    acc[vc, vt] = acc[vc, vt] + _element(Xw[vc, vt + vj * step], vr, g) * T.Cast(
+                        "int32", Wp[vc, vj * g + vr])
             for t in range(To):
                 with T.sblock("requant"):
                     vc, vt = T.axis.remap("SS", [c, t])
@@ -222,15 +275,16 @@ def depthwise_func(spec: DepthwiseSpec):
 
 def schedule(spec: DepthwiseSpec, tensorize: bool = True):
     """Parallel channels (one thread-pool launch per call); per channel: padded row and window build,
-    then (tile x 16-lane) VNNI register tiles + epilogue."""
+    then (tile x 16-lane) VNNI (or tile x 8-lane AVX2) register tiles + epilogue."""
     from tvm import s_tir
 
-    intrin = register_dw()
+    intrin = register_dw() if spec.isa == "avx512vnni" else register_avx2()
+    v = spec.lanes
     sch = s_tir.Schedule(depthwise_func(spec))
     dw, req, xw = sch.get_sblock("dw"), sch.get_sblock("requant"), sch.get_sblock("xwin")
     c, t, j, r = sch.get_loops(dw)
-    rt = spec.tile // 16
-    t0, t1, t2 = sch.split(t, [None, rt, 16])
+    rt = spec.tile // v
+    t0, t1, t2 = sch.split(t, [None, rt, v])
     sch.reorder(t0, j, t1, t2, r)
     sch.parallel(c)
     sch.set_scope(dw, 0, "local")
@@ -240,7 +294,7 @@ def schedule(spec: DepthwiseSpec, tensorize: bool = True):
         cb = sch.cache_read(req, i, "local")
         sch.compute_at(cb, c, preserve_unit_loops=True)
     lt = sch.get_loops(req)[-1]
-    l0, l1 = sch.split(lt, [None, 16])
+    l0, l1 = sch.split(lt, [None, v])
     sch.vectorize(l1)
     init = sch.decompose_reduction(dw, j)
     il = sch.get_loops(init)
@@ -257,7 +311,7 @@ def schedule(spec: DepthwiseSpec, tensorize: bool = True):
 
 def spec_len(spec: DepthwiseSpec, block: str) -> int:
     """Extent of the pad/copy blocks (a zero-extent block does not exist in the schedule)."""
-    L = spec.stride * (spec.Tw - 1) + 3 * spec.dilation + 1
+    L = spec.L
     nr = max(0, min(L, spec.pad_l + spec.Tin) - spec.pad_l)
     return {"padl": spec.pad_l, "copy": nr, "padr": L - spec.pad_l - nr}[block]
 

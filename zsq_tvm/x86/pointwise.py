@@ -56,6 +56,13 @@ over taps too and the zero pads read 128).  The shifted partial sums are bounded
 whose range ``zsq_tvm.overflow`` proves.  Integer addition is associative, so the result is bit-exact,
 not approximately equal.
 
+AVX2 (``isa="avx2"``, ncw only; CPUs without VNNI): the same ncw kernel with pairs instead of quads.
+``Xw`` packs 2 input channels per int32 as int16 halves (:func:`zsq_tvm.x86.avx2.pack16`), the weights are
+int16 ``Wq[Mp, taps, Kp]`` (``Kp`` even) and one broadcast weight pair feeds ``vpmaddwd`` + ``vpaddd`` on 8
+lanes (:data:`zsq_tvm.x86.avx2.AVX2_PAIR_16X2`).  int16 holds u8 and int8 activations as they are: no
+shift, the bias is added unchanged, and every product and pair sum is exact (no ``vpmaddubsw``
+saturation).
+
 Both schedules fuse the outer (t, m) tiles into one parallel loop (TVM thread pool) and requantize
 each tile from its register accumulators.
 """
@@ -68,6 +75,8 @@ import numpy as np
 
 from ..tir_intmath import requantize_expr
 
+from .avx2 import pack16, register_avx2
+from .depthwise import _element
 from .vnni import register, x86_target
 
 __all__ = [
@@ -111,8 +120,11 @@ class PointwiseSpec:
     dilation: int = 1
     pad_l: int = 0
     pad_r: int = 0
+    isa: str = "avx512vnni"  # "avx2": vpmaddwd on int16 pairs, 8 lanes (ncw only)
 
     def __post_init__(self):
+        assert self.isa in ("avx512vnni", "avx2"), self.isa
+        assert self.isa == "avx512vnni" or self.layout == "ncw", "AVX2: ncw kernel only"
         if self.residual:
             assert self.layout == "ncw", "residual add is fused in the ncw kernel only"
             assert -(2**31) <= self.req_qmin <= self.req_qmax < 2**31, (self.req_qmin, self.req_qmax)
@@ -126,10 +138,29 @@ class PointwiseSpec:
         return self.T + self.pad_l + self.pad_r - self.dilation * (self.taps - 1)
 
     @property
+    def gs(self) -> int:
+        """Reduction elements per int32 word: 4 bytes (VNNI) or 2 int16 halves (AVX2)."""
+        return 4 if self.isa == "avx512vnni" else 2
+
+    @property
+    def lanes(self) -> int:
+        """int32 lanes of one accumulator vector: 16 (zmm) or 8 (ymm, AVX2)."""
+        return 16 if self.isa == "avx512vnni" else 8
+
+    @property
+    def offset(self) -> int:
+        """Added to int8 activations so VNNI multiplies u8 (128); 0 for u8 input and on AVX2."""
+        return 128 if self.isa == "avx512vnni" and self.a_dtype == "int8" else 0
+
+    @property
+    def wdtype(self) -> str:
+        return "int8" if self.isa == "avx512vnni" else "int16"
+
+    @property
     def tile_t(self) -> int:
-        """Time steps per register tile (tk: rows; ncw: 16 x the number of 16-step vectors)."""
+        """Time steps per register tile (tk: rows; ncw: lanes x the number of time vectors)."""
         if self.layout == "ncw":
-            return 16 * self.ncw_vectors
+            return self.lanes * self.ncw_vectors
         if self.rt:
             return self.rt
         for r in (4, 5, 6, 8, 3):  # prefer a divisor of T (no padded copy of X)
@@ -139,8 +170,9 @@ class PointwiseSpec:
 
     @property
     def ncw_vectors(self) -> int:
-        """ncw: 16-step time vectors per register tile (``rt``, else up to 4, fewer for short T)."""
-        return self.rt or max(1, min(4, _round_up(self.Tout, 16) // 16))
+        """ncw: time vectors per register tile (``rt``, else up to 4 (VNNI) / 3 (AVX2), fewer for short T)."""
+        v = self.lanes
+        return self.rt or max(1, min(4 if v == 16 else 3, _round_up(self.Tout, v) // v))
 
     @property
     def tile_m(self) -> int:
@@ -148,7 +180,9 @@ class PointwiseSpec:
         if self.layout == "ncw":
             # explicit tile (rt set): rm channels; else ~16 int32x16 accumulators (4 channels x 4
             # vectors, 8 x 2, 8 x 1), never more channels than M
-            rm = self.rm if self.rt else {1: 8, 2: 8, 3: 5}.get(self.ncw_vectors, 4)
+            # AVX2 has 16 ymm registers: 12 accumulators (4 x 3, 6 x 2, 8 x 1) + broadcast + product
+            rm = self.rm if self.rt else ({1: 8, 2: 8, 3: 5} if self.lanes == 16 else {1: 8, 2: 6}).get(
+                self.ncw_vectors, 4)
             return max(1, min(rm, self.M))
         # never tile wider than the (16-rounded) channel count
         return max(1, min(self.rm, _round_up(self.M, 16) // 16))
@@ -159,7 +193,7 @@ class PointwiseSpec:
 
     @property
     def Kp(self) -> int:
-        return _round_up(self.K, 4)
+        return _round_up(self.K, self.gs if self.layout == "ncw" else 4)
 
     @property
     def Mp(self) -> int:
@@ -178,7 +212,7 @@ def pack_weights(W: np.ndarray, spec: PointwiseSpec) -> np.ndarray:
     if spec.layout == "ncw":
         W3 = W if W.ndim == 3 else W[:, :, None]
         assert W3.shape == (spec.M, spec.K, spec.taps) and W3.dtype == np.int8, (W3.shape, W3.dtype)
-        Wq = np.zeros((spec.Mp, spec.taps, spec.Kp), np.int8)
+        Wq = np.zeros((spec.Mp, spec.taps, spec.Kp), spec.wdtype)
         Wq[: spec.M, :, : spec.K] = W3.transpose(0, 2, 1)
         return Wq
     if W.ndim == 3:
@@ -191,13 +225,13 @@ def pack_weights(W: np.ndarray, spec: PointwiseSpec) -> np.ndarray:
 
 
 def fold_bias(W: np.ndarray, bias, spec: PointwiseSpec) -> np.ndarray:
-    """int32 bias the kernel adds: ``bias`` (u8 activations) or ``bias - 128 rowsum(W)`` (int8; the sum runs
-    over channels and taps: every tap, pads included, reads a +128-shifted value)."""
+    """int32 bias the kernel adds: ``bias`` (u8 activations, or AVX2) or ``bias - 128 rowsum(W)`` (int8 on VNNI;
+    the sum runs over channels and taps: every tap, pads included, reads a +128-shifted value)."""
     W = np.asarray(W)
     if W.ndim == 3:
         W = W.reshape(W.shape[0], -1)
     b = np.zeros(spec.M, np.int64) if bias is None else np.broadcast_to(np.asarray(bias, np.int64), (spec.M,))
-    if spec.a_dtype == "int8":
+    if spec.offset:
         if spec.K * spec.taps * 255 * 127 >= 2**31:
             raise OverflowError(f"K={spec.K}: shifted u8 partial sums could pass 2^31")
         b = b - 128 * W.astype(np.int64).sum(axis=1)
@@ -272,10 +306,13 @@ def pointwise_func(spec: PointwiseSpec):
     return func
 
 
-def _pack4(X, g, t, rows: int, off: int):
-    """int32 holding ``u8(X[0, 4g + r, t] + off)`` in byte ``r`` for ``r < rows`` (other bytes 0)."""
+def _pack4(X, g, t, rows: int, off: int, gs: int = 4):
+    """int32 holding ``u8(X[0, 4g + r, t] + off)`` in byte ``r`` for ``r < rows`` (other bytes 0); ``gs=2``
+    (AVX2): ``X[0, 2g + r, t]`` as int16 in half ``r`` (:func:`zsq_tvm.x86.avx2.pack16`)."""
     from tvm.script import tirx as T
 
+    if gs == 2:
+        return pack16(T.Cast("int32", X[0, g * 2, t]), T.Cast("int32", X[0, g * 2 + 1, t]) if rows > 1 else None)
     word = None
     for r in range(rows):
         b = T.Cast("int32", X[0, g * 4 + r, t]) + off  # in [0, 255]: u8 as is, int8 shifted by +128
@@ -302,9 +339,10 @@ def _ncw_func(spec: PointwiseSpec):
     ad, od = spec.a_dtype, spec.out_dtype
     qmin, qmax = int(spec.qmin), int(spec.qmax)
     rqmin, rqmax = int(spec.req_qmin), int(spec.req_qmax)
-    off = 128 if ad == "int8" else 0
-    pad_word = int(np.uint32(off * 0x01010101).view(np.int32))  # four u8(0 + off) bytes
-    G, Gf, kr = Kp // 4, K // 4, K % 4  # groups of 4 input channels; full groups; rows of the last one
+    off = spec.offset
+    pad_word = int(np.uint32(off * 0x01010101).view(np.int32))  # four u8(0 + off) bytes (AVX2: 0)
+    gs, wd = spec.gs, spec.wdtype
+    G, Gf, kr = Kp // gs, K // gs, K % gs  # groups of gs input channels; full groups; rows of the last one
 
     @T.macro
     def xwin_and_gemm(X, Wq, Xw, acc):
@@ -317,29 +355,29 @@ def _ncw_func(spec: PointwiseSpec):
             for g, t in T.grid(Gf, Tn):
                 with T.sblock("xwin"):
                     vg, vt = T.axis.remap("SS", [g, t])
-                    Xw[vg, vt + pl] = _pack4(X, vg, vt, 4, off)
+                    Xw[vg, vt + pl] = _pack4(X, vg, vt, gs, off, gs)
         if kr > 0:  # the K % 4 rows of the last group; its other bytes meet zero weights
             for t in range(Tn):
                 with T.sblock("xwin_k_tail"):
                     vt = T.axis.spatial(Tn, t)
-                    Xw[Gf, vt + pl] = _pack4(X, Gf, vt, kr, off)
+                    Xw[Gf, vt + pl] = _pack4(X, Gf, vt, kr, off, gs)
         if tail > 0:  # right zero pad, then the tile padding (defined values; those outputs are not written)
             for g, u in T.grid(G, tail):
                 with T.sblock("xwin_pad_r"):
                     vg, vu = T.axis.remap("SS", [g, u])
                     Xw[vg, vu + pl + Tn] = pad_word
-        for m, t, j, g, r in T.grid(Mp, Tp, J, G, 4):
+        for m, t, j, g, r in T.grid(Mp, Tp, J, G, gs):
             with T.sblock("gemm"):
                 vm, vt, vj, vg, vr = T.axis.remap("SSRRR", [m, t, j, g, r])
                 with T.init():
                     acc[vm, vt] = 0
-                acc[vm, vt] = acc[vm, vt] + T.bitwise_and(T.shift_right(Xw[vg, vt + vj * d], vr * 8), 255) * T.Cast(
-                    "int32", Wq[vm, vj, vg * 4 + vr])
+                acc[vm, vt] = acc[vm, vt] + _element(Xw[vg, vt + vj * d], vr, gs) * T.Cast(
+                    "int32", Wq[vm, vj, vg * gs + vr])
 
     if not spec.residual:
 
         @T.prim_func(s_tir=True)
-        def func(X: T.Buffer((1, K, Tn), ad), Wq: T.Buffer((Mp, J, Kp), "int8"), B: T.Buffer((M,), "int32"),
+        def func(X: T.Buffer((1, K, Tn), ad), Wq: T.Buffer((Mp, J, Kp), wd), B: T.Buffer((M,), "int32"),
                  Mul: T.Buffer((M,), "int64"), Sh: T.Buffer((M,), "int64"), Y: T.Buffer((1, M, To), od)):
             T.func_attr({"global_symbol": "main", "tirx.noalias": True})
             Xw = T.sblock_alloc_buffer((G, Tw), "int32")
@@ -355,7 +393,7 @@ def _ncw_func(spec: PointwiseSpec):
     # residual: y = clip(requant(acc + B) in [rqmin, rqmax]) + R, then clip to [qmin, qmax]; the int32
     # add cannot wrap (the caller checks rqmin + R's min >= -2^31 and rqmax + R's max < 2^31)
     @T.prim_func(s_tir=True)
-    def func(X: T.Buffer((1, K, Tn), ad), Wq: T.Buffer((Mp, J, Kp), "int8"), B: T.Buffer((M,), "int32"),
+    def func(X: T.Buffer((1, K, Tn), ad), Wq: T.Buffer((Mp, J, Kp), wd), B: T.Buffer((M,), "int32"),
              Mul: T.Buffer((M,), "int64"), Sh: T.Buffer((M,), "int64"), R: T.Buffer((1, M, To), "int32"),
              Y: T.Buffer((1, M, To), od)):
         T.func_attr({"global_symbol": "main", "tirx.noalias": True})
@@ -421,13 +459,15 @@ def _schedule_ncw(spec: PointwiseSpec, tensorize: bool = True):
 
     from .depthwise import register_dw
 
-    intrin = register_dw()  # C[16] += sum_r byte_r(A[16]) * B[r]: A = Xw vector, B = weight dword
+    # C[16] += sum_r byte_r(A[16]) * B[r]: A = Xw vector, B = weight dword (AVX2: 8 lanes, int16 halves)
+    intrin = register_dw() if spec.isa == "avx512vnni" else register_avx2()
+    v = spec.lanes
     sch = s_tir.Schedule(pointwise_func(spec))
     gemm, req = sch.get_sblock("gemm"), sch.get_sblock("requant")
     rm, rv = spec.tile_m, spec.ncw_vectors
     m, t, j, g, r = sch.get_loops(gemm)
     m0, m1 = sch.split(m, [None, rm])
-    t0, t1, t2 = sch.split(t, [None, rv, 16])
+    t0, t1, t2 = sch.split(t, [None, rv, v])
     sch.reorder(t0, m0, j, g, m1, t1, t2, r)
     outer = sch.fuse(t0, m0)
     sch.parallel(outer)
@@ -438,7 +478,7 @@ def _schedule_ncw(spec: PointwiseSpec, tensorize: bool = True):
     # predicate they would be gathered (vpgatherdq, ~10% of the kernel)
     for i in (1, 2, 3):  # B, Mul, Sh (read buffer 0 is acc)
         sch.compute_at(sch.cache_read(req, i, "local"), lm, preserve_unit_loops=True)
-    sch.vectorize(sch.split(sch.get_loops(req)[-1], [None, 16])[1])
+    sch.vectorize(sch.split(sch.get_loops(req)[-1], [None, v])[1])
     init = sch.decompose_reduction(gemm, j)
     il = sch.get_loops(init)
     sch.vectorize(sch.fuse(*il[-2:]))
@@ -448,7 +488,7 @@ def _schedule_ncw(spec: PointwiseSpec, tensorize: bool = True):
     if tensorize:
         sch.tensorize(t2, intrin)
     # the xwin blocks that exist (full groups if K >= 4, the K % 4 tail, pads / tile padding)
-    G, Gf = spec.Kp // 4, spec.K // 4
+    G, Gf = spec.Kp // spec.gs, spec.K // spec.gs
     tail = spec.Tp + spec.dilation * (spec.taps - 1) - spec.pad_l - spec.T
     blocks = [n for n, present in (("xwin", Gf > 0), ("xwin_k_tail", G > Gf), ("xwin_pad_l", spec.pad_l > 0),
                                    ("xwin_pad_r", tail > 0)) if present]

@@ -1,0 +1,96 @@
+"""X86VnniBatchMatmul: attention's activation x activation int8 matmuls + requantize -> VNNI kernels.
+
+A Conformer's integer attention multiplies two *activations* per head: the scores ``Q Kᵀ`` (int8 x int8)
+and the context ``P V`` (uint8 softmax x int8).  The integer graph holds them as int32 matmuls of int8
+values, which TVM's default lowering runs as scalar int32 loops.  Before (batch 1, per-tensor scales)::
+
+    a32 = R.astype(a, "int32")                      # a [1, H, T, K] int8 | uint8
+    b32 = R.astype(b, "int32")                      # b [1, H, K, N] int8
+    m   = R.matmul(a32, b32, out_dtype="int32")
+    c = R.astype(m, "int64"); d = R.multiply(c, Mul); e = R.add(d, Rnd); f = R.right_shift(e, Sh)
+    g = R.clip(f, qmin, qmax); y = R.astype(g, "int8" | "uint8" | "int16" | "int32")
+
+After::
+
+    p = R.call_tir(zsq_vnni_bmm_pack_..., (b,), out_ty=[Bp [H, Np/16, Kp/4, 16, 4] int8, comp [H, Np] int32])
+    y = R.call_tir(zsq_vnni_bmm_..., (a, p[0], p[1], Mul[N], Sh[N]), out_ty=R.Tensor((1, H, T, N), dtype))
+
+with :mod:`zsq_tvm.x86.bmm`: the first kernel packs ``b`` into the VNNI operand layout at run time and
+computes the int8 shift's column correction, the second is the VNNI GEMM with the requantize epilogue.
+Bit-identical to the chain it replaces.  Matched: the chain above with ``Mul``/``Rnd``/``Sh`` scalar or
+per column (``Rnd == 1 << (Sh - 1)``), every intermediate with one user (:func:`match_pointwise_chains`,
+``kind="bmm"``); ``a`` and ``b`` may also be used as int8 directly (the relative-position term
+``R.matmul(q, P)`` with ``P`` a constant ``[1, H, K, N]``).  Applied by the VNNI targets (``host`` on a VNNI CPU, ``host-vnni``, ``x86-avx512vnni``).
+``pass_obj.replaced`` lists the replaced matmuls.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from ._util import KernelCallRewriter
+from .x86_vnni_pointwise import X86_OUT_DTYPES, match_pointwise_chains
+
+__all__ = ["X86VnniBatchMatmul"]
+
+
+@tvm.transform.module_pass(opt_level=0, name="X86VnniBatchMatmul")
+class X86VnniBatchMatmul:
+    """Module pass: activation x activation int8 matmul + requantize -> VNNI pack + GEMM kernels (module doc)."""
+
+    def __init__(self, func_name: str = "main"):
+        self.func_name = func_name
+        self.replaced: list[dict] = []
+
+    def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        from zsq_tvm.x86.bmm import BmmSpec, schedule, schedule_pack
+
+        gv_main = mod.get_global_var(self.func_name)
+        func = mod[gv_main]
+        self.replaced = []
+        plan, funcs, packs = {}, {}, {}
+        mod = tvm.IRModule({g: f for g, f in mod.functions.items()}, attrs=mod.attrs,
+                           global_infos=mod.global_infos)
+        for final, (a, b), kw, _, bias, Mul, Sh in match_pointwise_chains(func, kind="bmm", out_dtypes=X86_OUT_DTYPES):
+            if bias is not None:  # a constant added to a product of activations: not an attention matmul
+                continue
+            try:
+                spec = BmmSpec(**kw)
+            except OverflowError:
+                continue
+            tag = f"h{spec.H}_t{spec.T}_k{spec.K}_n{spec.N}"
+            if spec not in funcs:
+                name = f"zsq_vnni_bmm_{tag}_{spec.a_dtype}_{spec.out_dtype}_{spec.qmin}_{spec.qmax}".replace("-", "m")
+                f = schedule(spec).mod["main"].with_attr("global_symbol", name).with_attr("op_pattern", 8)
+                funcs[spec] = (name, f.with_attr("zsq.kernel", "x86_avx512vnni_bmm"))
+            pk = (spec.H, spec.K, spec.N, spec.Np, spec.offset)  # the pack kernel does not depend on T
+            if pk not in packs:
+                name = f"zsq_vnni_bmm_pack_h{spec.H}_k{spec.K}_n{spec.N}_np{spec.Np}_o{spec.offset}"
+                f = schedule_pack(spec).mod["main"].with_attr("global_symbol", name).with_attr("op_pattern", 8)
+                packs[pk] = (name, f.with_attr("zsq.kernel", "x86_avx512vnni_bmm_pack"))
+            plan[final] = (a, spec, None, None, Mul.astype(np.int64), Sh.astype(np.int64), funcs[spec], b)
+            self.replaced.append({"var": str(final.name), "H": spec.H, "T": spec.T, "K": spec.K, "N": spec.N,
+                                  "a_dtype": spec.a_dtype, "out_dtype": spec.out_dtype})
+        if not plan:
+            return mod
+        rw = KernelCallRewriter(mod, plan, None)
+
+        def emit_call(emit, a, gv, spec, W, B, Mul, Sh, b):
+            name, f = packs[(spec.H, spec.K, spec.N, spec.Np, spec.offset)]
+            pgv = rw.gvars.get(name)
+            if pgv is None:
+                pgv = rw.gvars[name] = rw.builder_.add_func(f, name)
+            packed = emit(relax.call_tir(pgv, [b], out_ty=[
+                relax.TensorType((spec.H, spec.Np // 16, spec.Kp // 4, 16, 4), "int8"),
+                relax.TensorType((spec.H, spec.Np), "int32")]))
+            return relax.call_tir(gv, [a, emit(relax.TupleGetItem(packed, 0)), emit(relax.TupleGetItem(packed, 1)),
+                                       relax.const(Mul, "int64"), relax.const(Sh, "int64")],
+                                  out_ty=relax.TensorType((1, spec.H, spec.T, spec.N), spec.out_dtype))
+
+        rw.emit_call = emit_call
+        new_main = rw.visit_expr(func)
+        mod = rw.builder_.get()
+        mod[gv_main] = new_main
+        return relax.transform.DeadCodeElimination([self.func_name])(mod)
