@@ -51,7 +51,9 @@ def _exp_ops(bb, x, c: dict):
     x = bb.emit(relax.op.maximum(bb.emit(relax.op.minimum(x, _c(0))), _c(c["q_floor"])))
     k = c["k"]
     x = bb.emit(relax.op.multiply(x, _c(1 << k))) if k >= 0 else bb.emit(relax.op.right_shift(x, _c(-k)))
-    z = bb.emit(relax.op.floor_divide(bb.emit(relax.op.subtract(_c(0), x)), _c(c["q_ln2"])))
+    # floor(-x / q_ln2) as the exact multiply-shift of _k_exp (an int64 division per element does not vectorise)
+    z = bb.emit(relax.op.right_shift(bb.emit(relax.op.multiply(bb.emit(relax.op.subtract(_c(0), x)), _c(c["z_mul"]))),
+                                     _c(c["z_shift"])))
     p = bb.emit(relax.op.add(x, bb.emit(relax.op.multiply(z, _c(c["q_ln2"])))))
     pb = bb.emit(relax.op.add(p, _c(c["q_b"])))
     L = bb.emit(relax.op.add(bb.emit(relax.op.multiply(pb, pb)), _c(c["q_c"])))

@@ -119,7 +119,8 @@ def test_second_user_left_alone():
 @needs_vnni
 def test_conformer_attention_on_vnni_bit_exact():
     """conformer-ctc-small: per layer the scores, the context and the relative-position term run on the
-    kernel, the fused Q/K/V projection is split into three linear kernels, and host-vnni == numpy reference."""
+    kernel, the fused Q/K/V projection is split into three linear kernels, the integer gates are tables,
+    and host-vnni == numpy reference."""
     from zsq_tvm.reference import run_reference
     from zsq_tvm.targets import get_target
 
@@ -129,6 +130,7 @@ def test_conformer_attention_on_vnni_bit_exact():
              if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and "zsq.kernel" in f.attrs]
     ops = [call_op_name(b.value) for b in bindings(mod["main"])]
     assert "x86_avx512vnni_bmm" in kinds and "matmul" not in ops and "split" not in ops
+    assert "take" in ops  # Swish / sigmoid gates as tables (relax_passes.elementwise_to_table)
     b = zsq_tvm.compile(q, target="host-vnni")
     assert b.integer_only["ok"] is True
     mel = np.random.default_rng(9).standard_normal((1, 64, 64)).astype(np.float32) * 2

@@ -71,6 +71,22 @@ def _k_div_round(a, b):
     return (2 * a + b) // (2 * b)
 
 
+def _div_consts(d: int, n_max: int) -> tuple[int, int]:
+    """``(m, s)`` with ``floor(n / d) == (n m) >> s`` for every integer ``0 <= n <= n_max`` (``d >= 1``):
+    a division by a constant as one multiply and one shift, which vectorises (an int64 division does not,
+    and the kernels get their constants as data, so the compiler cannot do this for us).
+
+    ``s = bitlen(n_max) + bitlen(d)``, ``m = ceil(2^s / d)``, ``e = m d - 2^s`` in ``[0, d)``.  With
+    ``n = q d + r`` (``0 <= r < d``): ``n m / 2^s = q + (r + n e / 2^s) / d`` and ``n e < n_max d <= 2^s``,
+    so ``r + n e / 2^s < d`` and the floor is ``q``.  Products stay below ``2^(2 bitlen(n_max) + 1)``."""
+    d, n_max = int(d), int(n_max)
+    s = n_max.bit_length() + d.bit_length()
+    m = -(-(1 << s) // d)
+    if d < 1 or n_max < 0 or n_max * (m * d - (1 << s)) >= (1 << s) or n_max * m >= 2**62:
+        raise OverflowError(f"no exact multiply-shift for n // {d} with n <= {n_max}")
+    return m, s
+
+
 def _upshift_for(S: float, target: float) -> int:
     """Largest ``k`` with ``S * 2^-k >= target``: the input is rescaled by ``2^k`` (left shift) so its
     resolution ``S 2^-k`` lies in ``[target, 2 target)``; ``k < 0`` (right shift) when ``S < target``."""
@@ -127,12 +143,15 @@ def _exp_consts(S: float) -> dict:
     q_b, q_c, sgn, S_out = _poly_consts(Sp, *EXP_POLY)
     # below x = -(ZMAX+1) ln2 the result is 0 anyway: clamp first so the left shift cannot overflow
     q_floor = -int(math.ceil((_EXP_ZMAX + 1) * _LN2 / S))
-    return dict(k=k, q_ln2=q_ln2, q_b=q_b, q_c=q_c, sgn=sgn, q_floor=q_floor, S_out=S_out)
+    # -x lies in [0, -shift(q_floor, k)]: floor(-x / q_ln2) as a multiply-shift, exact on that range
+    z_mul, z_shift = _div_consts(q_ln2, -_k_shift(q_floor, k))
+    return dict(k=k, q_ln2=q_ln2, q_b=q_b, q_c=q_c, sgn=sgn, q_floor=q_floor, z_mul=z_mul, z_shift=z_shift,
+                S_out=S_out)
 
 
-def _k_exp(q, k: int, q_ln2: int, q_b: int, q_c: int, sgn: int, q_floor: int):
+def _k_exp(q, k: int, q_ln2: int, q_b: int, q_c: int, sgn: int, q_floor: int, z_mul: int, z_shift: int):
     x = _k_shift(np.maximum(np.minimum(q, 0), q_floor), k)  # x <= 0 in units S' = S 2^-k
-    z = (-x) // q_ln2                                          # x = -z ln2 + p
+    z = ((-x) * z_mul) >> z_shift                              # = (-x) // q_ln2 (_div_consts): x = -z ln2 + p
     p = x + z * q_ln2                                          # p in (-q_ln2, 0]
     return _k_poly(p, q_b, q_c, sgn) >> np.minimum(z, _EXP_ZMAX)
 
@@ -143,7 +162,8 @@ def i_exp(q, S: float) -> tuple[np.ndarray, float]:
     1. rescale: ``x' = q 2^k`` with ``S' = S 2^-k`` in ``[2^-14, 2^-13)`` (``k`` from the scale; an
        8-bit input has ``S ~ 2^-4`` and too coarse a ``ln 2`` without it; ``k < 0`` floors an int32
        input with a tiny scale, error ``< S'``);
-    2. range reduction ``x = -z ln2 + p``: ``q_ln2 = round(ln2/S')``, ``z = floor(-x'/q_ln2)``,
+    2. range reduction ``x = -z ln2 + p``: ``q_ln2 = round(ln2/S')``, ``z = floor(-x'/q_ln2)``
+       (computed as ``(-x' m) >> s``, exact on the clamped range: :func:`_div_consts`),
        ``p = x' + z q_ln2`` in ``(-q_ln2, 0]``;
     3. ``exp(p) ~= 0.3585 (p + 1.353)^2 + 0.344`` by :func:`i_poly` (``S_out = 0.3585 S'^2``);
     4. ``exp(x) = 2^-z exp(p)``: ``q_out = q_L >> z`` (``z`` clamped to 31, where ``q_L < 2^30``
