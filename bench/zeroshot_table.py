@@ -110,8 +110,14 @@ def merge(results):
             # baselines of every split any run measured (a helper run may have none, or other splits)
             out[k]["fp32"] = {**r["fp32"], **out[k]["fp32"]}
             out[k]["fp32_unpadded"] = {**r.get("fp32_unpadded", {}), **out[k].get("fp32_unpadded", {})}
-            seen = {(c["seed"], c["calib"], c["method"], c["wbits"]) for c in out[k]["cells"]}
-            out[k]["cells"] += [c for c in r["cells"] if (c["seed"], c["calib"], c["method"], c["wbits"]) not in seen]
+            seen = {(c["seed"], c["calib"], c["method"], c["wbits"]): c for c in out[k]["cells"]}
+            for c in r["cells"]:
+                key = (c["seed"], c["calib"], c["method"], c["wbits"])
+                if key in seen:  # the same cell on other splits (a run per split): join them
+                    seen[key] = dict(seen[key], splits={**c["splits"], **seen[key]["splits"]})
+                else:
+                    seen[key] = c
+            out[k]["cells"] = list(seen.values())
             out[k]["synth"] = out[k].get("synth", []) + r.get("synth", [])
             out[k]["runs"].append(r["config"])
             cfg = out[k]["config"] = dict(out[k]["config"])  # rows of every run's settings in the table
@@ -130,7 +136,7 @@ def markdown(results):
             out.append(f"**{res['config']['model']}**: no FP32 baseline in this run; "
                        f"merge it with one that has it: --table A.json B.json\n")
             continue
-        splits = list(res["fp32"])
+        splits = [x for x in res["config"].get("splits", []) if x in res["fp32"]] or list(res["fp32"])
         sz = res["size"]
         n = {s: res["fp32"][s]["n_utterances"] for s in splits}
         w = {s: res["fp32"][s]["n_words"] for s in splits}

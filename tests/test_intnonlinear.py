@@ -334,3 +334,22 @@ def test_relax_sigmoid_swish_bit_exact(S):
         got = lowering.run_module(lowering.compile_module(mod), q)
         assert got.dtype == want.dtype
         np.testing.assert_array_equal(got, want)
+
+
+# ---------------------------------------------------------------- division by a constant as multiply-shift
+@pytest.mark.parametrize("S", [2.0, 0.3, 1 / 127, 1e-3, 1e-5, 3.7e-7])
+def test_exp_range_reduction_multiply_shift_is_floor_division(S):
+    """i-exp's ``floor(-x / q_ln2)`` is computed as ``(-x m) >> s`` (:func:`_div_consts`): equal to the
+    division on *every* value the clamped input can take, at int8-like and int32-like scales."""
+    c = inl._exp_consts(S)
+    n = np.arange(-inl._k_shift(c["q_floor"], c["k"]) + 1, dtype=np.int64)
+    assert np.array_equal((n * c["z_mul"]) >> c["z_shift"], n // c["q_ln2"])
+
+
+@given(st.integers(1, 2**20), st.integers(0, 2**24))
+@settings(max_examples=200, deadline=None)
+def test_div_consts_exact_at_the_range_ends(d, n_max):
+    m, s = inl._div_consts(d, n_max)
+    n = np.unique(np.clip(np.array([0, 1, d - 1, d, d + 1, n_max - 1, n_max, n_max // 2, (n_max // d) * d,
+                                    (n_max // d) * d - 1]), 0, n_max)).astype(np.int64)
+    assert np.array_equal((n * m) >> s, n // d) and n_max * m < 2**62
