@@ -209,7 +209,7 @@ def prepare(out: str, arch: str, models: list[str], skip_speed: bool = False, mo
     # ---- speed: INT8 vs FP32, random weights lifted to inputs
     from relax_passes.fold_batchnorm import FoldBatchNorm
     from zsq_tvm.frontend.onnx_import import import_onnx
-    from zsq_tvm.nets import build_model
+    from zsq_tvm.nets import build_model, randomize_batchnorm
     from zsq_tvm.nets.export import export_onnx
 
     import onnx
@@ -219,9 +219,7 @@ def prepare(out: str, arch: str, models: list[str], skip_speed: bool = False, mo
         torch.manual_seed(0)
         net = build_model(model).eval()
         net.name = model
-        for m in net.modules():  # random-init conv biases quantize out of int32 (tiny activation scales)
-            if isinstance(m, torch.nn.Conv1d) and m.bias is not None:
-                torch.nn.init.zeros_(m.bias)
+        randomize_batchnorm(net)  # trained-like BN statistics: activations keep their scale through 15 blocks
         with tempfile.TemporaryDirectory() as td:
             p = export_onnx(net, os.path.join(td, model + ".onnx"), frames=FRAMES)
             proto = onnx.load(str(p))

@@ -162,6 +162,21 @@ def kernel_args(x, W, B, Mul, Sh) -> list:
             relax.const(Sh, "int64")]
 
 
+def copy_module(mod: tvm.IRModule) -> tvm.IRModule:
+    """A shallow copy of ``mod`` (same functions, attrs, global infos) for a rewriter's block builder: a
+    module pass must not change the module it was given."""
+    return tvm.IRModule({g: f for g, f in mod.functions.items()}, attrs=mod.attrs, global_infos=mod.global_infos)
+
+
+def finish_rewrite(rw, func: relax.Function, gv) -> tvm.IRModule:
+    """Run the mutator ``rw`` (built on :func:`copy_module` of the module) over ``func``, bind the result to
+    ``gv`` in the mutator's module and drop the bindings nothing uses any more (the replaced ops)."""
+    new = rw.visit_expr(func)
+    out = rw.builder_.get()
+    out[gv] = new
+    return relax.transform.DeadCodeElimination([gv.name_hint])(out)
+
+
 @relax.expr_functor.mutator
 class KernelCallRewriter(relax.PyExprMutator):
     """Replace the final binding of each matched conv + requantize chain by a call of a hand-written kernel.

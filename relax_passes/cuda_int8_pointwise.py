@@ -34,7 +34,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from ._util import KernelCallRewriter, kernel_args
+from ._util import KernelCallRewriter, copy_module, finish_rewrite, kernel_args
 from .x86_vnni_pointwise import match_pointwise_chains
 
 __all__ = ["CudaInt8Pointwise", "CUDA_OUT_DTYPES"]
@@ -73,8 +73,7 @@ class CudaInt8Pointwise:
         func = mod[gv_main]
         self.replaced = []
         plan, funcs = {}, {}
-        mod = tvm.IRModule({gv: f for gv, f in mod.functions.items()}, attrs=mod.attrs,
-                           global_infos=mod.global_infos)
+        mod = copy_module(mod)
         for final, x, kw, W, bias, Mul, Sh in match_pointwise_chains(func, out_dtypes=CUDA_OUT_DTYPES):
             spec = g.GemmSpec(T=kw["T"], K=kw["K"], M=kw["M"], a_dtype=kw["a_dtype"], out_dtype=kw["out_dtype"],
                               qmin=kw["qmin"], qmax=kw["qmax"])
@@ -101,10 +100,7 @@ class CudaInt8Pointwise:
         if not plan:
             return mod
         rw = KernelCallRewriter(mod, plan, _emit_call)
-        new_main = rw.visit_expr(func)
-        mod = rw.builder_.get()
-        mod[gv_main] = new_main
-        return relax.transform.DeadCodeElimination([self.func_name])(mod)
+        return finish_rewrite(rw, func, gv_main)
 
 
 def _int32(b: np.ndarray) -> np.ndarray:

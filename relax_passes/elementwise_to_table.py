@@ -33,7 +33,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from ._util import UseIndex, call_op_name, const, const_value
+from ._util import UseIndex, call_op_name, const, const_value, copy_module, finish_rewrite
 
 __all__ = ["ElementwiseToTable"]
 
@@ -153,12 +153,7 @@ class ElementwiseToTable:
                                   "dtype": str(table.dtype)})
         if not plan:
             return mod
-        mod = tvm.IRModule({k: f for k, f in mod.functions.items()}, attrs=mod.attrs, global_infos=mod.global_infos)
-        rw = _Rewriter(mod, plan)
-        new_main = rw.visit_expr(func)
-        mod = rw.builder_.get()
-        mod[gv] = new_main
-        return relax.transform.DeadCodeElimination([self.func_name])(mod)  # the replaced chain
+        return finish_rewrite(_Rewriter(copy_module(mod), plan), func, gv)  # the replaced chain
 
 
 def _needed(b, out, inside, idx) -> bool:

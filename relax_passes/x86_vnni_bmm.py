@@ -30,7 +30,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from ._util import KernelCallRewriter
+from ._util import KernelCallRewriter, copy_module, finish_rewrite
 from .x86_vnni_pointwise import X86_OUT_DTYPES, match_pointwise_chains
 
 __all__ = ["X86VnniBatchMatmul"]
@@ -51,8 +51,7 @@ class X86VnniBatchMatmul:
         func = mod[gv_main]
         self.replaced = []
         plan, funcs, packs = {}, {}, {}
-        mod = tvm.IRModule({g: f for g, f in mod.functions.items()}, attrs=mod.attrs,
-                           global_infos=mod.global_infos)
+        mod = copy_module(mod)
         for final, (a, b), kw, _, bias, Mul, Sh in match_pointwise_chains(func, kind="bmm", out_dtypes=X86_OUT_DTYPES):
             if bias is not None:  # a constant added to a product of activations: not an attention matmul
                 continue
@@ -90,7 +89,4 @@ class X86VnniBatchMatmul:
                                   out_ty=relax.TensorType((1, spec.H, spec.T, spec.N), spec.out_dtype))
 
         rw.emit_call = emit_call
-        new_main = rw.visit_expr(func)
-        mod = rw.builder_.get()
-        mod[gv_main] = new_main
-        return relax.transform.DeadCodeElimination([self.func_name])(mod)
+        return finish_rewrite(rw, func, gv_main)

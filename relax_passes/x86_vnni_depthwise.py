@@ -24,7 +24,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from ._util import KernelCallRewriter, kernel_args
+from ._util import KernelCallRewriter, copy_module, finish_rewrite, kernel_args
 from .x86_vnni_pointwise import match_pointwise_chains
 
 __all__ = ["X86VnniDepthwise"]
@@ -54,8 +54,7 @@ class X86VnniDepthwise:
         func = mod[gv_main]
         self.replaced = []
         plan, funcs = {}, {}
-        mod = tvm.IRModule({g: f for g, f in mod.functions.items()}, attrs=mod.attrs,
-                           global_infos=mod.global_infos)
+        mod = copy_module(mod)
         for final, x, kw, W, bias, Mul, Sh in match_pointwise_chains(func, kind="depthwise"):
             if self.isa == "avx2" and (2 * kw["dilation"]) % kw["stride"]:
                 continue  # 2-tap windows need the stride to divide 2 x dilation
@@ -76,7 +75,4 @@ class X86VnniDepthwise:
         if not plan:
             return mod
         rw = KernelCallRewriter(mod, plan, _emit_call)
-        new_main = rw.visit_expr(func)
-        mod = rw.builder_.get()
-        mod[gv_main] = new_main
-        return relax.transform.DeadCodeElimination([self.func_name])(mod)
+        return finish_rewrite(rw, func, gv_main)

@@ -60,7 +60,8 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from ._util import KernelCallRewriter, UseIndex, call_op_name, const_value, is_tensor_const, kernel_args
+from ._util import (KernelCallRewriter, UseIndex, call_op_name, const_value, copy_module, finish_rewrite,
+                    is_tensor_const, kernel_args)
 
 __all__ = ["X86VnniPointwise", "match_pointwise_chains", "match_residual_adds", "X86_OUT_DTYPES"]
 
@@ -403,8 +404,7 @@ class X86VnniPointwise:
         func = mod[gv_main]
         self.replaced = []
         plan, funcs = {}, {}
-        mod = tvm.IRModule({g: f for g, f in mod.functions.items()}, attrs=mod.attrs,
-                           global_infos=mod.global_infos)
+        mod = copy_module(mod)
         chains = {}
         linear = self.linear and self.isa == "avx512vnni"  # the time-major tk kernel is VNNI only
         kinds = ["pointwise"] + (["conv"] if self.full_convs else []) + (["matmul"] if linear else [])
@@ -441,7 +441,4 @@ class X86VnniPointwise:
         if not plan:
             return mod
         rw = KernelCallRewriter(mod, plan, _emit_call)
-        new_main = rw.visit_expr(func)
-        mod = rw.builder_.get()
-        mod[gv_main] = new_main
-        return relax.transform.DeadCodeElimination([self.func_name])(mod)
+        return finish_rewrite(rw, func, gv_main)

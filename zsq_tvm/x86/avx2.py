@@ -23,9 +23,34 @@ from __future__ import annotations
 
 import functools
 
-__all__ = ["AVX2_PAIR_16X2", "register_avx2", "half16", "pack16", "check_avx2_asm"]
+__all__ = ["AVX2_PAIR_16X2", "IsaGeometry", "register_avx2", "half16", "pack16", "check_avx2_asm"]
 
 AVX2_PAIR_16X2 = "zsq_pair_8x2_s16s16_avx2_local"
+
+
+class IsaGeometry:
+    """What the instruction set fixes in a kernel spec with ``isa`` ("avx512vnni" | "avx2") and ``a_dtype``
+    fields (:class:`zsq_tvm.x86.pointwise.PointwiseSpec`, :class:`zsq_tvm.x86.depthwise.DepthwiseSpec`)."""
+
+    @property
+    def gs(self) -> int:
+        """Reduction elements per int32 word: 4 bytes (VNNI) or 2 int16 halves (AVX2)."""
+        return 4 if self.isa == "avx512vnni" else 2
+
+    @property
+    def lanes(self) -> int:
+        """int32 lanes of one accumulator vector: 16 (zmm) or 8 (ymm, AVX2)."""
+        return 16 if self.isa == "avx512vnni" else 8
+
+    @property
+    def offset(self) -> int:
+        """Added to int8 activations so VNNI multiplies u8 (128); 0 for u8 input and on AVX2 (int16 holds both)."""
+        return 128 if self.isa == "avx512vnni" and self.a_dtype == "int8" else 0
+
+    @property
+    def wdtype(self) -> str:
+        """dtype of the packed weights: int8 (VNNI) or int16 (the AVX2 broadcast pair)."""
+        return "int8" if self.isa == "avx512vnni" else "int16"
 
 
 def half16(word, r):

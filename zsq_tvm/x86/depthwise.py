@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..tir_intmath import requantize_expr
-from .avx2 import half16, pack16, register_avx2
+from .avx2 import IsaGeometry, half16, pack16, register_avx2
 from .vnni import x86_target
 
 __all__ = ["DepthwiseSpec", "VNNI_DW_U8S8_16X4", "register_dw", "pack_weights", "fold_bias", "depthwise_func",
@@ -90,7 +90,7 @@ def register_dw() -> str:
 
 
 @dataclass(frozen=True)
-class DepthwiseSpec:
+class DepthwiseSpec(IsaGeometry):
     """``x[C, Tin] (a_dtype) * W[C, K] (int8), stride, pads -> Y[C, Tout] (out_dtype)`` with requantize."""
 
     C: int
@@ -112,26 +112,6 @@ class DepthwiseSpec:
         assert self.stride in (1, 2, 4) and (self.gs * self.dilation) % self.stride == 0, \
             f"stride must divide {self.gs}*dilation"
         assert self.a_dtype in ("uint8", "int8") and self.Tout >= 1
-
-    @property
-    def gs(self) -> int:
-        """Taps per window word: 4 bytes (VNNI) or 2 int16 halves (AVX2)."""
-        return 4 if self.isa == "avx512vnni" else 2
-
-    @property
-    def lanes(self) -> int:
-        """int32 lanes of one vector accumulator: 16 (zmm) or 8 (ymm)."""
-        return 16 if self.isa == "avx512vnni" else 8
-
-    @property
-    def offset(self) -> int:
-        """Added to int8 activations so VNNI sees u8 (128); 0 for u8 input and on AVX2 (int16 holds both)."""
-        return 128 if self.isa == "avx512vnni" and self.a_dtype == "int8" else 0
-
-    @property
-    def wdtype(self) -> str:
-        """dtype of the packed weights: int8 (VNNI) or int16 (the AVX2 broadcast pair)."""
-        return "int8" if self.isa == "avx512vnni" else "int16"
 
     @property
     def L(self) -> int:

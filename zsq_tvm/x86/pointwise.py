@@ -75,7 +75,7 @@ import numpy as np
 
 from ..tir_intmath import requantize_expr
 
-from .avx2 import pack16, register_avx2
+from .avx2 import IsaGeometry, pack16, register_avx2
 from .depthwise import _element
 from .vnni import register, x86_target
 
@@ -96,7 +96,7 @@ def _round_up(x: int, m: int) -> int:
 
 
 @dataclass(frozen=True)
-class PointwiseSpec:
+class PointwiseSpec(IsaGeometry):
     """``X[T, K] (a_dtype) x W[M, K] (int8) -> Y[T, M] (out_dtype)`` with requantize (tk), or the graph-layout
     ``X[1, K, T] -> Y[1, M, Tout]`` conv1d with ``taps`` taps, optional residual join (ncw)."""
 
@@ -136,25 +136,6 @@ class PointwiseSpec:
     def Tout(self) -> int:
         """Output time steps: ``T + pad_l + pad_r - dilation (taps - 1)`` (``T`` for a pointwise conv)."""
         return self.T + self.pad_l + self.pad_r - self.dilation * (self.taps - 1)
-
-    @property
-    def gs(self) -> int:
-        """Reduction elements per int32 word: 4 bytes (VNNI) or 2 int16 halves (AVX2)."""
-        return 4 if self.isa == "avx512vnni" else 2
-
-    @property
-    def lanes(self) -> int:
-        """int32 lanes of one accumulator vector: 16 (zmm) or 8 (ymm, AVX2)."""
-        return 16 if self.isa == "avx512vnni" else 8
-
-    @property
-    def offset(self) -> int:
-        """Added to int8 activations so VNNI multiplies u8 (128); 0 for u8 input and on AVX2."""
-        return 128 if self.isa == "avx512vnni" and self.a_dtype == "int8" else 0
-
-    @property
-    def wdtype(self) -> str:
-        return "int8" if self.isa == "avx512vnni" else "int16"
 
     @property
     def tile_t(self) -> int:
