@@ -3,10 +3,10 @@
 For each model: export ONNX (BatchNorm kept), quantize W8A8 (8 seeded N(0,1) calibration mels), compile
 ``--target`` (default ``host-vnni``), check bit-exactness against the numpy reference, then for each
 thread count start one worker process (TVM's thread pool size is fixed per process) that times all
-engines **in that one process, on the same input**, interleaved round by round
+engines **in that one process, on the same input**, taking turns in short blocks
 (:func:`zsq_tvm.benchmark.compare_onnx`).  ORT INT8 is ``quantize_static`` QDQ (per-channel s8 weights,
 u8 activations) calibrated on the same seeded mels.  ``--tvm-fp32`` adds TVM's default (untuned)
-FP32 build of the same ONNX, timed with ``--tvm-fp32-runs`` runs after the interleaved rounds.
+FP32 build of the same ONNX, timed with ``--tvm-fp32-runs`` runs after the others.
 
 QuartzNet-5x5 uses the shipped trained weights; QuartzNet-15x5 random weights (seed 0, non-trivial BN
 statistics, as bench/acceptance_w8a8.py) -- latency does not depend on the weight values.

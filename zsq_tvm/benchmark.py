@@ -1,6 +1,6 @@
 """Latency comparison of a zsq build against ONNX Runtime on the same input, in one process.
 
-``compare_onnx(build, "model.onnx", threads=2)`` times, interleaved round by round on one seeded
+``compare_onnx(build, "model.onnx", threads=2)`` times, in alternating blocks on one seeded
 input mel:
 
 * ``zsq_int8``      -- the build (integer-only), through the Relax VM, input already quantized;
@@ -9,8 +9,9 @@ input mel:
   weights, uint8 activations), calibrated on ``calib`` seeded N(0, 1) mels of the build's shape
   (ONNX Runtime's own recipe; it is *not* integer-only: requantization runs in float).
 
-Each engine is warmed up, then ``runs`` rounds each time every engine once (interleaving spreads the
-noise of a shared machine over all of them). Reported: median / min per engine in ms and the ratios
+Each engine is warmed up, then the engines take turns, ``block`` timed runs each after one untimed run
+(:func:`time_engines`: alternating spreads the noise of a shared machine over all of them; the untimed run
+keeps ONNX Runtime's spinning workers out of the next engine's samples). Reported: median / min per engine in ms and the ratios
 ``other median / zsq median`` (> 1: zsq is faster).  Thread count: TVM reads ``TVM_NUM_THREADS``
 when its thread pool starts, so :func:`set_threads` must run before the first TVM kernel of the
 process (``zsq bench`` does); ONNX Runtime gets ``intra_op_num_threads``.
@@ -39,19 +40,30 @@ def set_threads(n: int) -> None:
     os.environ["OMP_NUM_THREADS"] = str(n)
 
 
-def time_engines(engines: dict, runs: int, warmup: int = 3, progress: bool = False) -> dict:
-    """Interleaved timing of zero-argument callables; ``{"median_ms", "min_ms", "samples_ms"}``."""
+def time_engines(engines: dict, runs: int, warmup: int = 3, progress: bool = False, block: int = 5) -> dict:
+    """Timing of zero-argument callables; ``{"median_ms", "min_ms", "samples_ms"}`` (``runs`` samples each).
+
+    The engines take turns in blocks of ``block`` timed runs, each block after one untimed run: ONNX Runtime's
+    intra-op workers spin for a while after a run, and on a 2-core machine they would take the second core from
+    the next engine's first run (measured: the Conformer build at 2 threads, 48 ms alone, read 84 ms when
+    alternating run by run with ORT).  Turns still alternate, so a shared machine's noise spreads over all."""
     from tqdm.auto import tqdm
 
     for f in engines.values():
         for _ in range(warmup):
             f()
     samples = {k: [] for k in engines}
-    for _ in tqdm(range(runs), desc="bench", unit="round", disable=not progress):
+    block = max(1, int(block))
+    for _ in tqdm(range(-(-runs // block)), desc="bench", unit="turn", disable=not progress):
         for k, f in engines.items():
-            t = time.perf_counter()
-            f()
-            samples[k].append((time.perf_counter() - t) * 1e3)
+            n = min(block, runs - len(samples[k]))
+            if n <= 0:
+                continue
+            f()  # untimed: lets the previous engine's threads go idle
+            for _ in range(n):
+                t = time.perf_counter()
+                f()
+                samples[k].append((time.perf_counter() - t) * 1e3)
     return {"median_ms": {k: statistics.median(s) for k, s in samples.items()},
             "min_ms": {k: min(s) for k, s in samples.items()},
             "samples_ms": samples}
