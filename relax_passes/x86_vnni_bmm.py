@@ -74,7 +74,6 @@ class X86VnniBatchMatmul:
                                   "a_dtype": spec.a_dtype, "out_dtype": spec.out_dtype})
         if not plan:
             return mod
-        rw = KernelCallRewriter(mod, plan, None)
 
         def emit_call(emit, a, gv, spec, W, B, Mul, Sh, b):
             name, f = packs[(spec.H, spec.K, spec.N, spec.Np, spec.offset)]
@@ -88,5 +87,5 @@ class X86VnniBatchMatmul:
                                        relax.const(Mul, "int64"), relax.const(Sh, "int64")],
                                   out_ty=relax.TensorType((1, spec.H, spec.T, spec.N), spec.out_dtype))
 
-        rw.emit_call = emit_call
+        rw = KernelCallRewriter(mod, plan, emit_call)  # emit_call adds the pack kernels to rw's module
         return finish_rewrite(rw, func, gv_main)

@@ -205,8 +205,7 @@ def depthwise_func(spec: DepthwiseSpec):
     xd = "uint8" if g == 4 else "int16"  # padded row: shifted u8 (VNNI) or the values as int16 (AVX2)
 
     L = spec.L  # padded input elements the windows read
-    nr = max(0, min(L, pl + Tin) - pl)  # real input bytes inside [0, L)
-    tail = L - pl - nr
+    nr, tail = spec_len(spec, "copy"), spec_len(spec, "padr")  # real input elements inside [0, L); right pad
 
     @T.prim_func(s_tir=True)
     def func(X: T.Buffer((1, C, Tin), ad), Wp: T.Buffer((C, Kp), wd), B: T.Buffer((C,), "int32"),
