@@ -53,6 +53,7 @@ def main():
     from zsq_tvm.nets.export import export_onnx
     from zsq_tvm.reference import run_reference
     from zsq_tvm.targets import get_target
+    from zsq_tvm.tir_stack_scratch import register_pipeline
     from zsq_tvm.tune import apply_tuning, tune
 
     work = Path(a.db).with_suffix(".work")
@@ -69,10 +70,11 @@ def main():
     summary = tune(None, target="host", trials=a.trials, db_path=a.db, lowered=lowered, progress=True)
     tune_s = time.perf_counter() - t0
     tuned, info = apply_tuning(lowered, tgt, a.db)
+    pipe = register_pipeline()  # the TIR pipeline zsq's own builds use (scratch buffers on the stack)
     t0 = time.perf_counter()
-    ex_tuned = tvm.compile(tuned, target=tgt, relax_pipeline=finish)
+    ex_tuned = tvm.compile(tuned, target=tgt, relax_pipeline=finish, tir_pipeline=pipe)
     compile_s = time.perf_counter() - t0
-    ex_untuned = tvm.compile(lowered, target=tgt, relax_pipeline=finish)
+    ex_untuned = tvm.compile(lowered, target=tgt, relax_pipeline=finish, tir_pipeline=pipe)
 
     rng = np.random.default_rng(0)
     calib = np.concatenate([rng.standard_normal((1, 64, a.frames)).astype(np.float32) for _ in range(8)])

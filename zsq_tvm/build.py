@@ -111,7 +111,10 @@ def compile_relax(mod, target: str = "host"):
     if spec.compile is not None:  # e.g. the CUDA targets: own kernel schedules + the rest of the pipeline
         ex = spec.compile(lowered, tgt)
     else:
-        ex = tvm.compile(lowered, target=tgt, relax_pipeline=finish)
+        from .tir_stack_scratch import register_pipeline
+
+        # register tiles / scratch rows of the x86 kernels on the stack, not the workspace pool
+        ex = tvm.compile(lowered, target=tgt, relax_pipeline=finish, tir_pipeline=register_pipeline())
     return ex, lowered, report, tgt
 
 

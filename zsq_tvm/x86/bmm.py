@@ -222,8 +222,12 @@ def build(spec: BmmSpec, target=None, tensorize: bool = True):
     """``(pack runtime module, gemm runtime module)`` for an AVX-512 VNNI llvm target."""
     import tvm
 
+    from ..tir_stack_scratch import register_pipeline
+
     tgt = target if target is not None else x86_target()
-    return tvm.compile(schedule_pack(spec).mod, target=tgt), tvm.compile(schedule(spec, tensorize).mod, target=tgt)
+    pipe = register_pipeline()
+    return (tvm.compile(schedule_pack(spec).mod, target=tgt, tir_pipeline=pipe),
+            tvm.compile(schedule(spec, tensorize).mod, target=tgt, tir_pipeline=pipe))
 
 
 def reference(spec: BmmSpec, A, B, Mul, Sh) -> np.ndarray:

@@ -298,7 +298,10 @@ def spec_len(spec: DepthwiseSpec, block: str) -> int:
 def build(spec: DepthwiseSpec, target=None, tensorize: bool = True):
     import tvm
 
-    return tvm.compile(schedule(spec, tensorize).mod, target=target if target is not None else x86_target())
+    from ..tir_stack_scratch import register_pipeline
+
+    return tvm.compile(schedule(spec, tensorize).mod, target=target if target is not None else x86_target(),
+                       tir_pipeline=register_pipeline())
 
 
 def reference(spec: DepthwiseSpec, X, W, bias, Mul, Sh) -> np.ndarray:

@@ -489,8 +489,11 @@ def build(spec: PointwiseSpec, target=None, tensorize: bool = True):
     """Compile :func:`schedule` for an AVX-512 VNNI llvm target; returns the runtime module."""
     import tvm
 
+    from ..tir_stack_scratch import register_pipeline
+
     sch = schedule(spec, tensorize=tensorize)
-    return tvm.compile(sch.mod, target=target if target is not None else x86_target())
+    return tvm.compile(sch.mod, target=target if target is not None else x86_target(),
+                       tir_pipeline=register_pipeline())
 
 
 def reference(spec: PointwiseSpec, X, W, bias, Mul, Sh, R=None) -> np.ndarray:
