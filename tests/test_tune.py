@@ -209,6 +209,22 @@ def test_shipped_logs_load_cleanly_and_keep_the_build_bit_exact():
     assert b.integer_only["tuning"]["db"].endswith("x86_64-avx2") and b.integer_only["tuning"]["applied"] >= 1
     assert np.array_equal(b.run(mel), ref)
 
+
+def test_shipped_vnni_log_applies_and_keeps_the_build_bit_exact():
+    """The AVX-512 VNNI log (tuned on what the hand kernels leave of QuartzNet-5x5 and Jasper at T=1000) is
+    picked up by `zsq compile --target x86-avx512vnni` on its own, and the tuned build equals the reference."""
+    from zsq_tvm.reference import run_reference
+    from zsq_tvm.targets import host_features
+
+    if "avx512_vnni" not in host_features():
+        pytest.skip("the AVX-512 VNNI build cannot run on this CPU")
+    q = zsq_tvm.quantize("quartznet5x5", zsq_tvm.QuantConfig(frames=1000))
+    b = zsq_tvm.compile(q, target="x86-avx512vnni")
+    tuning = b.integer_only["tuning"]
+    assert tuning["db"].endswith("x86_64-avx512vnni") and tuning["applied"] >= 1, tuning
+    mel = np.random.default_rng(4).standard_normal((1, 64, 1000)).astype(np.float32)
+    assert np.array_equal(b.run(mel), run_reference(q.mod, mel))
+
 def _tiny_numpy(x):
     from zsq_tvm import intmath
 
