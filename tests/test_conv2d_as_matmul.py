@@ -53,6 +53,48 @@ def _graph(C, H, W, M, kernel, strides, padding, a_dtype, out_dtype, qmin, qmax,
     return bb.get()
 
 
+def _stacked_graph(seed=0):
+    """The Conformer's subsampling shape: conv(1 -> 12, 3x3, stride 2) + requantize to uint8, straight into
+    conv(12 -> 10, 3x3, stride 2) + requantize to int8."""
+    rng = np.random.default_rng(seed)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 1, 23, 17), "int8"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = x
+            for C, M, out_dtype, qmin, qmax in ((1, 12, "uint8", 0, 255), (12, 10, "int8", -127, 127)):
+                Wt = rng.integers(-127, 128, (M, C, 3, 3)).astype(np.int8)
+                Sh = rng.integers(33, 38, (1, M, 1, 1)).astype(np.int64)
+                c = bb.emit(relax.op.nn.conv2d(y, const(Wt, "int8"), strides=[2, 2], padding=[1, 1, 1, 1],
+                                               out_dtype="int32"))
+                c = bb.emit(relax.op.add(c, const(rng.integers(-9000, 9000, (1, M, 1, 1)).astype(np.int32), "int32")))
+                c = bb.emit(relax.op.astype(c, "int64"))
+                c = bb.emit(relax.op.multiply(c, const(rng.integers(2**30, 2**31, (1, M, 1, 1)).astype(np.int64),
+                                                       "int64")))
+                c = bb.emit(relax.op.add(c, const(np.int64(1) << (Sh - 1), "int64")))
+                c = bb.emit(relax.op.right_shift(c, const(Sh, "int64")))
+                c = bb.emit(relax.op.clip(c, qmin, qmax))
+                y = bb.emit(relax.op.astype(c, out_dtype))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def test_stacked_convs_skip_the_transposes_between_them():
+    # the second conv reads the first one's time-major output directly: after dead-code elimination the only
+    # layout changes left are the input's NCHW -> NHWC and the second conv's output back to NCHW (without the
+    # shortcut: 4, a NHWC -> NCHW -> NHWC round trip between the convs)
+    mod = _stacked_graph()
+    p = Conv2dAsMatmul()
+    new = relax.transform.DeadCodeElimination()(p(mod))
+    assert len(p.replaced) == 2
+    perms = [bd.value for b in new["main"].body.blocks for bd in b.bindings
+             if isinstance(bd.value, relax.Call) and bd.value.op.same_as(tvm.ir.Op.get("relax.permute_dims"))]
+    assert len(perms) == 2, perms  # x -> NHWC, and the final NHWC -> NCHW; nothing in between
+    x = np.random.default_rng(5).integers(-128, 128, (1, 1, 23, 17)).astype(np.int8)
+    assert np.array_equal(_run(new, x), _run(mod, x))
+
+
 def _run(mod, x, target="llvm"):
     ex = tvm.compile(mod, target=target)
     vm = relax.VirtualMachine(ex, tvm.cpu())
