@@ -113,20 +113,21 @@ def _pointwise_conv(call, W, xt):
 
 
 def _full_conv(call, W, xt):
-    """spec kwargs (T, K, M, a_dtype, taps, dilation, pads) of a groups=1, stride-1 conv1d that is *not*
-    pointwise (k > 1 or zero padding, any dilation), else None: the ncw kernel with a tap reduction axis."""
+    """spec kwargs (T, K, M, a_dtype, taps, dilation, pads, stride) of a groups=1 conv1d that is *not* a plain
+    pointwise one (k > 1, zero padding or a stride; any dilation), else None: the ncw kernel with a tap
+    reduction axis."""
     at = call.attrs
-    dl, pads = _ints(at.dilation), _ints(at.padding)
-    if int(at.groups) != 1 or _ints(at.strides) != [1] or len(dl) != 1 or dl[0] < 1:
+    dl, pads, st = _ints(at.dilation), _ints(at.padding), _ints(at.strides)
+    if int(at.groups) != 1 or len(st) != 1 or st[0] < 1 or len(dl) != 1 or dl[0] < 1:
         return None
     pl, pr = (pads * 2)[:2] if len(pads) == 1 else pads[:2]
     N, K, T = _ints(xt.shape)
     taps = int(W.shape[2])
-    if (N != 1 or W.shape[1] != K or (taps == 1 and pl == 0 and pr == 0)
+    if (N != 1 or W.shape[1] != K or (taps == 1 and pl == 0 and pr == 0 and st[0] == 1)
             or T + pl + pr - dl[0] * (taps - 1) < 1):
         return None
     return dict(T=T, K=K, M=int(W.shape[0]), a_dtype=str(xt.dtype), layout="ncw", taps=taps, dilation=dl[0],
-                pad_l=pl, pad_r=pr), int(W.shape[0])
+                pad_l=pl, pad_r=pr, stride=st[0]), int(W.shape[0])
 
 
 def _depthwise_conv(call, W, xt):
@@ -220,9 +221,9 @@ def match_pointwise_chains(func: relax.Function, kind: str = "pointwise",
     """``[(final_var, x_expr, spec_kwargs, W, bias, Mul, Sh)]`` for each matched chain of ``func``.
 
     ``out_dtypes``: the final casts accepted (the x86 kernels also take int16: a classifier's logits).
-    ``kind="pointwise"``: k=1 conv1d without padding.  ``kind="conv"``: groups=1, stride-1 conv1d with k > 1
-    or padding (any dilation), spec kwargs with ``taps``/``dilation``/``pad_l``/``pad_r`` for the same ncw
-    kernel.  ``kind="matmul"``: ``R.matmul(x[T, K], W[K, M] const)`` (linear layers; per-channel constants
+    ``kind="pointwise"``: k=1 conv1d without padding.  ``kind="conv"``: groups=1 conv1d with k > 1,
+    padding or a stride (any dilation), spec kwargs with ``taps``/``dilation``/``pad_l``/``pad_r``/``stride``
+    for the same ncw kernel.  ``kind="matmul"``: ``R.matmul(x[T, K], W[K, M] const)`` (linear layers; per-channel constants
     along the last axis), spec kwargs for the time-major ``tk`` kernel, ``W`` returned as ``[M, K]``.
     ``kind="depthwise"``: depthwise conv1d (groups = channels, stride 1/2/4 dividing 4 x dilation, any
     padding) + the same requantize chain (spec kwargs for :class:`zsq_tvm.x86.depthwise.DepthwiseSpec`).
@@ -430,6 +431,7 @@ class X86VnniPointwise:
                         f"_{spec.K}x{spec.M}_t{spec.T}"
                         + (f"_k{spec.taps}_d{spec.dilation}_p{spec.pad_l}_{spec.pad_r}" if spec.taps > 1 or spec.pad_l
                            or spec.pad_r else "")
+                        + (f"_s{spec.stride}" if spec.stride > 1 else "")
                         + f"_{spec.a_dtype}_{spec.out_dtype}_{spec.qmin}_{spec.qmax}"
                         + (f"_res_{spec.req_qmin}_{spec.req_qmax}" if spec.residual else "")).replace("-", "m")
                 f = schedule(spec).mod["main"].with_attr("global_symbol", name).with_attr("op_pattern", 8)

@@ -54,6 +54,7 @@ PW_SPECS = [
                      out_dtype="int16", qmin=-32767, qmax=32767),
     pw.PointwiseSpec(9, 9, 5, layout="ncw", isa="avx2", taps=9),  # Tout = 1
     pw.PointwiseSpec(33, 16, 24, layout="ncw", isa="avx2", rt=1, rm=8, out_dtype="int32", qmin=-2**30, qmax=2**30),
+    pw.PointwiseSpec(37, 3, 17, layout="ncw", isa="avx2", taps=4, dilation=3, pad_l=9, stride=2),  # strided
 ]
 
 DW_SPECS = [

@@ -31,13 +31,18 @@ and the weight dword ``Wq[m, 0, 4g:4g+4]`` (``Wq[Mp, taps, Kp]``, zero padded) i
 16 contiguous bytes of ``Y[0, m, :]`` per vector.  ``Xw`` rows are padded to a stride of 16 mod 64
 words: at the natural 2048-byte stride (T=500 -> 512) the g-loop hits 4 L1 sets only.
 
-The ncw kernel also covers a full conv1d (groups 1, stride 1, ``taps`` taps, dilation ``d``, zero pads
+The ncw kernel also covers a full conv1d (groups 1, ``taps`` taps, dilation ``d``, zero pads
 ``pad_l``/``pad_r``: Jasper's blocks).  ``Xw`` then spans the padded input (pad columns hold ``u8(0 +
 off)``) and the reduction gains a tap axis; 16 outputs of tap ``j`` read the 64 contiguous bytes at
 column ``t + j d``::
 
     acc[m, t] = sum_j sum_g sum_r byte_r(Xw[g, t + j d]) * Wq[m, j, 4g + r]
               = sum_j sum_k xpad[k, t + j d] * W[m, k, j]                 (intmath.conv1d_int)
+
+With a stride ``s`` (Jasper's first conv: 2) output ``t`` reads column ``s t + j d``, so 16 consecutive
+outputs would read every s-th word.  ``Xw`` then stores the padded columns by phase, ``Xw[c % s, g, c // s]``
+(one ``xwin_strided`` pre-pass block), and tap ``j`` of outputs ``t .. t+15`` reads the 16 contiguous words
+``Xw[(j d) % s, g, t + (j d) // s : +16]``: the same intrinsic, the same register tiles.
 
 and, for a residual join (``residual``), the epilogue adds an int32 ``R[1, M, Tout]`` to the requantized
 int32 value (clipped to ``req_qmin..req_qmax``) before the final clip and cast
@@ -121,6 +126,7 @@ class PointwiseSpec(IsaGeometry):
     pad_l: int = 0
     pad_r: int = 0
     isa: str = "avx512vnni"  # "avx2": vpmaddwd on int16 pairs, 8 lanes (ncw only)
+    stride: int = 1  # ncw only: output t reads input column stride * t + j * dilation (Jasper's first conv: 2)
 
     def __post_init__(self):
         assert self.isa in ("avx512vnni", "avx2"), self.isa
@@ -128,14 +134,16 @@ class PointwiseSpec(IsaGeometry):
         if self.residual:
             assert self.layout == "ncw", "residual add is fused in the ncw kernel only"
             assert -(2**31) <= self.req_qmin <= self.req_qmax < 2**31, (self.req_qmin, self.req_qmax)
-        if self.taps != 1 or self.pad_l or self.pad_r:
-            assert self.layout == "ncw", "k > 1 convs and padding: ncw kernel only"
+        if self.taps != 1 or self.pad_l or self.pad_r or self.stride != 1:
+            assert self.layout == "ncw", "k > 1 convs, padding and strides: ncw kernel only"
+        assert self.stride >= 1, self.stride
         assert self.taps >= 1 and self.dilation >= 1 and self.pad_l >= 0 and self.pad_r >= 0 and self.Tout >= 1
 
     @property
     def Tout(self) -> int:
-        """Output time steps: ``T + pad_l + pad_r - dilation (taps - 1)`` (``T`` for a pointwise conv)."""
-        return self.T + self.pad_l + self.pad_r - self.dilation * (self.taps - 1)
+        """Output time steps: ``(T + pad_l + pad_r - dilation (taps - 1) - 1) // stride + 1`` (``T`` for a
+        pointwise conv)."""
+        return (self.T + self.pad_l + self.pad_r - self.dilation * (self.taps - 1) - 1) // self.stride + 1
 
     @property
     def tile_t(self) -> int:
@@ -171,6 +179,15 @@ class PointwiseSpec(IsaGeometry):
     @property
     def Tp(self) -> int:
         return _round_up(self.Tout, self.tile_t)
+
+    @property
+    def ncw_cols(self) -> int:
+        """ncw: padded input columns the windows hold (the last output tile's reach; with a stride rounded up to
+        whole phases and never fewer than ``pad_l + T``)."""
+        reach = self.dilation * (self.taps - 1)
+        if self.stride == 1:
+            return self.Tp + reach
+        return _round_up(max(self.stride * self.Tp + reach, self.pad_l + self.T), self.stride)
 
     @property
     def Kp(self) -> int:
@@ -287,16 +304,21 @@ def pointwise_func(spec: PointwiseSpec):
     return func
 
 
-def _pack4(X, g, t, rows: int, off: int, gs: int = 4):
+def _pack4(X, g, t, rows: int, off: int, gs: int = 4, clamp: int | None = None):
     """int32 holding ``u8(X[0, 4g + r, t] + off)`` in byte ``r`` for ``r < rows`` (other bytes 0); ``gs=2``
-    (AVX2): ``X[0, 2g + r, t]`` as int16 in half ``r`` (:func:`zsq_tvm.x86.avx2.pack16`)."""
+    (AVX2): ``X[0, 2g + r, t]`` as int16 in half ``r`` (:func:`zsq_tvm.x86.avx2.pack16`).  ``clamp=K``: row
+    indices clamped to ``K - 1`` (a row past ``K`` meets a zero weight, so any in-bounds value is right, and
+    one branch-free expression serves every group)."""
     from tvm.script import tirx as T
 
+    def row(r):
+        return g * gs + r if clamp is None else T.min(g * gs + r, clamp - 1)
+
     if gs == 2:
-        return pack16(T.Cast("int32", X[0, g * 2, t]), T.Cast("int32", X[0, g * 2 + 1, t]) if rows > 1 else None)
+        return pack16(T.Cast("int32", X[0, row(0), t]), T.Cast("int32", X[0, row(1), t]) if rows > 1 else None)
     word = None
     for r in range(rows):
-        b = T.Cast("int32", X[0, g * 4 + r, t]) + off  # in [0, 255]: u8 as is, int8 shifted by +128
+        b = T.Cast("int32", X[0, row(r), t]) + off  # in [0, 255]: u8 as is, int8 shifted by +128
         b = b if r == 0 else T.shift_left(b, 8 * r)
         word = b if word is None else T.bitwise_or(word, b)
     return word
@@ -315,7 +337,9 @@ def _ncw_func(spec: PointwiseSpec):
     Tn, K, M = spec.T, spec.K, spec.M
     To, Tp, Kp, Mp = spec.Tout, spec.Tp, spec.Kp, spec.Mp
     J, d, pl = spec.taps, spec.dilation, spec.pad_l
-    Tw = Tp + d * (J - 1)  # Xw columns the last output tile reads
+    st = spec.stride
+    # padded input columns the last output tile reads (with a stride: every column up to its last phase)
+    Tw = spec.ncw_cols
     tail = Tw - pl - Tn  # right pad (and tile padding) columns, >= pad_r
     ad, od = spec.a_dtype, spec.out_dtype
     qmin, qmax = int(spec.qmin), int(spec.qmax)
@@ -324,25 +348,40 @@ def _ncw_func(spec: PointwiseSpec):
     pad_word = int(np.uint32(off * 0x01010101).view(np.int32))  # four u8(0 + off) bytes (AVX2: 0)
     gs, wd = spec.gs, spec.wdtype
     G, Gf, kr = Kp // gs, K // gs, K % gs  # groups of gs input channels; full groups; rows of the last one
+    # stride 1: Xw[g, c] for padded column c.  Stride s: the columns are stored by phase,
+    # Xw[c % s, g, c // s], so the s t + j d columns of 16 consecutive outputs t (one tap j) are again
+    # 16 contiguous words, Xw[(j d) % s, g, t + (j d) // s], as the vpdpbusd intrinsic wants
+    xw_shape = (G, Tw) if st == 1 else (st, G, Tw // st)
+
+    def wr(g, t, j):  # the column tap j of output t reads
+        return (g, t + j * d) if st == 1 else ((j * d) % st, g, t + (j * d) // st)
 
     @T.macro
     def xwin_and_gemm(X, Wq, Xw, acc):
-        if pl > 0:  # left zero pad (shifted: u8(0 + off) in every byte)
+        if st > 1:  # one block over (phase, group, column); rows >= K read row K-1 (their weights are 0)
+            for p, g, u in T.grid(st, G, Tw // st):
+                with T.sblock("xwin_strided"):
+                    vp, vg, vu = T.axis.remap("SSS", [p, g, u])
+                    # input column vu * st + vp - pl; pad columns hold u8(0 + off) bytes
+                    Xw[vp, vg, vu] = T.if_then_else(
+                        vu * st + vp >= pl and vu * st + vp < pl + Tn,
+                        _pack4(X, vg, T.max(T.min(vu * st + vp - pl, Tn - 1), 0), gs, off, gs, clamp=K), pad_word)
+        if st == 1 and pl > 0:  # left zero pad (shifted: u8(0 + off) in every byte)
             for g, u in T.grid(G, pl):
                 with T.sblock("xwin_pad_l"):
                     vg, vu = T.axis.remap("SS", [g, u])
                     Xw[vg, vu] = pad_word
-        if Gf > 0:
+        if st == 1 and Gf > 0:
             for g, t in T.grid(Gf, Tn):
                 with T.sblock("xwin"):
                     vg, vt = T.axis.remap("SS", [g, t])
                     Xw[vg, vt + pl] = _pack4(X, vg, vt, gs, off, gs)
-        if kr > 0:  # the K % 4 rows of the last group; its other bytes meet zero weights
+        if st == 1 and kr > 0:  # the K % 4 rows of the last group; its other bytes meet zero weights
             for t in range(Tn):
                 with T.sblock("xwin_k_tail"):
                     vt = T.axis.spatial(Tn, t)
                     Xw[Gf, vt + pl] = _pack4(X, Gf, vt, kr, off, gs)
-        if tail > 0:  # right zero pad, then the tile padding (defined values; those outputs are not written)
+        if st == 1 and tail > 0:  # right zero pad, then the tile padding (defined values; outputs not written)
             for g, u in T.grid(G, tail):
                 with T.sblock("xwin_pad_r"):
                     vg, vu = T.axis.remap("SS", [g, u])
@@ -352,7 +391,7 @@ def _ncw_func(spec: PointwiseSpec):
                 vm, vt, vj, vg, vr = T.axis.remap("SSRRR", [m, t, j, g, r])
                 with T.init():
                     acc[vm, vt] = 0
-                acc[vm, vt] = acc[vm, vt] + _element(Xw[vg, vt + vj * d], vr, gs) * T.Cast(
+                acc[vm, vt] = acc[vm, vt] + _element(Xw[wr(vg, vt, vj)], vr, gs) * T.Cast(
                     "int32", Wq[vm, vj, vg * gs + vr])
 
     if not spec.residual:
@@ -361,7 +400,7 @@ def _ncw_func(spec: PointwiseSpec):
         def func(X: T.Buffer((1, K, Tn), ad), Wq: T.Buffer((Mp, J, Kp), wd), B: T.Buffer((M,), "int32"),
                  Mul: T.Buffer((M,), "int64"), Sh: T.Buffer((M,), "int64"), Y: T.Buffer((1, M, To), od)):
             T.func_attr({"global_symbol": "main", "tirx.noalias": True})
-            Xw = T.sblock_alloc_buffer((G, Tw), "int32")
+            Xw = T.sblock_alloc_buffer(xw_shape, "int32")
             acc = T.sblock_alloc_buffer((Mp, Tp), "int32")
             xwin_and_gemm(X, Wq, Xw, acc)
             for m, t in T.grid(M, To):
@@ -378,7 +417,7 @@ def _ncw_func(spec: PointwiseSpec):
              Mul: T.Buffer((M,), "int64"), Sh: T.Buffer((M,), "int64"), R: T.Buffer((1, M, To), "int32"),
              Y: T.Buffer((1, M, To), od)):
         T.func_attr({"global_symbol": "main", "tirx.noalias": True})
-        Xw = T.sblock_alloc_buffer((G, Tw), "int32")
+        Xw = T.sblock_alloc_buffer(xw_shape, "int32")
         acc = T.sblock_alloc_buffer((Mp, Tp), "int32")
         xwin_and_gemm(X, Wq, Xw, acc)
         for m, t in T.grid(M, To):
@@ -470,15 +509,18 @@ def _schedule_ncw(spec: PointwiseSpec, tensorize: bool = True):
         sch.tensorize(t2, intrin)
     # the xwin blocks that exist (full groups if K >= 4, the K % 4 tail, pads / tile padding)
     G, Gf = spec.Kp // spec.gs, spec.K // spec.gs
-    tail = spec.Tp + spec.dilation * (spec.taps - 1) - spec.pad_l - spec.T
+    tail = spec.ncw_cols - spec.pad_l - spec.T
     blocks = [n for n, present in (("xwin", Gf > 0), ("xwin_k_tail", G > Gf), ("xwin_pad_l", spec.pad_l > 0),
-                                   ("xwin_pad_r", tail > 0)) if present]
+                                   ("xwin_pad_r", tail > 0)) if present] if spec.stride == 1 else ["xwin_strided"]
     # row stride = 16 mod 64 words: at T=500 (Tp=512) rows are 2048 B apart and the g-loop of a tile
     # would map onto 4 of the 64 L1 sets (conflict misses on every load)
-    sch.storage_align(sch.get_sblock(blocks[0]), 0, axis=0, factor=64, offset=16)
+    # (with a stride the buffer is [phase, group, column]: the group axis is 1)
+    sch.storage_align(sch.get_sblock(blocks[0]), 0, axis=0 if spec.stride == 1 else 1, factor=64, offset=16)
     for name in blocks:
         b = sch.get_sblock(name)
         loops = sch.get_loops(b)
+        if len(loops) == 3:  # strided: (phase, group) in parallel
+            loops = [sch.fuse(loops[0], loops[1]), loops[2]]
         if len(loops) == 2:
             sch.parallel(loops[0])
         sch.vectorize(sch.split(loops[-1], [None, 16])[1])
@@ -505,8 +547,8 @@ def reference(spec: PointwiseSpec, X, W, bias, Mul, Sh, R=None) -> np.ndarray:
     if W.ndim == 2:
         W = W[:, :, None]
     Xncw = np.asarray(X) if spec.layout == "ncw" else np.asarray(X).T  # [K, T]
-    acc = intmath.conv1d_int(Xncw[None], W, padding=(spec.pad_l, spec.pad_r), dilation=spec.dilation
-                             )[0].T.astype(np.int64)  # [Tout, M]
+    acc = intmath.conv1d_int(Xncw[None], W, strides=spec.stride, padding=(spec.pad_l, spec.pad_r),
+                             dilation=spec.dilation)[0].T.astype(np.int64)  # [Tout, M]
     if bias is not None:
         acc = acc + np.asarray(bias, np.int64)[None, :]
     if spec.residual:
