@@ -162,6 +162,14 @@ def kernel_args(x, W, B, Mul, Sh) -> list:
             relax.const(Sh, "int64")]
 
 
+def kernel_prim_func(sch, name: str, kernel: str, scheduled: bool = False):
+    """The PrimFunc of a hand-scheduled kernel as the Relax graph calls it: exported as ``name``, opaque to
+    fusion (``op_pattern`` 8), tagged ``zsq.kernel`` (tuning skips it) and, where the target pipeline would
+    otherwise schedule it again (CUDA's dlight rules), ``tirx.is_scheduled``."""
+    f = sch.mod["main"].with_attr("global_symbol", name).with_attr("op_pattern", 8).with_attr("zsq.kernel", kernel)
+    return f.with_attr("tirx.is_scheduled", True) if scheduled else f
+
+
 def copy_module(mod: tvm.IRModule) -> tvm.IRModule:
     """A shallow copy of ``mod`` (same functions, attrs, global infos) for a rewriter's block builder: a
     module pass must not change the module it was given."""

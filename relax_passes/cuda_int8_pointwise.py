@@ -34,7 +34,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from ._util import KernelCallRewriter, copy_module, finish_rewrite, kernel_args
+from ._util import KernelCallRewriter, copy_module, finish_rewrite, kernel_args, kernel_prim_func
 from .x86_vnni_pointwise import match_pointwise_chains
 
 __all__ = ["CudaInt8Pointwise", "CUDA_OUT_DTYPES"]
@@ -91,9 +91,7 @@ class CudaInt8Pointwise:
                 name = (f"zsq_cuda_{kind}_pw_{spec.K}x{spec.M}_t{spec.T}_{spec.a_dtype}_{spec.out_dtype}"
                         f"_{spec.qmin}_{spec.qmax}").replace("-", "m")
                 sch = (g.schedule_wmma if kind == "wmma" else g.schedule_dp4a)(spec)
-                f = sch.mod["main"].with_attr("global_symbol", name).with_attr("op_pattern", 8)
-                f = f.with_attr("tirx.is_scheduled", True).with_attr("zsq.kernel", f"cuda_int8_{kind}")
-                funcs[key] = (name, f)
+                funcs[key] = (name, kernel_prim_func(sch, name, f"cuda_int8_{kind}", scheduled=True))
             plan[final] = (x, spec, W2, B, Mul.astype(np.int64), Sh.astype(np.int64), funcs[key])
             self.replaced.append({"var": str(final.name), "K": spec.K, "M": spec.M, "T": spec.T, "kernel": kind,
                                   "a_dtype": spec.a_dtype, "out_dtype": spec.out_dtype})

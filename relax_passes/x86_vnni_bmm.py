@@ -30,7 +30,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from ._util import KernelCallRewriter, copy_module, finish_rewrite
+from ._util import KernelCallRewriter, copy_module, finish_rewrite, kernel_prim_func
 from .x86_vnni_pointwise import X86_OUT_DTYPES, match_pointwise_chains
 
 __all__ = ["X86VnniBatchMatmul"]
@@ -62,13 +62,11 @@ class X86VnniBatchMatmul:
             tag = f"h{spec.H}_t{spec.T}_k{spec.K}_n{spec.N}"
             if spec not in funcs:
                 name = f"zsq_vnni_bmm_{tag}_{spec.a_dtype}_{spec.out_dtype}_{spec.qmin}_{spec.qmax}".replace("-", "m")
-                f = schedule(spec).mod["main"].with_attr("global_symbol", name).with_attr("op_pattern", 8)
-                funcs[spec] = (name, f.with_attr("zsq.kernel", "x86_avx512vnni_bmm"))
+                funcs[spec] = (name, kernel_prim_func(schedule(spec), name, "x86_avx512vnni_bmm"))
             pk = (spec.H, spec.K, spec.N, spec.Np, spec.offset)  # the pack kernel does not depend on T
             if pk not in packs:
                 name = f"zsq_vnni_bmm_pack_h{spec.H}_k{spec.K}_n{spec.N}_np{spec.Np}_o{spec.offset}"
-                f = schedule_pack(spec).mod["main"].with_attr("global_symbol", name).with_attr("op_pattern", 8)
-                packs[pk] = (name, f.with_attr("zsq.kernel", "x86_avx512vnni_bmm_pack"))
+                packs[pk] = (name, kernel_prim_func(schedule_pack(spec), name, "x86_avx512vnni_bmm_pack"))
             plan[final] = (a, spec, None, None, Mul.astype(np.int64), Sh.astype(np.int64), funcs[spec], b)
             self.replaced.append({"var": str(final.name), "H": spec.H, "T": spec.T, "K": spec.K, "N": spec.N,
                                   "a_dtype": spec.a_dtype, "out_dtype": spec.out_dtype})

@@ -24,7 +24,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from ._util import KernelCallRewriter, copy_module, finish_rewrite, kernel_args
+from ._util import KernelCallRewriter, copy_module, finish_rewrite, kernel_args, kernel_prim_func
 from .x86_vnni_pointwise import match_pointwise_chains
 
 __all__ = ["X86VnniDepthwise"]
@@ -66,9 +66,7 @@ class X86VnniDepthwise:
             if spec not in funcs:
                 name = (f"zsq_{'vnni' if self.isa == 'avx512vnni' else 'avx2'}_dw_c{spec.C}_t{spec.Tin}_k{spec.K}_s{spec.stride}_d{spec.dilation}_p{spec.pad_l}_{spec.pad_r}"
                         f"_{spec.a_dtype}_{spec.out_dtype}_{spec.qmin}_{spec.qmax}").replace("-", "m")
-                f = schedule(spec).mod["main"].with_attr("global_symbol", name).with_attr("op_pattern", 8)
-                f = f.with_attr("zsq.kernel", f"x86_{self.isa}_depthwise")
-                funcs[spec] = (name, f)
+                funcs[spec] = (name, kernel_prim_func(schedule(spec), name, f"x86_{self.isa}_depthwise"))
             plan[final] = (x, spec, pack_weights(W, spec), B, Mul.astype(np.int64), Sh.astype(np.int64), funcs[spec])
             self.replaced.append({"var": str(final.name), "C": spec.C, "Tin": spec.Tin, "K": spec.K,
                                   "stride": spec.stride, "dilation": spec.dilation, "a_dtype": spec.a_dtype, "out_dtype": spec.out_dtype})

@@ -61,7 +61,7 @@ import tvm
 from tvm import relax
 
 from ._util import (KernelCallRewriter, UseIndex, call_op_name, const_value, copy_module, finish_rewrite,
-                    is_tensor_const, kernel_args)
+                    is_tensor_const, kernel_args, kernel_prim_func)
 
 __all__ = ["X86VnniPointwise", "match_pointwise_chains", "match_residual_adds", "X86_OUT_DTYPES"]
 
@@ -434,9 +434,7 @@ class X86VnniPointwise:
                         + (f"_s{spec.stride}" if spec.stride > 1 else "")
                         + f"_{spec.a_dtype}_{spec.out_dtype}_{spec.qmin}_{spec.qmax}"
                         + (f"_res_{spec.req_qmin}_{spec.req_qmax}" if spec.residual else "")).replace("-", "m")
-                f = schedule(spec).mod["main"].with_attr("global_symbol", name).with_attr("op_pattern", 8)
-                f = f.with_attr("zsq.kernel", f"x86_{self.isa}_pointwise")
-                funcs[spec] = (name, f)
+                funcs[spec] = (name, kernel_prim_func(schedule(spec), name, f"x86_{self.isa}_pointwise"))
             plan[final] = (x, spec, pack_weights(W, spec), B, Mul, Sh, funcs[spec], *extra)
             self.replaced.append({"var": str(final.name), "K": spec.K, "M": spec.M, "T": spec.T,
                                   "a_dtype": spec.a_dtype, "out_dtype": spec.out_dtype, "residual": spec.residual})

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..tir_intmath import requantize_expr
-from .vnni import register, x86_target
+from .vnni import compile_kernel, register
 
 __all__ = ["BmmSpec", "pack_func", "bmm_func", "schedule_pack", "schedule", "build", "reference", "BmmKernel"]
 
@@ -220,14 +220,7 @@ def schedule(spec: BmmSpec, tensorize: bool = True):
 
 def build(spec: BmmSpec, target=None, tensorize: bool = True):
     """``(pack runtime module, gemm runtime module)`` for an AVX-512 VNNI llvm target."""
-    import tvm
-
-    from ..tir_stack_scratch import register_pipeline
-
-    tgt = target if target is not None else x86_target()
-    pipe = register_pipeline()
-    return (tvm.compile(schedule_pack(spec).mod, target=tgt, tir_pipeline=pipe),
-            tvm.compile(schedule(spec, tensorize).mod, target=tgt, tir_pipeline=pipe))
+    return compile_kernel(schedule_pack(spec).mod, target), compile_kernel(schedule(spec, tensorize).mod, target)
 
 
 def reference(spec: BmmSpec, A, B, Mul, Sh) -> np.ndarray:

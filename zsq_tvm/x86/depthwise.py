@@ -42,7 +42,7 @@ import numpy as np
 
 from ..tir_intmath import requantize_expr
 from .avx2 import IsaGeometry, half16, pack16, register_avx2
-from .vnni import x86_target
+from .vnni import compile_kernel
 
 __all__ = ["DepthwiseSpec", "VNNI_DW_U8S8_16X4", "register_dw", "pack_weights", "fold_bias", "depthwise_func",
            "schedule", "build", "reference", "DepthwiseKernel"]
@@ -296,12 +296,7 @@ def spec_len(spec: DepthwiseSpec, block: str) -> int:
 
 
 def build(spec: DepthwiseSpec, target=None, tensorize: bool = True):
-    import tvm
-
-    from ..tir_stack_scratch import register_pipeline
-
-    return tvm.compile(schedule(spec, tensorize).mod, target=target if target is not None else x86_target(),
-                       tir_pipeline=register_pipeline())
+    return compile_kernel(schedule(spec, tensorize).mod, target)
 
 
 def reference(spec: DepthwiseSpec, X, W, bias, Mul, Sh) -> np.ndarray:

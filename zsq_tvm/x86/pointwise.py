@@ -82,7 +82,7 @@ from ..tir_intmath import requantize_expr
 
 from .avx2 import IsaGeometry, pack16, register_avx2
 from .depthwise import _element
-from .vnni import register, x86_target
+from .vnni import compile_kernel, register
 
 __all__ = [
     "PointwiseSpec",
@@ -188,6 +188,11 @@ class PointwiseSpec(IsaGeometry):
         if self.stride == 1:
             return self.Tp + reach
         return _round_up(max(self.stride * self.Tp + reach, self.pad_l + self.T), self.stride)
+
+    @property
+    def ncw_pad_r_cols(self) -> int:
+        """ncw: window columns right of the input (its right pad, then tile padding), ``>= pad_r``."""
+        return self.ncw_cols - self.pad_l - self.T
 
     @property
     def Kp(self) -> int:
@@ -340,7 +345,7 @@ def _ncw_func(spec: PointwiseSpec):
     st = spec.stride
     # padded input columns the last output tile reads (with a stride: every column up to its last phase)
     Tw = spec.ncw_cols
-    tail = Tw - pl - Tn  # right pad (and tile padding) columns, >= pad_r
+    tail = spec.ncw_pad_r_cols
     ad, od = spec.a_dtype, spec.out_dtype
     qmin, qmax = int(spec.qmin), int(spec.qmax)
     rqmin, rqmax = int(spec.req_qmin), int(spec.req_qmax)
@@ -509,7 +514,7 @@ def _schedule_ncw(spec: PointwiseSpec, tensorize: bool = True):
         sch.tensorize(t2, intrin)
     # the xwin blocks that exist (full groups if K >= 4, the K % 4 tail, pads / tile padding)
     G, Gf = spec.Kp // spec.gs, spec.K // spec.gs
-    tail = spec.ncw_cols - spec.pad_l - spec.T
+    tail = spec.ncw_pad_r_cols
     blocks = [n for n, present in (("xwin", Gf > 0), ("xwin_k_tail", G > Gf), ("xwin_pad_l", spec.pad_l > 0),
                                    ("xwin_pad_r", tail > 0)) if present] if spec.stride == 1 else ["xwin_strided"]
     # row stride = 16 mod 64 words: at T=500 (Tp=512) rows are 2048 B apart and the g-loop of a tile
@@ -529,13 +534,7 @@ def _schedule_ncw(spec: PointwiseSpec, tensorize: bool = True):
 
 def build(spec: PointwiseSpec, target=None, tensorize: bool = True):
     """Compile :func:`schedule` for an AVX-512 VNNI llvm target; returns the runtime module."""
-    import tvm
-
-    from ..tir_stack_scratch import register_pipeline
-
-    sch = schedule(spec, tensorize=tensorize)
-    return tvm.compile(sch.mod, target=target if target is not None else x86_target(),
-                       tir_pipeline=register_pipeline())
+    return compile_kernel(schedule(spec, tensorize=tensorize).mod, target)
 
 
 def reference(spec: PointwiseSpec, X, W, bias, Mul, Sh, R=None) -> np.ndarray:

@@ -25,7 +25,7 @@ import functools
 
 from tvm.script import tirx as T
 
-__all__ = ["VNNI_U8S8_16X4", "VNNI_U8S8_16X4_LOCAL", "register", "has_avx512_vnni", "X86_TARGET", "x86_target", "check_vnni_asm"]
+__all__ = ["VNNI_U8S8_16X4", "VNNI_U8S8_16X4_LOCAL", "register", "has_avx512_vnni", "X86_TARGET", "x86_target", "compile_kernel", "check_vnni_asm"]
 
 VNNI_U8S8_16X4 = "zsq_dot_16x4_u8s8_vnni_llvm22"
 VNNI_U8S8_16X4_LOCAL = "zsq_dot_16x4_u8s8_vnni_llvm22_local"
@@ -109,6 +109,17 @@ def x86_target(mcpu: str = "znver4", threads: int | None = None):
     if threads is not None:
         cfg["num-cores"] = int(threads)
     return tvm.target.Target(cfg)
+
+
+def compile_kernel(mod, target=None):
+    """``tvm.compile`` a scheduled kernel module for ``target`` (default :func:`x86_target`) with the TIR pipeline
+    ``zsq compile`` uses (:mod:`zsq_tvm.tir_stack_scratch`: register tiles on the stack, not the workspace pool),
+    so a kernel timed or tested alone is the code the model runs."""
+    import tvm
+
+    from ..tir_stack_scratch import register_pipeline
+
+    return tvm.compile(mod, target=target if target is not None else x86_target(), tir_pipeline=register_pipeline())
 
 
 def check_vnni_asm(lib) -> int:
