@@ -49,12 +49,32 @@ def test_pointwise_convs_use_int8_kernels(t4):
     # the logits layer runs on the int8 dp4a kernel too (not a generic dlight conv) and stores int16 itself
     assert [(r["kernel"], r["M"]) for r in p.replaced if r["out_dtype"] == "int16"] == [("dp4a", 29)]
     kernels = P.cuda_kernels(src)
-    assert sum(n.startswith("zsq_cuda_wmma_pw_") for n in kernels) >= 5
-    assert any(n.startswith("zsq_cuda_dp4a_pw_") and "_int16_m32767_32767" in n for n in kernels)
-    dec = next(body for n, body in kernels.items() if n.startswith("zsq_cuda_dp4a_pw_") and "_int16_" in n)
+    assert sum(n.startswith("zsq_cuda_wmma_ncw_pw_") for n in kernels) >= 5
+    assert any(n.startswith("zsq_cuda_dp4a_tk_pw_") and "_int16_m32767_32767" in n for n in kernels)
+    dec = next(body for n, body in kernels.items() if n.startswith("zsq_cuda_dp4a_tk_pw_") and "_int16_" in n)
     assert "short* __restrict__" in dec and "__dp4a(" in dec  # int16 store from the dp4a kernel
     assert "wmma::mma_sync" in src and "__dp4a(" in src
     assert b.manifest["target"] == "t4" and '"arch":"sm_75"' in b.manifest["tvm_target"].replace(" ", "")
+
+
+def test_depthwise_convs_use_the_int8_kernel_and_no_transposes_are_left(t4):
+    from relax_passes.cuda_int8_depthwise import CudaInt8Depthwise
+    from relax_passes.cuda_int8_pointwise import CUDA_OUT_DTYPES
+    from relax_passes.x86_vnni_pointwise import match_pointwise_chains
+
+    q, _, src, _ = t4
+    n_dw = len(match_pointwise_chains(q.mod["main"], kind="depthwise", out_dtypes=CUDA_OUT_DTYPES))
+    p = CudaInt8Depthwise()
+    p(q.mod)
+    assert n_dw >= 10 and len(p.replaced) == n_dw  # every depthwise conv + requantize chain
+    kernels = P.cuda_kernels(src)
+    dw = [n for n in kernels if n.startswith("zsq_cuda_dw_")]
+    assert dw and all("__shared__" in kernels[n] for n in dw)
+    # nothing is left on dlight's generic reduction (the depthwise convs were its only users)
+    assert not [n for n in kernels if "conv1d" in n]
+    # the ncw WMMA kernels read and write the graph's layout: the only transposes left are the dp4a
+    # decoder's and the output's, in at most two fused copy kernels
+    assert len([n for n in kernels if "transpose" in n]) <= 2, sorted(kernels)
 
 
 def test_integer_region_has_no_float_in_source(t4):

@@ -6,6 +6,7 @@ cuobjdump.  Running on a GPU and comparing bit-exactly is ``bench/gpu_check.sh``
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 
@@ -29,8 +30,9 @@ SPEC = g.GemmSpec(T=100, K=64, M=64, a_dtype="uint8")  # T not a tile multiple: 
 def built(tmp_path_factory):
     """{schedule: (cuda source, sass text)} for both schedules (compiled once per module)."""
     out = {}
-    for name, fn in (("dp4a", g.schedule_dp4a), ("wmma", g.schedule_wmma)):
-        src = g.cuda_source(g.build(fn(SPEC)))
+    for name, fn, spec in (("dp4a", g.schedule_dp4a, SPEC), ("wmma", g.schedule_wmma, SPEC),
+                           ("wmma_ncw", g.schedule_wmma, dataclasses.replace(SPEC, layout="ncw"))):
+        src = g.cuda_source(g.build(fn(spec)))
         text = None
         if NVCC and CUOBJDUMP:
             d = tmp_path_factory.mktemp(name)
@@ -45,6 +47,10 @@ def test_sources_are_integer_only(built):
         assert g.kernel_float_types(src) == [], name
     assert "__dp4a(" in built["dp4a"][0]
     assert "wmma::mma_sync" in built["wmma"][0]
+    # ncw: A = W (row-major), B = X[K, T] row-major (not the transposed load of the tk kernel)
+    ncw = built["wmma_ncw"][0]
+    assert "wmma::mma_sync" in ncw and "matrix_b, 16, 16, 16, signed char, nvcuda::wmma::row_major" in ncw
+    assert "matrix_b, 16, 16, 16, signed char, nvcuda::wmma::col_major" in built["wmma"][0]
 
 
 @needs_nvcc
@@ -59,8 +65,9 @@ def test_dp4a_sass(built):
 
 @needs_nvcc
 @needs_cuobjdump
-def test_wmma_sass(built):
-    text = built["wmma"][1]
+@pytest.mark.parametrize("name", ["wmma", "wmma_ncw"])
+def test_wmma_sass(built, name):
+    text = built[name][1]
     counts = g.sass_counts(text)
     assert counts.get("IMMA.8816.S8.S8", 0) > 0, counts
     assert g.sass_float_ops(text) == []
@@ -95,14 +102,14 @@ def test_float_kernel_is_caught(tmp_path):
     assert g.sass_float_ops(text), "float GEMM not detected in SASS"
 
 
-@pytest.mark.parametrize("schedule", ["dp4a", "wmma"])
+@pytest.mark.parametrize("schedule,layout", [("dp4a", "tk"), ("wmma", "tk"), ("wmma", "ncw")])
 @pytest.mark.parametrize("a_dtype", ["uint8", "int8"])
 @pytest.mark.parametrize("out", [("int8", -127, 127), ("int16", -32768, 32767)], ids=["int8", "int16"])
-def test_schedule_semantics_on_llvm(schedule, a_dtype, out):
+def test_schedule_semantics_on_llvm(schedule, layout, a_dtype, out):
     """Same pad/tiling/u8-shift/epilogue without the tensor intrinsics, bit-exact vs numpy; int16 is the
     logits layer at out_bits=16 (clip over the whole int16 range)."""
     od, qmin, qmax = out
-    spec = g.GemmSpec(T=100, K=48, M=72, a_dtype=a_dtype, out_dtype=od, qmin=qmin, qmax=qmax)
+    spec = g.GemmSpec(T=100, K=48, M=72, a_dtype=a_dtype, out_dtype=od, qmin=qmin, qmax=qmax, layout=layout)
     X, W, bias, Mul, Sh = g.random_problem(spec, 1)
     want = g.reference(spec, X, W, bias, Mul, Sh).astype(np.int64)
     # the problem exercises the whole output range: both clip bounds hit, values past the int8 range when wider
@@ -136,3 +143,40 @@ def test_u8_shift_fold_identity():
     lhs = xs @ W.astype(np.int64).T + g.fold_u8_shift(W, bias).astype(np.int64)
     rhs = X.astype(np.int64) @ W.astype(np.int64).T + bias.astype(np.int64)
     assert np.array_equal(lhs, rhs)
+
+
+def test_ncw_layout_is_the_same_gemm():
+    """The ncw oracle is the tk one transposed (same sums, per-row requantize), and the dp4a schedule refuses it."""
+    tk = g.GemmSpec(T=30, K=40, M=20)
+    ncw = dataclasses.replace(tk, layout="ncw")
+    X, W, bias, Mul, Sh = g.random_problem(tk, 5)
+    y_tk = g.reference(tk, X, W, bias, Mul, Sh)
+    y_ncw = g.reference(ncw, X.T.reshape(1, 40, 30), W, bias, Mul, Sh)
+    assert y_ncw.shape == (1, 20, 30) and np.array_equal(y_ncw[0], y_tk.T)
+    with pytest.raises(ValueError, match="time-major"):
+        g.schedule_dp4a(ncw)
+
+
+@pytest.mark.parametrize("layout", ["tk", "ncw"])
+@pytest.mark.parametrize("K", [96, 128], ids=["bk32", "bk64"])
+def test_wmma_k_tiles_on_llvm(layout, K):
+    """The 32- and 64-deep k-tiles (several 16-deep WMMA steps per shared-memory tile) keep the GEMM exact."""
+    spec = g.GemmSpec(T=100, K=K, M=72, layout=layout)
+    assert g.wmma_k_tile(K) == {96: 32, 128: 64}[K]
+    assert g.run_llvm_check(spec, "wmma", seed=3)
+
+
+@needs_nvcc
+@pytest.mark.parametrize("layout", ["tk", "ncw"])
+@pytest.mark.parametrize("a_dtype", ["uint8", "int8"])
+@pytest.mark.parametrize("T,K", [(64, 256), (500, 256), (37, 80)], ids=["whole", "padded_T", "padded_K"])
+def test_wmma_builds_with_nvcc_for_every_tiling(tmp_path, layout, a_dtype, T, K):
+    """Every vector width the schedule picks (16-byte loads of whole tiles, 4-byte loads of zero-padded or
+    u8-shifted ones) compiles: TVM's CUDA codegen rejects some int8 vectors, nvcc others."""
+    spec = g.GemmSpec(T=T, K=K, M=64, a_dtype=a_dtype, layout=layout)
+    src = g.cuda_source(g.build(g.schedule_wmma(spec)))
+    assert g.kernel_float_types(src) == []
+    cubin = g.nvcc_cubin(src, str(tmp_path))
+    if CUOBJDUMP:
+        text = g.sass(cubin, CUOBJDUMP)
+        assert g.sass_counts(text).get("IMMA.8816.S8.S8", 0) > 0 and g.sass_float_ops(text) == []

@@ -56,7 +56,8 @@ SM75 = {"kind": "cuda", "arch": "sm_75"}
 
 @dataclass(frozen=True)
 class GemmSpec:
-    """A pointwise conv1d as GEMM: ``X[T, K] (a_dtype) x W[M, K] (int8) -> Y[T, M] (out_dtype)``."""
+    """A pointwise conv1d as GEMM: ``X[T, K] (a_dtype) x W[M, K] (int8) -> Y[T, M] (out_dtype)``, or in the
+    ``ncw`` layout ``W[M, K] x X[1, K, T] -> Y[1, M, T]`` (same sums, the graph's NCW tensors read as they are)."""
 
     T: int
     K: int
@@ -65,6 +66,18 @@ class GemmSpec:
     out_dtype: str = "int8"
     qmin: int = -127
     qmax: int = 127
+    layout: str = "tk"  # "tk": X[T, K] -> Y[T, M]; "ncw": X[1, K, T] -> Y[1, M, T] (the graph's own layout)
+
+    def __post_init__(self):
+        assert self.layout in ("tk", "ncw"), self.layout
+
+    @property
+    def x_shape(self) -> tuple:
+        return (self.T, self.K) if self.layout == "tk" else (1, self.K, self.T)
+
+    @property
+    def y_shape(self) -> tuple:
+        return (self.T, self.M) if self.layout == "tk" else (1, self.M, self.T)
 
 
 def gemm_requant_func(spec: GemmSpec, a_dtype: str | None = None, shift_u8: bool = False):
@@ -85,6 +98,9 @@ def gemm_requant_func(spec: GemmSpec, a_dtype: str | None = None, shift_u8: bool
         assert a_dtype == "uint8"
         if K * 128 * 127 >= 2**31:
             raise ValueError(f"K={K}: shifted int8 partial sums could pass 2^31")
+    if spec.layout == "ncw":
+        return _gemm_requant_ncw(spec, a_dtype, shift_u8)
+    if shift_u8:
 
         @T.prim_func(s_tir=True)
         def func(X: T.Buffer((Tn, K), "uint8"), W: T.Buffer((M, K), "int8"),
@@ -130,6 +146,44 @@ def gemm_requant_func(spec: GemmSpec, a_dtype: str | None = None, shift_u8: bool
     return func
 
 
+def _gemm_requant_ncw(spec: GemmSpec, a_dtype: str, shift_u8: bool):
+    """``ncw`` layout: ``acc[m, t] = sum_k W[m, k] * X[0, k, t]`` (W is the GEMM's A, X its B), requantized
+    per row ``m`` into ``Y[0, m, t]``; with ``shift_u8`` the GEMM reads ``xs = int8(x - 128)``."""
+    from tvm.script import tirx as T
+
+    Tn, K, M = spec.T, spec.K, spec.M
+    od = spec.out_dtype
+    qmin, qmax = int(spec.qmin), int(spec.qmax)
+    xs_dtype = "int8" if shift_u8 else a_dtype
+
+    def xs(x):  # the GEMM's int8 operand: x - 128 for shifted uint8, else x itself (a plain copy, no int32 math)
+        return T.Cast(xs_dtype, T.Cast("int32", x) - 128) if shift_u8 else x
+
+    @T.prim_func(s_tir=True)
+    def func(X: T.Buffer((1, K, Tn), a_dtype), W: T.Buffer((M, K), "int8"),
+             B: T.Buffer((M,), "int32"), Mul: T.Buffer((M,), "int64"),
+             Sh: T.Buffer((M,), "int64"), Y: T.Buffer((1, M, Tn), od)):
+        T.func_attr({"global_symbol": "main", "tirx.noalias": True})
+        Xs = T.sblock_alloc_buffer((K, Tn), xs_dtype)
+        acc = T.sblock_alloc_buffer((M, Tn), "int32")
+        for k, t in T.grid(K, Tn):
+            with T.sblock("shift"):
+                vk, vt = T.axis.remap("SS", [k, t])
+                Xs[vk, vt] = xs(X[0, vk, vt])
+        for m, t, k in T.grid(M, Tn, K):
+            with T.sblock("gemm"):
+                vm, vt, vk = T.axis.remap("SSR", [m, t, k])
+                with T.init():
+                    acc[vm, vt] = 0
+                acc[vm, vt] = acc[vm, vt] + T.Cast("int32", W[vm, vk]) * T.Cast("int32", Xs[vk, vt])
+        for m, t in T.grid(M, Tn):
+            with T.sblock("requant"):
+                vm, vt = T.axis.remap("SS", [m, t])
+                Y[0, vm, vt] = requantize_expr(acc[vm, vt] + B[vm], Mul[vm], Sh[vm], qmin, qmax, od)
+
+    return func
+
+
 def fold_u8_shift(W: np.ndarray, bias: np.ndarray) -> np.ndarray:
     """Bias for the shifted-u8 GEMM: ``bias + 128 * sum_k W[m, k]`` (int32, checked)."""
     b = np.asarray(bias, np.int64) + 128 * np.asarray(W, np.int64).sum(axis=1)
@@ -142,6 +196,11 @@ def reference(spec: GemmSpec, X, W, bias, Mul, Sh) -> np.ndarray:
     """numpy oracle: exact int64 GEMM + :func:`zsq_tvm.intmath.requantize`."""
     from zsq_tvm import intmath
 
+    if spec.layout == "ncw":
+        acc = W.astype(np.int64) @ np.asarray(X).reshape(spec.K, spec.T).astype(np.int64)
+        acc = acc + np.asarray(bias, np.int64)[:, None]
+        y = intmath.requantize(acc, Mul, Sh, spec.qmin, spec.qmax, axis=0)
+        return y.astype(spec.out_dtype).reshape(spec.y_shape)
     acc = X.astype(np.int64) @ W.astype(np.int64).T + np.asarray(bias, np.int64)[None, :]
     return intmath.requantize(acc, Mul, Sh, spec.qmin, spec.qmax, axis=1).astype(spec.out_dtype)
 
@@ -188,6 +247,8 @@ def schedule_dp4a(spec: GemmSpec, tensorize: bool = True, bt: int = 64, bm: int 
         DP4A_U8S8S32_INTRIN,
     )
 
+    if spec.layout != "tk":
+        raise ValueError("the dp4a schedule is time-major (layout='tk'): its k-runs of 4 bytes must be contiguous")
     sch = s_tir.Schedule(gemm_requant_func(spec))
     gemm = sch.get_sblock("gemm")
     _pad(sch, gemm, spec, bt, bm, bk)
@@ -226,8 +287,28 @@ def schedule_dp4a(spec: GemmSpec, tensorize: bool = True, bt: int = 64, bm: int 
     return sch
 
 
-def schedule_wmma(spec: GemmSpec, tensorize: bool = True):
-    """WMMA 16x16x16 s8s8s32 schedule: 64x64 block tile, 4 warps of 2x2 fragments, k-tile 16.
+def wmma_k_tile(K: int) -> int:
+    """The k-tile of the WMMA schedule: 64 where it divides K rounded up to 16, else 32 or 16 (no padded
+    reduction beyond the 16 the fragments need)."""
+    k16 = _round_up(K, 16)
+    return next(b for b in (64, 32, 16) if k16 % b == 0)
+
+
+def schedule_wmma(spec: GemmSpec, tensorize: bool = True, bk: int | None = None):
+    """WMMA 16x16x16 s8s8s32 schedule: 64x64 block tile, 2x2 warps of 2x2 fragments, k-tile ``bk``
+    (default :func:`wmma_k_tile`: 64 for K = 256, 512, ...).
+
+    Both layouts: ``tk`` computes ``X[T, K] W[M, K]^T`` (A = X row-major, B = W "transposed"), ``ncw``
+    computes ``W[M, K] X[K, T]`` (A = W, B = X row-major) and writes ``Y[0, m, t]`` along time, so the
+    graph's NCW activations need no transposes around it.
+
+    Per k-tile the block stages a 64 x bk tile of A and of B in shared memory (16-byte vector loads, 4-byte
+    where the operand is zero-padded or u8-shifted; the shift and the padding applied on the way), syncs once, and each warp loads the fragments of *its*
+    two A rows and two B columns (the warp's row and column are separate thread axes, ``threadIdx.z`` and
+    ``threadIdx.y``, so its fragment loads cover only its own 32 x 32 tile) for each of the ``bk / 16`` steps.
+    The shared rows are padded by 16 bytes (``storage_align``) so the 16 rows a fragment load reads start in
+    different banks.  A larger k-tile means fewer ``__syncthreads`` per output tile: with T = 500 the grid has
+    only ``ceil(T/64) x M/64`` blocks, so the k-loop's latency, not the tensor cores, bounds the kernel.
 
     ``uint8`` activations run shifted to int8 (``x - 128``, inlined into the shared-memory load);
     pass the bias through :func:`fold_u8_shift`.  The int32 tile goes fragment -> shared and each
@@ -238,48 +319,63 @@ def schedule_wmma(spec: GemmSpec, tensorize: bool = True):
     from tvm import s_tir
 
     gpu = tensorize
+    bk = bk or wmma_k_tile(spec.K)
+    assert bk in (16, 32, 64), bk
     shift = spec.a_dtype == "uint8"
     sch = s_tir.Schedule(gemm_requant_func(spec, shift_u8=shift))
     gemm = sch.get_sblock("gemm")
-    _pad(sch, gemm, spec, 64, 64, 16)
+    _pad(sch, gemm, spec, 64, 64, bk)
     req = _epilogue(sch)
 
-    t, m, k = sch.get_loops(gemm)
-    t, ti = sch.split(t, [None, 16])
-    m, mi = sch.split(m, [None, 16])
-    k0, ki = sch.split(k, [None, 16])
-    sch.reorder(t, m, k0, ti, mi, ki)
+    r, c, k = sch.get_loops(gemm)  # rows of A (t for tk, m for ncw), columns (m / t), reduction
+    r, ri = sch.split(r, [None, 16])
+    c, ci = sch.split(c, [None, 16])
+    k0, k1, ki = sch.split(k, [None, bk // 16, 16])
+    sch.reorder(r, c, k0, k1, ri, ci, ki)
     inner = gemm
-    outer = sch.blockize(ti)
-    t0, t1, t2 = sch.split(t, [None, 2, 2])
-    m0, m1, m2 = sch.split(m, [None, 2, 2])
-    sch.reorder(t0, m0, t1, m1, k0, t2, m2)
-    warp = sch.fuse(t1, m1)
+    outer = sch.blockize(ri)
+    r0, r1, r2 = sch.split(r, [None, 2, 2])
+    c0, c1, c2 = sch.split(c, [None, 2, 2])
+    sch.reorder(r0, c0, r1, c1, k0, k1, r2, c2)
     if gpu:
-        sch.bind(t0, "blockIdx.y")
-        sch.bind(m0, "blockIdx.x")
-        sch.bind(warp, "threadIdx.y")
+        sch.bind(r0, "blockIdx.y")
+        sch.bind(c0, "blockIdx.x")
+        sch.bind(r1, "threadIdx.z")
+        sch.bind(c1, "threadIdx.y")
 
     stage = "shared" if gpu else "global"
-    for idx, producers in ((0, ("X_pad", "shift", "Xs_pad")), (1, ("W_pad",))):
+    x_side = ("X_pad", "shift", "Xs_pad")
+    # the GEMM's A operand (read 0) is X in the tk layout, W in the ncw one
+    operands = ((0, x_side), (1, ("W_pad",))) if spec.layout == "tk" else ((0, ("W_pad",)), (1, x_side))
+    rows = spec.T if spec.layout == "tk" else spec.M  # A's rows; B's columns are the other one
+    cols = spec.M if spec.layout == "tk" else spec.T
+    for idx, producers in operands:
         cr = sch.cache_read(outer, idx, stage)
         sch.compute_at(cr, k0)
         for name in producers:
             _inline_producer(sch, name)
         f = sch.fuse(*sch.get_loops(cr)[-2:])
-        _, fy, fx, fv = sch.split(f, [None, 4, 32, 4])  # int8 vectors of 4 (facts.md)
+        # 16-byte vectors where the operand's tile needs no zero padding and no u8 shift: TVM 0.27 prints the
+        # padded zero of an int8x8 / int8x16 load as make_int2/make_int4 of 8/16 chars and has no CUDA type for
+        # the shift's int32x16 (nvcc / codegen reject both); int8x4 is fine
+        padded = spec.K % bk or (rows if idx == 0 else cols) % 64
+        shifted = shift and producers is x_side
+        _, fz, fy, fx, fv = sch.split(f, [None, 2, 2, 32, 4 if padded or shifted or bk < 32 else 16])
         if gpu:
+            sch.bind(fz, "threadIdx.z")
             sch.bind(fy, "threadIdx.y")
             sch.bind(fx, "threadIdx.x")
             sch.vectorize(fv)
+            sch.storage_align(cr, 0, axis=-2, factor=32, offset=16)  # row stride = 16 mod 32 bytes
     a_frag = sch.cache_read(outer, 0, "wmma.matrix_a" if gpu else "global")
     b_frag = sch.cache_read(outer, 1, "wmma.matrix_b" if gpu else "global")
-    # cache_read already places the fragment loads inside k0 (next to the consumer)
+    sch.compute_at(a_frag, k1)
+    sch.compute_at(b_frag, k1)
 
     sch.set_scope(outer, 0, stage)  # the padded int32 tile (acc_pad)
     store = sch.cache_write(outer, 0, "wmma.accumulator" if gpu else "global")
-    sch.reverse_compute_at(store, warp)
-    sch.reverse_compute_at(req, warp)
+    sch.reverse_compute_at(store, c1)
+    sch.reverse_compute_at(req, c1)
     f = sch.fuse(*sch.get_loops(req)[-2:])
     _, fx = sch.split(f, [None, 32])
     if gpu:
@@ -290,7 +386,8 @@ def schedule_wmma(spec: GemmSpec, tensorize: bool = True):
         return sch
     from tvm.s_tir.tensor_intrin.cuda import get_wmma_intrin_group
 
-    ig = get_wmma_intrin_group("shared", "shared", "int8", "int32", trans_b=True)
+    # tk: B = W[M, K] is stored N x K (transposed); ncw: B = X[K, T] is K x N (row-major)
+    ig = get_wmma_intrin_group("shared", "shared", "int8", "int32", trans_b=spec.layout == "tk")
     for frag, key in ((a_frag, "load_a"), (b_frag, "load_b")):
         i, j = sch.get_loops(frag)[-2:]
         i0, i1 = sch.split(i, [None, 16])
@@ -395,7 +492,7 @@ def random_problem(spec: GemmSpec, seed: int = 0):
     rng = np.random.default_rng(seed)
     lo = 0 if spec.a_dtype == "uint8" else -127
     hi = 255 if spec.a_dtype == "uint8" else 127
-    X = rng.integers(lo, hi + 1, (spec.T, spec.K)).astype(spec.a_dtype)
+    X = rng.integers(lo, hi + 1, spec.x_shape).astype(spec.a_dtype)
     W = rng.integers(-127, 128, (spec.M, spec.K)).astype("int8")
     bias = rng.integers(-(2**15), 2**15, spec.M).astype("int32")
     Mul = rng.integers(2**29, 2**31 - 1, spec.M).astype("int64")
@@ -422,7 +519,7 @@ def run_llvm_check(spec: GemmSpec, schedule: str = "dp4a", seed: int = 0) -> boo
     lib = tvm.compile(sch.mod, target=tvm.target.Target("llvm"))
     X, W, bias, Mul, Sh = random_problem(spec, seed)
     dev = tvm.cpu()
-    y = tvm.runtime.tensor(np.zeros((spec.T, spec.M), spec.out_dtype), dev)
+    y = tvm.runtime.tensor(np.zeros(spec.y_shape, spec.out_dtype), dev)
     args = [tvm.runtime.tensor(a, dev) for a in (X, W, kernel_bias(spec, W, bias, schedule), Mul, Sh)]
     lib["main"](*args, y)
     want = reference(spec, X, W, bias, Mul, Sh)

@@ -4,11 +4,17 @@ Used by the CUDA targets of :mod:`zsq_tvm.targets` (``t4``, ``cuda``, ``cuda-sm_
 
 1. ``prepare`` (before :func:`zsq_tvm.lowering.lower`): :class:`relax_passes.cuda_int8_pointwise.CudaInt8Pointwise`
    replaces every pointwise int8 conv1d + requantize chain by a hand-scheduled WMMA / dp4a kernel
-   (:mod:`zsq_tvm.cuda.int8_gemm`, requantize fused).
+   (:mod:`zsq_tvm.cuda.int8_gemm`, requantize fused), and
+   :class:`relax_passes.cuda_int8_depthwise.CudaInt8Depthwise` every depthwise one by the kernel of
+   :mod:`zsq_tvm.cuda.depthwise`.
 2. :func:`schedule_module` (after lowering): every PrimFunc not scheduled yet gets the first dlight GPU
    rule that applies *and builds*: ``Matmul`` (float only: its int8 tensorization fails in
    ``InjectSoftwarePipeline`` in TVM 0.27), ``Reduction``, ``GeneralReduction``, ``Fallback``.
-   dlight's ``GEMV`` rule is left out: it crashes on depthwise conv1d (facts.md).
+   dlight's ``GEMV`` rule is left out: it crashes on depthwise conv1d (facts.md).  Integer kernels in
+   which a consumer reads an elementwise result twice (the integer square root of a LayerNorm) get
+   :class:`LinearInlineFallback` when full inlining would copy their block expressions more than
+   :data:`INLINE_SIZE_LIMIT` times (:func:`inlined_size`; the integer square root of a LayerNorm):
+   dlight's inline-everything makes those expressions explode.
 3. :func:`relax_pipeline`: the rest of TVM's CUDA Relax pipeline (dataflow lowering, memory planning,
    VM lowering) without its legalize/dlight stage, which step 2 replaced.
 
@@ -20,13 +26,14 @@ made ahead of time, so a GPU machine needs only the TVM runtime.
 
 from __future__ import annotations
 
-__all__ = ["schedule_module", "relax_pipeline", "prepare", "compile_lowered", "float_rules"]
+__all__ = ["schedule_module", "relax_pipeline", "prepare", "compile_lowered", "float_rules", "LinearInlineFallback"]
 
 
 def prepare(mod):
+    from relax_passes.cuda_int8_depthwise import CudaInt8Depthwise
     from relax_passes.cuda_int8_pointwise import CudaInt8Pointwise
 
-    return CudaInt8Pointwise()(mod)
+    return CudaInt8Depthwise()(CudaInt8Pointwise()(mod))
 
 
 def _is_int_func(func) -> bool:
@@ -35,6 +42,108 @@ def _is_int_func(func) -> bool:
         if str(getattr(p, "dtype", "")).startswith(("float", "bfloat")):
             return False
     return True
+
+
+def _loads_of(block, buf) -> int:
+    """How many times ``block`` (a TIR SBlock) loads ``buf``."""
+    import tvm_ffi
+    from tvm.ir.expr import TensorLoad  # TVM 0.27's buffer load (``.source`` is the buffer)
+
+    n = [0]
+
+    def visit(node):
+        if isinstance(node, TensorLoad) and node.source.same_as(buf):
+            n[0] += 1
+
+    tvm_ffi.structural_walk(block.body, visit)
+    return n[0]
+
+
+def _injective(sch, blk) -> bool:
+    b = sch.get(blk)
+    return len(b.writes) == 1 and all(int(iv.iter_type) == 0 for iv in b.iter_vars)  # 0: data parallel
+
+
+def inlined_size(sch) -> int:
+    """How many copies of block expressions full inlining would make: each elementwise block is copied once per
+    path (counting repeated loads) from it to a block that stays (a reduction or the output).  A chain is
+    linear (one copy per block); a Newton iteration, whose every step uses the previous one twice, doubles
+    per step."""
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    paths: dict = {}
+    for blk in reversed(blocks):  # consumers come after their producers
+        b = sch.get(blk)
+        if not _injective(sch, blk):
+            paths[b.name_hint] = 1
+            continue
+        buf = b.writes[0].source
+        cons = sch.get_consumers(blk)
+        paths[b.name_hint] = max(1, sum(_loads_of(sch.get(c), buf) * paths.get(sch.get(c).name_hint, 1)
+                                        for c in cons))
+    return sum(paths.values())
+
+
+INLINE_SIZE_LIMIT = 20000  # the Conformer's LayerNorm kernels: ~4e7; every other kernel of our models: < 100
+
+
+class LinearInlineFallback:
+    """GPU schedule rule for integer kernels that dlight cannot schedule in reasonable time.
+
+    dlight's rules all start with ``try_inline``: inline every block that can be.  An integer LayerNorm's
+    square root is a Newton iteration, ``x' = (x + v // x) >> 1``: each step reads ``x`` twice, so inlining
+    eight steps doubles the expression eight times (the Conformer's fused LayerNorm kernels, ~96 blocks, did
+    not finish scheduling in 10 minutes).  This rule inlines an elementwise block only where its one consumer
+    reads it *once* (the expression grows by addition, not multiplication), keeps the others as buffers, and
+    then maps each remaining block's spatial loops to ``blockIdx.x`` x ``threadIdx.x`` like dlight's
+    ``Fallback`` (reductions run serially per thread).  Before: ~96 blocks; after: one kernel per kept block
+    (a dozen for a LayerNorm), each a short integer expression.
+    """
+
+    def __init__(self, bind: bool = True):
+        self.bind = bind  # False: the same inlining, no thread bindings (runs on llvm: a CPU check of the rule)
+
+    def apply(self, func, target, _tunable=False):
+        from tvm import s_tir
+        from tvm.s_tir.dlight import base
+        from tvm.s_tir.dlight.analysis import normalize_prim_func
+
+        sch = s_tir.Schedule(func)
+        if normalize_prim_func(sch) is None:
+            return None
+        changed = True
+        while changed:
+            changed = False
+            for blk in sch.get_child_blocks(sch.get_sblock("root")):
+                consumers = sch.get_consumers(blk)
+                if len(consumers) != 1 or not _injective(sch, blk):
+                    continue
+                if _loads_of(sch.get(consumers[0]), sch.get(blk).writes[0].source) > 1:
+                    continue
+                try:
+                    sch.compute_inline(blk)
+                except Exception:  # noqa: BLE001 - not inlinable (e.g. a reduction reads it with other indices)
+                    continue
+                changed = True
+                break
+        nthreads = base.max_threads_per_block(target) if self.bind else 256
+        reductions = []
+        for info in normalize_prim_func(sch):
+            blk = info.block_rv
+            s_loops, r_loops, o_loops = [], [], []
+            for loop, kind in zip(sch.get_loops(blk), info.dom_kind()):
+                {"S": s_loops, "R": r_loops, "O": o_loops}[kind].append(loop)
+            if not s_loops:
+                s_loops.append(sch.add_unit_loop(blk))
+            sch.reorder(*s_loops, *r_loops, *o_loops)
+            bx, tx = sch.split(sch.fuse(*s_loops), factors=[None, nthreads])
+            if self.bind:
+                sch.bind(bx, "blockIdx.x")
+                sch.bind(tx, "threadIdx.x")
+            if r_loops:
+                reductions.append((blk, r_loops[0]))
+        for blk, loop in reductions:
+            sch.decompose_reduction(blk, loop)
+        return sch
 
 
 def float_rules():
@@ -56,7 +165,7 @@ def schedule_module(mod, target):
     ``zsq.gpu_rule`` (the dlight rule used).  A function no rule schedules raises ``RuntimeError``
     naming it (a GPU kernel without thread bindings would fail later with a less clear message).
     """
-    from tvm import tirx
+    from tvm import s_tir, tirx
 
     out = {}
     with target:
@@ -64,6 +173,8 @@ def schedule_module(mod, target):
             if not isinstance(func, tirx.PrimFunc) or func.attrs is not None and func.attrs.get("tirx.is_scheduled"):
                 continue
             rules = _int_rules() if _is_int_func(func) else float_rules()
+            if _is_int_func(func) and inlined_size(s_tir.Schedule(func)) > INLINE_SIZE_LIMIT:
+                rules = [LinearInlineFallback()]  # dlight's inline-everything would blow up (see the class)
             done = None
             errors = []
             for rule in rules:
