@@ -6,14 +6,18 @@ prepare (here: full TVM + nvcc, no GPU)::
 
 writes into DIR/art/ (``bench/make_gpu_runtime_bundle.sh`` calls it):
 
-* ``qn5_w8a8.so``: the shipped, trained QuartzNet-5x5, W8A8, T=1000, built for the CUDA target
-  (pointwise convs on the int8 WMMA/dp4a kernels, the rest dlight), weights embedded;
-  ``qn5_mel.npy`` a real utterance's mel, ``qn5_ref.npy`` the numpy reference output
-  (:func:`zsq_tvm.reference.run_reference`, bit-exact oracle), ``qn5_ref_text.txt`` its greedy decoding;
-* ``speed_<model>_{int8,fp32}.so``: QuartzNet-5x5/10x5/15x5 (random weights), T=1000, INT8 (same build
+* ``exact_<model>.so`` for each ``--exact-models`` model (default: the shipped, trained QuartzNet-5x5 and
+  Conformer-CTC-small), W8A8, T=1000, built for the CUDA target (pointwise convs on the int8 WMMA/dp4a
+  kernels, depthwise convs on the int8 depthwise kernel, the rest dlight), weights embedded;
+  ``exact_<model>_mel.npy`` a real utterance's mel, ``exact_<model>_ref.npy`` the numpy reference output
+  (:func:`zsq_tvm.reference.run_reference`, bit-exact oracle), ``exact_<model>_ref_text.txt`` its greedy decoding;
+* ``speed_<model>_{int8,fp32}[_graph].so``: QuartzNet-5x5/10x5/15x5 (random weights), T=1000, INT8 (same build
   as above) and FP32 (BatchNorm folded, same dlight rules, same nvcc flags) with every weight of more than
   4096 elements lifted to a runtime input (the device makes them from a seed: the bundle stays small);
-* ``kern_*.so`` + ``.npz``: the two int8 GEMM kernels alone with a numpy expected output;
+  ``_graph``: the same build with TVM's CUDA graphs (launch overhead paid once), for both dtypes alike;
+* ``kern_*.so`` + ``.npz``: the int8 kernels alone (dp4a and WMMA GEMMs in both layouts, depthwise, and
+  schedule variants: WMMA k-tiles, depthwise tiles) with a numpy expected output; each is checked and timed
+  (``kernel_us`` in the JSON);
 * ``<lib>.fatbin``: each library's CUDA source compiled by nvcc here (``-gencode sm_XX`` SASS + PTX),
   found on the device by the SHA-256 of the source (``manifest.json``); TVM's CUDA module keeps the
   source and asks ``tvm_callback_cuda_compile`` for a binary when loaded: the run registers one that
@@ -25,14 +29,17 @@ run (the GPU machine: Python 3.12, numpy, CUDA driver, no TVM)::
     TVM_USE_RUNTIME_LIB=1 PYTHONPATH=<bundle> python bench/gpu_check.py run <bundle>/art --out $OUT [--runs 20]
 
 Local tests without a GPU: ``check-load ART`` loads every library (each CUDA module must get its fatbin; needs
-a libcuda), and ``prepare DIR --arch llvm --model quartznet-tiny --models quartznet-tiny`` + ``run --device cpu``
+a libcuda), and ``prepare DIR --arch llvm --exact-models quartznet-tiny --models quartznet-tiny`` + ``run --device cpu``
 runs the same code path on the CPU.  Imports nothing from zsq_tvm.  Prints the GPU, one line per check, writes ``$OUT/gpu_check.json`` after
-every step (so a timeout keeps what was measured) and exits 1 on a bit mismatch.
+every step (so a timeout keeps what was measured) and exits 1 on a bit mismatch.  Each model is also profiled
+kernel by kernel once (the VM's instrument hook, a device sync around every call: absolute times include
+the sync, the ranking is what matters), top kernels in the JSON under ``profile``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -49,6 +56,14 @@ SPEED_MODELS = ("quartznet5x5", "quartznet10x5", "quartznet15x5")
 TIMING: dict = {}  # how _time measured (reported in the JSON)
 # (T, K, M, activations, output): the last is the 29-class decoder writing int16 logits (out_bits=16, the default)
 KERNEL_CASES = [(500, 256, 256, "uint8", "int8"), (500, 512, 29, "uint8", "int8"), (500, 512, 29, "uint8", "int16")]
+# depthwise (C, Tin, K, stride, dilation, pad, activations): QuartzNet's C1 (stride 2, int8 input), a block
+# layer, the dilated K=87 layer
+DW_CASES = [(64, 1000, 33, 2, 1, 16, "int8"), (256, 500, 33, 1, 1, 16, "uint8"), (512, 500, 87, 1, 2, 86, "uint8")]
+EXACT_MODELS = ("quartznet5x5", "conformer-ctc-small")
+# schedule variants timed on the GPU (kernel section) to choose the defaults: the WMMA k-tile on a 512x512
+# QuartzNet layer, and the depthwise tile (threads along time, outputs per thread, channels per block)
+WMMA_BK_VARIANTS = ((500, 512, 512, "uint8"), (16, 32, 64))
+DW_TILE_VARIANTS = ((512, 500, 87, 1, 2, 86, "uint8"), ((128, 4, 2), (64, 4, 4), (128, 2, 2), (32, 4, 8), (256, 2, 1)))
 
 
 # ============================================================================ prepare (full TVM)
@@ -93,8 +108,10 @@ def _export(lib, art: str, name: str, arch: str, man: dict, extra: dict):
     print(f"prepared {name}: {os.path.getsize(path) / 1e6:.2f} MB .so, {len(srcs)} CUDA module(s)", flush=True)
 
 
-def _lift_constants(mod, min_size: int = LIFT_MIN):
-    """main's relax constants with >= min_size elements -> extra parameters; returns (mod, [(name, shape, dtype)])."""
+def _lift_constants(mod, min_size: int = LIFT_MIN, static_weights: bool = False):
+    """main's relax constants with >= min_size elements -> extra parameters; returns (mod, [(name, shape, dtype)]).
+    ``static_weights``: ``num_input`` stays the original inputs' count (the lifted ones are weights, static for
+    CUDA graphs); else every parameter is a runtime input."""
     import tvm
     from tvm import relax
 
@@ -115,17 +132,19 @@ def _lift_constants(mod, min_size: int = LIFT_MIN):
     f = mod[gv]
     body = Lift(mod).visit_expr(f)
     newf = relax.Function(list(f.params) + [v for v, _, _ in lifted], body.body, f.ret_ty, f.is_pure, f.attrs)
-    newf = newf.with_attr("num_input", len(f.params) + len(lifted))  # all are runtime inputs now
+    newf = newf.with_attr("num_input", len(f.params) + (0 if static_weights else len(lifted)))
     out = tvm.IRModule({g: fn for g, fn in mod.functions.items()}, attrs=mod.attrs)
     out[gv] = newf
     out = relax.transform.Normalize()(out)
     return out, [(str(v.name), s, d) for v, s, d in lifted]
 
 
-def _build(mod, target, int8: bool, lift: bool = False):
+def _build(mod, target, int8: bool, lift: bool = False, cuda_graph: bool = False):
     """Quantized (int8) or float Relax module -> executable: the zsq CUDA target's pipeline (int8 GEMM
     kernels + dlight), or plain ``tvm.compile`` for an llvm target (local test of the runner).
-    ``lift``: weights become inputs (returns ``(exe, params)``)."""
+    ``lift``: weights become inputs (returns ``(exe, params)``).  ``cuda_graph``: TVM's RewriteCUDAGraph
+    (``relax.backend.use_cuda_graph``) captures the kernel launches after the first call and replays them;
+    the lifted weights are then declared static (``num_input`` = 1), as they are the same tensors every call."""
     import tvm
 
     from zsq_tvm.cuda.pipeline import compile_lowered, prepare
@@ -136,14 +155,16 @@ def _build(mod, target, int8: bool, lift: bool = False):
         mod = prepare(mod)
     params = []
     if lift:
-        mod, params = _lift_constants(mod)
+        mod, params = _lift_constants(mod, static_weights=cuda_graph)
     with target:
         low = lower(mod)
-    ex = compile_lowered(low, target) if cuda else tvm.compile(low, target=target)
+    with tvm.transform.PassContext(opt_level=3, config={"relax.backend.use_cuda_graph": bool(cuda_graph)}):
+        ex = compile_lowered(low, target) if cuda else tvm.compile(low, target=target)
     return (ex, params) if lift else ex
 
 
-def prepare(out: str, arch: str, models: list[str], skip_speed: bool = False, model: str = "quartznet5x5"):
+def prepare(out: str, arch: str, models: list[str], skip_speed: bool = False,
+            exact_models: tuple = EXACT_MODELS):
     sys.path.append(ROOT)  # after PYTHONPATH: a pinned copy of zsq_tvm there wins
     import tvm
 
@@ -166,15 +187,47 @@ def prepare(out: str, arch: str, models: list[str], skip_speed: bool = False, mo
         spec = g.GemmSpec(T_, K, M, a_dtype=a, out_dtype=od, qmin=qmin, qmax=qmax)
         X, W, bias, Mul, Sh = g.random_problem(spec, seed=T_ + K + M)
         want = g.reference(spec, X, W, bias, Mul, Sh)
-        for kind, fn in (("dp4a", g.schedule_dp4a), ("wmma", g.schedule_wmma)):
+        for kind, fn, layout in (("dp4a", g.schedule_dp4a, "tk"), ("wmma", g.schedule_wmma, "tk"),
+                                 ("wmma", g.schedule_wmma, "ncw")):
             if kind == "wmma" and M < 64:
                 continue
-            name = f"kern_{kind}_{T_}x{K}x{M}_{a}" + ("" if od == "int8" else f"_{od}")
-            _export(g.build(fn(spec), target), art, name, arch, man, {"kind": "kernel"})
-            np.savez(os.path.join(art, name + ".npz"), X=X, W=W, B=g.kernel_bias(spec, W, bias, kind),
-                     Mul=Mul, Sh=Sh, want=want)
+            sp = dataclasses.replace(spec, layout=layout)
+            Xl = X if layout == "tk" else np.ascontiguousarray(X.T[None])
+            name = f"kern_{kind}_{layout}_{T_}x{K}x{M}_{a}" + ("" if od == "int8" else f"_{od}")
+            _export(g.build(fn(sp), target), art, name, arch, man, {"kind": "kernel"})
+            np.savez(os.path.join(art, name + ".npz"), X=Xl, W=W, B=g.kernel_bias(sp, W, bias, kind),
+                     Mul=Mul, Sh=Sh, want=g.reference(sp, Xl, W, bias, Mul, Sh))
+    if cuda:
+        (T_, K, M, a), bks = WMMA_BK_VARIANTS
+        spec = g.GemmSpec(T_, K, M, a_dtype=a, layout="ncw")
+        X, W, bias, Mul, Sh = g.random_problem(spec, seed=7)
+        for bk in bks:
+            name = f"kern_wmma_ncw_{T_}x{K}x{M}_{a}_bk{bk}"
+            _export(g.build(g.schedule_wmma(spec, bk=bk), target), art, name, arch, man, {"kind": "kernel"})
+            np.savez(os.path.join(art, name + ".npz"), X=X, W=W, B=g.kernel_bias(spec, W, bias, "wmma"),
+                     Mul=Mul, Sh=Sh, want=g.reference(spec, X, W, bias, Mul, Sh))
+    from zsq_tvm.cuda import depthwise as dwk
 
-    # ---- trained QuartzNet-5x5, W8A8, bit-exact check
+    if cuda:
+        (C, Tin, K, st, dl, pad, a), tiles = DW_TILE_VARIANTS
+        base = dwk.DwSpec(C=C, Tin=Tin, K=K, stride=st, dilation=dl, pad_l=pad, pad_r=pad, a_dtype=a)
+        X, W, bias, Mul, Sh = dwk.random_problem(base, seed=7)
+        for tx, vt, cb in tiles:
+            spec = dataclasses.replace(base, tx=tx, vt=vt, cb=cb)
+            name = f"kern_dw_c{C}_t{Tin}_k{K}_s{st}_d{dl}_{a}_tx{tx}_vt{vt}_cb{cb}"
+            _export(g.build(dwk.schedule(spec), target), art, name, arch, man, {"kind": "kernel"})
+            np.savez(os.path.join(art, name + ".npz"), X=X, W=W, B=bias, Mul=Mul, Sh=Sh,
+                     want=dwk.reference(spec, X, W, bias, Mul, Sh))
+
+    for C, Tin, K, st, dl, pad, a in (DW_CASES if cuda else []):
+        spec = dwk.DwSpec(C=C, Tin=Tin, K=K, stride=st, dilation=dl, pad_l=pad, pad_r=pad, a_dtype=a)
+        X, W, bias, Mul, Sh = dwk.random_problem(spec, seed=C + K)
+        name = f"kern_dw_c{C}_t{Tin}_k{K}_s{st}_d{dl}_{a}"
+        _export(g.build(dwk.schedule(spec), target), art, name, arch, man, {"kind": "kernel"})
+        np.savez(os.path.join(art, name + ".npz"), X=X, W=W, B=bias, Mul=Mul, Sh=Sh,
+                 want=dwk.reference(spec, X, W, bias, Mul, Sh))
+
+    # ---- trained models, W8A8, bit-exact check on a real utterance
     import torch
 
     wav = os.path.join(ROOT, "tests", "fixtures", "real", "wav", "librivox-0870.wav")
@@ -185,22 +238,26 @@ def prepare(out: str, arch: str, models: list[str], skip_speed: bool = False, mo
     x = np.zeros((1, 64, FRAMES), np.float32)
     n = min(FRAMES, mel.shape[2])
     x[:, :, :n] = mel[:, :, :n]
-    q = zsq_tvm.quantize(model, zsq_tvm.QuantConfig(frames=FRAMES))
-    ref = run_reference(q.mod, x)
-    ref = ref[0] if isinstance(ref, tuple) else ref
-    np.save(os.path.join(art, "qn5_mel.npy"), x)
-    np.save(os.path.join(art, "qn5_ref.npy"), ref)
-    vocab = q.vocab
-    if vocab is not None:
-        from zsq_tvm.ctc import greedy_decode
+    for model in exact_models:
+        name = f"exact_{model}"
+        q = zsq_tvm.quantize(model, zsq_tvm.QuantConfig(frames=FRAMES))
+        ref = run_reference(q.mod, x)
+        ref = ref[0] if isinstance(ref, tuple) else ref
+        np.save(os.path.join(art, name + "_mel.npy"), x)
+        np.save(os.path.join(art, name + "_ref.npy"), ref)
+        vocab = q.vocab
+        if vocab is not None:
+            from zsq_tvm.ctc import greedy_decode
 
-        with open(os.path.join(art, "qn5_ref_text.txt"), "w") as f:
-            f.write(greedy_decode(ref, vocab, q.manifest.get("logits_layout", "auto"))[0] + "\n")
-    print(f"quantized + reference in {time.time() - t0:.0f} s", flush=True)
-    _export(_build(q.mod, target, int8=True), art, "qn5_w8a8", arch, man,
-            {"kind": "model", "model": model, "inputs": [["mel", [1, 64, FRAMES], "float32"]], "params": [],
-             "mel": "qn5_mel.npy", "ref": "qn5_ref.npy"})
-    print(f"qn5_w8a8 built at {time.time() - t0:.0f} s", flush=True)
+            with open(os.path.join(art, name + "_ref_text.txt"), "w") as f:
+                f.write(greedy_decode(ref, vocab, q.manifest.get("logits_layout", "auto"))[0] + "\n")
+        print(f"{model}: quantized + reference at {time.time() - t0:.0f} s", flush=True)
+        _export(_build(q.mod, target, int8=True), art, name, arch, man,
+                {"kind": "model", "model": model, "inputs": [["mel", [1, 64, FRAMES], "float32"]], "params": [],
+                 "mel": name + "_mel.npy", "ref": name + "_ref.npy"})
+        print(f"{name} built at {time.time() - t0:.0f} s", flush=True)
+        with open(os.path.join(art, "manifest.json"), "w") as f:
+            json.dump(man, f, indent=1)
     with open(os.path.join(art, "manifest.json"), "w") as f:
         json.dump(man, f, indent=1)
     if skip_speed:
@@ -230,13 +287,22 @@ def prepare(out: str, arch: str, models: list[str], skip_speed: bool = False, mo
         except TypeError:
             fold = FoldBatchNorm()
         for kind, mod in (("int8", qm.mod), ("fp32", fold(fmod))):
-            ex, params = _build(mod, target, int8=kind == "int8", lift=True)
-            _export(ex, art, f"speed_{model}_{kind}", arch, man,
-                    {"kind": "speed", "model": model, "dtype": kind,
-                     "inputs": [["mel", [1, 64, FRAMES], "float32"]], "params": params})
-            print(f"  {model} {kind}: {len(params)} lifted params, at {time.time() - t0:.0f} s", flush=True)
-            with open(os.path.join(art, "manifest.json"), "w") as f:
-                json.dump(man, f, indent=1)
+            # plain, and (CUDA) with CUDA graphs: the same kernels, the launches replayed as one graph
+            for graph in ((False, True) if cuda else (False,)):
+                name = f"speed_{model}_{kind}" + ("_graph" if graph else "")
+                try:
+                    ex, params = _build(mod, target, int8=kind == "int8", lift=True, cuda_graph=graph)
+                except Exception as e:  # noqa: BLE001 - a graph build that fails must not cost the plain ones
+                    if not graph:
+                        raise
+                    print(f"  {name}: not built ({type(e).__name__}: {str(e)[:200]})", flush=True)
+                    continue
+                _export(ex, art, name, arch, man,
+                        {"kind": "speed", "model": model, "dtype": kind, "cuda_graph": graph,
+                         "inputs": [["mel", [1, 64, FRAMES], "float32"]], "params": params})
+                print(f"  {name}: {len(params)} lifted params, at {time.time() - t0:.0f} s", flush=True)
+                with open(os.path.join(art, "manifest.json"), "w") as f:
+                    json.dump(man, f, indent=1)
     return 0
 
 
@@ -379,7 +445,8 @@ def run(art: str, out_dir: str, runs: int, budget_s: float, device: str = "cuda"
             continue
         try:
             d = np.load(os.path.join(art, name + ".npz"))
-            f = runtime.load_module(os.path.join(art, lib["so"]))["main"]
+            m = runtime.load_module(os.path.join(art, lib["so"]))
+            f = m["main"]
             args = [runtime.tensor(d[k], dev) for k in ("X", "W", "B", "Mul", "Sh")]
             y = runtime.tensor(np.zeros_like(d["want"]), dev)
             f(*args, y)
@@ -387,39 +454,45 @@ def run(art: str, out_dir: str, runs: int, budget_s: float, device: str = "cuda"
             ok = bool(np.array_equal(y.numpy(), d["want"]))
             res["bit_exact"][name] = ok
             bad += not ok
-            print(f"{'OK  ' if ok else 'FAIL'} {name}", flush=True)
+            us = float(np.median(m.time_evaluator("main", dev, number=20, repeat=5)(*args, y).results) * 1e6)
+            res.setdefault("kernel_us", {})[name] = round(us, 2)
+            print(f"{'OK  ' if ok else 'FAIL'} {name}  {us:8.1f} us", flush=True)
         except Exception as e:
             res["errors"].append(f"{name}: {type(e).__name__}: {str(e)[:300]}")
             bad += 1
             print(f"ERR  {name}: {type(e).__name__}: {str(e)[:300]}", flush=True)
         save()
 
-    # ---- trained QuartzNet-5x5 W8A8, bit-exact vs the numpy reference
-    lib = man["libs"].get("qn5_w8a8")
-    if lib is not None:
+    # ---- trained models W8A8, bit-exact vs the numpy reference
+    for name, lib in sorted(man["libs"].items()):
+        if lib["kind"] != "model":
+            continue
         try:
-            vm = rvm.VirtualMachine(runtime.load_module(os.path.join(art, lib["so"])), dev)
+            mod = runtime.load_module(os.path.join(art, lib["so"]))
+            vm = rvm.VirtualMachine(mod, dev)
             x = np.load(os.path.join(art, lib["mel"]))
             want = np.load(os.path.join(art, lib["ref"]))
             got = _first(vm["main"](runtime.tensor(x, dev))).numpy()
             ok = bool(got.shape == want.shape and got.dtype == want.dtype and np.array_equal(got, want))
-            res["bit_exact"]["qn5_w8a8"] = ok
-            res["qn5_mismatches"] = int((got != want).sum()) if got.shape == want.shape else -1
+            res["bit_exact"][name] = ok
+            res.setdefault("mismatches", {})[name] = int((got != want).sum()) if got.shape == want.shape else -1
             bad += not ok
             ms = _time(vm, [runtime.tensor(x, dev)], dev, runs)
-            res["speed_ms"]["qn5_w8a8_trained"] = ms
-            print(f"{'OK  ' if ok else 'FAIL'} qn5_w8a8 ({lib.get('model', 'quartznet5x5')} W8A8, T={x.shape[2]}) vs numpy reference"
-                  f" {'' if ok else res['qn5_mismatches']} ; {ms:.3f} ms", flush=True)
+            res["speed_ms"][name] = ms
+            print(f"{'OK  ' if ok else 'FAIL'} {name} ({lib.get('model')} W8A8, T={x.shape[2]}) vs numpy reference"
+                  f" {'' if ok else res['mismatches'][name]} ; {ms:.3f} ms", flush=True)
+            _profile(res, name, mod, [runtime.tensor(x, dev)], dev, rvm)
         except Exception as e:
-            res["errors"].append(f"qn5_w8a8: {type(e).__name__}: {str(e)[:300]}")
+            res["errors"].append(f"{name}: {type(e).__name__}: {str(e)[:300]}")
             bad += 1
-            print(f"ERR  qn5_w8a8: {type(e).__name__}: {str(e)[:300]}", flush=True)
+            print(f"ERR  {name}: {type(e).__name__}: {str(e)[:300]}", flush=True)
         save()
 
     # ---- speed
     speed_models = list(dict.fromkeys(lib["model"] for lib in man["libs"].values() if lib["kind"] == "speed"))
+    outs: dict = {}
     for model in speed_models:
-        for kind in ("int8", "fp32"):
+        for kind in ("int8", "fp32", "int8_graph", "fp32_graph"):
             name = f"speed_{model}_{kind}"
             lib = man["libs"].get(name)
             if lib is None:
@@ -429,19 +502,32 @@ def run(art: str, out_dir: str, runs: int, budget_s: float, device: str = "cuda"
                 print(f"SKIP {name}: time budget spent", flush=True)
                 continue
             try:
-                vm = rvm.VirtualMachine(runtime.load_module(os.path.join(art, lib["so"])), dev)
+                mod = runtime.load_module(os.path.join(art, lib["so"]))
+                vm = rvm.VirtualMachine(mod, dev)
                 x = np.random.default_rng(1).standard_normal((1, 64, man["frames"]), dtype=np.float32)
                 args = [runtime.tensor(x, dev)] + [runtime.tensor(a, dev) for a in _params(lib["params"], 0)]
                 ms = _time(vm, args, dev, runs)
                 res["speed_ms"][name] = ms
                 print(f"TIME {name}: {ms:.3f} ms (median of {runs})", flush=True)
+                y = _first(vm["main"](*args)).numpy()
+                plain = outs.get(name[: -len("_graph")]) if lib.get("cuda_graph") else None
+                if plain is not None:  # a replayed graph must compute exactly what the plain launches do
+                    same = bool(np.array_equal(y, plain))
+                    res.setdefault("graph_equals_plain", {})[name] = same
+                    bad += not same and kind.startswith("int8")
+                    print(f"{'OK  ' if same else 'FAIL'} {name} output == plain launches' output", flush=True)
+                outs[name] = y
+                if not lib.get("cuda_graph") and time.time() - t_start < budget_s:
+                    _profile(res, name, mod, args, dev, rvm)  # (a graph replay hides its kernels from the hook)
             except Exception as e:
                 res["errors"].append(f"{name}: {type(e).__name__}: {str(e)[:300]}")
                 print(f"ERR  {name}: {type(e).__name__}: {str(e)[:300]}", flush=True)
-            i8, f32 = res["speed_ms"].get(f"speed_{model}_int8"), res["speed_ms"].get(f"speed_{model}_fp32")
-            if i8 and f32:
-                res["speedup_int8_vs_fp32"][model] = round(f32 / i8, 3)
-                print(f"     {model}: INT8 {f32 / i8:.2f}x faster than FP32", flush=True)
+            suffix = kind[4:]  # "" or "_graph"
+            i8 = res["speed_ms"].get(f"speed_{model}_int8{suffix}")
+            f32 = res["speed_ms"].get(f"speed_{model}_fp32{suffix}")
+            if kind.startswith("fp32") and i8 and f32:
+                res["speedup_int8_vs_fp32"][model + suffix] = round(f32 / i8, 3)
+                print(f"     {model}{suffix}: INT8 {f32 / i8:.2f}x faster than FP32", flush=True)
             save()
     res["fatbins_used"] = len(seen)
     res["timing"] = dict(TIMING, runs=runs)
@@ -449,6 +535,47 @@ def run(art: str, out_dir: str, runs: int, budget_s: float, device: str = "cuda"
     save()
     print("ALL BIT-EXACT" if bad == 0 else f"{bad} CHECK(S) FAILED", flush=True)
     return 0 if bad == 0 else 1
+
+
+def _profile(res: dict, name: str, mod, args, dev, rvm, reps: int = 3, top: int = 12):
+    """Per-kernel time of one model, from a fresh VM whose instrument hook syncs the device and reads the clock
+    around every call (``reps`` runs after one warm-up).  Writes ``res["profile"][name]``: the ``top`` calls
+    by total time (symbol, calls per run, microseconds per run) and the sum over all calls; prints the top 6."""
+    vm = rvm.VirtualMachine(mod, dev)
+    stats: dict = {}
+    state = {"on": False}
+
+    def instrument(func, sym, before, ret, *a):
+        if not state["on"]:
+            return 0
+        dev.sync()
+        if before:
+            state["t"] = time.perf_counter()
+        else:
+            s = stats.setdefault(str(sym), [0, 0.0])
+            s[0] += 1
+            s[1] += time.perf_counter() - state["t"]
+        return 0  # VMInstrumentReturnKind.NO_OP
+
+    vm.set_instrument(instrument)
+    vm["main"](*args)
+    dev.sync()
+    state["on"] = True
+    t = time.perf_counter()
+    for _ in range(reps):
+        vm["main"](*args)
+    dev.sync()
+    wall = (time.perf_counter() - t) / reps
+    rows = sorted(stats.items(), key=lambda kv: -kv[1][1])
+    total = sum(v[1] for _, v in rows) / reps
+    res.setdefault("profile", {})[name] = {
+        "wall_us_per_run_with_syncs": round(wall * 1e6, 1), "calls_per_run": sum(v[0] for _, v in rows) // reps,
+        "sum_us_per_run": round(total * 1e6, 1),
+        "top": [{"symbol": k, "calls": v[0] // reps, "us": round(v[1] / reps * 1e6, 1)} for k, v in rows[:top]]}
+    print(f"     profile {name}: {res['profile'][name]['calls_per_run']} calls, "
+          f"{total * 1e3:.3f} ms with a sync per call; top:", flush=True)
+    for r in res["profile"][name]["top"][:6]:
+        print(f"       {r['us']:9.1f} us  x{r['calls']:<3d} {r['symbol'][:90]}", flush=True)
 
 
 def _time(vm, args, dev, runs: int) -> float:
@@ -483,7 +610,8 @@ def main(argv=None):
     p.add_argument("--arch", default="sm_90")
     p.add_argument("--models", default=",".join(SPEED_MODELS))
     p.add_argument("--skip-speed", action="store_true")
-    p.add_argument("--model", default="quartznet5x5", help="the bit-exact check's model (shipped name)")
+    p.add_argument("--exact-models", default=",".join(EXACT_MODELS),
+                   help="the bit-exact checks' models (shipped names, comma-separated)")
     r = sub.add_parser("run")
     r.add_argument("art")
     r.add_argument("--out", default=os.environ.get("OUT", "."))
@@ -496,7 +624,8 @@ def main(argv=None):
     if a.mode == "check-load":
         return check_load(a.art)
     if a.mode == "prepare":
-        return prepare(a.dir, a.arch, [m for m in a.models.split(",") if m], a.skip_speed, a.model)
+        return prepare(a.dir, a.arch, [m for m in a.models.split(",") if m], a.skip_speed,
+                       tuple(m for m in a.exact_models.split(",") if m))
     return run(a.art, a.out, a.runs, a.budget_s, a.device)
 
 

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # GPU check on a lent machine WITHOUT TVM (Python 3.12 + numpy + CUDA driver): the whole quantized
-# QuartzNet-5x5 (CUDA build: int8 WMMA/dp4a pointwise kernels + dlight) bit-exact vs the numpy
-# reference, the int8 GEMM kernels alone, and INT8 vs FP32 speed of QuartzNet-5x5/10x5/15x5 at T=1000.
+# QuartzNet-5x5 and Conformer-CTC-small (CUDA builds: int8 WMMA/dp4a pointwise and int8 depthwise kernels +
+# dlight) bit-exact vs the numpy reference, the int8 kernels alone (checked, timed, schedule variants), a
+# per-kernel profile, and INT8 vs FP32 speed of QuartzNet-5x5/10x5/15x5 at T=1000, plain and with CUDA graphs.
 #
 # 1) here (full TVM + nvcc):  bash bench/make_gpu_runtime_bundle.sh     -> .gpu_rt/bundle.tar.xz (gitignored)
-# 2) device tool:  run(command="bash bench/gpu_check.sh", carry=[".gpu_rt"], timeout_s=200)
+# 2) device tool:  run(command="bash bench/gpu_check.sh", carry=[".gpu_rt"], timeout_s=260)
 #    -> prints GPU/driver, OK/FAIL per check, INT8 vs FP32 ms; writes $OUT/gpu_check.json, $OUT/log.txt.
 #    Exit 0 all bit-exact, 1 a mismatch/failed check, 2 no bundle / wrong Python / no GPU, 124 timeout.
-# Hard limit: GPU_CHECK_TIMEOUT (default 140 s) for the Python part; speed cases stop being started
-# after GPU_CHECK_BUDGET (100 s).  Local tests without a GPU: `bash bench/gpu_check.sh check-load` (loads every
+# Hard limit: GPU_CHECK_TIMEOUT (default 200 s) for the Python part; speed cases stop being started
+# after GPU_CHECK_BUDGET (150 s).  Local tests without a GPU: `bash bench/gpu_check.sh check-load` (loads every
 # library; needs a libcuda), or a bundle built with ARCH=llvm and GPU_CHECK_DEVICE=cpu (runs it all on the CPU).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -33,11 +34,11 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=c
 export TVM_USE_RUNTIME_LIB=1 PYTHONPATH="$X/rt${PYTHONPATH:+:$PYTHONPATH}"
 MODE=${1:-run}
 if [ "$MODE" = check-load ]; then
-  timeout -k 5 "${GPU_CHECK_TIMEOUT:-140}" "$PY" bench/gpu_check.py check-load "$X/art"
+  timeout -k 5 "${GPU_CHECK_TIMEOUT:-200}" "$PY" bench/gpu_check.py check-load "$X/art"
   exit $?
 fi
-timeout -k 5 "${GPU_CHECK_TIMEOUT:-140}" "$PY" bench/gpu_check.py run "$X/art" --out "$OUT" \
-  --runs "${GPU_CHECK_RUNS:-30}" --budget-s "${GPU_CHECK_BUDGET:-100}" --device "${GPU_CHECK_DEVICE:-cuda}"
+timeout -k 5 "${GPU_CHECK_TIMEOUT:-200}" "$PY" bench/gpu_check.py run "$X/art" --out "$OUT" \
+  --runs "${GPU_CHECK_RUNS:-30}" --budget-s "${GPU_CHECK_BUDGET:-150}" --device "${GPU_CHECK_DEVICE:-cuda}"
 rc=$?
 echo "gpu_check exit $rc after $(( $(date +%s) - t0 )) s; JSON: $OUT/gpu_check.json"
 exit $rc
