@@ -182,11 +182,15 @@ def prepare(out: str, arch: str, models: list[str], skip_speed: bool = False,
     # ---- kernels alone
     from zsq_tvm.cuda import int8_gemm as g
 
+    def kernel(name, sch, X, W, B, Mul, Sh, want):
+        """Export one scheduled kernel and its operands + numpy expected output (``run`` checks and times it)."""
+        _export(g.build(sch, target), art, name, arch, man, {"kind": "kernel"})
+        np.savez(os.path.join(art, name + ".npz"), X=X, W=W, B=B, Mul=Mul, Sh=Sh, want=want)
+
     for T_, K, M, a, od in (KERNEL_CASES if cuda else []):
         qmin, qmax = (-32767, 32767) if od == "int16" else (-127, 127)
         spec = g.GemmSpec(T_, K, M, a_dtype=a, out_dtype=od, qmin=qmin, qmax=qmax)
         X, W, bias, Mul, Sh = g.random_problem(spec, seed=T_ + K + M)
-        want = g.reference(spec, X, W, bias, Mul, Sh)
         for kind, fn, layout in (("dp4a", g.schedule_dp4a, "tk"), ("wmma", g.schedule_wmma, "tk"),
                                  ("wmma", g.schedule_wmma, "ncw")):
             if kind == "wmma" and M < 64:
@@ -194,38 +198,33 @@ def prepare(out: str, arch: str, models: list[str], skip_speed: bool = False,
             sp = dataclasses.replace(spec, layout=layout)
             Xl = X if layout == "tk" else np.ascontiguousarray(X.T[None])
             name = f"kern_{kind}_{layout}_{T_}x{K}x{M}_{a}" + ("" if od == "int8" else f"_{od}")
-            _export(g.build(fn(sp), target), art, name, arch, man, {"kind": "kernel"})
-            np.savez(os.path.join(art, name + ".npz"), X=Xl, W=W, B=g.kernel_bias(sp, W, bias, kind),
-                     Mul=Mul, Sh=Sh, want=g.reference(sp, Xl, W, bias, Mul, Sh))
+            kernel(name, fn(sp), Xl, W, g.kernel_bias(sp, W, bias, kind), Mul, Sh, g.reference(sp, Xl, W, bias, Mul, Sh))
     if cuda:
         (T_, K, M, a), bks = WMMA_BK_VARIANTS
         spec = g.GemmSpec(T_, K, M, a_dtype=a, layout="ncw")
         X, W, bias, Mul, Sh = g.random_problem(spec, seed=7)
         for bk in bks:
-            name = f"kern_wmma_ncw_{T_}x{K}x{M}_{a}_bk{bk}"
-            _export(g.build(g.schedule_wmma(spec, bk=bk), target), art, name, arch, man, {"kind": "kernel"})
-            np.savez(os.path.join(art, name + ".npz"), X=X, W=W, B=g.kernel_bias(spec, W, bias, "wmma"),
-                     Mul=Mul, Sh=Sh, want=g.reference(spec, X, W, bias, Mul, Sh))
+            kernel(f"kern_wmma_ncw_{T_}x{K}x{M}_{a}_bk{bk}", g.schedule_wmma(spec, bk=bk), X, W,
+                   g.kernel_bias(spec, W, bias, "wmma"), Mul, Sh, g.reference(spec, X, W, bias, Mul, Sh))
     from zsq_tvm.cuda import depthwise as dwk
 
+    def dw_spec(C, Tin, K, st, dl, pad, a):
+        return dwk.DwSpec(C=C, Tin=Tin, K=K, stride=st, dilation=dl, pad_l=pad, pad_r=pad, a_dtype=a)
+
     if cuda:
-        (C, Tin, K, st, dl, pad, a), tiles = DW_TILE_VARIANTS
-        base = dwk.DwSpec(C=C, Tin=Tin, K=K, stride=st, dilation=dl, pad_l=pad, pad_r=pad, a_dtype=a)
+        case, tiles = DW_TILE_VARIANTS
+        base = dw_spec(*case)
         X, W, bias, Mul, Sh = dwk.random_problem(base, seed=7)
         for tx, vt, cb in tiles:
             spec = dataclasses.replace(base, tx=tx, vt=vt, cb=cb)
-            name = f"kern_dw_c{C}_t{Tin}_k{K}_s{st}_d{dl}_{a}_tx{tx}_vt{vt}_cb{cb}"
-            _export(g.build(dwk.schedule(spec), target), art, name, arch, man, {"kind": "kernel"})
-            np.savez(os.path.join(art, name + ".npz"), X=X, W=W, B=bias, Mul=Mul, Sh=Sh,
-                     want=dwk.reference(spec, X, W, bias, Mul, Sh))
-
-    for C, Tin, K, st, dl, pad, a in (DW_CASES if cuda else []):
-        spec = dwk.DwSpec(C=C, Tin=Tin, K=K, stride=st, dilation=dl, pad_l=pad, pad_r=pad, a_dtype=a)
-        X, W, bias, Mul, Sh = dwk.random_problem(spec, seed=C + K)
-        name = f"kern_dw_c{C}_t{Tin}_k{K}_s{st}_d{dl}_{a}"
-        _export(g.build(dwk.schedule(spec), target), art, name, arch, man, {"kind": "kernel"})
-        np.savez(os.path.join(art, name + ".npz"), X=X, W=W, B=bias, Mul=Mul, Sh=Sh,
-                 want=dwk.reference(spec, X, W, bias, Mul, Sh))
+            kernel(f"kern_dw_c{base.C}_t{base.Tin}_k{base.K}_s{base.stride}_d{base.dilation}_{base.a_dtype}"
+                   f"_tx{tx}_vt{vt}_cb{cb}", dwk.schedule(spec), X, W, bias, Mul, Sh,
+                   dwk.reference(spec, X, W, bias, Mul, Sh))
+    for case in (DW_CASES if cuda else []):
+        spec = dw_spec(*case)
+        X, W, bias, Mul, Sh = dwk.random_problem(spec, seed=spec.C + spec.K)
+        kernel(f"kern_dw_c{spec.C}_t{spec.Tin}_k{spec.K}_s{spec.stride}_d{spec.dilation}_{spec.a_dtype}",
+               dwk.schedule(spec), X, W, bias, Mul, Sh, dwk.reference(spec, X, W, bias, Mul, Sh))
 
     # ---- trained models, W8A8, bit-exact check on a real utterance
     import torch
@@ -256,8 +255,6 @@ def prepare(out: str, arch: str, models: list[str], skip_speed: bool = False,
                 {"kind": "model", "model": model, "inputs": [["mel", [1, 64, FRAMES], "float32"]], "params": [],
                  "mel": name + "_mel.npy", "ref": name + "_ref.npy"})
         print(f"{name} built at {time.time() - t0:.0f} s", flush=True)
-        with open(os.path.join(art, "manifest.json"), "w") as f:
-            json.dump(man, f, indent=1)
     with open(os.path.join(art, "manifest.json"), "w") as f:
         json.dump(man, f, indent=1)
     if skip_speed:

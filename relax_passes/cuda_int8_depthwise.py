@@ -28,7 +28,7 @@ import tvm
 from tvm import relax
 
 from ._util import KernelCallRewriter, copy_module, finish_rewrite, kernel_args, kernel_prim_func
-from .cuda_int8_pointwise import CUDA_OUT_DTYPES
+from .cuda_int8_pointwise import CUDA_OUT_DTYPES, _int32
 from .x86_vnni_pointwise import match_pointwise_chains
 
 __all__ = ["CudaInt8Depthwise"]
@@ -59,8 +59,9 @@ class CudaInt8Depthwise:
         for final, x, kw, W, bias, Mul, Sh in match_pointwise_chains(func, kind="depthwise",
                                                                       out_dtypes=CUDA_OUT_DTYPES):
             spec = DwSpec(**kw)
-            b = np.zeros(spec.C, np.int64) if bias is None else np.asarray(bias, np.int64)
-            if b.min() < -(2**31) or b.max() >= 2**31:
+            try:
+                B = _int32(np.zeros(spec.C, np.int64) if bias is None else np.asarray(bias, np.int64))
+            except OverflowError:
                 continue
             if spec not in funcs:
                 name = (f"zsq_cuda_dw_c{spec.C}_t{spec.Tin}_k{spec.K}_s{spec.stride}_d{spec.dilation}"
@@ -68,7 +69,7 @@ class CudaInt8Depthwise:
                         ).replace("-", "m")
                 funcs[spec] = (name, kernel_prim_func(schedule(spec, gpu=self.gpu), name, "cuda_int8_depthwise", scheduled=True))
             W2 = np.ascontiguousarray(np.asarray(W, np.int8).reshape(spec.C, spec.K))
-            plan[final] = (x, spec, W2, b.astype(np.int32), Mul.astype(np.int64), Sh.astype(np.int64), funcs[spec])
+            plan[final] = (x, spec, W2, B, Mul.astype(np.int64), Sh.astype(np.int64), funcs[spec])
             self.replaced.append({"var": str(final.name), "C": spec.C, "Tin": spec.Tin, "K": spec.K,
                                   "stride": spec.stride, "dilation": spec.dilation, "a_dtype": spec.a_dtype,
                                   "out_dtype": spec.out_dtype})

@@ -16,7 +16,8 @@ wrapped in two transposes (plain int8 copies that FuseOps merges with neighbours
     xt = R.permute_dims(R.reshape(x, (K, T)), [1, 0])                    # [T, K]
     yt = R.call_tir(zsq_cuda_dp4a_tk_pw_..., (xt, W[M, K], B, Mul, Sh), out [T, M])
     y  = R.reshape(R.permute_dims(yt, [1, 0]), (1, M, T))
-  ``B`` is the int32 bias, folded with ``128 * rowsum(W)`` for the WMMA kernel on
+
+``B`` is the int32 bias, folded with ``128 * rowsum(W)`` for the WMMA kernel on
 uint8 activations (which it shifts to int8); the kernel computes exactly
 ``clip((int64(acc + bias) * Mul + 2^(Sh-1)) >> Sh)``, bit-identical to the chain it replaces.
 
@@ -26,7 +27,7 @@ kernels take any of them: the epilogue is :func:`zsq_tvm.tir_intmath.requantize_
 chain's ``[qmin, qmax]`` in int64 before the cast, and the write-back is scalar (one element per store), so
 only the stored width changes.
 
-Kernel choice: WMMA when ``M >= 64`` and ``K >= 64`` (tile 64x64x16), dp4a otherwise (e.g. the
+Kernel choice: WMMA when ``M >= 64`` and ``K >= 64`` (64x64 tiles, k-tile up to 64), dp4a otherwise (e.g. the
 29-class decoder) -- ``schedule=`` forces one.  ``pass_obj.replaced`` lists the replaced layers.
 ``gpu=False`` puts the same kernels in without thread bindings or tensor-core intrinsics, so the rewritten
 graph builds and runs on llvm: a CPU check of the rewrite, bit for bit, without a GPU.

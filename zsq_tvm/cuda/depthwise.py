@@ -204,16 +204,8 @@ def random_problem(spec: DwSpec, seed: int = 0):
 
 def run_llvm_check(spec: DwSpec, seed: int = 0) -> bool:
     """Build ``schedule(spec, gpu=False)`` on llvm and compare bit-exactly with :func:`reference`; True or raises."""
-    import tvm
+    from .int8_gemm import llvm_bit_exact
 
-    lib = tvm.compile(schedule(spec, gpu=False).mod, target=tvm.target.Target("llvm"))
     X, W, bias, Mul, Sh = random_problem(spec, seed)
-    dev = tvm.cpu()
-    y = tvm.runtime.tensor(np.zeros((1, spec.C, spec.Tout), spec.out_dtype), dev)
-    lib["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in (X, W, bias, Mul, Sh)], y)
-    want = reference(spec, X, W, bias, Mul, Sh)
-    got = y.numpy()
-    if not np.array_equal(got, want):
-        bad = np.argwhere(got != want)
-        raise AssertionError(f"depthwise llvm mismatch at {len(bad)} places, first {bad[:3].tolist()}")
-    return True
+    return llvm_bit_exact(schedule(spec, gpu=False).mod, (X, W, bias, Mul, Sh),
+                          reference(spec, X, W, bias, Mul, Sh), "depthwise")

@@ -510,24 +510,29 @@ def kernel_bias(spec: GemmSpec, W, bias, schedule: str) -> np.ndarray:
     return np.asarray(bias, np.int32)
 
 
-def run_llvm_check(spec: GemmSpec, schedule: str = "dp4a", seed: int = 0) -> bool:
-    """Build the un-tensorized version of the schedule's tiling on llvm and compare bit-exactly
-    with :func:`reference` (numpy + ``intmath.requantize``).  Returns True or raises."""
+def llvm_bit_exact(mod, inputs, want: np.ndarray, what: str) -> bool:
+    """Build ``mod`` (an unbound schedule's module) on llvm, run ``main(*inputs, y)`` and compare ``y`` with
+    ``want`` bit for bit.  Returns True or raises naming ``what`` and the first mismatches."""
     import tvm
 
-    sch = (schedule_dp4a if schedule == "dp4a" else schedule_wmma)(spec, tensorize=False)
-    lib = tvm.compile(sch.mod, target=tvm.target.Target("llvm"))
-    X, W, bias, Mul, Sh = random_problem(spec, seed)
+    lib = tvm.compile(mod, target=tvm.target.Target("llvm"))
     dev = tvm.cpu()
-    y = tvm.runtime.tensor(np.zeros(spec.y_shape, spec.out_dtype), dev)
-    args = [tvm.runtime.tensor(a, dev) for a in (X, W, kernel_bias(spec, W, bias, schedule), Mul, Sh)]
-    lib["main"](*args, y)
-    want = reference(spec, X, W, bias, Mul, Sh)
+    y = tvm.runtime.tensor(np.zeros(want.shape, want.dtype), dev)
+    lib["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in inputs], y)
     got = y.numpy()
     if not np.array_equal(got, want):
         bad = np.argwhere(got != want)
-        raise AssertionError(f"{schedule} llvm mismatch at {len(bad)} places, first {bad[:3].tolist()}")
+        raise AssertionError(f"{what} llvm mismatch at {len(bad)} places, first {bad[:3].tolist()}")
     return True
+
+
+def run_llvm_check(spec: GemmSpec, schedule: str = "dp4a", seed: int = 0) -> bool:
+    """Build the un-tensorized version of the schedule's tiling on llvm and compare bit-exactly
+    with :func:`reference` (numpy + ``intmath.requantize``).  Returns True or raises."""
+    sch = (schedule_dp4a if schedule == "dp4a" else schedule_wmma)(spec, tensorize=False)
+    X, W, bias, Mul, Sh = random_problem(spec, seed)
+    return llvm_bit_exact(sch.mod, (X, W, kernel_bias(spec, W, bias, schedule), Mul, Sh),
+                          reference(spec, X, W, bias, Mul, Sh), schedule)
 
 
 # --------------------------------------------------------------------------- integer-only scans

@@ -10,11 +10,10 @@ Used by the CUDA targets of :mod:`zsq_tvm.targets` (``t4``, ``cuda``, ``cuda-sm_
 2. :func:`schedule_module` (after lowering): every PrimFunc not scheduled yet gets the first dlight GPU
    rule that applies *and builds*: ``Matmul`` (float only: its int8 tensorization fails in
    ``InjectSoftwarePipeline`` in TVM 0.27), ``Reduction``, ``GeneralReduction``, ``Fallback``.
-   dlight's ``GEMV`` rule is left out: it crashes on depthwise conv1d (facts.md).  Integer kernels in
-   which a consumer reads an elementwise result twice (the integer square root of a LayerNorm) get
-   :class:`LinearInlineFallback` when full inlining would copy their block expressions more than
-   :data:`INLINE_SIZE_LIMIT` times (:func:`inlined_size`; the integer square root of a LayerNorm):
-   dlight's inline-everything makes those expressions explode.
+   dlight's ``GEMV`` rule is left out: it crashes on depthwise conv1d (facts.md).  Integer kernels that
+   full inlining would copy more than :data:`INLINE_SIZE_LIMIT` times (:func:`inlined_size`; the integer
+   square root of a LayerNorm) get :class:`LinearInlineFallback` instead: dlight's inline-everything makes
+   their expressions explode.
 3. :func:`relax_pipeline`: the rest of TVM's CUDA Relax pipeline (dataflow lowering, memory planning,
    VM lowering) without its legalize/dlight stage, which step 2 replaced.
 
@@ -96,7 +95,7 @@ class LinearInlineFallback:
     reads it *once* (the expression grows by addition, not multiplication), keeps the others as buffers, and
     then maps each remaining block's spatial loops to ``blockIdx.x`` x ``threadIdx.x`` like dlight's
     ``Fallback`` (reductions run serially per thread).  Before: ~96 blocks; after: one kernel per kept block
-    (a dozen for a LayerNorm), each a short integer expression.
+    (about 25 for a LayerNorm), each a short integer expression.
     """
 
     def __init__(self, bind: bool = True):
@@ -172,9 +171,12 @@ def schedule_module(mod, target):
         for gv, func in mod.functions_items():
             if not isinstance(func, tirx.PrimFunc) or func.attrs is not None and func.attrs.get("tirx.is_scheduled"):
                 continue
-            rules = _int_rules() if _is_int_func(func) else float_rules()
-            if _is_int_func(func) and inlined_size(s_tir.Schedule(func)) > INLINE_SIZE_LIMIT:
+            if not _is_int_func(func):
+                rules = float_rules()
+            elif inlined_size(s_tir.Schedule(func)) > INLINE_SIZE_LIMIT:
                 rules = [LinearInlineFallback()]  # dlight's inline-everything would blow up (see the class)
+            else:
+                rules = _int_rules()
             done = None
             errors = []
             for rule in rules:
