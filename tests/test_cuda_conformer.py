@@ -5,9 +5,10 @@ reading its previous step twice) that multiplies the expression at every step, a
 never finished.  ``zsq_tvm.cuda.pipeline.LinearInlineFallback`` takes those kernels instead.  Checked here:
 the rule keeps the LayerNorm bit-exact (its unbound form run on llvm), it is picked for exactly the kernels
 that need it, and a whole (tiny) Conformer builds for sm_75 quickly, integer-only in its TIR and CUDA C, with
-its depthwise convs on the int8 kernel; in its SASS the one float use is nvcc's expansion of division by a
-data-dependent divisor (pinned down exactly below).  Running it on a GPU bit for bit is ``bench/gpu_check.sh``
-(the trained Conformer).
+its depthwise convs on the int8 kernel -- and in its SASS: the divisions by a run-time divisor (LayerNorm,
+softmax, sigmoid), which nvcc would expand on the float units, are integer long divisions
+(``zsq_tvm.tir_int_division``), and the whole graph in that form equals the numpy reference on llvm.  Running
+it on a GPU bit for bit is ``bench/gpu_check.sh`` (the trained Conformer).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pytest
 pytest.importorskip("tvm")
 
 from zsq_tvm.cuda import int8_gemm as g  # noqa: E402
+from zsq_tvm import tir_int_division as D  # noqa: E402
 from zsq_tvm.cuda import pipeline as P  # noqa: E402
 
 NVCC = shutil.which("nvcc")
@@ -47,6 +49,7 @@ def test_linear_inline_keeps_the_integer_layernorm_exact():
             gv = bb.emit_output(y)
         bb.emit_func_output(gv)
     low = lower(bb.get())
+    assert sum(D.data_divisions(f) for _, f in low.functions_items() if isinstance(f, tirx.PrimFunc))
     target = tvm.target.Target("llvm")
     big = [gv for gv, f in low.functions_items()
            if isinstance(f, tirx.PrimFunc) and P.inlined_size(s_tir.Schedule(f)) > P.INLINE_SIZE_LIMIT]
@@ -56,7 +59,8 @@ def test_linear_inline_keeps_the_integer_layernorm_exact():
         n_blocks = len(sch.get_child_blocks(sch.get_sblock("root")))
         assert n_blocks < 40  # ~96 blocks before; the chains are inlined
         low[gv] = sch.mod["main"]
-    vm = relax.VirtualMachine(tvm.compile(low, target=target), tvm.cpu())
+    # with the CUDA build's TIR pipeline: its divisions by data become integer long divisions
+    vm = relax.VirtualMachine(tvm.compile(low, target=target, tir_pipeline=D.register_pipeline()), tvm.cpu())
     np.testing.assert_array_equal(vm["main"](tvm.runtime.tensor(x)).numpy(), want)
 
 
@@ -99,51 +103,70 @@ def test_tiny_conformer_builds_for_t4(tiny_conformer_t4):
     assert b.integer_only["ok"] is True
 
 
-def _divides_by_data(func) -> bool:
-    """True when a PrimFunc has an integer floordiv/floormod whose divisor reads a buffer."""
-    import tvm_ffi
-    from tvm import tirx
-    from tvm.ir.expr import TensorLoad
-
-    found = [False]
-
-    def reads(expr):
-        hit = [False]
-        tvm_ffi.structural_walk(expr, lambda n: hit.__setitem__(0, hit[0] or isinstance(n, TensorLoad)))
-        return hit[0]
-
-    def visit(node):
-        if isinstance(node, (tirx.FloorDiv, tirx.FloorMod)) and not isinstance(node.b, tirx.IntImm) and reads(node.b):
-            found[0] = True
-
-    tvm_ffi.structural_walk(func.body, visit)
-    return found[0]
-
-
-@pytest.mark.skipif(NVCC is None or CUOBJDUMP is None, reason="needs nvcc and cuobjdump (nvidia-cuda-cuobjdump)")
-def test_tiny_conformer_sass_float_is_only_nvccs_integer_division(tiny_conformer_t4, tmp_path):
-    """A known limit, pinned down exactly: the GPU has no integer divider, so nvcc expands a division by a
-    *data-dependent* divisor (the LayerNorm's Newton square root ``v // x``, the softmax's ``exp // sum``) into a
-    float-reciprocal estimate with integer corrections (``I2F``, ``MUFU.RCP``, ``F2I``): exact, but on the float
-    units.  The CUDA C has no float type; in the SASS, float appears only in kernels of PrimFuncs that divide by
-    data, and only as those three instructions.  QuartzNet and Jasper have no such division (their SASS test
-    is float-free, ``tests/test_cuda_model.py``)."""
+def test_tiny_conformer_cuda_form_is_bit_exact_on_llvm(tiny_conformer_t4):
+    """The Conformer as the CUDA build compiles it -- both kernel passes (their CPU-runnable kernels) and the TIR
+    pipeline that turns every division by a run-time divisor into an integer long division -- equals the numpy
+    reference bit for bit."""
     import tvm
     from tvm import tirx
 
+    from relax_passes.cuda_int8_depthwise import CudaInt8Depthwise
+    from relax_passes.cuda_int8_pointwise import CudaInt8Pointwise
     from zsq_tvm.lowering import lower
+    from zsq_tvm.reference import run_reference
 
+    q, _, _ = tiny_conformer_t4
+    target = tvm.target.Target("llvm")
+    with target:
+        low = lower(CudaInt8Depthwise(gpu=False)(CudaInt8Pointwise(gpu=False)(q.mod)))
+    dividers = [gv.name_hint for gv, f in low.functions_items() if isinstance(f, tirx.PrimFunc) and D.data_divisions(f)]
+    assert len(dividers) >= 3  # LayerNorm, softmax, sigmoid (GLU / Swish)
+    vm = tvm.relax.VirtualMachine(tvm.compile(low, target=target, tir_pipeline=D.register_pipeline()), tvm.cpu())
+    rng = np.random.default_rng(0)
+    for scale in (1.0, 3.0):
+        x = rng.normal(0, scale, (1, 64, 32)).astype(np.float32)
+        got = vm["main"](tvm.runtime.tensor(x))
+        got = got[0] if isinstance(got, (list, tuple)) or type(got).__name__ == "Array" else got
+        want = run_reference(q.mod, x)
+        want = want[0] if isinstance(want, tuple) else want
+        np.testing.assert_array_equal(got.numpy(), want)
+
+
+@pytest.mark.skipif(NVCC is None or CUOBJDUMP is None, reason="needs nvcc and cuobjdump (nvidia-cuda-cuobjdump)")
+def test_tiny_conformer_sass_is_integer_only(tiny_conformer_t4, tmp_path):
+    """No float instruction in the SASS of any kernel but the input quantize / output dequantize.  Without
+    ``zsq_tvm.tir_int_division`` this failed: a GPU has no integer divider, and nvcc expands a division by a
+    run-time divisor (the LayerNorm's square root and normalisation, the softmax's ``2^54 // sum``, the sigmoid)
+    into a float-reciprocal estimate (``I2F``, ``MUFU.RCP``, ``F2I``)."""
     q, b, _ = tiny_conformer_t4
     src = g.cuda_source(b._ex)
     sass = g.sass(g.nvcc_cubin(src, str(tmp_path), arch="sm_75"), CUOBJDUMP)
     rep = P.integer_region_report(src, sass)
-    assert rep["float_in_source"] == {}
     assert rep["sass_functions"] == rep["kernels"]
-    with tvm.target.Target(g.SM75, host="llvm"):
-        low = lower(P.prepare(q.mod))
-    dividers = {gv.name_hint for gv, f in low.functions_items() if isinstance(f, tirx.PrimFunc) and _divides_by_data(f)}
-    assert dividers
-    assert rep["float_in_sass"], "no float left: the division limit is gone -- make this test demand rep['ok']"
-    for kernel, ops in rep["float_in_sass"].items():
-        assert set(ops) <= {"I2F", "F2I", "MUFU"}, (kernel, ops)
-        assert kernel.split("_kernel")[0] in dividers, kernel
+    assert rep["ok"], (rep["float_in_source"], rep["float_in_sass"])
+    assert rep["int8_ops"].get("IDP.4A.S8.S8", 0) > 0
+
+
+@pytest.mark.skipif(NVCC is None or CUOBJDUMP is None, reason="needs nvcc and cuobjdump (nvidia-cuda-cuobjdump)")
+def test_zsq_check_of_a_cuda_build_proves_its_sass_integer_only(tiny_conformer_t4, tmp_path, capsys):
+    """``zsq check`` on a saved t4 build compiles its stored ``kernels.cu`` for sm_75 and checks the SASS; a float
+    kernel slipped into that source is reported by name and fails the check."""
+    import json
+
+    from zsq_tvm import api
+    from zsq_tvm.cli import main
+
+    _, b, _ = tiny_conformer_t4
+    out = b.save(tmp_path / "b")
+    assert (out / api.CUDA_SOURCE).read_text() == g.cuda_source(b._ex)
+    rep = api.check(str(out))
+    assert rep["ok"] is True and rep["sass"]["ok"] is True and rep["sass"]["arch"] == "sm_75"
+    assert rep["sass"]["sass_functions"] == rep["sass"]["kernels"] > 20
+    with open(out / api.CUDA_SOURCE, "a") as f:
+        f.write('\nextern "C" __global__ void zsq_scaled_kernel(float* __restrict__ x) { x[threadIdx.x] *= 0.5f; }\n')
+    assert main(["check", str(out)]) != 0
+    assert "zsq_scaled_kernel" in capsys.readouterr().out
+    assert main(["check", str(out), "--json"]) != 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["ok"] is False and "zsq_scaled_kernel" in rep["sass"]["float_in_sass"]
+    assert any("zsq_scaled_kernel" in v for v in rep["violations"])

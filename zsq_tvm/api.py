@@ -453,22 +453,68 @@ def compile(qmodel, target: str = "host") -> Build:  # noqa: A001 - mirrors tvm.
     files = {"quant.json": q.metadata, "report.json": q.report()}
     if m.get("vocab"):
         files["vocab.json"] = m["vocab"]
+    if get_target(target).device == "cuda":  # what `zsq check` compiles to SASS (and what a user reads)
+        from .cuda.int8_gemm import cuda_source
+
+        files[CUDA_SOURCE] = cuda_source(ex)
     return Build(ex, _normalize(m), tvm.ir.save_json(q.mod), files)
 
 
+CUDA_SOURCE = "kernels.cu"
+
+
+def _sass_report(b) -> dict:
+    """Integer-only evidence from the machine code of a CUDA build: its CUDA source compiled by nvcc for the
+    build's arch, every SASS function but the input quantize / output dequantize free of float instructions
+    (:func:`zsq_tvm.cuda.pipeline.integer_region_report`).  ``available: False`` without nvcc / cuobjdump."""
+    import re
+    import shutil
+    import tempfile
+
+    from .cuda import int8_gemm as g
+    from .cuda.pipeline import integer_region_report
+
+    src = b._files.get(CUDA_SOURCE)
+    if src is None and b._lib_path is not None and (Path(b._lib_path).parent / CUDA_SOURCE).exists():
+        src = (Path(b._lib_path).parent / CUDA_SOURCE).read_text()
+    if src is None:
+        return {"available": False, "message": f"the build has no {CUDA_SOURCE} (compiled before zsq-tvm stored it): "
+                                               "compile it again"}
+    cuobjdump = g.find_cuobjdump()
+    if shutil.which("nvcc") is None or cuobjdump is None:
+        return {"available": False, "message": "the SASS check needs nvcc and cuobjdump (CUDA toolkit)"}
+    arch = re.search(r"sm_\d+a?", str(b.manifest.get("tvm_target", ""))) or re.search(r"sm_\d+a?", b.target)
+    arch = arch.group(0) if arch else "sm_75"
+    with tempfile.TemporaryDirectory(prefix="zsq_sass_") as td:
+        rep = integer_region_report(src, g.sass(g.nvcc_cubin(src, td, arch=arch), cuobjdump))
+    rep.update(available=True, arch=arch)
+    return rep
+
+
 def check(build_or_dir, recheck: bool = True, raise_on_violation: bool = False) -> dict:
-    """Integer-only report of a build (re-lowers and re-checks the stored module by default)."""
+    """Integer-only report of a build (re-lowers and re-checks the stored module by default).
+
+    Beyond the IR check: a CUDA build's kernels are compiled by nvcc and their SASS checked (``rep["sass"]``),
+    a Cortex-M build's linked firmware is checked for float helpers (``rep["firmware"]``); either one failing
+    makes ``ok`` false."""
+    from .targets import get_target
+
     b = build_or_dir if isinstance(build_or_dir, Build) else Build.load(build_or_dir)
     rep = b.integer_only
     if recheck and b._module_json is not None:
         from .build import integer_only_report, lower
-        from .targets import get_target
 
         spec = get_target(b.target)
         mod = spec.prepare(b.module()) if spec.prepare is not None else b.module()
         rep = integer_only_report(lower(mod, spec.make())[0])
     rep = dict(rep)
     rep.setdefault("ok", None)
+    if get_target(b.target).device == "cuda":  # the SASS nvcc makes of the kernels: no float instruction
+        rep["sass"] = sass = _sass_report(b)
+        if sass.get("available") and not sass["ok"]:
+            rep["ok"] = False
+            rep["violations"] = list(rep.get("violations", [])) + [
+                f"SASS {k}: {', '.join(v)}" for k, v in {**sass["float_in_source"], **sass["float_in_sass"]}.items()]
     if hasattr(b, "check_firmware"):  # Cortex-M: the linked ELF has no soft-float / libm / malloc symbols
         rep["firmware"] = fw = b.check_firmware()
         rep["violations"] = list(rep.get("violations", [])) + [f"fw.elf: {v}" for v in fw["violations"]]

@@ -295,7 +295,10 @@ class Build:
             if self._module_json is not None:
                 (tmp / "module.json").write_text(self._module_json)
             for name, obj in self._files.items():
-                artifacts.write_json(tmp / name, obj)
+                if isinstance(obj, str):  # text (the CUDA source of a CUDA build)
+                    (tmp / name).write_text(obj)
+                else:
+                    artifacts.write_json(tmp / name, obj)
             artifacts.write_json(tmp / artifacts.MANIFEST, self.manifest)
         self._lib_path = str(out / LIB_NAME)
         return out

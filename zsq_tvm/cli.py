@@ -120,6 +120,11 @@ def cmd_check(a) -> int:
             b = rep.get("boundary", {})
             print(f"  {rep.get('prim_funcs', '?')} kernels; float only in the boundary kernels "
                   f"{', '.join(sum((list(x) for x in b.values()), [])) or '-'}")
+        if "sass" in rep:
+            sa = rep["sass"]
+            print(f"  SASS ({sa.get('arch')}): {'ok' if sa['ok'] else 'VIOLATIONS'} (no float instruction in "
+                  f"{sa['sass_functions'] - len(sa['boundary_kernels'])} kernels; {sa['int8_ops']})"
+                  if sa.get("available") else f"  SASS: not checked ({sa.get('message')})")
         if "firmware" in rep:
             print(f"  fw.elf: {'ok' if rep['firmware']['ok'] else 'VIOLATIONS'} (no soft-float, libm or malloc "
                   f"among {rep['firmware']['symbols']} symbols)")

@@ -218,12 +218,19 @@ def relax_pipeline(target):
 
 
 def compile_lowered(lowered, target):
-    """Schedule + ``tvm.compile`` a lowered module for a CUDA target (``TargetSpec.compile`` of the CUDA targets)."""
+    """Schedule + ``tvm.compile`` a lowered module for a CUDA target (``TargetSpec.compile`` of the CUDA targets).
+
+    The TIR pipeline is TVM's with :func:`zsq_tvm.tir_int_division.LowerDataDivision`: a division by a
+    run-time divisor (the Conformer's LayerNorm, softmax, sigmoid) becomes an integer long division instead of
+    nvcc's float-reciprocal expansion, so the SASS of every kernel but the input quantize / output dequantize
+    is integer-only."""
     import tvm
+
+    from ..tir_int_division import register_pipeline
 
     mod = schedule_module(lowered, target)
     with target:
-        return tvm.compile(mod, target=target, relax_pipeline=relax_pipeline(target))
+        return tvm.compile(mod, target=target, relax_pipeline=relax_pipeline(target), tir_pipeline=register_pipeline())
 
 
 # --------------------------------------------------------------------------- evidence on a built model
