@@ -42,6 +42,10 @@ class QuantConfig:
     statistics (:func:`zsq_tvm.synthesize`; ``synth`` overrides its defaults; T = min(``frames``, 64), zero-padded).
     seed: of the random / synthetic calibration, and of the random weights when the model is an architecture
     name without a shipped checkpoint (``conformer-ctc-large``).
+    time_mask: give the integer model a second input ``length`` (valid frames of the zero-padded mel) and zero
+    the frames past it before every time-mixing conv (:class:`relax_passes.time_mask.TimeMask`, NeMo's masked
+    convs), so a short utterance padded to ``frames`` decodes as it would unpadded.  Convolutional models
+    (QuartzNet, Jasper); not for the Conformer or the Cortex-M firmware yet.
     """
 
     wbits: int = 8
@@ -62,6 +66,7 @@ class QuantConfig:
     features: int | None = None
     progress: bool = False
     synth: dict | None = None  # calib="synthetic": zsq_tvm.SynthConfig overrides (num_batches, iters, lr, ...)
+    time_mask: bool = False
 
     def validate(self) -> "QuantConfig":
         for name in ("wbits", "abits"):
@@ -80,6 +85,8 @@ class QuantConfig:
         lo, hi = self.calib_range
         if not lo < hi:
             raise ConfigError(f"calib_range {self.calib_range} is empty", "pass (low, high) with low < high")
+        if not isinstance(self.time_mask, bool):
+            raise ConfigError(f"time_mask={self.time_mask!r} must be True or False", "pass time_mask=True or drop it")
         return self
 
     def to_json(self) -> dict:
@@ -215,6 +222,19 @@ def _run_passes(fmod, batches, cfg: QuantConfig, proto=None):
     qpass = Quantize(ranges, wbits=cfg.wbits, abits=cfg.abits, out_bits=cfg.out_bits)
     qmod = qpass(folded)
     meta = getattr(qpass, "metadata", None) or {}
+    if cfg.time_mask:
+        from relax_passes.time_mask import TimeMask, TimeMaskError
+
+        tm = TimeMask()
+        try:
+            qmod = tm(qmod)
+        except Exception as e:  # noqa: BLE001 - TVM re-raises the pass's TimeMaskError as another type
+            if not isinstance(e, TimeMaskError) and "time" not in str(e):
+                raise
+            msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"--time-mask cannot be applied to this model: {msg}",
+                              "quantize without --time-mask (pad inputs to the build's frames as before)") from None
+        meta["time_mask"] = {"masked_convs": len(tm.masked)}
     return qmod, _to_jsonable(meta) or {}, _to_jsonable(ranges), bn_stats
 
 
@@ -442,6 +462,9 @@ def compile(qmodel, target: str = "host") -> Build:  # noqa: A001 - mirrors tvm.
     from .targets_cortexm import compile_firmware, is_cortexm
 
     if is_cortexm(target):  # TVM c kernels + static firmware driver (zsq_tvm/targets_cortexm)
+        if len(q.manifest.get("io", {}).get("inputs", [])) != 1:
+            raise ConfigError(f"the {target} firmware takes one input (the mel); this model was quantized with "
+                              "--time-mask and also takes its length", "quantize again without --time-mask")
         return compile_firmware(q, target)
     import tvm
 

@@ -153,8 +153,10 @@ def compare_onnx(build, onnx_path, threads: int = 1, runs: int = 20, warmup: int
         pass
 
     vm = b._vm_()
-    xt = tvm.runtime.tensor(b._encode_input(b._prepare(x), inp["dtype"]))
-    engines = {"zsq_int8": lambda: vm["main"](xt)}
+    xt = [tvm.runtime.tensor(b._encode_input(b._prepare(x), inp["dtype"]))]
+    if b.time_mask:  # a --time-mask build: every frame valid (the same work as any length)
+        xt.append(tvm.runtime.tensor(b._lengths(None, shape[0], shape[2])))
+    engines = {"zsq_int8": lambda: vm["main"](*xt)}
     ort_fp32 = _ort_session(str(onnx_path), threads)
     engines["ort_fp32"] = lambda: ort_fp32.run(None, {in_name: x})
     with tempfile.TemporaryDirectory(prefix="zsq-bench-") as td:

@@ -234,14 +234,40 @@ class Build:
             x = x.astype(np.float32)
         return x
 
-    def run(self, mel, dequantize: bool = False) -> np.ndarray:
+    @property
+    def time_mask(self) -> bool:
+        """True for a ``--time-mask`` build: ``main`` takes the valid frames of each mel as a second input."""
+        ins = self.manifest.get("io", {}).get("inputs", [])
+        return len(ins) == 2 and ins[1].get("name") == "length"
+
+    def _lengths(self, length, B: int, T: int) -> np.ndarray:
+        """``length`` (None: all ``T`` frames valid; an int; or one per mel) as int32 ``[B]``, checked."""
+        if length is None:
+            return np.full(B, T, np.int32)
+        arr = np.asarray(length)
+        if arr.dtype.kind not in "iu" or arr.ndim > 1 or (arr.ndim == 1 and arr.shape[0] != B):
+            raise InputShapeError(f"length {length!r} is not an integer or {B} integers (one per mel)",
+                                  f"pass the number of valid frames of each mel, 1..{T}")
+        arr = np.broadcast_to(arr, (B,))
+        if arr.min() < 0 or arr.max() > T:
+            raise InputShapeError(f"length {arr.tolist()} is outside 0..{T} (the build's frames)",
+                                  f"pass the number of valid (unpadded) frames of each mel, at most {T}")
+        return arr.astype(np.int32)
+
+    def run(self, mel, dequantize: bool = False, length=None) -> np.ndarray:
         """Mel ``[B, F, T]`` / ``[F, T]`` (float32) → logits as the model returns them.
 
-        ``dequantize=True`` turns integer logits into floats with the output scale.
+        ``dequantize=True`` turns integer logits into floats with the output scale.  ``length`` (an int or one
+        per mel): how many leading frames of each zero-padded mel are real; a ``--time-mask`` build masks the
+        rest (default: all ``T``); other builds refuse it (their output depends on the padding).
         """
         import tvm
 
         x = self._prepare(mel)
+        if length is not None and not self.time_mask:
+            raise InputShapeError("this build has no length input (it was quantized without --time-mask)",
+                                  "drop length, or quantize again with --time-mask")
+        lengths = self._lengths(length, x.shape[0], x.shape[2]) if self.time_mask else None
         inp = self.manifest["io"]["inputs"][0]
         B_model = inp["shape"][0]
         outs = []
@@ -252,7 +278,12 @@ class Build:
             if n < B_model:
                 chunk = np.concatenate([chunk, np.zeros((B_model - n,) + chunk.shape[1:], chunk.dtype)])
             chunk = self._encode_input(chunk, inp["dtype"])
-            y = vm["main"](tvm.runtime.tensor(chunk))
+            args = [tvm.runtime.tensor(chunk)]
+            if lengths is not None:
+                ln = lengths[i:i + B_model]
+                ln = np.concatenate([ln, np.zeros(B_model - n, np.int32)]) if n < B_model else ln
+                args.append(tvm.runtime.tensor(np.ascontiguousarray(ln)))
+            y = vm["main"](*args)
             if isinstance(y, (list, tuple)) or type(y).__name__ in ("Array", "Tuple"):
                 y = y[0]
             outs.append(y.numpy()[:n])
@@ -274,15 +305,25 @@ class Build:
         q = intmath.quantize(x, s, alpha, int(self.manifest["abits"]), unsigned=dtype.startswith("uint"))
         return np.ascontiguousarray(q, dtype=dtype)
 
-    def decode(self, logits) -> list[str]:
+    def decode(self, logits, length=None) -> list[str]:
+        """Greedy CTC transcripts of ``run``'s logits; with ``length`` (valid input frames, an int or one per item)
+        the output frames that belong to the padding are dropped first."""
         v = self.vocab
         if v is None:
             raise NotAvailableError("this model has no vocabulary", "quantize with a vocab (QuantConfig(vocab=...))")
         layout = self.manifest.get("logits_layout", "auto")
-        return greedy_decode(logits, v, layout)
+        if length is None:
+            return greedy_decode(logits, v, layout)
+        from .ctc import _class_axis_last
 
-    def transcribe(self, mel) -> list[str]:
-        return self.decode(self.run(mel))
+        a = _class_axis_last(np.asarray(logits), layout, v.num_classes)  # [B, T', V]
+        T = int(self.manifest["io"]["inputs"][0]["shape"][2])
+        keep = [max(1, -(-int(n) * a.shape[1] // T)) for n in np.broadcast_to(np.asarray(length), (a.shape[0],))]
+        return [greedy_decode(a[i:i + 1, :keep[i]], v, "BTV")[0] for i in range(a.shape[0])]  # ceil(n T' / T)
+
+    def transcribe(self, mel, length=None) -> list[str]:
+        """``decode(run(mel))``; ``length``: see :meth:`run` (a ``--time-mask`` build)."""
+        return self.decode(self.run(mel, length=length), length=length)
 
     # ---- persistence
     def save(self, out_dir, overwrite: bool = False) -> Path:

@@ -34,7 +34,7 @@ def cmd_quantize(a) -> int:
     from . import api
 
     cfg = api.QuantConfig(wbits=a.wbits, abits=a.abits, out_bits=a.out_bits, calib=a.calib, calib_method=a.calib_method,
-                          frames=a.frames, seed=a.seed, num_batches=a.num_batches,
+                          frames=a.frames, seed=a.seed, num_batches=a.num_batches, time_mask=a.time_mask,
                           progress=not a.json and sys.stderr.isatty() or a.progress,
                           synth={k: v for k, v in (("num_batches", a.synth_batches), ("iters", a.synth_iters))
                                  if v is not None} or None)
@@ -50,7 +50,8 @@ def cmd_quantize(a) -> int:
         _print_json({"output": str(out), "frames": m["frames"], "wbits": m["wbits"], "abits": m["abits"],
                      "input_scale": m["input_scale"], "output_scale": m["output_scale"], "report": q.report()})
     else:
-        print(f"quantized W{m['wbits']}A{m['abits']} ({m['frames']} frames) -> {out}")
+        print(f"quantized W{m['wbits']}A{m['abits']} ({m['frames']} frames"
+              f"{', time mask: input length' if a.time_mask else ''}) -> {out}")
     return 0
 
 
@@ -151,10 +152,15 @@ def cmd_run(a) -> int:
     except Exception as e:
         raise InputShapeError(f"cannot read {a.input!r} as .npy ({type(e).__name__})",
                               "save the mel with numpy.save") from None
-    logits = b.run(mel, dequantize=a.dequantize)
+    length = None
+    if b.time_mask and isinstance(mel, np.ndarray) and mel.ndim in (2, 3) and 0 < mel.shape[-1] < b.frames:
+        # a --time-mask build: pad a short mel here and tell the model how many frames are real
+        length = mel.shape[-1]
+        mel = np.concatenate([mel, np.zeros(mel.shape[:-1] + (b.frames - length,), mel.dtype)], axis=-1)
+    logits = b.run(mel, dequantize=a.dequantize, length=length)
     if a.output:
         np.save(a.output, logits)
-    text = b.decode(logits) if a.decode else None
+    text = b.decode(logits, length=length) if a.decode else None
     if a.json:
         _print_json({"output": a.output, "shape": list(logits.shape), "dtype": str(logits.dtype),
                      **({"text": text} if text is not None else {})})
@@ -263,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bits of the integer logits, 8 or 16 (default 16: keeps near-ties of the CTC argmax apart, "
                         "better WER, see docs/results.md; 8 halves the logits buffer)")
     s.add_argument("--frames", type=_int_arg, default=None, help="static input frames T (100 per second)")
+    s.add_argument("--time-mask", action="store_true",
+                   help="add an input 'length' (valid frames) and mask the padding before every time-mixing conv, "
+                        "so a short utterance padded to T decodes as unpadded (QuartzNet/Jasper; not Cortex-M yet)")
     s.add_argument("--seed", type=_int_arg, default=0,
                    help="seed of the random calibration (and of the weights of an architecture name; default 0)")
     s.add_argument("--num-batches", type=_int_arg, default=8, help="random calibration inputs (default 8)")

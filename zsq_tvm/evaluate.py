@@ -354,10 +354,11 @@ class BuildRunner(Runner):
             raise ConfigError(f"{name!r} has no vocabulary", "quantize with a vocab so the logits can be decoded")
         inp = build.manifest["io"]["inputs"][0]
         self.build, self.frames, self.features = build, int(inp["shape"][2]), int(inp["shape"][1])
+        self.takes_length = build.time_mask  # a --time-mask build is told each chunk's valid frames
         super().__init__(name, build.vocab, build.manifest.get("logits_layout", "auto"))
 
-    def infer(self, x):
-        return self._last(self.build.run(x))
+    def infer(self, x, length=None):
+        return self._last(self.build.run(x, length=length))
 
 
 def load_runner(model, runtime: str = "auto", frames: int | None = None, threads: int | None = None,
@@ -407,10 +408,13 @@ def load_runner(model, runtime: str = "auto", frames: int | None = None, threads
 
 
 # --------------------------------------------------------------------------- running
-def run_fixed(infer: Callable[[np.ndarray], np.ndarray], mel: np.ndarray, T: int) -> tuple[np.ndarray, int]:
+def run_fixed(infer: Callable[..., np.ndarray], mel: np.ndarray, T: int,
+              with_length: bool = False) -> tuple[np.ndarray, int]:
     """Run a fixed-``T`` model on a mel ``[F, L]`` of any length: zero-pad / chunk, never truncate.
 
     Returns ``(logits [T'_total, V], n_chunks)``; output frames that belong to padding are dropped.
+    ``with_length``: the model masks its padding (a ``--time-mask`` build), ``infer(x, valid)`` gets each
+    chunk's number of valid frames.
     """
     F, L = mel.shape
     n = max(1, math.ceil(L / T))
@@ -418,8 +422,9 @@ def run_fixed(infer: Callable[[np.ndarray], np.ndarray], mel: np.ndarray, T: int
     x[:, :L] = mel
     outs = []
     for i in range(n):
-        y = infer(x[None, :, i * T:(i + 1) * T])
         valid = min(T, L - i * T)
+        chunk = x[None, :, i * T:(i + 1) * T]
+        y = infer(chunk, valid) if with_length else infer(chunk)
         keep = y.shape[0] if valid >= T else max(1, math.ceil(valid * y.shape[0] / T))
         outs.append(y[:keep])
     return np.concatenate(outs, axis=0), n
@@ -492,7 +497,7 @@ def evaluate(model, manifest, runtime: str = "auto", frames: int | None = None, 
             if T is None:
                 logits = r.infer(mel[None])
             else:
-                logits, n = run_fixed(r.infer, mel, T)
+                logits, n = run_fixed(r.infer, mel, T, with_length=getattr(r, "takes_length", False))
                 n_chunked += n > 1
             t_model += time.time() - ts
             hyp = greedy_decode(logits[None], r.vocab, "BTV")[0]

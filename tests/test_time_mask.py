@@ -1,0 +1,143 @@
+"""``--time-mask``: the integer model takes each mel's valid length and masks the padding before every
+time-mixing conv (``relax_passes/time_mask.py``), so the valid output frames no longer depend on the padding.
+
+Checked: the host build equals the numpy integer reference bit for bit at every length; at the full length it
+equals the unmasked model; the valid output frames are unchanged by whatever fills the padding (and without
+the mask they are not -- the property the mask exists for); every conv stays on the x86 / CUDA kernels; the
+length reaches the model from ``zsq eval`` (per chunk) and ``zsq run`` (a short mel is padded); bad lengths,
+models the mask cannot follow (the Conformer) and the Cortex-M firmware get one clear error each.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tvm")
+
+import zsq_tvm  # noqa: E402
+from zsq_tvm.errors import ConfigError, InputShapeError  # noqa: E402
+from zsq_tvm.reference import run_reference  # noqa: E402
+
+T = 64
+
+
+def _ref(mod, *args):
+    y = run_reference(mod, *args)
+    return y[0] if isinstance(y, tuple) else y
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    masked = zsq_tvm.quantize("quartznet-tiny", zsq_tvm.QuantConfig(frames=T, num_batches=1, time_mask=True))
+    plain = zsq_tvm.quantize("quartznet-tiny", zsq_tvm.QuantConfig(frames=T, num_batches=1))
+    return masked, plain, zsq_tvm.compile(masked, target="host")
+
+
+def test_the_model_gets_a_length_input_and_every_time_mixing_conv_is_masked(tiny):
+    q, plain, b = tiny
+    ins = q.manifest["io"]["inputs"]
+    assert [i["name"] for i in ins] == ["mel", "length"] and ins[1]["shape"] == [1] and ins[1]["dtype"] == "int32"
+    assert b.time_mask and not zsq_tvm.compile(plain, target="host").time_mask
+    n_convs = sum(1 for line in plain.mod["main"].script().splitlines()
+                  if "R.nn.conv1d" in line and "padding=[0, 0]" not in line)  # kernel > 1 (these are 'same'-padded)
+    assert q.metadata["time_mask"]["masked_convs"] == n_convs >= 10
+    assert b.integer_only["ok"] is True
+
+
+@pytest.mark.parametrize("length", [T, 40, 17, 1, 0])
+def test_masked_build_equals_the_integer_reference(tiny, length):
+    q, _, b = tiny
+    x = np.random.default_rng(length).normal(0, 1, (1, 64, T)).astype(np.float32)
+    np.testing.assert_array_equal(b.run(x, length=length), _ref(q.mod, x, np.array([length], np.int32)))
+
+
+def test_full_length_is_the_unmasked_model_bit_for_bit(tiny):
+    q, plain, b = tiny
+    x = np.random.default_rng(7).normal(0, 1, (1, 64, T)).astype(np.float32)
+    np.testing.assert_array_equal(b.run(x), _ref(plain.mod, x))  # length defaults to all T frames
+
+
+def test_valid_frames_do_not_depend_on_the_padding(tiny):
+    q, plain, b = tiny
+    rng = np.random.default_rng(3)
+    L = 40
+    keep = -(-L * 32 // T)  # output frames (stride 2) that belong to the first L input frames
+    x = rng.normal(0, 1, (1, 64, T)).astype(np.float32)
+    x[..., L:] = 0.0  # zero padding, as zsq eval pads
+    noisy = x.copy()
+    noisy[..., L:] = rng.normal(0, 3, (1, 64, T - L))
+    a, c = b.run(x, length=L), b.run(noisy, length=L)
+    np.testing.assert_array_equal(a[:, :keep], c[:, :keep])
+    u, v = _ref(plain.mod, x), _ref(plain.mod, noisy)
+    assert not np.array_equal(u[:, :keep], v[:, :keep])  # without the mask the padding leaks into them
+
+
+def test_every_conv_stays_on_the_kernels(tiny):
+    from zsq_tvm.targets import get_target
+
+    q, plain, _ = tiny
+    for target in ("host", "x86-avx2", "t4"):
+        spec = get_target(target)
+        with spec.make():
+            main = spec.prepare(q.mod)["main"].script()
+        assert "R.nn.conv1d" not in main, target
+
+
+def test_bad_lengths_are_refused(tiny):
+    q, plain, b = tiny
+    x = np.zeros((1, 64, T), np.float32)
+    for bad, what in ((T + 1, "outside 0..64"), (-1, "outside"), ([3, 4], "one per mel"), (2.5, "integer")):
+        with pytest.raises(InputShapeError, match=what):
+            b.run(x, length=bad)
+    with pytest.raises(InputShapeError, match="--time-mask"):
+        zsq_tvm.compile(plain, target="host").run(x, length=10)
+
+
+def test_eval_passes_each_chunk_its_valid_frames():
+    from zsq_tvm.evaluate import run_fixed
+
+    seen = []
+
+    def infer(x, valid):
+        seen.append(valid)
+        return np.zeros((x.shape[-1] // 2, 3), np.float32)
+
+    out, n = run_fixed(infer, np.ones((64, 250), np.float32), 100, with_length=True)
+    assert seen == [100, 100, 50] and n == 3 and out.shape[0] == 125
+
+
+def test_zsq_run_pads_a_short_mel_for_a_masked_build(tiny, tmp_path, capsys):
+    from zsq_tvm.cli import main
+
+    q, _, b = tiny
+    out = b.save(tmp_path / "b")
+    x = np.random.default_rng(5).normal(0, 1, (64, 30)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    assert main(["run", str(out), "--input", str(tmp_path / "x.npy"), "--decode", "--output", str(tmp_path / "y.npy")]) == 0
+    padded = np.concatenate([x, np.zeros((64, T - 30), np.float32)], axis=1)
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), b.run(padded, length=30))
+    assert b.transcribe(padded, length=30)[0] in capsys.readouterr().out
+
+
+def test_models_and_targets_the_mask_does_not_cover_say_so(tiny, tmp_path):
+    import onnx
+
+    from tests.test_conformer_int import _tiny_conformer
+    from zsq_tvm.nets.export import export_onnx
+
+    p = export_onnx(_tiny_conformer(), tmp_path / "tiny.onnx", frames=32)
+    with pytest.raises(ConfigError, match="--time-mask"):
+        zsq_tvm.quantize(onnx.load(str(p)), zsq_tvm.QuantConfig(frames=32, num_batches=1, time_mask=True))
+    with pytest.raises(ConfigError, match="firmware takes one input"):
+        zsq_tvm.compile(tiny[0], target="cortex-m4")
+
+
+def test_bench_times_a_masked_build(tiny, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from zsq_tvm.benchmark import compare_onnx
+    from zsq_tvm.nets.export import export_onnx
+
+    onnx_path = export_onnx("quartznet-tiny", tmp_path / "tiny.onnx", frames=T)
+    res = compare_onnx(tiny[2], str(onnx_path), runs=2, warmup=1, int8=False)
+    assert set(res["median_ms"]) == {"zsq_int8", "ort_fp32"} and res["median_ms"]["zsq_int8"] > 0
