@@ -4,7 +4,8 @@ On a CPU shared with other jobs, latencies measured in different processes or at
 comparable; this loads every build given (``zsq compile ... -o DIR`` / ``Build.save``) into one process,
 checks that they produce identical outputs on one seeded mel, then times ``main`` of each in turn, round
 by round, and prints wall-clock median / 25th percentile / min and the process CPU time per run (with
-``TVM_NUM_THREADS=1`` the CPU time is the work done, little affected by other jobs' time slices).
+``TVM_NUM_THREADS=1`` the CPU time is the work done, little affected by other jobs' time slices).  A
+``--time-mask`` build runs with every frame valid, so it can be compared with the same model unmasked.
 
     git archive HEAD | tar -x -C /tmp/head          # the committed code, to build the "before" side
     PYTHONPATH=/tmp/head python -c "import zsq_tvm; zsq_tvm.compile(zsq_tvm.load('Q'), 'host-vnni').save('/tmp/b_head')"
@@ -40,8 +41,10 @@ def main():
         raise SystemExit("the builds' outputs differ: not the same model, nothing to compare")
     calls = {}
     for d, b in builds.items():
-        vm, x = b._vm_(), tvm.runtime.tensor(mel)
-        calls[d] = lambda vm=vm, x=x: vm["main"](x)
+        vm, x = b._vm_(), [tvm.runtime.tensor(mel)]
+        if b.time_mask:  # a --time-mask build: every frame valid (same output as without the mask)
+            x.append(tvm.runtime.tensor(np.full(1, b.frames, np.int32)))
+        calls[d] = lambda vm=vm, x=x: vm["main"](*x)
     for f in calls.values():
         for _ in range(3):
             f()

@@ -1,12 +1,13 @@
-"""TimeMask: a fixed-length integer model gets a ``length`` input and zeroes the frames past it before every
-time-mixing convolution (NeMo's ``MaskedConv1d``), so padding a short utterance no longer changes its output.
+"""TimeMask: a fixed-length integer model gets a ``length`` input and masks the frames past it wherever frames
+mix (NeMo's masked convolutions and attention), so padding a short utterance no longer changes its output.
 
 Why: a build has a static number of frames ``T``; a shorter utterance is zero-padded.  Without a mask, the
 padded frames do not stay zero -- every conv adds its (BN-folded) bias and the residual sums carry it -- and
-the convolutions with kernel ``K > 1`` mix those values back into the last valid frames.  On our QuartzNet-5x5
-that costs 3.4 WER points at T = 700 (docs/results.md).  NeMo trains with the mask; with it the valid output
-frames are exactly those of the unpadded utterance (a conv's zero padding at the end of the unpadded input
-*is* the masked zeros).
+whatever mixes frames (a conv with a kernel > 1 along time, attention) brings those values back into the valid
+frames.  Unmasked, that costs 3.4 WER points on our QuartzNet-5x5 at T = 700 and 4.6 on the Conformer
+(docs/results.md).  NeMo trains with these masks; with them the valid output frames are those of the unpadded
+utterance (a conv's zero padding at the end of the unpadded input *is* the masked zeros; a masked key gets
+attention weight 0).
 
 Before (the integer module of :class:`relax_passes.Quantize`; ``B`` batch, ``T`` frames)::
 
@@ -14,7 +15,6 @@ Before (the integer module of :class:`relax_passes.Quantize`; ``B`` batch, ``T``
         q  = R.call_tir(zsq_input_quantize, (mel,))
         a  = R.nn.conv1d(q, W0, strides=[2], padding=[16, 16])             # K = 33: mixes frames
         ...
-        u  = R.astype(R.clip(..), "uint8")
         d  = R.nn.conv1d(u, W1, groups=C, padding=[16, 16])                # depthwise, K = 33
         p  = R.nn.conv1d(d', W2)                                            # K = 1: left alone
 
@@ -23,17 +23,23 @@ After (the valid length follows every stride: ``L' = (L + pl + pr - dil (K - 1) 
     def main(mel: R.Tensor((B, F, T), "float32"), length: R.Tensor((B,), "int32")):
         L0 = R.reshape(length, (B, 1, 1))
         m0 = R.astype(R.clip(R.subtract(L0, iota_T), 0, 1), "int8")        # 1 on frames t < L, else 0
-        a  = R.nn.conv1d(R.multiply(q, m0), W0, strides=[2], padding=[16, 16])
+        q' = R.multiply(q, m0)                                              # the input, masked once
+        a  = R.nn.conv1d(q', W0, strides=[2], padding=[16, 16])
         L1 = R.add(R.floor_divide(R.add(L0, -1), 2), 1)                     # the length after stride 2
         m1 = R.astype(R.clip(R.subtract(L1, iota_T2), 0, 1), "uint8")
         d  = R.nn.conv1d(R.multiply(u, m1), W1, groups=C, padding=[16, 16])
 
-Integer-only (subtract, clip, cast, a multiply by 0/1); one mask per (resolution, dtype), shared by every conv
-that needs it.  ``length`` counts valid input frames, ``0 <= length <= T`` (``T``: no frame masked, the output
-equals the unmasked model's bit for bit).  A model whose time axis the pass cannot follow to a ``K > 1`` conv
-(attention, reshapes: the Conformer) raises :class:`TimeMaskError` naming the op; its own masking is not done.
-``pass_obj.masked`` lists the masked convs.  Usable in any ``tvm.transform.Sequential`` after ``Quantize``
-(``zsq quantize --time-mask``, ``QuantConfig(time_mask=True)``).
+Masked sites: the quantized input, once, in its own layout; the input of every other conv1d (NCW) with a kernel
+> 1 and of every NCHW conv2d, on the axis that carries the input frames (the Conformer's subsampling: followed
+through ``permute_dims``/``expand_dims``/elementwise ops), unless it is the masked input itself seen through
+``permute_dims``/``expand_dims``/``astype``; and every integer softmax over attention keys that :func:`relax_passes.integer_nonlinear.emit_i_softmax`
+spelled out, at the frame count its keys have: the row max skips masked keys (``x - 2^40`` there), their
+``exp`` is multiplied by 0 (weight exactly 0, as NeMo's ``masked_fill``), and the sum is kept >= 1 (``length
+0``).  Integer-only (subtract, clip, cast, multiply by 0/1); one mask per (frame count, dtype, rank, axis).
+``length`` counts valid input frames, ``0 <= length <= T``; at ``T`` nothing is masked and the output equals
+the unmasked model's bit for bit.  A time-mixing op whose time axis the pass cannot follow raises
+:class:`TimeMaskError` naming it.  ``pass_obj.masked`` lists the masked sites.  Usable in any
+``tvm.transform.Sequential`` after ``Quantize`` (``zsq quantize --time-mask``, ``QuantConfig(time_mask=True)``).
 """
 
 from __future__ import annotations
@@ -42,121 +48,236 @@ import numpy as np
 import tvm
 from tvm import relax, tirx
 
-from ._util import call_op_name, const, copy_module, shape_of
+from ._util import call_op_name, const, const_value, copy_module, shape_of
 
 __all__ = ["TimeMask", "TimeMaskError", "LENGTH_INPUT"]
 
 LENGTH_INPUT = "length"
 
-# ops that keep an NCW tensor's time axis frame for frame (elementwise on the activation)
+# ops that keep a tensor's time axis frame for frame (elementwise on the activation)
 _FRAMEWISE = {"astype", "add", "subtract", "multiply", "right_shift", "left_shift", "clip", "maximum", "minimum",
               "nn.relu", "floor_divide"}
+# ops that map a tensor whose padded frames are 0 to one whose padded frames are 0 (no bias, no mixing)
+_ZERO_KEEPING = {"permute_dims", "expand_dims", "astype"}  # the ones whose time axis is followed
+_SOFTMAX_ONE = 1 << 54  # relax_passes.integer_nonlinear's softmax normaliser: F = 2^54 // sum(e)
+_BIG = 1 << 40          # pushes masked scores below every real one (|score| < 2^31) for the row max
 
 
 class TimeMaskError(ValueError):
-    """The pass cannot follow the time axis of this model to one of its time-mixing convolutions."""
+    """The pass cannot follow the time axis of this model to one of its time-mixing ops."""
 
 
-def _kernel_size(call) -> int:
+def _kernel_size(call, axis: int = -1) -> int:
     w = shape_of(call.args[1])
-    return int(w[-1]) if w else 1
+    return int(w[axis]) if w else 1
+
+
+def _ints(v) -> list:
+    return [int(i) for i in v]
+
+
+def _softmax_sites(func):
+    """``(max vars, exp vars, sum vars)`` of the integer softmaxes over the last axis of rank-4 tensors (attention)
+    that :func:`relax_passes.integer_nonlinear.emit_i_softmax` spelled out: ``m = max(x, -1)``, ``d = x - m``,
+    ``e = exp(d)``, ``s = sum(e, -1)``, ``F = 2^54 // s``.  Each ``m`` is paired with the ``e`` that follows it."""
+    from ._util import bindings
+
+    bs = list(bindings(func))
+    value = {b.var: b.value for b in bs}
+    pos = {b.var: i for i, b in enumerate(bs)}
+    maxes, exps, sums = {}, {}, {}
+    for b in bs:
+        v = b.value
+        if call_op_name(v) != "floor_divide":
+            continue
+        one = const_value(v.args[0])
+        if one is None or one.size != 1 or int(one.reshape(-1)[0]) != _SOFTMAX_ONE or v.args[1] not in value:
+            continue
+        s = v.args[1]
+        sv = value[s]
+        if call_op_name(sv) != "sum" or not sv.attrs.keepdims or len(shape_of(sv.args[0]) or ()) != 4:
+            continue
+        e = sv.args[0]
+        if _ints(sv.attrs.axis) not in ([-1], [3]):
+            continue
+        shp = shape_of(e)
+        cands = [b2.var for b2 in bs[:pos[e]] if call_op_name(b2.value) == "max" and b2.value.attrs.keepdims
+                 and _ints(b2.value.attrs.axis) in ([-1], [3]) and shape_of(b2.value.args[0]) == shp]
+        if not cands:
+            continue
+        m = cands[-1]
+        maxes[m], exps[e], sums[s] = int(shp[-1]), int(shp[-1]), int(shp[-1])
+    return maxes, exps, sums
 
 
 @relax.expr_functor.mutator
 class _Masker(relax.PyExprMutator):
-    def __init__(self, mod, length_var, batch: int):
+    """Follows the time axis: ``taxis[var] = axis`` for tensors that carry the input frames on ``axis``; ``res``
+    maps a frame count (the input's ``T`` and each one a strided conv makes) to its valid length ``[B, 1, 1]``."""
+
+    def __init__(self, mod, mel, length_var, batch: int, softmax):
         super().__init__(mod)
+        self.mel = mel
         self.length_var = length_var
         self.batch = batch
-        self.lengths: dict = {}   # old var -> (new Relax var of the valid length [B, 1, 1] int32, frames T)
-        self.masks: dict = {}     # (length var, T, dtype) -> mask var
+        self.sm_max, self.sm_exp, self.sm_sum = softmax
+        self.res: dict = {}      # frames -> length var [B, 1, 1] int32
+        self.taxis: dict = {}    # old var -> time axis
+        self.masks: dict = {}    # (frames, dtype, rank, axis) -> mask var
+        self.shaped: dict = {}   # (frames, rank) -> the length reshaped to [B, 1, ..., 1]
+        self.len0 = None         # the input length as [B, 1, 1]
+        self.clean: set = set()  # old vars whose padded frames are known to be 0 (the masked input, its views)
         self.masked: list = []
-        self.len0 = None
 
     # ------------------------------------------------------------------ lengths
+    def _out_length(self, L, K, s, d, pad):
+        off = pad - d * (K - 1) - 1
+        if s == 1 and off == -1:
+            return L
+        bb = self.builder_
+        v = bb.emit(relax.op.add(L, const(off, "int32"))) if off else L
+        v = bb.emit(relax.op.floor_divide(v, const(s, "int32"))) if s != 1 else v
+        return bb.emit(relax.op.add(v, const(1, "int32")))
+
+    def _conv_track(self, var, value, axis, K, s, d, pad):
+        x = value.args[0]
+        n_in, n_out = int(shape_of(x)[axis]), int(shape_of(var)[axis])
+        if n_in in self.res and n_out not in self.res:
+            self.res[n_out] = self._out_length(self.res[n_in], K, s, d, pad)
+        self.taxis[var] = axis
+
+    def _track(self, var, value):
+        shp = shape_of(var)
+        op = call_op_name(value)
+        if isinstance(value, relax.Call) and op in (None, "call_tir") and len(value.args) >= 2:  # input quantize
+            args = value.args[1]
+            if isinstance(args, relax.Tuple) and len(args.fields) == 1 and args.fields[0].same_as(self.mel):
+                T, axis = int(shp[-1]), len(shp) - 1
+                self.res[T] = self._input_length()
+                self.taxis[var] = axis
+                # mask the input once, in its own layout: the first conv then needs no mask of its own (a mask
+                # put after the Conformer's permute/expand_dims would cost the im2col its channels-last path)
+                q = self.visit_expr(var)
+                self.set_var_remap(var, self.builder_.emit(relax.op.multiply(q, self._mask(T, str(q.ty.dtype),
+                                                                                          len(shp), axis))))
+                self.clean.add(var)
+                self.masked.append({"var": str(var.name), "op": "input", "frames": T, "dtype": str(q.ty.dtype)})
+            return
+        if not isinstance(value, relax.Call) or not value.args:
+            return
+        a = self.taxis.get(value.args[0]) if isinstance(value.args[0], relax.Var) else None
+        if op in _ZERO_KEEPING and value.args[0] in self.clean:
+            self.clean.add(var)
+        if op == "nn.conv1d" and str(value.attrs.data_layout) == "NCW" and (a == 2 or a is None):
+            at = value.attrs
+            if int(shape_of(value.args[0])[2]) in self.res:
+                self._conv_track(var, value, 2, _kernel_size(value), int(at.strides[0]), int(at.dilation[0]),
+                                 int(at.padding[0]) + int(at.padding[-1]))
+        elif op == "nn.conv2d" and str(value.attrs.data_layout) == "NCHW" and a in (2, 3):
+            at, i = value.attrs, a - 2
+            pad = int(at.padding[i]) + int(at.padding[i + 2])  # [top, left, bottom, right]
+            self._conv_track(var, value, a, _kernel_size(value, a), int(at.strides[i]), int(at.dilation[i]), pad)
+        elif a is None:
+            for arg in value.args[1:]:  # a frame-wise op whose activation is not its first argument
+                if op in _FRAMEWISE and isinstance(arg, relax.Var) and arg in self.taxis and shp is not None \
+                        and len(shp) == len(shape_of(arg)) and shp[self.taxis[arg]] == shape_of(arg)[self.taxis[arg]]:
+                    self.taxis[var] = self.taxis[arg]
+        elif op == "permute_dims":
+            axes = _ints(value.attrs.axes) if value.attrs.axes is not None else list(range(len(shp)))[::-1]
+            self.taxis[var] = axes.index(a)
+        elif op == "expand_dims":
+            r = len(shp)
+            new = sorted(int(i) % r for i in value.attrs.axis)
+            kept = [i for i in range(r) if i not in new]
+            self.taxis[var] = kept[a]
+        elif op in _FRAMEWISE and shp is not None and len(shp) == len(shape_of(value.args[0])) \
+                and shp[a] == shape_of(value.args[0])[a]:
+            self.taxis[var] = a
+
     def _input_length(self):
         if self.len0 is None:
             self.len0 = self.builder_.emit(relax.op.reshape(self.length_var, (self.batch, 1, 1)))
         return self.len0
 
-    def _length_of(self, expr):
-        """``(length var, T)`` of an old activation, or None when it does not carry the input's time axis."""
-        if isinstance(expr, relax.Var):
-            return self.lengths.get(expr)
-        return None
-
-    def _conv_length(self, call, src):
-        L, T = src
-        at = call.attrs
-        K = _kernel_size(call)
-        s, d = int(at.strides[0]), int(at.dilation[0])
-        pl, pr = int(at.padding[0]), int(at.padding[-1])
-        T_out = int(shape_of(call)[-1]) if shape_of(call) else None
-        if s == 1 and pl + pr == d * (K - 1):
-            return L, T_out
-        bb = self.builder_
-        off = pl + pr - d * (K - 1) - 1
-        v = bb.emit(relax.op.add(L, const(off, "int32"))) if off else L
-        v = bb.emit(relax.op.floor_divide(v, const(s, "int32"))) if s != 1 else v
-        return bb.emit(relax.op.add(v, const(1, "int32"))), T_out
-
-    def _track(self, old_var, value):
-        """Record the valid length of ``old_var`` (bound to the old ``value``) when it has the input's time axis."""
-        shp = shape_of(old_var)
-        op = call_op_name(value)
-        if isinstance(value, relax.Call) and op in (None, "call_tir") and len(value.args) >= 2:  # input quantize
-            args = value.args[1]
-            if isinstance(args, relax.Tuple) and len(args.fields) == 1 and args.fields[0].same_as(self.mel):
-                self.lengths[old_var] = (self._input_length(), int(shp[-1]))
-            return
-        if op == "nn.conv1d" and str(value.attrs.data_layout) == "NCW":
-            src = self._length_of(value.args[0])
-            if src is not None:
-                self.lengths[old_var] = self._conv_length(value, src)
-            return
-        if op in _FRAMEWISE and shp is not None and len(shp) == 3:
-            for a in value.args:
-                src = self._length_of(a)
-                if src is not None and src[1] == int(shp[-1]):
-                    self.lengths[old_var] = src
-                    return
-
     # ------------------------------------------------------------------ masks
-    def _mask(self, L, T: int, dtype: str):
-        key = (L, T, dtype)
+    def _mask(self, frames: int, dtype: str, rank: int, axis: int):
+        """0/1 ``dtype`` tensor of ``rank`` dims, ``frames`` long on ``axis``: 1 on the valid frames."""
+        key = (frames, dtype, rank, axis)
         m = self.masks.get(key)
         if m is None:
             bb = self.builder_
-            iota = const(np.arange(T, dtype=np.int32).reshape(1, 1, T), "int32")
+            L = self.res[frames]
+            if rank != 3:
+                L = self.shaped.get((frames, rank)) or self.shaped.setdefault(
+                    (frames, rank), bb.emit(relax.op.reshape(L, (self.batch,) + (1,) * (rank - 1))))
+            shape = [1] * rank
+            shape[axis] = frames
+            iota = const(np.arange(frames, dtype=np.int32).reshape(shape), "int32")
             v = bb.emit(relax.op.subtract(L, iota))  # > 0 exactly on the valid frames
             v = bb.emit(relax.op.clip(v, relax.prim_value(tirx.IntImm("int64", 0)),
                                       relax.prim_value(tirx.IntImm("int64", 1))))
             m = self.masks[key] = bb.emit(relax.op.astype(v, dtype))
         return m
 
+    def _masked_input(self, binding, x, frames, axis, what):
+        xd, rank = str(x.ty.dtype), len(shape_of(x))
+        xm = self.builder_.emit(relax.op.multiply(self.visit_expr(x), self._mask(frames, xd, rank, axis)))
+        self.masked.append({"var": str(binding.var.name), "op": what, "frames": frames, "dtype": xd})
+        return xm
+
+    def _refuse(self, binding, what):
+        raise TimeMaskError(f"cannot find the time axis of the input of {what} {str(binding.var.name)!r} (the time "
+                            "mask follows conv1d/conv2d, permute_dims, expand_dims and elementwise ops)")
+
     def visit_var_binding_(self, binding):
-        value = binding.value
-        if call_op_name(value) == "nn.conv1d" and _kernel_size(value) > 1:
+        value, var = binding.value, binding.var
+        op = call_op_name(value)
+        emit = self.builder_.emit_normalized
+        if op == "nn.conv1d" and _kernel_size(value) > 1:
             x = value.args[0]
-            src = self._length_of(x)
-            if src is None:
-                raise TimeMaskError(f"the input of the time-mixing conv1d {str(binding.var.name)!r} (kernel "
-                                    f"{_kernel_size(value)}) is not a frame-wise function of the model input "
-                                    "that the time mask can follow (only conv1d and elementwise ops are)")
-            L, T = src
-            xd = str(x.ty.dtype)
-            xm = self.builder_.emit(relax.op.multiply(self.visit_expr(x), self._mask(L, T, xd)))
+            frames = int(shape_of(x)[-1])  # NCW: frames last
+            if frames not in self.res or self.taxis.get(x, 2) != 2:
+                self._refuse(binding, f"the time-mixing conv1d (kernel {_kernel_size(value)})")
+            xm = self.visit_expr(x) if x in self.clean else self._masked_input(binding, x, frames, 2, "conv1d")
             new = relax.Call(value.op, [xm] + [self.visit_expr(a) for a in value.args[1:]], value.attrs)
-            self.builder_.emit_normalized(relax.VarBinding(binding.var, self.builder_.normalize(new)))
-            self.masked.append({"var": str(binding.var.name), "T": T, "K": _kernel_size(value), "dtype": xd})
+            emit(relax.VarBinding(var, self.builder_.normalize(new)))
+        elif op == "nn.conv2d":
+            x = value.args[0]
+            a = self.taxis.get(x)
+            if a not in (2, 3):
+                self._refuse(binding, "the conv2d")
+            if _kernel_size(value, a) > 1 and x not in self.clean:
+                xm = self._masked_input(binding, x, int(shape_of(x)[a]), a, "conv2d")
+                new = relax.Call(value.op, [xm] + [self.visit_expr(w) for w in value.args[1:]], value.attrs)
+                emit(relax.VarBinding(var, self.builder_.normalize(new)))
+            else:
+                super().visit_var_binding_(binding)
+        elif var in self.sm_max:  # the row max over the valid keys only: masked keys get -2^40
+            frames = self.sm_max[var]
+            if frames not in self.res:
+                self._refuse(binding, "the attention softmax")
+            x = self.visit_expr(value.args[0])
+            m = self._mask(frames, "int64", 4, 3)
+            low = self.builder_.emit(relax.op.multiply(self.builder_.emit(relax.op.subtract(m, const(1, "int64"))),
+                                                       const(_BIG, "int64")))
+            xm = self.builder_.emit(relax.op.add(x, low))
+            emit(relax.VarBinding(var, self.builder_.normalize(relax.Call(value.op, [xm], value.attrs))))
+            self.masked.append({"var": str(var.name), "op": "softmax", "frames": frames, "dtype": "int64"})
+        elif var in self.sm_exp:  # exp of a masked key = 0: it adds nothing to the sum and gets probability 0
+            super().visit_var_binding_(binding)
+            e = self.visit_expr(var)  # the var the block builder bound (remapped or not)
+            self.set_var_remap(var, self.builder_.emit(relax.op.multiply(e, self._mask(self.sm_exp[var], "int64", 4, 3))))
+        elif var in self.sm_sum:  # length 0 masks every key: keep the divisor >= 1
+            super().visit_var_binding_(binding)
+            self.set_var_remap(var, self.builder_.emit(relax.op.maximum(self.visit_expr(var), const(1, "int64"))))
         else:
             super().visit_var_binding_(binding)
-        self._track(binding.var, value)
+        self._track(var, value)
 
 
 @tvm.transform.module_pass(opt_level=0, name="TimeMask")
 class TimeMask:
-    """Module pass: add the ``length`` input and mask every time-mixing conv1d's input (module doc)."""
+    """Module pass: add the ``length`` input and mask the padding wherever frames mix (module doc)."""
 
     def __init__(self, func_name: str = "main"):
         self.func_name = func_name
@@ -172,12 +293,11 @@ class TimeMask:
         mel = func.params[0]
         B = int(shape_of(mel)[0])
         length = relax.Var(LENGTH_INPUT, relax.TensorType((B,), "int32"))
-        rw = _Masker(copy_module(mod), length, B)
-        rw.mel = mel
+        rw = _Masker(copy_module(mod), mel, length, B, _softmax_sites(func))
         body = rw.visit_expr(func.body)
         if not rw.masked:
-            raise TimeMaskError("no time-mixing conv1d (kernel > 1) follows the input frame for frame: nothing to "
-                                "mask (is this a convolutional CTC model?)")
+            raise TimeMaskError("no time-mixing op (conv with a kernel > 1 along time, attention softmax) follows "
+                                "the input: nothing to mask")
         new = relax.Function([mel, length], body, func.ret_ty, func.is_pure, func.attrs)
         if func.attrs is not None and "num_input" in func.attrs:
             new = new.with_attr("num_input", int(func.attrs["num_input"]) + 1)

@@ -5,7 +5,8 @@ Checked: the host build equals the numpy integer reference bit for bit at every 
 equals the unmasked model; the valid output frames are unchanged by whatever fills the padding (and without
 the mask they are not -- the property the mask exists for); every conv stays on the x86 / CUDA kernels; the
 length reaches the model from ``zsq eval`` (per chunk) and ``zsq run`` (a short mel is padded); bad lengths,
-models the mask cannot follow (the Conformer) and the Cortex-M firmware get one clear error each.
+the Conformer is masked in its subsampling, attention and conv module; the Cortex-M firmware takes the length
+too (QEMU == host C == reference); a model with nothing to mask and a second application get one clear error.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pytest
 pytest.importorskip("tvm")
 
 import zsq_tvm  # noqa: E402
-from zsq_tvm.errors import ConfigError, InputShapeError  # noqa: E402
+from zsq_tvm.errors import InputShapeError  # noqa: E402
 from zsq_tvm.reference import run_reference  # noqa: E402
 
 T = 64
@@ -41,7 +42,8 @@ def test_the_model_gets_a_length_input_and_every_time_mixing_conv_is_masked(tiny
     assert b.time_mask and not zsq_tvm.compile(plain, target="host").time_mask
     n_convs = sum(1 for line in plain.mod["main"].script().splitlines()
                   if "R.nn.conv1d" in line and "padding=[0, 0]" not in line)  # kernel > 1 (these are 'same'-padded)
-    assert q.metadata["time_mask"]["masked_convs"] == n_convs >= 10
+    # the input is masked once; the first conv reads it directly, every other one gets its own mask
+    assert q.metadata["time_mask"]["masked"] == {"input": 1, "conv1d": n_convs - 1} and n_convs >= 10
     assert b.integer_only["ok"] is True
 
 
@@ -120,17 +122,84 @@ def test_zsq_run_pads_a_short_mel_for_a_masked_build(tiny, tmp_path, capsys):
     assert b.transcribe(padded, length=30)[0] in capsys.readouterr().out
 
 
-def test_models_and_targets_the_mask_does_not_cover_say_so(tiny, tmp_path):
+@pytest.fixture(scope="module")
+def tiny_conformer(tmp_path_factory):
     import onnx
 
     from tests.test_conformer_int import _tiny_conformer
     from zsq_tvm.nets.export import export_onnx
 
-    p = export_onnx(_tiny_conformer(), tmp_path / "tiny.onnx", frames=32)
-    with pytest.raises(ConfigError, match="--time-mask"):
-        zsq_tvm.quantize(onnx.load(str(p)), zsq_tvm.QuantConfig(frames=32, num_batches=1, time_mask=True))
-    with pytest.raises(ConfigError, match="firmware takes one input"):
-        zsq_tvm.compile(tiny[0], target="cortex-m4")
+    p = export_onnx(_tiny_conformer(), tmp_path_factory.mktemp("tm_conf") / "tiny.onnx", frames=32)
+    proto = onnx.load(str(p))
+    cfg = dict(frames=32, num_batches=1)
+    return (zsq_tvm.quantize(proto, zsq_tvm.QuantConfig(**cfg, time_mask=True)),
+            zsq_tvm.quantize(proto, zsq_tvm.QuantConfig(**cfg)))
+
+
+def test_conformer_masks_subsampling_attention_and_conv_module(tiny_conformer):
+    """The Conformer mixes frames in its two 3x3 subsampling conv2d (time on H), in self-attention and in the conv
+    module's depthwise conv1d: all masked, at their own frame counts (32, 16 and 8)."""
+    q, plain = tiny_conformer
+    Tc = 32
+    assert [i["name"] for i in q.manifest["io"]["inputs"]] == ["mel", "length"]
+    assert q.metadata["time_mask"]["masked"] == {"input": 1, "conv2d": 1, "softmax": 1, "conv1d": 1}  # one layer
+    x = np.random.default_rng(11).normal(0, 1, (1, 64, Tc)).astype(np.float32)
+    np.testing.assert_array_equal(_ref(q.mod, x, np.array([Tc], np.int32)), _ref(plain.mod, x))
+    L, keep = 20, 5  # valid frames after two stride-2 convs: (20 + 2 - 3) // 2 + 1 = 10, then 5
+    x[..., L:] = 0.0
+    noisy = x.copy()
+    noisy[..., L:] = np.random.default_rng(12).normal(0, 3, (1, 64, Tc - L))
+    a, c = _ref(q.mod, x, np.array([L], np.int32)), _ref(q.mod, noisy, np.array([L], np.int32))
+    np.testing.assert_array_equal(a[:, :keep], c[:, :keep])
+    assert not np.array_equal(_ref(plain.mod, x)[:, :keep], _ref(plain.mod, noisy)[:, :keep])
+    for n in (0, 1):  # every key masked in attention: no division by zero, any output
+        _ref(q.mod, x, np.array([n], np.int32))
+    b = zsq_tvm.compile(q, target="host")
+    np.testing.assert_array_equal(b.run(noisy, length=L), c)
+    assert b.integer_only["ok"] is True
+
+
+def test_cortex_m_firmware_takes_the_length(tiny):
+    """``zsq_run(in, length, out)``: under QEMU, the same integers as the generated C on this machine and as the
+    numpy reference, at every length."""
+    from zsq_tvm.targets_cortexm import firmware as fw
+
+    why = fw.toolchain_missing() or fw.qemu_missing()
+    if why:
+        pytest.skip(why)
+    q = tiny[0]
+    b = zsq_tvm.compile(q, target="cortex-m4")
+    assert "const int32_t *length" in (b.fw_dir / "model.h").read_text() and b.time_mask
+    assert b.firmware["symbols"]["ok"]
+    x = np.random.default_rng(21).normal(0, 1, (1, 64, T)).astype(np.float32)
+    xi = b.quantize_input(x)
+    for L in (T, 40, 0):
+        y = b.run(x, length=L, dequantize=True)
+        np.testing.assert_array_equal(y, _ref(q.mod, x, np.array([L], np.int32)))
+        np.testing.assert_array_equal(b.run_int(xi, host=True, length=np.array([L], np.int32))[0],
+                                      b.run(x, length=L))
+    with pytest.raises(InputShapeError, match="outside"):
+        b.run(x, length=T + 1)
+
+
+def test_what_the_mask_cannot_do_says_so(tiny):
+    import tvm
+    from tvm import relax
+
+    from relax_passes.time_mask import TimeMask, TimeMaskError
+
+    with pytest.raises(Exception, match="already has a 'length' input"):
+        TimeMask()(tiny[0].mod)
+    bb = relax.BlockBuilder()
+    mel = relax.Var("mel", relax.TensorType((1, 64, 16), "int32"))
+    with bb.function("main", [mel]):
+        with bb.dataflow():
+            y = bb.emit_output(bb.emit(relax.op.add(mel, mel)))
+        bb.emit_func_output(y)
+    with pytest.raises(Exception, match="nothing to mask"):
+        TimeMask()(bb.get())
+    assert issubclass(TimeMaskError, ValueError)
+    del tvm
 
 
 def test_bench_times_a_masked_build(tiny, tmp_path):

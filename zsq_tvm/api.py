@@ -44,8 +44,8 @@ class QuantConfig:
     name without a shipped checkpoint (``conformer-ctc-large``).
     time_mask: give the integer model a second input ``length`` (valid frames of the zero-padded mel) and zero
     the frames past it before every time-mixing conv (:class:`relax_passes.time_mask.TimeMask`, NeMo's masked
-    convs), so a short utterance padded to ``frames`` decodes as it would unpadded.  Convolutional models
-    (QuartzNet, Jasper); not for the Conformer or the Cortex-M firmware yet.
+    convs and attention), so a short utterance padded to ``frames`` decodes as it would unpadded (QuartzNet,
+    Jasper, the Conformer; every target: the Cortex-M firmware's ``zsq_run`` then takes ``length`` too).
     """
 
     wbits: int = 8
@@ -234,7 +234,9 @@ def _run_passes(fmod, batches, cfg: QuantConfig, proto=None):
             msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
             raise ConfigError(f"--time-mask cannot be applied to this model: {msg}",
                               "quantize without --time-mask (pad inputs to the build's frames as before)") from None
-        meta["time_mask"] = {"masked_convs": len(tm.masked)}
+        from collections import Counter
+
+        meta["time_mask"] = {"masked": dict(Counter(m["op"] for m in tm.masked))}  # e.g. {"conv1d": 27}
     return qmod, _to_jsonable(meta) or {}, _to_jsonable(ranges), bn_stats
 
 
@@ -462,9 +464,6 @@ def compile(qmodel, target: str = "host") -> Build:  # noqa: A001 - mirrors tvm.
     from .targets_cortexm import compile_firmware, is_cortexm
 
     if is_cortexm(target):  # TVM c kernels + static firmware driver (zsq_tvm/targets_cortexm)
-        if len(q.manifest.get("io", {}).get("inputs", [])) != 1:
-            raise ConfigError(f"the {target} firmware takes one input (the mel); this model was quantized with "
-                              "--time-mask and also takes its length", "quantize again without --time-mask")
         return compile_firmware(q, target)
     import tvm
 

@@ -271,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--frames", type=_int_arg, default=None, help="static input frames T (100 per second)")
     s.add_argument("--time-mask", action="store_true",
                    help="add an input 'length' (valid frames) and mask the padding before every time-mixing conv, "
-                        "so a short utterance padded to T decodes as unpadded (QuartzNet/Jasper; not Cortex-M yet)")
+                        "so a short utterance padded to T decodes as unpadded (not for Cortex-M yet)")
     s.add_argument("--seed", type=_int_arg, default=0,
                    help="seed of the random calibration (and of the weights of an architecture name; default 0)")
     s.add_argument("--num-batches", type=_int_arg, default=8, help="random calibration inputs (default 8)")

@@ -11,7 +11,7 @@ import numpy as np
 
 from .. import artifacts
 from ..build import Build
-from ..errors import ArtifactError
+from ..errors import ArtifactError, InputShapeError
 from . import firmware as fw
 
 FW_DIR = "firmware"
@@ -62,7 +62,7 @@ class FirmwareBuild(Build):
         self._tmpdir = tmpdir
 
     def __del__(self):
-        if getattr(self, "_tmpdir", None) is not None:
+        if getattr(self, "_tmpdir", None) is not None and shutil is not None:  # None at interpreter exit
             shutil.rmtree(self._tmpdir, ignore_errors=True)
 
     @property
@@ -82,26 +82,39 @@ class FirmwareBuild(Build):
         x = self._prepare(mel)
         return fw.quantize_input(x, self.firmware["input"]["quantize"])
 
-    def run_int(self, x_int: np.ndarray, host: bool = False) -> tuple[np.ndarray, dict]:
+    def run_int(self, x_int: np.ndarray, host: bool = False, length=None) -> tuple[np.ndarray, dict]:
+        """The firmware on an already quantized input; ``length`` (int32, one per input) for a ``--time-mask``
+        model (default: every frame valid)."""
         f = self.firmware
         shape, dtype = tuple(f["output"]["shape"]), f["output"]["dtype"]
+        if f.get("length") is not None and length is None:
+            length = np.full(f["length"]["shape"], x_int.shape[-1], np.int32)
         if host:
-            return fw.run_host(self.fw_dir, x_int, shape, dtype), {}
-        return fw.run_qemu(self.fw_dir, x_int, f["board"], shape, dtype)
+            return fw.run_host(self.fw_dir, x_int, shape, dtype, length=length), {}
+        return fw.run_qemu(self.fw_dir, x_int, f["board"], shape, dtype, length=length)
 
-    def run(self, mel, dequantize: bool = False, return_stats: bool = False):
+    def run(self, mel, dequantize: bool = False, return_stats: bool = False, length=None):
+        """Like :meth:`zsq_tvm.build.Build.run`, on the firmware under QEMU."""
         f = self.firmware
         if f["input"]["quantize"] is None:
             raise ArtifactError("this firmware has no input quantize parameters", "compile again")
         xq = self.quantize_input(mel)
+        if length is not None and f.get("length") is None:
+            raise InputShapeError("this build has no length input (it was quantized without --time-mask)",
+                                  "drop length, or quantize again with --time-mask")
+        lengths = self._lengths(length, xq.shape[0], xq.shape[2]) if f.get("length") is not None else None
         B = f["input"]["shape"][0]
         outs, stats = [], []
         for i in range(0, xq.shape[0], B):
             chunk = xq[i:i + B]
             n = chunk.shape[0]
+            ln = None
+            if lengths is not None:
+                ln = lengths[i:i + B]
+                ln = np.concatenate([ln, np.zeros(B - n, np.int32)]) if n < B else ln
             if n < B:
                 chunk = np.concatenate([chunk, np.zeros((B - n,) + chunk.shape[1:], chunk.dtype)])
-            y, st = self.run_int(chunk)
+            y, st = self.run_int(chunk, length=ln)
             outs.append(y[:n])
             stats.append(st)
         out = np.concatenate(outs)

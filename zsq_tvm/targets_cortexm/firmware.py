@@ -86,6 +86,7 @@ class Plan:
     bufs: list = field(default_factory=list)
     prim_funcs: dict = field(default_factory=dict)  # name -> PrimFunc
     input: TensorRef | None = None
+    length: TensorRef | None = None  # a --time-mask model's valid frames (int32 [B])
     output: TensorRef | None = None
     input_quant: dict | None = None  # boundary parameters for the host side
     output_scale: float | None = None
@@ -157,6 +158,8 @@ def plan_graph(lowered) -> Plan:
     for prm, (shape, dtype) in pending_input.items():
         if np.dtype(dtype).kind == "f":
             float_params.add(prm)  # consumed by the input quantize on the host
+        elif _vname(prm) == "length" and dtype == "int32" and len(shape) == 1:  # relax_passes.time_mask
+            p.length = env[prm] = new_ref(new_buf(_nbytes(shape, dtype), "length"), shape, dtype)
         else:
             if p.input is not None:
                 raise FirmwareError("the model has more than one input", "export a single-input model")
@@ -233,7 +236,7 @@ def plan_graph(lowered) -> Plan:
         raise FirmwareError("the model has no integer input", "quantize it first (zsq quantize)")
     if not p.calls:
         raise FirmwareError("the model has no kernels between its boundaries", "report this model")
-    if p.output.buf.kind in ("const", "input"):
+    if p.output.buf.kind in ("const", "input", "length"):
         raise FirmwareError("the model output is a constant or the input", "report this model")
     p.output.buf.kind = "output"
     # ---- arena: greedy by size, lowest offset free over the buffer's lifetime
@@ -317,6 +320,11 @@ def write_sources(p: Plan, kernels_src: str, out: Path, mcpu: str, board: str, f
     (out / "kernels.c").write_text(kernels_src)
     in_t, out_t = _CTYPE[p.input.dtype], _CTYPE[p.output.dtype]
     n_in = int(np.prod(p.input.shape)); n_out = int(np.prod(p.output.shape))
+    # a --time-mask model also takes the valid frames of each input (int32 [B])
+    len_arg = "const int32_t *length, " if p.length is not None else ""
+    len_h = (f"/* length: valid (unpadded) frames of each input, 0..{p.input.shape[-1]} */\n"
+             f"#define ZSQ_HAS_LENGTH 1\n#define ZSQ_LEN_ELEMS {int(np.prod(p.length.shape))}\n"
+             if p.length is not None else "")
     (out / "zsq_config.h").write_text(f"#define ZSQ_WORKSPACE_BYTES {max(ws, ALIGN)}\n")
     (out / "model.h").write_text(
         "#ifndef ZSQ_MODEL_H\n#define ZSQ_MODEL_H\n#include <stdint.h>\n"
@@ -324,8 +332,8 @@ def write_sources(p: Plan, kernels_src: str, out: Path, mcpu: str, board: str, f
         f"{list(p.output.shape)} {p.output.dtype} */\n"
         f"typedef {in_t} ZSQ_IN_T;\ntypedef {out_t} ZSQ_OUT_T;\n"
         f"#define ZSQ_IN_ELEMS {n_in}\n#define ZSQ_OUT_ELEMS {n_out}\n#define ZSQ_ARENA_BYTES {p.arena_bytes}\n"
-        f"/* returns 0, or -(k+1) when kernel k failed */\n"
-        f"int zsq_run(const {in_t} *in, {out_t} *out);\n#endif\n")
+        f"{len_h}/* returns 0, or -(k+1) when kernel k failed */\n"
+        f"int zsq_run(const {in_t} *in, {len_arg}{out_t} *out);\n#endif\n")
     # weights
     w = ["/* model weights (generated) */", "#include <stdint.h>"]
     for bf in p.bufs:
@@ -340,13 +348,15 @@ def write_sources(p: Plan, kernels_src: str, out: Path, mcpu: str, board: str, f
         if bf.kind == "const":
             m.append(f"extern const uint8_t zsq_w{bf.idx}[];")
     m.append(f"static uint8_t zsq_arena[{p.arena_bytes}] __attribute__((aligned({ALIGN})));")
+    if p.length is not None:
+        m.append(f"static int32_t zsq_len[{int(np.prod(p.length.shape))}];")
     for name in dict.fromkeys(n for n, _ in p.calls):
         m.append(f"int32_t __tvm_ffi_{name}(void *self, void *args, int32_t num_args, void *result);")
     m.append("")
     for t in p.tensors:
         bf = t.buf
         data = {"const": f"(void *)zsq_w{bf.idx}", "arena": f"(void *)(zsq_arena + {bf.offset})",
-                "input": "NULL", "output": "NULL"}[bf.kind]
+                "input": "NULL", "output": "NULL", "length": "(void *)zsq_len"}[bf.kind]
         shp = ", ".join(str(d) for d in t.shape) or "1"
         m.append(f"static int64_t zsq_s{t.idx}[] = {{{shp}}};")
         m.append(f"static DLTensor zsq_t{t.idx} = {{{data}, {{kDLCPU, 0}}, {len(t.shape)}, {_dl_dtype(t.dtype)}, "
@@ -362,7 +372,9 @@ def write_sources(p: Plan, kernels_src: str, out: Path, mcpu: str, board: str, f
           "  return (int)f(NULL, args, n, &ret);", "}", ""]
     for k, (name, refs) in enumerate(p.calls):
         m.append(f"static DLTensor *const zsq_a{k}[] = {{{', '.join(f'&zsq_t{r.idx}' for r in refs)}}};")
-    m += ["", f"int zsq_run(const {in_t} *in, {out_t} *out) {{"]
+    m += ["", f"int zsq_run(const {in_t} *in, {len_arg}{out_t} *out) {{"]
+    if p.length is not None:
+        m.append(f"  for (int i = 0; i < {int(np.prod(p.length.shape))}; i++) zsq_len[i] = length[i];")
     for t in p.tensors:
         if t.buf.kind == "input":
             m.append(f"  zsq_t{t.idx}.data = (void *)in;")
@@ -439,8 +451,9 @@ def make(out: Path, target: str = "fw.elf", timeout: int = 600) -> None:
 
 
 def run_qemu(build_dir, x_int: np.ndarray, board: str, out_shape, out_dtype, timeout: float = 120,
-             icount: bool = True) -> tuple[np.ndarray, dict]:
-    """Run ``fw.elf`` on QEMU with ``x_int`` (the quantized input); ``(integer output, stats)``."""
+             icount: bool = True, length: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+    """Run ``fw.elf`` on QEMU with ``x_int`` (the quantized input) and, for a ``--time-mask`` model, ``length``
+    (int32, one per input); ``(integer output, stats)``."""
     why = qemu_missing()
     if why:
         raise NotAvailableError(f"cannot run the Cortex-M build here: {why}", "install QEMU or run it on a board")
@@ -448,6 +461,8 @@ def run_qemu(build_dir, x_int: np.ndarray, board: str, out_shape, out_dtype, tim
     elf = Path(build_dir).resolve() / "fw.elf"
     with tempfile.TemporaryDirectory(prefix="zsq-qemu-") as td:
         (Path(td) / "input.bin").write_bytes(np.ascontiguousarray(x_int).tobytes())
+        if length is not None:
+            (Path(td) / "length.bin").write_bytes(np.ascontiguousarray(length, np.int32).tobytes())
         cmd = ["qemu-system-arm", "-M", machine, "-nographic", "-monitor", "none", "-serial", "none",
                "-semihosting-config", "enable=on,target=native", "-kernel", str(elf)]
         if icount:
@@ -462,7 +477,7 @@ def run_qemu(build_dir, x_int: np.ndarray, board: str, out_shape, out_dtype, tim
         if r.returncode != 0:
             raise FirmwareError(f"the firmware exited with status {r.returncode} under QEMU "
                                 f"({r.stderr.decode(errors='replace').strip()[-300:]})",
-                                "90/91: fault; 10-12: semihosting file I/O; 20: a kernel failed")
+                                "90/91: fault; 10-14: semihosting file I/O; 20: a kernel failed")
         y = np.frombuffer((Path(td) / "output.bin").read_bytes(), dtype=out_dtype).reshape(out_shape).copy()
         st = np.frombuffer((Path(td) / "stats.bin").read_bytes(), dtype=np.uint32)
     ticks = int(st[1]) | (int(st[2]) << 32)
@@ -472,7 +487,7 @@ def run_qemu(build_dir, x_int: np.ndarray, board: str, out_shape, out_dtype, tim
     return y, stats
 
 
-def run_host(build_dir, x_int: np.ndarray, out_shape, out_dtype) -> np.ndarray:
+def run_host(build_dir, x_int: np.ndarray, out_shape, out_dtype, length: np.ndarray | None = None) -> np.ndarray:
     """The same generated C compiled for this machine (``make host_run``), for the bit-exact cross-check."""
     b = Path(build_dir)
     if not (b / "host_run").exists():
@@ -480,7 +495,11 @@ def run_host(build_dir, x_int: np.ndarray, out_shape, out_dtype) -> np.ndarray:
     with tempfile.TemporaryDirectory(prefix="zsq-host-") as td:
         i, o = Path(td) / "in.bin", Path(td) / "out.bin"
         i.write_bytes(np.ascontiguousarray(x_int).tobytes())
-        subprocess.run([str((b / "host_run").resolve()), str(i), str(o)], check=True, timeout=120)
+        extra = []
+        if length is not None:
+            (Path(td) / "len.bin").write_bytes(np.ascontiguousarray(length, np.int32).tobytes())
+            extra = [str(Path(td) / "len.bin")]
+        subprocess.run([str((b / "host_run").resolve()), str(i), str(o)] + extra, check=True, timeout=120)
         return np.frombuffer(o.read_bytes(), dtype=out_dtype).reshape(out_shape).copy()
 
 
@@ -510,6 +529,7 @@ def generate(mod, out: Path, board: str = "cortex-m4", flash: int | None = None,
     ws = workspace_bytes(src)
     weights = sum(b.nbytes for b in p.bufs if b.kind == "const")
     io_bytes = p.input.buf.nbytes + p.output.buf.nbytes  # the driver's static in/out buffers
+    io_bytes += 2 * p.length.buf.nbytes if p.length is not None else 0  # the driver's and the model's copy
     ram_need = p.arena_bytes + ws + stack + io_bytes
     if weights > flash or ram_need > ram:
         raise BudgetError(
@@ -524,6 +544,7 @@ def generate(mod, out: Path, board: str = "cortex-m4", flash: int | None = None,
            "stack_budget": stack, "arena_bytes": p.arena_bytes, "workspace_bytes": ws, "weights_bytes": weights,
            "kernels": len(p.prim_funcs), "calls": len(p.calls),
            "input": {"shape": list(p.input.shape), "dtype": p.input.dtype, "quantize": p.input_quant},
+           "length": None if p.length is None else {"shape": list(p.length.shape), "dtype": "int32"},
            "output": {"shape": list(p.output.shape), "dtype": p.output.dtype, "scale": p.output_scale},
            "arena_naive_bytes": sum(-(-b.nbytes // ALIGN) * ALIGN for b in p.bufs if b.kind == "arena")}
     if build_elf:

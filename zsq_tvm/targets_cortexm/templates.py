@@ -136,8 +136,19 @@ int main(void) {
   if (fd < 0) return 10;
   if (sh_read(fd, in_buf, sizeof(in_buf)) != 0) return 11; /* returns the bytes NOT read */
   sh_close(fd);
+#ifdef ZSQ_HAS_LENGTH
+  static int32_t len_buf[ZSQ_LEN_ELEMS];
+  fd = sh_open("length.bin", 1);
+  if (fd < 0) return 13;
+  if (sh_read(fd, len_buf, sizeof(len_buf)) != 0) return 14;
+  sh_close(fd);
+#endif
   SYST_RVR = 0x00FFFFFFu; SYST_CVR = 0; SYST_CSR = 7u; /* processor clock, interrupt, enable */
+#ifdef ZSQ_HAS_LENGTH
+  int rc = zsq_run(in_buf, len_buf, out_buf);
+#else
   int rc = zsq_run(in_buf, out_buf);
+#endif
   uint32_t cvr = SYST_CVR, wraps = zsq_systick_wraps;
   SYST_CSR = 0;
   uint64_t ticks = (uint64_t)wraps * 0x01000000u + (0x00FFFFFFu - cvr);
@@ -161,11 +172,23 @@ static ZSQ_IN_T in_buf[ZSQ_IN_ELEMS];
 static ZSQ_OUT_T out_buf[ZSQ_OUT_ELEMS];
 
 int main(int argc, char **argv) {
+#ifdef ZSQ_HAS_LENGTH
+  static int32_t len_buf[ZSQ_LEN_ELEMS];
+  if (argc != 4) { fprintf(stderr, "usage: %s input.bin output.bin length.bin\n", argv[0]); return 2; }
+  FILE *lf = fopen(argv[3], "rb");
+  if (!lf || fread(len_buf, 1, sizeof(len_buf), lf) != sizeof(len_buf)) return 3;
+  fclose(lf);
+#else
   if (argc != 3) { fprintf(stderr, "usage: %s input.bin output.bin\n", argv[0]); return 2; }
+#endif
   FILE *f = fopen(argv[1], "rb");
   if (!f || fread(in_buf, 1, sizeof(in_buf), f) != sizeof(in_buf)) return 3;
   fclose(f);
+#ifdef ZSQ_HAS_LENGTH
+  int rc = zsq_run(in_buf, len_buf, out_buf);
+#else
   int rc = zsq_run(in_buf, out_buf);
+#endif
   if (rc) { fprintf(stderr, "zsq_run failed: %d\n", rc); return 4; }
   f = fopen(argv[2], "wb");
   if (!f || fwrite(out_buf, 1, sizeof(out_buf), f) != sizeof(out_buf)) return 5;
