@@ -25,7 +25,9 @@ Channels last, so each copy of the im2col moves ``C`` contiguous bytes (the chan
 every element with a stride of 2 and ran at ~0.6 GB/s on TVM's untuned loops: 8 ms of the Conformer's 48).
 Exact, not approximate: ``a'[ho*Wo + wo, m] = sum_{i,j,c} xp[sh*ho + i, sw*wo + j, c] * W[m, c, i, j] = a[m, ho, wo]``
 (integer sums in any order), and every chain op is elementwise with a per-channel constant, so applying it
-before or after the layout change gives the same integers.  Anything else (other layouts, groups, dilation,
+before or after the layout change gives the same integers.  An input that is the previous rewritten layer's
+output (its NHWC -> NCHW transpose), possibly times a tensor with one channel (``relax_passes.time_mask``'s
+mask), is read in NHWC directly.  Anything else (other layouts, groups, dilation,
 non-constant weights, a chain with a second user) is left as it is.
 """
 
@@ -112,6 +114,26 @@ class _Rewriter(relax.PyExprMutator):
         super().__init__(mod)
         self.plan = plan  # final var of a chain -> (x, geometry, chain)
 
+    def _nhwc_source(self, x):
+        """The NHWC tensor when ``x`` (already visited) is ``permute_dims(t, [0, 3, 1, 2])``, else None."""
+        src = self.lookup_binding(x) if isinstance(x, relax.Var) else None
+        if (src is not None and call_op_name(src) == "permute_dims" and src.attrs.axes is not None
+                and _ints(src.attrs.axes) == [0, 3, 1, 2]):
+            return src.args[0]
+        return None
+
+    def _masked_nhwc(self, mul):
+        """``multiply(t, m)`` with ``t`` an NHWC -> NCHW transpose and ``m`` rank 4 with one channel -> the same
+        product in NHWC, else None."""
+        for t, m in (mul.args, mul.args[::-1]):
+            u = self._nhwc_source(t)
+            mt = m.ty if hasattr(m, "ty") else None
+            if u is not None and isinstance(mt, relax.TensorType) and mt.ndim == 4 and mt.shape is not None \
+                    and int(mt.shape[1]) == 1:
+                emit = self.builder_.emit
+                return emit(relax.op.multiply(u, emit(relax.op.permute_dims(m, [0, 2, 3, 1]))))
+        return None
+
     def visit_var_binding_(self, binding):
         p = self.plan.get(binding.var)
         if p is None:
@@ -123,12 +145,15 @@ class _Rewriter(relax.PyExprMutator):
         x = self.visit_expr(x)
         # channels last: every copy below moves C contiguous bytes (in (c, i, j) column order each patch
         # element was a stride-2 gather; TVM's untuned loops then ran the im2col at ~0.6 GB/s)
-        src = self.lookup_binding(x) if isinstance(x, relax.Var) else None
-        if (src is not None and call_op_name(src) == "permute_dims" and src.attrs.axes is not None
-                and _ints(src.attrs.axes) == [0, 3, 1, 2]):
-            xt = src.args[0]  # x is a previous layer's NHWC -> NCHW transpose (the layer below): skip both
+        nhwc = self._nhwc_source(x)
+        if nhwc is not None:
+            xt = nhwc  # x is a previous layer's NHWC -> NCHW transpose (the layer below): skip both
         else:
-            xt = emit(relax.op.permute_dims(x, [0, 2, 3, 1]))  # [1, H, W, C]
+            src = self.lookup_binding(x) if isinstance(x, relax.Var) else None
+            masked = self._masked_nhwc(src) if src is not None and call_op_name(src) == "multiply" else None
+            # x = that transpose times a tensor broadcast over channels (the time mask of relax_passes.time_mask):
+            # multiply in NHWC instead (elementwise: same integers), so the transpose round trip is skipped too
+            xt = masked if masked is not None else emit(relax.op.permute_dims(x, [0, 2, 3, 1]))  # [1, H, W, C]
         xp = emit(relax.op.nn.pad(xt, [0, 0, pt, pb, pl, pr, 0, 0], pad_value=0.0)) if (pt or pl or pb or pr) else xt
         cols = [emit(relax.op.strided_slice(xp, axes=[1, 2], begin=[i, j], end=[i + sh * (Ho - 1) + 1,
                                                                               j + sw * (Wo - 1) + 1],

@@ -53,9 +53,10 @@ def _graph(C, H, W, M, kernel, strides, padding, a_dtype, out_dtype, qmin, qmax,
     return bb.get()
 
 
-def _stacked_graph(seed=0):
+def _stacked_graph(seed=0, mask=False):
     """The Conformer's subsampling shape: conv(1 -> 12, 3x3, stride 2) + requantize to uint8, straight into
-    conv(12 -> 10, 3x3, stride 2) + requantize to int8."""
+    conv(12 -> 10, 3x3, stride 2) + requantize to int8.  ``mask``: the second conv's input is multiplied by a
+    0/1 tensor with one channel first, as ``relax_passes.time_mask`` does (frames 0..6 of 12 kept)."""
     rng = np.random.default_rng(seed)
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType((1, 1, 23, 17), "int8"))
@@ -63,6 +64,9 @@ def _stacked_graph(seed=0):
         with bb.dataflow():
             y = x
             for C, M, out_dtype, qmin, qmax in ((1, 12, "uint8", 0, 255), (12, 10, "int8", -127, 127)):
+                if mask and C == 12:
+                    m = (np.arange(12) < 7).astype(np.uint8).reshape(1, 1, 12, 1)
+                    y = bb.emit(relax.op.multiply(y, const(m, "uint8")))
                 Wt = rng.integers(-127, 128, (M, C, 3, 3)).astype(np.int8)
                 Sh = rng.integers(33, 38, (1, M, 1, 1)).astype(np.int64)
                 c = bb.emit(relax.op.nn.conv2d(y, const(Wt, "int8"), strides=[2, 2], padding=[1, 1, 1, 1],
@@ -80,17 +84,21 @@ def _stacked_graph(seed=0):
     return bb.get()
 
 
-def test_stacked_convs_skip_the_transposes_between_them():
+@pytest.mark.parametrize("mask", [False, True])
+def test_stacked_convs_skip_the_transposes_between_them(mask):
     # the second conv reads the first one's time-major output directly: after dead-code elimination the only
     # layout changes left are the input's NCHW -> NHWC and the second conv's output back to NCHW (without the
-    # shortcut: 4, a NHWC -> NCHW -> NHWC round trip between the convs)
-    mod = _stacked_graph()
+    # shortcut: 4, a NHWC -> NCHW -> NHWC round trip between the convs); a time mask between them is applied in
+    # NHWC (its own [1, 1, H, 1] -> [1, H, 1, 1] permute is the one extra)
+    mod = _stacked_graph(mask=mask)
     p = Conv2dAsMatmul()
     new = relax.transform.DeadCodeElimination()(p(mod))
     assert len(p.replaced) == 2
     perms = [bd.value for b in new["main"].body.blocks for bd in b.bindings
              if isinstance(bd.value, relax.Call) and bd.value.op.same_as(tvm.ir.Op.get("relax.permute_dims"))]
-    assert len(perms) == 2, perms  # x -> NHWC, and the final NHWC -> NCHW; nothing in between
+    big = [v for v in perms if int(np.prod([int(d) for d in v.args[0].ty.shape])) > 12]
+    assert len(big) == 2, perms  # x -> NHWC, and the final NHWC -> NCHW; nothing in between
+    assert len(perms) == 2 + mask
     x = np.random.default_rng(5).integers(-128, 128, (1, 1, 23, 17)).astype(np.int8)
     assert np.array_equal(_run(new, x), _run(mod, x))
 
