@@ -11,6 +11,8 @@ writes into DIR/art/ (``bench/make_gpu_runtime_bundle.sh`` calls it):
   kernels, depthwise convs on the int8 depthwise kernel, the rest dlight), weights embedded;
   ``exact_<model>_mel.npy`` a real utterance's mel, ``exact_<model>_ref.npy`` the numpy reference output
   (:func:`zsq_tvm.reference.run_reference`, bit-exact oracle), ``exact_<model>_ref_text.txt`` its greedy decoding;
+  ``exact_<model>_masked``: the same with ``--time-mask`` (the utterance's real length as second input: the masks,
+  incl. the Conformer's attention-softmax mask and its division-free integer long divisions, on the GPU);
 * ``speed_<model>_{int8,fp32}[_graph].so``: QuartzNet-5x5/10x5/15x5 (random weights), T=1000, INT8 (same build
   as above) and FP32 (BatchNorm folded, same dlight rules, same nvcc flags) with every weight of more than
   4096 elements lifted to a runtime input (the device makes them from a seed: the bundle stays small);
@@ -237,10 +239,11 @@ def prepare(out: str, arch: str, models: list[str], skip_speed: bool = False,
     x = np.zeros((1, 64, FRAMES), np.float32)
     n = min(FRAMES, mel.shape[2])
     x[:, :, :n] = mel[:, :, :n]
-    for model in exact_models:
-        name = f"exact_{model}"
-        q = zsq_tvm.quantize(model, zsq_tvm.QuantConfig(frames=FRAMES))
-        ref = run_reference(q.mod, x)
+    for model, masked in [(m, False) for m in exact_models] + [(m, True) for m in exact_models]:
+        # masked: the --time-mask build, told the utterance's n real frames (relax_passes/time_mask.py)
+        name = f"exact_{model}" + ("_masked" if masked else "")
+        q = zsq_tvm.quantize(model, zsq_tvm.QuantConfig(frames=FRAMES, time_mask=masked))
+        ref = run_reference(q.mod, x, *([np.array([n], np.int32)] if masked else []))
         ref = ref[0] if isinstance(ref, tuple) else ref
         np.save(os.path.join(art, name + "_mel.npy"), x)
         np.save(os.path.join(art, name + "_ref.npy"), ref)
@@ -252,8 +255,9 @@ def prepare(out: str, arch: str, models: list[str], skip_speed: bool = False,
                 f.write(greedy_decode(ref, vocab, q.manifest.get("logits_layout", "auto"))[0] + "\n")
         print(f"{model}: quantized + reference at {time.time() - t0:.0f} s", flush=True)
         _export(_build(q.mod, target, int8=True), art, name, arch, man,
-                {"kind": "model", "model": model, "inputs": [["mel", [1, 64, FRAMES], "float32"]], "params": [],
-                 "mel": name + "_mel.npy", "ref": name + "_ref.npy"})
+                {"kind": "model", "model": model, "inputs": [["mel", [1, 64, FRAMES], "float32"]]
+                 + ([["length", [1], "int32"]] if masked else []), "params": [],
+                 "mel": name + "_mel.npy", "ref": name + "_ref.npy", **({"length": n} if masked else {})})
         print(f"{name} built at {time.time() - t0:.0f} s", flush=True)
     with open(os.path.join(art, "manifest.json"), "w") as f:
         json.dump(man, f, indent=1)
@@ -469,16 +473,19 @@ def run(art: str, out_dir: str, runs: int, budget_s: float, device: str = "cuda"
             vm = rvm.VirtualMachine(mod, dev)
             x = np.load(os.path.join(art, lib["mel"]))
             want = np.load(os.path.join(art, lib["ref"]))
-            got = _first(vm["main"](runtime.tensor(x, dev))).numpy()
+            args = [runtime.tensor(x, dev)]
+            if "length" in lib:  # a --time-mask build
+                args.append(runtime.tensor(np.array([lib["length"]], np.int32), dev))
+            got = _first(vm["main"](*args)).numpy()
             ok = bool(got.shape == want.shape and got.dtype == want.dtype and np.array_equal(got, want))
             res["bit_exact"][name] = ok
             res.setdefault("mismatches", {})[name] = int((got != want).sum()) if got.shape == want.shape else -1
             bad += not ok
-            ms = _time(vm, [runtime.tensor(x, dev)], dev, runs)
+            ms = _time(vm, args, dev, runs)
             res["speed_ms"][name] = ms
             print(f"{'OK  ' if ok else 'FAIL'} {name} ({lib.get('model')} W8A8, T={x.shape[2]}) vs numpy reference"
                   f" {'' if ok else res['mismatches'][name]} ; {ms:.3f} ms", flush=True)
-            _profile(res, name, mod, [runtime.tensor(x, dev)], dev, rvm)
+            _profile(res, name, mod, args, dev, rvm)
         except Exception as e:
             res["errors"].append(f"{name}: {type(e).__name__}: {str(e)[:300]}")
             bad += 1
