@@ -225,6 +225,12 @@ class _Masker(relax.PyExprMutator):
         self.masked.append({"var": str(binding.var.name), "op": what, "frames": frames, "dtype": xd})
         return xm
 
+    def _rebind(self, binding, first):
+        """``binding``'s call again, with ``first`` (already in the new graph) as its first argument."""
+        value = binding.value
+        new = relax.Call(value.op, [first] + [self.visit_expr(a) for a in value.args[1:]], value.attrs)
+        self.builder_.emit_normalized(relax.VarBinding(binding.var, self.builder_.normalize(new)))
+
     def _refuse(self, binding, what):
         raise TimeMaskError(f"cannot find the time axis of the input of {what} {str(binding.var.name)!r} (the time "
                             "mask follows conv1d/conv2d, permute_dims, expand_dims and elementwise ops)")
@@ -232,24 +238,20 @@ class _Masker(relax.PyExprMutator):
     def visit_var_binding_(self, binding):
         value, var = binding.value, binding.var
         op = call_op_name(value)
-        emit = self.builder_.emit_normalized
         if op == "nn.conv1d" and _kernel_size(value) > 1:
             x = value.args[0]
             frames = int(shape_of(x)[-1])  # NCW: frames last
             if frames not in self.res or self.taxis.get(x, 2) != 2:
                 self._refuse(binding, f"the time-mixing conv1d (kernel {_kernel_size(value)})")
             xm = self.visit_expr(x) if x in self.clean else self._masked_input(binding, x, frames, 2, "conv1d")
-            new = relax.Call(value.op, [xm] + [self.visit_expr(a) for a in value.args[1:]], value.attrs)
-            emit(relax.VarBinding(var, self.builder_.normalize(new)))
+            self._rebind(binding, xm)
         elif op == "nn.conv2d":
             x = value.args[0]
             a = self.taxis.get(x)
             if a not in (2, 3):
                 self._refuse(binding, "the conv2d")
             if _kernel_size(value, a) > 1 and x not in self.clean:
-                xm = self._masked_input(binding, x, int(shape_of(x)[a]), a, "conv2d")
-                new = relax.Call(value.op, [xm] + [self.visit_expr(w) for w in value.args[1:]], value.attrs)
-                emit(relax.VarBinding(var, self.builder_.normalize(new)))
+                self._rebind(binding, self._masked_input(binding, x, int(shape_of(x)[a]), a, "conv2d"))
             else:
                 super().visit_var_binding_(binding)
         elif var in self.sm_max:  # the row max over the valid keys only: masked keys get -2^40
@@ -260,8 +262,7 @@ class _Masker(relax.PyExprMutator):
             m = self._mask(frames, "int64", 4, 3)
             low = self.builder_.emit(relax.op.multiply(self.builder_.emit(relax.op.subtract(m, const(1, "int64"))),
                                                        const(_BIG, "int64")))
-            xm = self.builder_.emit(relax.op.add(x, low))
-            emit(relax.VarBinding(var, self.builder_.normalize(relax.Call(value.op, [xm], value.attrs))))
+            self._rebind(binding, self.builder_.emit(relax.op.add(x, low)))
             self.masked.append({"var": str(var.name), "op": "softmax", "frames": frames, "dtype": "int64"})
         elif var in self.sm_exp:  # exp of a masked key = 0: it adds nothing to the sum and gets probability 0
             super().visit_var_binding_(binding)

@@ -132,6 +132,12 @@ def _main_io(mod) -> dict:
     return {"inputs": ps, "output": out}
 
 
+def pad_batch(a: np.ndarray, B: int) -> np.ndarray:
+    """``a`` with zeros appended along axis 0 up to ``B`` items (a model compiled for batch ``B``)."""
+    n = a.shape[0]
+    return a if n >= B else np.concatenate([a, np.zeros((B - n,) + a.shape[1:], a.dtype)])
+
+
 class Build:
     """A compiled model: ``run(mel) -> logits``, ``transcribe(mel) -> [str]``, ``save(dir)``."""
 
@@ -273,16 +279,11 @@ class Build:
         outs = []
         vm = self._vm_()
         for i in range(0, x.shape[0], B_model):
-            chunk = x[i:i + B_model]
-            n = chunk.shape[0]
-            if n < B_model:
-                chunk = np.concatenate([chunk, np.zeros((B_model - n,) + chunk.shape[1:], chunk.dtype)])
-            chunk = self._encode_input(chunk, inp["dtype"])
+            n = min(B_model, x.shape[0] - i)
+            chunk = self._encode_input(pad_batch(x[i:i + B_model], B_model), inp["dtype"])
             args = [tvm.runtime.tensor(chunk)]
             if lengths is not None:
-                ln = lengths[i:i + B_model]
-                ln = np.concatenate([ln, np.zeros(B_model - n, np.int32)]) if n < B_model else ln
-                args.append(tvm.runtime.tensor(np.ascontiguousarray(ln)))
+                args.append(tvm.runtime.tensor(np.ascontiguousarray(pad_batch(lengths[i:i + B_model], B_model))))
             y = vm["main"](*args)
             if isinstance(y, (list, tuple)) or type(y).__name__ in ("Array", "Tuple"):
                 y = y[0]

@@ -225,6 +225,7 @@ class _Rewriter:
     def expr(self, e, out: list):
         """``e`` with every data division replaced (inner ones first); their statements appended to ``out``."""
         import tvm_ffi
+        from tvm import tirx
 
         if e is None or not data_divisions(e):
             return e
@@ -237,15 +238,11 @@ class _Rewriter:
         def on_div(node):
             return self._divide(node, out) if _is_data_division(node) else node
 
-        from tvm import tirx
-
         return tvm_ffi.structural_map(e, ((tirx.FloorDiv, tirx.FloorMod, tirx.Div, tirx.Mod), on_div))
 
     def wrap(self, pre: list, stmt):
         from tvm import tirx
 
-        if not pre:
-            return stmt
         seq = tirx.SeqStmt(pre + [stmt])
         self.made.add(seq)
         return seq
@@ -306,8 +303,6 @@ def lower_func(func):
     ])
     if rw.errors:
         raise rw.errors[0]
-    if isinstance(body, tirx.SeqStmt) and body in rw.made:
-        body = tirx.SeqStmt(list(body.seq))
     left = data_divisions(body)
     if left:
         raise RuntimeError(f"LowerDataDivision left {left} division(s) by a run-time divisor")

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import artifacts
-from ..build import Build
+from ..build import Build, pad_batch
 from ..errors import ArtifactError, InputShapeError
 from . import firmware as fw
 
@@ -106,15 +106,9 @@ class FirmwareBuild(Build):
         B = f["input"]["shape"][0]
         outs, stats = [], []
         for i in range(0, xq.shape[0], B):
-            chunk = xq[i:i + B]
-            n = chunk.shape[0]
-            ln = None
-            if lengths is not None:
-                ln = lengths[i:i + B]
-                ln = np.concatenate([ln, np.zeros(B - n, np.int32)]) if n < B else ln
-            if n < B:
-                chunk = np.concatenate([chunk, np.zeros((B - n,) + chunk.shape[1:], chunk.dtype)])
-            y, st = self.run_int(chunk, length=ln)
+            n = min(B, xq.shape[0] - i)
+            ln = None if lengths is None else pad_batch(lengths[i:i + B], B)
+            y, st = self.run_int(pad_batch(xq[i:i + B], B), length=ln)
             outs.append(y[:n])
             stats.append(st)
         out = np.concatenate(outs)
