@@ -155,9 +155,10 @@ def shape_of(expr) -> tuple | None:
 
 def kernel_args(x, W, B, Mul, Sh) -> list:
     """The argument list every fused int8 conv kernel takes: activation, packed weights (int8 values; stored
-    as int8, or int16 where the kernel multiplies int16 pairs: x86 AVX2), int32 bias, int64 dyadic
-    multiplier and shift (per output channel)."""
-    wd = "int16" if np.asarray(W).dtype == np.int16 else "int8"
+    as int8, as int16 or as int32 words of two int16 halves where the kernel multiplies int16 pairs: x86
+    AVX2), int32 bias, int64 dyadic multiplier and shift (per output channel)."""
+    wd = str(np.asarray(W).dtype)
+    assert wd in ("int8", "int16", "int32"), wd  # relax.const would convert the values, not keep the bits
     return [x, relax.const(W, wd), relax.const(B, "int32"), relax.const(Mul, "int64"),
             relax.const(Sh, "int64")]
 

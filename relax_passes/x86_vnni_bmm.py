@@ -21,6 +21,13 @@ Bit-identical to the chain it replaces.  Matched: the chain above with ``Mul``/`
 per column (``Rnd == 1 << (Sh - 1)``), every intermediate with one user (:func:`match_pointwise_chains`,
 ``kind="bmm"``); ``a`` and ``b`` may also be used as int8 directly (the relative-position term
 ``R.matmul(q, P)`` with ``P`` a constant ``[1, H, K, N]``).  Applied by the VNNI targets (``host`` on a VNNI CPU, ``host-vnni``, ``x86-avx512vnni``).
+
+``isa="avx2"`` (``x86-avx2``, ``host`` on a CPU with AVX2 but no VNNI): the AVX2 variant (``vpmaddwd`` on
+int16 pairs; ``b`` packed to ``Bp [H, Np/8, Kp/2, 8]`` int32, no column correction)::
+
+    bp = R.call_tir(zsq_avx2_bmm_pack_..., (b,), out_ty=R.Tensor((H, Np // 8, Kp // 2, 8), "int32"))
+    y  = R.call_tir(zsq_avx2_bmm_..., (a, bp, Mul[N], Sh[N]), out_ty=R.Tensor((1, H, T, N), dtype))
+
 ``pass_obj.replaced`` lists the replaced matmuls.
 """
 
@@ -40,7 +47,10 @@ __all__ = ["X86VnniBatchMatmul"]
 class X86VnniBatchMatmul:
     """Module pass: activation x activation int8 matmul + requantize -> VNNI pack + GEMM kernels (module doc)."""
 
-    def __init__(self, func_name: str = "main"):
+    def __init__(self, func_name: str = "main", isa: str = "avx512vnni"):
+        if isa not in ("avx512vnni", "avx2"):
+            raise ValueError(f"isa must be 'avx512vnni' or 'avx2', not {isa!r}")
+        self.isa = isa
         self.func_name = func_name
         self.replaced: list[dict] = []
 
@@ -56,17 +66,18 @@ class X86VnniBatchMatmul:
             if bias is not None:  # a constant added to a product of activations: not an attention matmul
                 continue
             try:
-                spec = BmmSpec(**kw)
+                spec = BmmSpec(**kw, isa=self.isa)
             except OverflowError:
                 continue
             tag = f"h{spec.H}_t{spec.T}_k{spec.K}_n{spec.N}"
+            pre = "zsq_vnni" if self.isa == "avx512vnni" else "zsq_avx2"
             if spec not in funcs:
-                name = f"zsq_vnni_bmm_{tag}_{spec.a_dtype}_{spec.out_dtype}_{spec.qmin}_{spec.qmax}".replace("-", "m")
-                funcs[spec] = (name, kernel_prim_func(schedule(spec), name, "x86_avx512vnni_bmm"))
+                name = f"{pre}_bmm_{tag}_{spec.a_dtype}_{spec.out_dtype}_{spec.qmin}_{spec.qmax}".replace("-", "m")
+                funcs[spec] = (name, kernel_prim_func(schedule(spec), name, f"x86_{self.isa}_bmm"))
             pk = (spec.H, spec.K, spec.N, spec.Np, spec.offset)  # the pack kernel does not depend on T
             if pk not in packs:
-                name = f"zsq_vnni_bmm_pack_h{spec.H}_k{spec.K}_n{spec.N}_np{spec.Np}_o{spec.offset}"
-                packs[pk] = (name, kernel_prim_func(schedule_pack(spec), name, "x86_avx512vnni_bmm_pack"))
+                name = f"{pre}_bmm_pack_h{spec.H}_k{spec.K}_n{spec.N}_np{spec.Np}_o{spec.offset}"
+                packs[pk] = (name, kernel_prim_func(schedule_pack(spec), name, f"x86_{self.isa}_bmm_pack"))
             plan[final] = (a, spec, None, None, Mul.astype(np.int64), Sh.astype(np.int64), funcs[spec], b)
             self.replaced.append({"var": str(final.name), "H": spec.H, "T": spec.T, "K": spec.K, "N": spec.N,
                                   "a_dtype": spec.a_dtype, "out_dtype": spec.out_dtype})
@@ -78,11 +89,13 @@ class X86VnniBatchMatmul:
             pgv = rw.gvars.get(name)
             if pgv is None:
                 pgv = rw.gvars[name] = rw.builder_.add_func(f, name)
-            packed = emit(relax.call_tir(pgv, [b], out_ty=[
-                relax.TensorType((spec.H, spec.Np // 16, spec.Kp // 4, 16, 4), "int8"),
-                relax.TensorType((spec.H, spec.Np), "int32")]))
-            return relax.call_tir(gv, [a, emit(relax.TupleGetItem(packed, 0)), emit(relax.TupleGetItem(packed, 1)),
-                                       relax.const(Mul, "int64"), relax.const(Sh, "int64")],
+            bp_ty = relax.TensorType(spec.packed_shape, spec.packed_dtype)
+            if spec.isa == "avx2":  # no int8 shift, no column correction
+                operands = [emit(relax.call_tir(pgv, [b], out_ty=bp_ty))]
+            else:
+                packed = emit(relax.call_tir(pgv, [b], out_ty=[bp_ty, relax.TensorType((spec.H, spec.Np), "int32")]))
+                operands = [emit(relax.TupleGetItem(packed, 0)), emit(relax.TupleGetItem(packed, 1))]
+            return relax.call_tir(gv, [a, *operands, relax.const(Mul, "int64"), relax.const(Sh, "int64")],
                                   out_ty=relax.TensorType((1, spec.H, spec.T, spec.N), spec.out_dtype))
 
         rw = KernelCallRewriter(mod, plan, emit_call)  # emit_call adds the pack kernels to rw's module

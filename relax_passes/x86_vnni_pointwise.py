@@ -47,9 +47,9 @@ not a function output; all constants are relax constants, per-channel (``[1, M, 
 or scalar; the folded bias and the shifted u8 partial sums fit int32 (else the layer is left alone).
 Depthwise and k>1 convs, matmuls and other adds are untouched.
 
-``isa="avx2"`` (the ``x86-avx2`` target and ``host`` on a CPU without VNNI) emits the AVX2 variant of the
-same ncw kernel (``vpmaddwd`` on int16 pairs, ``zsq_avx2_pw_...``; the bias is not folded) and leaves
-linear-layer matmuls alone (no AVX2 ``tk`` kernel).
+``isa="avx2"`` (the ``x86-avx2`` target and ``host`` on a CPU without VNNI) emits the AVX2 variants of the
+same kernels (``vpmaddwd`` on int16 pairs, ``zsq_avx2_pw_...`` / ``zsq_avx2_linear_...``; the bias is not
+folded).
 
 ``pass_obj.replaced`` lists the replaced layers (var name, K, M, T, dtypes, whether a residual join was fused).
 """
@@ -407,8 +407,7 @@ class X86VnniPointwise:
         plan, funcs = {}, {}
         mod = copy_module(mod)
         chains = {}
-        linear = self.linear and self.isa == "avx512vnni"  # the time-major tk kernel is VNNI only
-        kinds = ["pointwise"] + (["conv"] if self.full_convs else []) + (["matmul"] if linear else [])
+        kinds = ["pointwise"] + (["conv"] if self.full_convs else []) + (["matmul"] if self.linear else [])
         matched = [c for k in kinds for c in match_pointwise_chains(func, kind=k, out_dtypes=X86_OUT_DTYPES)]
         for final, x, kw, W, bias, Mul, Sh in matched:
             kw = dict(kw, isa=self.isa)

@@ -148,11 +148,12 @@ def _generic():
     return tvm.target.Target({"kind": "llvm"})
 
 
-def _vnni_prepare(mod):
+def _vnni_prepare(mod, isa: str = "avx512vnni"):
     """conv1d (pointwise, full groups=1 stride 1, depthwise), conv2d (as im2col + matmul), linear-layer
     matmuls and attention's activation x activation matmuls (relax_passes.x86_vnni_bmm) + requantize, and
     element-wise integer chains of one 8-bit tensor as 256-entry tables (relax_passes.elementwise_to_table) (and QuartzNet/Jasper residual joins) -> hand-scheduled VNNI kernels (relax_passes.x86_vnni_pointwise,
-    relax_passes.x86_vnni_depthwise); every other op keeps TVM's default lowering."""
+    relax_passes.x86_vnni_depthwise); every other op keeps TVM's default lowering.  ``isa="avx2"``: the same
+    passes with the AVX2 variants of the kernels (``vpmaddwd`` on int16 pairs)."""
     from relax_passes.conv2d_as_matmul import Conv2dAsMatmul
     from relax_passes.elementwise_to_table import ElementwiseToTable
     from relax_passes.split_projections import SplitProjections
@@ -163,20 +164,14 @@ def _vnni_prepare(mod):
     # conv2d (Conformer subsampling) first: as im2col + matmul it is a linear layer for the VNNI pass
     # and fused projections (Q/K/V, the GLU's pointwise conv) are split into one layer per section
     mod = SplitProjections()(Conv2dAsMatmul()(mod))
-    mod = X86VnniBatchMatmul()(X86VnniDepthwise()(X86VnniPointwise()(mod)))
+    mod = X86VnniBatchMatmul(isa=isa)(X86VnniDepthwise(isa=isa)(X86VnniPointwise(isa=isa)(mod)))
     # last: the Conformer's integer Swish / sigmoid / GLU gates of one 8-bit tensor become 256-entry tables
     return ElementwiseToTable()(mod)
 
 
 def _avx2_prepare(mod):
-    """conv1d (pointwise, full groups=1 stride 1, depthwise) + requantize (and residual joins) -> the AVX2
-    variants of the hand kernels (``vpmaddwd`` on int16 pairs); element-wise chains of one 8-bit tensor ->
-    tables (relax_passes.elementwise_to_table); matmuls and conv2d keep the default lowering."""
-    from relax_passes.elementwise_to_table import ElementwiseToTable
-    from relax_passes.x86_vnni_depthwise import X86VnniDepthwise
-    from relax_passes.x86_vnni_pointwise import X86VnniPointwise
-
-    return ElementwiseToTable()(X86VnniDepthwise(isa="avx2")(X86VnniPointwise(isa="avx2")(mod)))
+    """:func:`_vnni_prepare` with the AVX2 kernels (``vpmaddwd`` on int16 pairs) for CPUs without VNNI."""
+    return _vnni_prepare(mod, isa="avx2")
 
 
 def _host_prepare(mod):

@@ -61,10 +61,14 @@ over taps too and the zero pads read 128).  The shifted partial sums are bounded
 whose range ``zsq_tvm.overflow`` proves.  Integer addition is associative, so the result is bit-exact,
 not approximately equal.
 
-AVX2 (``isa="avx2"``, ncw only; CPUs without VNNI): the same ncw kernel with pairs instead of quads.
-``Xw`` packs 2 input channels per int32 as int16 halves (:func:`zsq_tvm.x86.avx2.pack16`), the weights are
-int16 ``Wq[Mp, taps, Kp]`` (``Kp`` even) and one broadcast weight pair feeds ``vpmaddwd`` + ``vpaddd`` on 8
-lanes (:data:`zsq_tvm.x86.avx2.AVX2_PAIR_16X2`).  int16 holds u8 and int8 activations as they are: no
+AVX2 (``isa="avx2"``; CPUs without VNNI): the same kernels with pairs instead of quads.  ncw: ``Xw`` packs
+2 input channels per int32 as int16 halves (:func:`zsq_tvm.x86.avx2.pack16`), the weights are int16
+``Wq[Mp, taps, Kp]`` (``Kp`` even) and one broadcast weight pair feeds ``vpmaddwd`` + ``vpaddd`` on 8 lanes
+(:data:`zsq_tvm.x86.avx2.AVX2_PAIR_16X2`).  tk: lanes are 8 output channels, the weights int32 words of two
+int16 halves ``Wp[Mp/8, Kp/2, 8]`` (word ``Wp[mo, g, mi]`` = ``W[8 mo + mi, 2g]``, ``W[8 mo + mi, 2g + 1]``),
+and the broadcast dword is an int16 pair of a zero-padded int16 copy ``Xh[Tp, Kp]`` of ``X``; register
+tiles of 2 x 8 channels (8 when ``M % 16``: LLVM would scalarise a 2-vector tile's predicated epilogue) x
+up to 6 (12) rows fill 12 of the 16 ymm registers.  int16 holds u8 and int8 activations as they are: no
 shift, the bias is added unchanged, and every product and pair sum is exact (no ``vpmaddubsw``
 saturation).
 
@@ -125,12 +129,11 @@ class PointwiseSpec(IsaGeometry):
     dilation: int = 1
     pad_l: int = 0
     pad_r: int = 0
-    isa: str = "avx512vnni"  # "avx2": vpmaddwd on int16 pairs, 8 lanes (ncw only)
+    isa: str = "avx512vnni"  # "avx2": vpmaddwd on int16 pairs, 8 lanes
     stride: int = 1  # ncw only: output t reads input column stride * t + j * dilation (Jasper's first conv: 2)
 
     def __post_init__(self):
         assert self.isa in ("avx512vnni", "avx2"), self.isa
-        assert self.isa == "avx512vnni" or self.layout == "ncw", "AVX2: ncw kernel only"
         if self.residual:
             assert self.layout == "ncw", "residual add is fused in the ncw kernel only"
             assert -(2**31) <= self.req_qmin <= self.req_qmax < 2**31, (self.req_qmin, self.req_qmax)
@@ -152,6 +155,9 @@ class PointwiseSpec(IsaGeometry):
             return self.lanes * self.ncw_vectors
         if self.rt:
             return self.rt
+        if self.isa == "avx2":  # 16 ymm: 12 accumulators (6 rows x 2 vectors, 4 x 3, 12 x 1) + weights + broadcast
+            cap = 12 // self.tile_m
+            return next((r for r in range(cap, max(1, cap // 2) - 1, -1) if self.T % r == 0), cap)
         for r in (4, 5, 6, 8, 3):  # prefer a divisor of T (no padded copy of X)
             if self.T % r == 0:
                 return r
@@ -165,7 +171,7 @@ class PointwiseSpec(IsaGeometry):
 
     @property
     def tile_m(self) -> int:
-        """Output channels per register tile in units of 16 (tk) or 1 (ncw)."""
+        """Output channels per register tile in units of ``lanes`` (tk: 16 on VNNI, 8 on AVX2) or 1 (ncw)."""
         if self.layout == "ncw":
             # explicit tile (rt set): rm channels; else ~16 int32x16 accumulators (4 channels x 4
             # vectors, 8 x 2, 8 x 1), never more channels than M
@@ -173,8 +179,10 @@ class PointwiseSpec(IsaGeometry):
             rm = self.rm if self.rt else ({1: 8, 2: 8, 3: 5} if self.lanes == 16 else {1: 8, 2: 6}).get(
                 self.ncw_vectors, 4)
             return max(1, min(rm, self.M))
-        # never tile wider than the (16-rounded) channel count
-        return max(1, min(self.rm, _round_up(self.M, 16) // 16))
+        # never tile wider than the (lane-rounded) channel count; AVX2 without an explicit tile: 2 vectors,
+        # 1 when M % 16 (LLVM scalarises the predicated epilogue of a 2-vector tile)
+        rm = self.rm if self.isa == "avx512vnni" or self.rt else (2 if self.M % 16 == 0 else 1)
+        return max(1, min(rm, _round_up(self.M, self.lanes) // self.lanes))
 
     @property
     def Tp(self) -> int:
@@ -196,21 +204,23 @@ class PointwiseSpec(IsaGeometry):
 
     @property
     def Kp(self) -> int:
-        return _round_up(self.K, self.gs if self.layout == "ncw" else 4)
+        return _round_up(self.K, self.gs)
 
     @property
     def Mp(self) -> int:
-        return _round_up(self.M, self.tile_m if self.layout == "ncw" else 16 * self.tile_m)
+        return _round_up(self.M, self.tile_m if self.layout == "ncw" else self.lanes * self.tile_m)
 
     @property
     def needs_xpad(self) -> bool:
         return (self.layout != "tk" or self.a_dtype != "uint8" or self.Tp != self.T
-                or self.Kp != self.K)
+                or self.Kp != self.K or self.isa == "avx2")
 
 
 def pack_weights(W: np.ndarray, spec: PointwiseSpec) -> np.ndarray:
-    """``W[M, K]`` (or OIW ``[M, K, taps]``) int8 -> tk: ``Wp[Mp/16, Kp/4, 16, 4]``; ncw: ``Wq[Mp, taps, Kp]``
-    (``Wq[m, j, k] = W[m, k, j]``: one broadcast dword per tap and 4 input channels); zero padded."""
+    """``W[M, K]`` (or OIW ``[M, K, taps]``) int8 -> tk: ``Wp[Mp/16, Kp/4, 16, 4]`` (AVX2: int32
+    ``Wp[Mp/8, Kp/2, 8]``, word ``Wp[mo, g, mi]`` = ``W[8 mo + mi, 2g]`` | ``W[8 mo + mi, 2g + 1] << 16`` as int16
+    halves); ncw: ``Wq[Mp, taps, Kp]`` (``Wq[m, j, k] = W[m, k, j]``: one broadcast dword per tap and 4 input
+    channels); zero padded."""
     W = np.asarray(W)
     if spec.layout == "ncw":
         W3 = W if W.ndim == 3 else W[:, :, None]
@@ -222,6 +232,12 @@ def pack_weights(W: np.ndarray, spec: PointwiseSpec) -> np.ndarray:
         assert W.shape[2] == 1, "pointwise conv only"
         W = W[:, :, 0]
     assert W.shape == (spec.M, spec.K) and W.dtype == np.int8, (W.shape, W.dtype)
+    if spec.isa == "avx2":
+        Wpad = np.zeros((spec.Mp, spec.Kp), np.int16)
+        Wpad[: spec.M, : spec.K] = W
+        # [Mp/8, 8, Kp/2, 2] -> [Mp/8, Kp/2, 8, 2]; the int16 pair (low, high) of a little-endian int32 word
+        pairs = Wpad.reshape(spec.Mp // 8, 8, spec.Kp // 2, 2).transpose(0, 2, 1, 3)
+        return np.ascontiguousarray(pairs).view(np.int32)[..., 0]
     Wpad = np.zeros((spec.Mp, spec.Kp), np.int8)
     Wpad[: spec.M, : spec.K] = W
     return np.ascontiguousarray(Wpad.reshape(spec.Mp // 16, 16, spec.Kp // 4, 4).transpose(0, 2, 1, 3))
@@ -251,6 +267,8 @@ def pointwise_func(spec: PointwiseSpec):
     if spec.layout == "ncw":
         return _ncw_func(spec)
     assert spec.layout == "tk", spec.layout
+    if spec.isa == "avx2":
+        return _tk_avx2_func(spec)
 
     Tn, K, M = spec.T, spec.K, spec.M
     Tp, Kp, Mp = spec.Tp, spec.Kp, spec.Mp
@@ -301,6 +319,48 @@ def pointwise_func(spec: PointwiseSpec):
                     acc[vt, vmo * 16 + vmi] = 0
                 acc[vt, vmo * 16 + vmi] = acc[vt, vmo * 16 + vmi] + T.Cast(
                     "int32", X[vt, vko * 4 + vki]) * T.Cast("int32", Wp[vmo, vko, vmi, vki])
+        for t, m in T.grid(Tn, M):
+            with T.sblock("requant"):
+                vt, vm = T.axis.remap("SS", [t, m])
+                Y[vt, vm] = requantize_expr(acc[vt, vm] + B[vm], Mul[vm], Sh[vm], qmin, qmax, od)
+
+    return func
+
+
+def _tk_avx2_func(spec: PointwiseSpec):
+    """AVX2 tk: ``(X[T,K], Wp[Mp/8,Kp/2,8] i32, B[M] i32, Mul, Sh) -> Y[T,M]``; ``X`` widened to a zero-padded
+    int16 copy ``Xh[Tp, Kp]`` whose pair ``Xh[t, 2g:2g+2]`` is the broadcast dword of one ``vpmaddwd``::
+
+        acc[t, 8 mo + mi] += sum_{r<2} half_r(Wp[mo, g, mi]) * Xh[t, 2g + r]
+    """
+    from tvm.script import tirx as T
+
+    from .avx2 import half16
+
+    Tn, K, M = spec.T, spec.K, spec.M
+    Tp, Kp, Mp = spec.Tp, spec.Kp, spec.Mp
+    ad, od = spec.a_dtype, spec.out_dtype
+    qmin, qmax = int(spec.qmin), int(spec.qmax)
+
+    @T.prim_func(s_tir=True)
+    def func(X: T.Buffer((Tn, K), ad), Wp: T.Buffer((Mp // 8, Kp // 2, 8), "int32"),
+             B: T.Buffer((M,), "int32"), Mul: T.Buffer((M,), "int64"),
+             Sh: T.Buffer((M,), "int64"), Y: T.Buffer((Tn, M), od)):
+        T.func_attr({"global_symbol": "main", "tirx.noalias": True})
+        Xh = T.sblock_alloc_buffer((Tp, Kp), "int16")
+        acc = T.sblock_alloc_buffer((Tp, Mp), "int32")
+        for t, k in T.grid(Tp, Kp):
+            with T.sblock("xpad"):
+                vt, vk = T.axis.remap("SS", [t, k])
+                Xh[vt, vk] = T.if_then_else(vt < Tn and vk < K, T.Cast("int16", X[T.min(vt, Tn - 1), T.min(vk, K - 1)]),
+                                            T.int16(0))
+        for t, mo, mi, g, r in T.grid(Tp, Mp // 8, 8, Kp // 2, 2):
+            with T.sblock("gemm"):
+                vt, vmo, vmi, vg, vr = T.axis.remap("SSSRR", [t, mo, mi, g, r])
+                with T.init():
+                    acc[vt, vmo * 8 + vmi] = 0
+                acc[vt, vmo * 8 + vmi] = acc[vt, vmo * 8 + vmi] + half16(Wp[vmo, vg, vmi], vr) * T.Cast(
+                    "int32", Xh[vt, vg * 2 + vr])
         for t, m in T.grid(Tn, M):
             with T.sblock("requant"):
                 vt, vm = T.axis.remap("SS", [t, m])
@@ -441,7 +501,8 @@ def schedule(spec: PointwiseSpec, tensorize: bool = True):
 
     if spec.layout == "ncw":
         return _schedule_ncw(spec, tensorize)
-    intrin = register("local")
+    intrin = register("local") if spec.isa == "avx512vnni" else register_avx2()
+    v = spec.lanes
     sch = s_tir.Schedule(pointwise_func(spec))
     gemm = sch.get_sblock("gemm")
     req = sch.get_sblock("requant")
@@ -456,13 +517,13 @@ def schedule(spec: PointwiseSpec, tensorize: bool = True):
     sch.set_scope(gemm, 0, "local")
     # requantize the tile right after its reduction finishes
     sch.reverse_compute_at(req, outer, preserve_unit_loops=True)
-    # epilogue: vectorise over the 16-lane channel chunks
+    # epilogue: vectorise over the 16-lane (AVX2: 8) channel chunks
     lt, lm = sch.get_loops(req)[-2:]
-    lm0, lm1 = sch.split(lm, [None, 16])
+    lm0, lm1 = sch.split(lm, [None, v])
     sch.vectorize(lm1)
     init = sch.decompose_reduction(gemm, ko)
     il = sch.get_loops(init)
-    sch.vectorize(sch.fuse(*il[-2:]))  # (m1, mi) -> rm*16 lanes
+    sch.vectorize(sch.fuse(*il[-2:]))  # (m1, mi) -> rm * lanes
     sch.unroll(il[-3])
     sch.unroll(t1)
     sch.unroll(m1)
@@ -472,7 +533,7 @@ def schedule(spec: PointwiseSpec, tensorize: bool = True):
         xb = sch.get_sblock("xpad")
         xt, xk = sch.get_loops(xb)
         sch.parallel(xt)
-        xo, xi = sch.split(xk, [None, 4])
+        xo, xi = sch.split(xk, [None, spec.gs])
         sch.vectorize(xi)
     return sch
 
