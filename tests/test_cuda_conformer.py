@@ -4,7 +4,7 @@ dlight's GPU rules inline every block first; in the integer LayerNorm's square r
 reading its previous step twice) that multiplies the expression at every step, and the Conformer's CUDA build
 never finished.  ``zsq_tvm.cuda.pipeline.LinearInlineFallback`` takes those kernels instead.  Checked here:
 the rule keeps the LayerNorm bit-exact (its unbound form run on llvm), it is picked for exactly the kernels
-that need it, and a whole (tiny) Conformer builds for sm_75 quickly, integer-only in its TIR and CUDA C, with
+that need it and makes each of them one GPU kernel, and a whole (tiny) Conformer builds for sm_75 quickly, integer-only in its TIR and CUDA C, with
 its depthwise convs on the int8 kernel -- and in its SASS: the divisions by a run-time divisor (LayerNorm,
 softmax, sigmoid), which nvcc would expand on the float units, are integer long divisions
 (``zsq_tvm.tir_int_division``), and the whole graph in that form equals the numpy reference on llvm.  Running
@@ -98,6 +98,9 @@ def test_tiny_conformer_builds_for_t4(tiny_conformer_t4):
     src = g.cuda_source(b._ex)
     kernels = P.cuda_kernels(src)
     assert any(n.startswith("zsq_cuda_dw_") for n in kernels)  # the conv module's depthwise conv
+    # each LayerNorm kernel is one GPU kernel (its per-row chain computed per thread), not ~25 launches
+    for n in linear:
+        assert f"{n}_kernel" in kernels and f"{n}_kernel_1" not in kernels, n
     rep = P.integer_region_report(src)
     assert rep["ok"], rep["float_in_source"]
     assert b.integer_only["ok"] is True

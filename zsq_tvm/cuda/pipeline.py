@@ -92,18 +92,41 @@ class LinearInlineFallback:
     square root is a Newton iteration, ``x' = (x + v // x) >> 1``: each step reads ``x`` twice, so inlining
     eight steps doubles the expression eight times (the Conformer's fused LayerNorm kernels, ~96 blocks, did
     not finish scheduling in 10 minutes).  This rule inlines an elementwise block only where its one consumer
-    reads it *once* (the expression grows by addition, not multiplication), keeps the others as buffers, and
-    then maps each remaining block's spatial loops to ``blockIdx.x`` x ``threadIdx.x`` like dlight's
-    ``Fallback`` (reductions run serially per thread).  Before: ~96 blocks; after: one kernel per kept block
-    (about 25 for a LayerNorm), each a short integer expression.
+    reads it *once* (the expression grows by addition, not multiplication) and keeps the others as blocks.
+
+    Then, when every kept block is elementwise (no reduction) and only the last one writes an output (the
+    LayerNorm's per-row square root and scale chain followed by the per-element normalisation), **one
+    kernel**: the last block's loops fused and mapped to ``blockIdx.x`` x ``threadIdx.x``, every other block
+    computed at the thread, into thread-local buffers (each thread evaluates its row's chain as a sequence of
+    statements: a few thousand integer ops, no expression growth, no synchronisation)::
+
+        before:  blk_1[row] ... blk_24[row]  (one kernel each)  ->  out[row, c]   (~25 kernel launches)
+        after:   for (bx, tx):  r = row(bx, tx);  blk_1[r] ... blk_24[r] (local);  out[r, c]   (1 launch)
+
+    Otherwise each kept block's spatial loops go to ``blockIdx.x`` x ``threadIdx.x`` like dlight's
+    ``Fallback`` (reductions run serially per thread), one kernel per block.
     """
 
     def __init__(self, bind: bool = True):
         self.bind = bind  # False: the same inlining, no thread bindings (runs on llvm: a CPU check of the rule)
 
     def apply(self, func, target, _tunable=False):
-        from tvm import s_tir
         from tvm.s_tir.dlight import base
+
+        nthreads = base.max_threads_per_block(target) if self.bind else 256
+        sch = self._inlined(func)
+        if sch is None:
+            return None
+        from tvm.s_tir.schedule import ScheduleError
+
+        try:
+            return self._one_kernel(sch, nthreads)
+        except (ValueError, ScheduleError):  # not of that shape, or compute_at cannot place a block
+            return self._per_block(self._inlined(func), nthreads)
+
+    @staticmethod
+    def _inlined(func):
+        from tvm import s_tir
         from tvm.s_tir.dlight.analysis import normalize_prim_func
 
         sch = s_tir.Schedule(func)
@@ -124,7 +147,31 @@ class LinearInlineFallback:
                     continue
                 changed = True
                 break
-        nthreads = base.max_threads_per_block(target) if self.bind else 256
+        return sch
+
+    def _one_kernel(self, sch, nthreads):
+        root = sch.get_sblock("root")
+        blocks = sch.get_child_blocks(root)
+        internal = set(sch.get(root).alloc_buffers)
+        for b in blocks:
+            blk = sch.get(b)
+            if any(int(iv.iter_type) != 0 for iv in blk.iter_vars):  # a reduction: not one thread's work
+                raise ValueError("a reduction block")
+            if b != blocks[-1] and any(w.source not in internal for w in blk.writes):
+                raise ValueError("more than one block writes an output")
+        last = blocks[-1]
+        bx, tx = sch.split(sch.fuse(*sch.get_loops(last)), factors=[None, nthreads])
+        for b in reversed(blocks[:-1]):  # consumers first: each producer lands above its consumer
+            sch.compute_at(b, tx)
+            sch.set_scope(b, 0, "local")
+        if self.bind:
+            sch.bind(bx, "blockIdx.x")
+            sch.bind(tx, "threadIdx.x")
+        return sch
+
+    def _per_block(self, sch, nthreads):
+        from tvm.s_tir.dlight.analysis import normalize_prim_func
+
         reductions = []
         for info in normalize_prim_func(sch):
             blk = info.block_rv
