@@ -109,6 +109,24 @@ def test_eval_passes_each_chunk_its_valid_frames():
     assert seen == [100, 100, 50] and n == 3 and out.shape[0] == 125
 
 
+def test_eval_says_when_padding_went_unmasked(tiny, tmp_path):
+    """``zsq eval`` of a fixed-T build counts the zero-padded utterances; without ``--time-mask`` its summary
+    says what that costs and how to fix it, with the mask it does not."""
+    from pathlib import Path
+
+    from zsq_tvm.evaluate import evaluate, format_result
+
+    q, plain, b = tiny
+    manifest = Path(__file__).parent / "fixtures" / "tts" / "tts.json"
+    lines = {}
+    for name, build in (("masked", b), ("plain", zsq_tvm.compile(plain, target="host"))):
+        res = evaluate(build.save(tmp_path / name), manifest, progress=False)
+        assert res["n_padded"] == res["n_utterances"] > 0 and res["time_mask"] is (name == "masked")
+        lines[name] = format_result(res)
+    assert "--time-mask" in lines["plain"] and f"{res['n_padded']} of {res['n_utterances']}" in lines["plain"]
+    assert "\n" not in lines["masked"]
+
+
 def test_zsq_run_pads_a_short_mel_for_a_masked_build(tiny, tmp_path, capsys):
     from zsq_tvm.cli import main
 

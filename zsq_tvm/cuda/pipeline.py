@@ -43,24 +43,8 @@ def _is_int_func(func) -> bool:
     return True
 
 
-def _loads_of(block, buf) -> int:
-    """How many times ``block`` (a TIR SBlock) loads ``buf``."""
-    import tvm_ffi
-    from tvm.ir.expr import TensorLoad  # TVM 0.27's buffer load (``.source`` is the buffer)
-
-    n = [0]
-
-    def visit(node):
-        if isinstance(node, TensorLoad) and node.source.same_as(buf):
-            n[0] += 1
-
-    tvm_ffi.structural_walk(block.body, visit)
-    return n[0]
-
-
-def _injective(sch, blk) -> bool:
-    b = sch.get(blk)
-    return len(b.writes) == 1 and all(int(iv.iter_type) == 0 for iv in b.iter_vars)  # 0: data parallel
+from ..tir_inline import injective as _injective  # noqa: E402 - shared with the CPU path
+from ..tir_inline import inline_once_read, loads_of as _loads_of  # noqa: E402
 
 
 def inlined_size(sch) -> int:
@@ -132,21 +116,7 @@ class LinearInlineFallback:
         sch = s_tir.Schedule(func)
         if normalize_prim_func(sch) is None:
             return None
-        changed = True
-        while changed:
-            changed = False
-            for blk in sch.get_child_blocks(sch.get_sblock("root")):
-                consumers = sch.get_consumers(blk)
-                if len(consumers) != 1 or not _injective(sch, blk):
-                    continue
-                if _loads_of(sch.get(consumers[0]), sch.get(blk).writes[0].source) > 1:
-                    continue
-                try:
-                    sch.compute_inline(blk)
-                except Exception:  # noqa: BLE001 - not inlinable (e.g. a reduction reads it with other indices)
-                    continue
-                changed = True
-                break
+        inline_once_read(sch)  # zsq_tvm.tir_inline: once-read elementwise blocks only
         return sch
 
     def _one_kernel(self, sch, nthreads):
