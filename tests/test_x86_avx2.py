@@ -40,6 +40,14 @@ def _operands(rng, shape, a_dtype):
     return X
 
 
+def _weights(rng, shape):
+    """int8 weights with a row of +127 and a row of -127 (against the extreme activations above)."""
+    W = rng.integers(-127, 128, shape).astype(np.int8)
+    W[0] = 127
+    W[-1] = -127
+    return W
+
+
 def _requant(rng, M):
     b = rng.integers(-30000, 30000, M).astype(np.int32)
     Mul = rng.integers(2**30, 2**31, M).astype(np.int64)
@@ -113,9 +121,7 @@ def test_avx2_spec_rules():
 def test_pointwise_avx2_bit_exact(spec):
     rng = np.random.default_rng(spec.K)
     X = _operands(rng, (spec.K, spec.T), spec.a_dtype)
-    W = rng.integers(-127, 128, (spec.M, spec.K, spec.taps)).astype(np.int8)
-    W[0] = 127
-    W[-1] = -127
+    W = _weights(rng, (spec.M, spec.K, spec.taps))
     b, Mul, Sh = _requant(rng, spec.M)
     k = pw.PointwiseKernel(spec, W, b, Mul, Sh, target=_haswell())
     assert np.array_equal(k(X), pw.reference(spec, X, W, b, Mul, Sh))
@@ -126,9 +132,7 @@ def test_pointwise_avx2_bit_exact(spec):
 def test_linear_tk_avx2_bit_exact(spec):
     rng = np.random.default_rng(spec.M)
     X = _operands(rng, (spec.T, spec.K), spec.a_dtype)
-    W = rng.integers(-127, 128, (spec.M, spec.K)).astype(np.int8)
-    W[0] = 127
-    W[-1] = -127
+    W = _weights(rng, (spec.M, spec.K))
     b, Mul, Sh = _requant(rng, spec.M)
     k = pw.PointwiseKernel(spec, W, b, Mul, Sh, target=_haswell())
     assert check_avx2_asm(k.lib) > 0
@@ -169,9 +173,7 @@ def test_pointwise_avx2_residual_bit_exact():
 def test_depthwise_avx2_bit_exact(spec):
     rng = np.random.default_rng(spec.C)
     X = _operands(rng, (spec.C, spec.Tin), spec.a_dtype)
-    W = rng.integers(-127, 128, (spec.C, spec.K)).astype(np.int8)
-    W[0] = 127
-    W[-1] = -127
+    W = _weights(rng, (spec.C, spec.K))
     b, Mul, Sh = _requant(rng, spec.C)
     k = dw.DepthwiseKernel(spec, W, b, Mul, Sh, target=_haswell())
     assert np.array_equal(k(X), dw.reference(spec, X, W, b, Mul, Sh))
