@@ -523,7 +523,10 @@ def generate(mod, out: Path, board: str = "cortex-m4", flash: int | None = None,
     if not (0 < flash <= QEMU_MAX and 0 < ram <= QEMU_MAX):
         raise ConfigError(f"flash {flash} B / RAM {ram} B outside the emulated board's 4 MiB each",
                           "pass budgets up to 4096 KB")
-    lowered = lower(mod)
+    from ..tir_inline import InlineOnceRead
+
+    # each fused elementwise chain as one loop nest: its per-op intermediates would each take workspace RAM
+    lowered = InlineOnceRead()(lower(mod))
     p = plan_graph(lowered)
     src = compile_kernels(p.prim_funcs)
     ws = workspace_bytes(src)
