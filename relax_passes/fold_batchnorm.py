@@ -43,7 +43,7 @@ from tvm import relax
 
 from ._util import bindings, call_op_name, const, dtype_of, resolve_const, tensor_names
 
-__all__ = ["FoldBatchNorm", "extract_bn_stats", "onnx_batchnorm_nodes"]
+__all__ = ["FoldBatchNorm", "extract_bn_stats", "onnx_batchnorm_nodes", "onnx_bn_stats"]
 
 
 def onnx_batchnorm_nodes(onnx_model) -> list[dict]:
@@ -65,6 +65,42 @@ def onnx_batchnorm_nodes(onnx_model) -> list[dict]:
                 "producer_op": src.op_type if src is not None else None,
             })
     return res
+
+
+def onnx_bn_stats(onnx_model) -> list[dict]:
+    """BN statistics read from the ONNX file itself, one record per BatchNormalization node with constant
+    parameters, for a graph whose BNs were folded before Relax saw them (the Conformer frontend's onnxsim folds
+    Conv + BN): the keys of :func:`extract_bn_stats` with ``relax_var`` None, ``folded_by`` ``"frontend"`` and
+    ``producer`` / ``folded_conv`` naming the ONNX producer node."""
+    from onnx import numpy_helper
+
+    inits = {t.name: numpy_helper.to_array(t) for t in onnx_model.graph.initializer}
+    consts = {n.output[0]: numpy_helper.to_array(a.t) for n in onnx_model.graph.node if n.op_type == "Constant"
+              for a in n.attribute if a.name == "value"}
+    inits.update(consts)
+    # torch's exporter shares equal constants through Identity nodes (a BN weight of ones, a LayerNorm's ones)
+    changed = True
+    while changed:
+        changed = False
+        for n in onnx_model.graph.node:
+            if n.op_type == "Identity" and n.output[0] not in inits and n.input[0] in inits:
+                inits[n.output[0]] = inits[n.input[0]]
+                changed = True
+    recs = []
+    for rec in onnx_batchnorm_nodes(onnx_model):
+        node = next(n for n in onnx_model.graph.node if n.name == rec["node"] and n.op_type == "BatchNormalization")
+        params = [inits.get(i) for i in node.input[1:5]]
+        if any(p is None for p in params):  # parameters computed at run time: not statistics we can report
+            continue
+        gamma, beta, mean, var = (np.asarray(p, np.float64).ravel() for p in params)
+        eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
+        prod = rec["producer"]
+        recs.append({"index": len(recs), "relax_var": None, "eps": float(eps), "axis": 1, "folded": True,
+                     "folded_by": "frontend", "producer": prod, "folded_conv": prod if rec["producer_op"] == "Conv"
+                     else None, "reason": None, "channels": int(mean.size), "mean": mean.tolist(),
+                     "var": var.tolist(), "gamma": gamma.tolist(), "beta": beta.tolist(), "onnx_node": rec["node"],
+                     "onnx_input": rec["input"], "onnx_producer": prod, "function": None})
+    return recs
 
 
 def _analyse(func: relax.Function):

@@ -89,3 +89,27 @@ def test_fold_in_sequential(tmp_path):
     mod, _ = to_relax(randomize_bn(ConvBNReLU()), (1, 8, 20), tmp_path)
     out = tvm.transform.Sequential([rp.FoldBatchNorm(), relax.transform.DeadCodeElimination()])(mod)
     assert "nn.batch_norm" not in ops(out)
+
+
+def test_bn_stats_of_a_conformer_come_from_the_onnx_file(tmp_path):
+    """The Conformer frontend (onnxsim) folds Conv + BN before Relax sees them, so ``FoldBatchNorm`` finds none;
+    ``quantize`` then reports the file's own BN statistics (``onnx_bn_stats``): the torch module's running
+    statistics, named by their ONNX nodes, marked folded by the frontend."""
+    import onnx
+
+    import zsq_tvm
+    from relax_passes.fold_batchnorm import onnx_bn_stats
+    from tests.test_conformer_int import _tiny_conformer
+    from zsq_tvm.nets.export import export_onnx
+
+    net = _tiny_conformer()
+    proto = onnx.load(str(export_onnx(net, tmp_path / "tiny.onnx", frames=32)))
+    recs = onnx_bn_stats(proto)
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    assert len(recs) == len(bns) >= 1
+    for r, bn in zip(recs, bns):
+        np.testing.assert_allclose(r["mean"], bn.running_mean.numpy(), rtol=1e-6)
+        np.testing.assert_allclose(r["var"], bn.running_var.numpy(), rtol=1e-6)
+        assert r["folded_by"] == "frontend" and r["onnx_node"].endswith("BatchNormalization") and r["eps"] == pytest.approx(bn.eps)
+    q = zsq_tvm.quantize(proto, zsq_tvm.QuantConfig(frames=32, num_batches=1))
+    assert [r["onnx_node"] for r in q.bn_stats] == [r["onnx_node"] for r in recs]
