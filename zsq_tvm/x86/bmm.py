@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..tir_intmath import requantize_expr
-from .avx2 import register_avx2
+from .avx2 import IsaGeometry, register_avx2
 from .vnni import compile_kernel, register
 
 __all__ = ["BmmSpec", "pack_func", "bmm_func", "schedule_pack", "schedule", "build", "reference", "BmmKernel"]
@@ -55,7 +55,7 @@ def _round_up(x: int, m: int) -> int:
 
 
 @dataclass(frozen=True)
-class BmmSpec:
+class BmmSpec(IsaGeometry):
     """``A[1, H, T, K] (a_dtype) x B[1, H, K, N] (int8) -> Y[1, H, T, N] (out_dtype)``, per-column requantize."""
 
     H: int
@@ -76,21 +76,6 @@ class BmmSpec:
         assert min(self.H, self.T, self.K, self.N) >= 1
         if self.K * 255 * 128 >= 2**31:
             raise OverflowError(f"K={self.K}: u8 x s8 partial sums could pass 2^31")
-
-    @property
-    def lanes(self) -> int:
-        """int32 lanes of one accumulator vector: 16 (zmm) or 8 (ymm, AVX2)."""
-        return 16 if self.isa == "avx512vnni" else 8
-
-    @property
-    def gs(self) -> int:
-        """Reduction elements per int32 word: 4 bytes (VNNI) or 2 int16 halves (AVX2)."""
-        return 4 if self.isa == "avx512vnni" else 2
-
-    @property
-    def offset(self) -> int:
-        """+128 on int8 ``A`` for VNNI's u8 x s8; AVX2's int16 holds both signs as they are."""
-        return 128 if self.a_dtype == "int8" and self.isa == "avx512vnni" else 0
 
     @property
     def tile_m(self) -> int:
