@@ -25,6 +25,10 @@ made ahead of time, so a GPU machine needs only the TVM runtime.
 
 from __future__ import annotations
 
+from ..tir_inline import injective as _injective  # shared with the CPU path (zsq_tvm.tir_inline)
+from ..tir_inline import inline_once_read
+from ..tir_inline import loads_of as _loads_of
+
 __all__ = ["schedule_module", "relax_pipeline", "prepare", "compile_lowered", "float_rules", "LinearInlineFallback"]
 
 
@@ -41,10 +45,6 @@ def _is_int_func(func) -> bool:
         if str(getattr(p, "dtype", "")).startswith(("float", "bfloat")):
             return False
     return True
-
-
-from ..tir_inline import injective as _injective  # noqa: E402 - shared with the CPU path
-from ..tir_inline import inline_once_read, loads_of as _loads_of  # noqa: E402
 
 
 def inlined_size(sch) -> int:
@@ -103,10 +103,11 @@ class LinearInlineFallback:
             return None
         from tvm.s_tir.schedule import ScheduleError
 
+        inlined = sch.copy()  # _one_kernel may have moved blocks before it fails
         try:
             return self._one_kernel(sch, nthreads)
         except (ValueError, ScheduleError):  # not of that shape, or compute_at cannot place a block
-            return self._per_block(self._inlined(func), nthreads)
+            return self._per_block(inlined, nthreads)
 
     @staticmethod
     def _inlined(func):

@@ -47,6 +47,12 @@ class IsaGeometry:
         """Added to int8 activations so VNNI multiplies u8 (128); 0 for u8 input and on AVX2 (int16 holds both)."""
         return 128 if self.isa == "avx512vnni" and self.a_dtype == "int8" else 0
 
+    @staticmethod
+    def avx2_vectors(n: int) -> int:
+        """8-lane vectors per AVX2 register tile of a kernel with ``n`` output columns: 2, but 1 when ``n % 16``
+        (with a predicated column tail LLVM scalarises a 2-vector tile's requantize epilogue: 4x slower)."""
+        return 2 if n % 16 == 0 else 1
+
     @property
     def wdtype(self) -> str:
         """dtype of the packed weights: int8 (VNNI) or int16 (the AVX2 broadcast pair)."""

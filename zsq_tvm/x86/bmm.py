@@ -83,8 +83,8 @@ class BmmSpec(IsaGeometry):
         if self.rm:
             return self.rm
         nv = -(-self.N // self.lanes)
-        if self.isa == "avx2":  # 2 unless N % 16: LLVM then scalarises a 2-vector tile's predicated epilogue
-            return 2 if self.N % 16 == 0 else 1
+        if self.isa == "avx2":
+            return self.avx2_vectors(self.N)
         return next((r for r in (4, 3, 2) if nv % r == 0), min(4, nv))
 
     @property

@@ -179,9 +179,8 @@ class PointwiseSpec(IsaGeometry):
             rm = self.rm if self.rt else ({1: 8, 2: 8, 3: 5} if self.lanes == 16 else {1: 8, 2: 6}).get(
                 self.ncw_vectors, 4)
             return max(1, min(rm, self.M))
-        # never tile wider than the (lane-rounded) channel count; AVX2 without an explicit tile: 2 vectors,
-        # 1 when M % 16 (LLVM scalarises the predicated epilogue of a 2-vector tile)
-        rm = self.rm if self.isa == "avx512vnni" or self.rt else (2 if self.M % 16 == 0 else 1)
+        # never tile wider than the (lane-rounded) channel count; AVX2 without an explicit tile: avx2_vectors
+        rm = self.rm if self.isa == "avx512vnni" or self.rt else self.avx2_vectors(self.M)
         return max(1, min(rm, _round_up(self.M, self.lanes) // self.lanes))
 
     @property
