@@ -1,11 +1,21 @@
 #!/usr/bin/env bash
 # Train the reference models on a lent GPU in one shot (device tool, <= 10 minutes):
 #   synthesize the TTS corpus on the GPU machine's CPUs (espeak-ng + flite carried as a
-#   bundle built by bench/make_gpu_bundle.sh), compute mel features, train four models
+#   bundle built by bench/make_gpu_bundle.sh), compute mel features, train the models
 #   concurrently until a shared deadline, evaluate, and leave fp16 checkpoints in $OUT.
 # Usage (device tool): bash bench/make_gpu_bundle.sh here, then on the device
-#   [BUDGET=560] [RESUME=1] [MAX_FRAMES=24000] [LR_SCALE=1] [EVAL_SPLITS=test] [EVAL_S=110] bash bench/gpu_train.sh   with carry [".gpu"], timeout_s 595
+#   [BUDGET=560] [RESUME=1] [TRAIN_ROUND=0] [HOURS=20] [MODELS="quartznet5x5 ..."] [MAX_FRAMES=24000] [LR_SCALE=1]
+#   [EVAL_SPLITS=test] [EVAL_S=110] bash bench/gpu_train.sh   with carry [".gpu"], timeout_s 595
+# TRAIN_ROUND=N > 0 synthesizes fresh training sentences and voices (zsq_tvm.data.corpus --train-round; the
+# evaluation splits are unchanged): continued training on round 0 again mostly re-fits audio the models have
+# memorised (docs/results.md, Session 10).  MODELS (default: all four) picks the ones to train, so those that
+# still miss their WER target get the GPU to themselves.
 set -uo pipefail
+# checked first, so that a typo costs no device time
+MODELS=${MODELS:-quartznet5x5 quartznet-tiny jasper-dr-small conformer-ctc-small}
+want() { case " $MODELS " in *" $1 "*) return 0;; *) return 1;; esac; }
+for m in $MODELS; do case $m in quartznet5x5|quartznet-tiny|jasper-dr-small|conformer-ctc-small) ;;
+  *) echo "unknown model in MODELS: $m (quartznet5x5 quartznet-tiny jasper-dr-small conformer-ctc-small)"; exit 2;; esac; done
 START=$(date +%s)
 BUDGET=${BUDGET:-560}              # seconds this script may use in total
 TRAIN_END=$((START + BUDGET - ${EVAL_S:-110})) # evaluating 3 splits + saving took ~90 s in the first run
@@ -21,7 +31,7 @@ done
 export PATH=$W/wrap:$PATH PYTHONUNBUFFERED=1
 espeak-ng -v en-us --stdout "check" | wc -c; flite -voice slt -t "check" -o $W/f.wav && ls -la $W/f.wav
 python3 -m zsq_tvm.data.corpus synth --texts $W/tts/texts.txt -o $W/corpus --train-hours ${HOURS:-20} \
-  --workers $(nproc) --time-limit ${SYNTH_LIMIT:-150} 2>&1 | grep -v "synthesizing:" 
+  --train-round ${TRAIN_ROUND:-0} --workers $(nproc) --time-limit ${SYNTH_LIMIT:-150} 2>&1 | grep -v "synthesizing:" 
 echo "synth done at +$(( $(date +%s) - START )) s"
 python3 -m zsq_tvm.train prep --corpus $W/corpus -o $W/feats 2>&1 | grep -v "mel "
 echo "prep done at +$(( $(date +%s) - START )) s"
@@ -29,15 +39,15 @@ mkdir -p "$OUT/ckpt"
 # MAX_FRAMES: frames per batch (48000 in run 2 gave less audio per minute than 24000 with four trainings on one H100);
 # EVAL_SPLITS: splits evaluated on the device (the rest are evaluated later with `zsq eval`).
 fit() { python3 -m zsq_tvm.train fit --feats $W/feats -o "$OUT/ckpt" --json-dir $W --deadline $TRAIN_END \
-          --max-frames ${MAX_FRAMES:-24000} --eval-splits "${EVAL_SPLITS:-}" "$@"; }
+          --max-frames ${MAX_FRAMES:-24000} --eval-splits "${EVAL_SPLITS:-}" --train-round ${TRAIN_ROUND:-0} "$@"; }
 # RESUME=1 continues from the shipped checkpoints (warm-up shortened) instead of starting afresh.
 res() { [ "${RESUME:-0}" = 1 ] && echo "--resume zsq_tvm/models/$1.pt"; }
 LRS=${LR_SCALE:-1}
 lr() { python3 -c "print($1 * $LRS)"; }
-fit --arch quartznet5x5 --lr $(lr 3e-3) --warmup 300 $(res quartznet5x5) &
-fit --arch quartznet-tiny --lr $(lr 3e-3) --warmup 300 $(res quartznet-tiny) &
-fit --arch jasper-dr-small --lr $(lr 2e-3) --warmup 300 $(res jasper-dr-small) &
-fit --arch conformer-ctc-small --lr $(lr 1.5e-3) --warmup 500 $(res conformer-ctc-small) &
+want quartznet5x5 && fit --arch quartznet5x5 --lr $(lr 3e-3) --warmup 300 $(res quartznet5x5) &
+want quartznet-tiny && fit --arch quartznet-tiny --lr $(lr 3e-3) --warmup 300 $(res quartznet-tiny) &
+want jasper-dr-small && fit --arch jasper-dr-small --lr $(lr 2e-3) --warmup 300 $(res jasper-dr-small) &
+want conformer-ctc-small && fit --arch conformer-ctc-small --lr $(lr 1.5e-3) --warmup 500 $(res conformer-ctc-small) &
 wait
 echo "all done at +$(( $(date +%s) - START )) s"
 python3 - <<'PY'

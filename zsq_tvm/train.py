@@ -143,7 +143,7 @@ def save_checkpoint(model, path: Path, meta: dict) -> None:
 def fit(feats: str, arch: str, out: str, minutes: float, device: str, lr: float, seed: int = 0,
         resume: str = "", max_frames: int = 24000, warmup: int = 300, ckpt_every_s: float = 120.0,
         deadline: float = 0.0, log_every: int = 50, json_dir: str = "",
-        eval_splits: Optional[List[str]] = None) -> dict:
+        eval_splits: Optional[List[str]] = None, train_round: int = 0) -> dict:
     torch.manual_seed(seed)
     rng = random.Random(seed)
     g = torch.Generator().manual_seed(seed)
@@ -153,11 +153,15 @@ def fit(feats: str, arch: str, out: str, minutes: float, device: str, lr: float,
     out_dir.mkdir(parents=True, exist_ok=True)
     train = torch.load(Path(feats) / "train.pt")
     model = build_model(arch).to(device)
-    steps_done = 0
+    steps_done, previous_runs = 0, []
     if resume and Path(resume).exists():
         ck = torch.load(resume, map_location="cpu", weights_only=True)
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ck["state_dict"].items()})
         steps_done = ck["meta"].get("steps", 0)
+        # the model card's training history: what each earlier run did, without its step log
+        prev = ck["meta"]
+        previous_runs = list(prev.get("previous_runs", [])) + [
+            {k: prev[k] for k in ("steps", "hours_seen", "minutes", "lr", "device", "gpu", "train_round") if k in prev}]
         warmup = min(warmup, 20)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=1e-3)
     ctc = torch.nn.CTCLoss(blank=BLANK, zero_infinity=True)
@@ -209,7 +213,8 @@ def fit(feats: str, arch: str, out: str, minutes: float, device: str, lr: float,
         break
     meta = {"arch": arch, "params": count_params(model), "steps": steps_done + step, "hours_seen": seen_s / 3600,
             "minutes": (time.time() - start) / 60, "lr": lr, "seed": seed, "device": device,
-            "gpu": torch.cuda.get_device_name(0) if cuda else "cpu", "log": log}
+            "gpu": torch.cuda.get_device_name(0) if cuda else "cpu", "log": log,
+            "train_round": train_round, "previous_runs": previous_runs}
     save_checkpoint(model, out_dir / f"{arch}.pt", meta)
     results = {}
     for split_file in sorted(Path(feats).glob("*.pt")):
@@ -247,13 +252,15 @@ def main(argv=None):
     f.add_argument("--eval-splits", default="", help="comma-separated splits to evaluate after training "
                    "(default: every split in --feats except train)")
     f.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    f.add_argument("--train-round", type=int, default=0, help="the corpus round (`zsq_tvm.data.corpus synth "
+                   "--train-round`) the training split in --feats was made with; recorded in the checkpoint")
     a = ap.parse_args(argv)
     if a.cmd == "prep":
         prep(a.corpus, a.output, a.device)
     else:
         fit(a.feats, a.arch, a.output, a.minutes, a.device, a.lr, a.seed, a.resume, a.max_frames, a.warmup,
             deadline=a.deadline, log_every=a.log_every, json_dir=a.json_dir,
-            eval_splits=[s for s in a.eval_splits.split(",") if s] or None)
+            eval_splits=[s for s in a.eval_splits.split(",") if s] or None, train_round=a.train_round)
 
 
 if __name__ == "__main__":

@@ -178,9 +178,23 @@ def _job(args):
             "voice": f"{engine}:{voice}"}
 
 
+# Sentences each training round may use: 20 h of training audio takes about 27,700 of them, so rounds
+# 0-3 of the ~119,500-sentence pool never share a sentence (round 4 wraps around to round 0's).
+ROUND_STRIDE = 30000
+
+
 def plan_jobs(texts: Sequence[str], out_dir: str, train_hours: float, n_dev=400, n_test=600, n_heldout=600,
-              seed: int = 0, flite_share: float = 0.25) -> List[tuple]:
-    """Assign sentences to splits and voices.  Sentences of dev/test never appear in train."""
+              seed: int = 0, flite_share: float = 0.25, train_round: int = 0) -> List[tuple]:
+    """Assign sentences to splits and voices.  Sentences of dev/test never appear in train.
+
+    ``train_round`` > 0 gives a *fresh* training split for continued training: sentences from
+    ``train_round * ROUND_STRIDE`` on in the training pool, with their own voices, prosody and augmentation
+    (a seed of their own).  dev, test and test-heldout-voice stay exactly those of round 0 (their draws
+    come first and do not depend on the round), so WER stays comparable across rounds.  Round 0 is the
+    corpus the shipped models were first trained on.
+    """
+    if train_round < 0:
+        raise ValueError(f"train_round must be >= 0, got {train_round}")
     rng = random.Random(seed)
     texts = list(texts)
     dev, test = texts[:n_dev], texts[n_dev:n_dev + n_test]
@@ -188,41 +202,46 @@ def plan_jobs(texts: Sequence[str], out_dir: str, train_hours: float, n_dev=400,
     espeak_train = [f"{a}+{v}" if v else a for a in ESPEAK_TRAIN_ACCENTS for v in ESPEAK_TRAIN_VARIANTS]
     heldout = [("espeak", f"{a}+{v}" if v else a) for a, v in ESPEAK_HELDOUT] + [("flite", v) for v in FLITE_HELDOUT]
 
-    def voice():
-        if rng.random() < flite_share:
-            return "flite", rng.choice(FLITE_TRAIN)
-        return "espeak", rng.choice(espeak_train)
+    def voice(r):
+        if r.random() < flite_share:
+            return "flite", r.choice(FLITE_TRAIN)
+        return "espeak", r.choice(espeak_train)
 
-    def prosody(engine):
-        rate = rng.uniform(0.8, 1.25)
-        pitch = rng.randint(25, 75) if engine == "espeak" else rng.randint(90, 180)
+    def prosody(r, engine):
+        rate = r.uniform(0.8, 1.25)
+        pitch = r.randint(25, 75) if engine == "espeak" else r.randint(90, 180)
         return rate, pitch
 
     jobs, idx = [], 0
     for split, pool in (("dev", dev), ("test", test)):
         for t in pool:
-            e, v = voice()
-            jobs.append((idx, split, e, v, t, *prosody(e), False, out_dir, seed * 1000003 + idx))
+            e, v = voice(rng)
+            jobs.append((idx, split, e, v, t, *prosody(rng, e), False, out_dir, seed * 1000003 + idx))
             idx += 1
     for t in test[:n_heldout]:
         e, v = rng.choice(heldout)
-        jobs.append((idx, "test-heldout-voice", e, v, t, *prosody(e), False, out_dir, seed * 1000003 + idx))
+        jobs.append((idx, "test-heldout-voice", e, v, t, *prosody(rng, e), False, out_dir, seed * 1000003 + idx))
         idx += 1
+    # Round 0 continues the evaluation splits' random stream (the shipped corpus); a later round draws
+    # from a stream of its own (a str seed is hashed with SHA-512: the same on every machine).
+    trng = rng if train_round == 0 else random.Random(f"zsq-corpus/{seed}/train-round/{train_round}")
+    job_seed = seed * 1000003 + train_round * 1_000_000_007
+    start = (train_round * ROUND_STRIDE) % max(len(train_pool), 1)
     # measured: ~0.26 s per word at rate 1 plus ~0.35 s of trimmed silence per utterance
     budget_s, spent, i = train_hours * 3600.0, 0.0, 0
-    while spent < budget_s:
-        t = train_pool[i % len(train_pool)]
+    while spent < budget_s and train_pool:
+        t = train_pool[(start + i) % len(train_pool)]
         i += 1
-        e, v = voice()
-        rate, pitch = prosody(e)
+        e, v = voice(trng)
+        rate, pitch = prosody(trng, e)
         spent += 0.35 + len(t.split()) / (3.9 * rate)
-        jobs.append((idx, "train", e, v, t, rate, pitch, True, out_dir, seed * 1000003 + idx))
+        jobs.append((idx, "train", e, v, t, rate, pitch, True, out_dir, job_seed + idx))
         idx += 1
     return jobs
 
 
 def synthesize(texts: Sequence[str], out_dir: str, train_hours: float = 20.0, workers: int = 2, seed: int = 0,
-               time_limit: float = 0.0, **kw) -> Dict[str, str]:
+               time_limit: float = 0.0, train_round: int = 0, **kw) -> Dict[str, str]:
     """Synthesize all splits into ``out_dir`` and write ``{split}.json`` manifests; return their paths.
 
     ``time_limit`` (seconds, 0 = none) stops early with what is done: the evaluation splits
@@ -232,7 +251,7 @@ def synthesize(texts: Sequence[str], out_dir: str, train_hours: float = 20.0, wo
     from tqdm import tqdm
     t0 = time.time()
     out = Path(out_dir)
-    jobs = plan_jobs(texts, str(out), train_hours, seed=seed, **kw)
+    jobs = plan_jobs(texts, str(out), train_hours, seed=seed, train_round=train_round, **kw)
     for split in {j[1] for j in jobs}:
         (out / "wav" / split).mkdir(parents=True, exist_ok=True)
     rows: Dict[str, List[dict]] = {}
@@ -270,6 +289,9 @@ def main(argv=None):
     s.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--time-limit", type=float, default=0.0, help="seconds; stop early keeping what is done")
+    s.add_argument("--train-round", type=int, default=0,
+                   help="0: the shipped models' training split; N > 0: fresh training sentences and voices for "
+                        "continued training (evaluation splits unchanged)")
     a = ap.parse_args(argv)
     if a.cmd == "texts":
         texts = collect_texts(a.seed)
@@ -277,7 +299,9 @@ def main(argv=None):
         print(f"{len(texts)} sentences -> {a.output}")
     else:
         texts = [l.strip() for l in open(a.texts) if l.strip()]
-        synthesize(texts, a.output, a.train_hours, a.workers, a.seed, a.time_limit)
+        if a.train_round < 0:
+            ap.error(f"--train-round must be >= 0, got {a.train_round}")
+        synthesize(texts, a.output, a.train_hours, a.workers, a.seed, a.time_limit, a.train_round)
 
 
 if __name__ == "__main__":

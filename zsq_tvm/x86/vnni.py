@@ -29,7 +29,9 @@ __all__ = ["VNNI_U8S8_16X4", "VNNI_U8S8_16X4_LOCAL", "register", "has_avx512_vnn
 
 VNNI_U8S8_16X4 = "zsq_dot_16x4_u8s8_vnni_llvm22"
 VNNI_U8S8_16X4_LOCAL = "zsq_dot_16x4_u8s8_vnni_llvm22_local"
-X86_TARGET = "llvm -mcpu=znver4"
+# A portable AVX-512 VNNI baseline (Intel's first VNNI CPU; AMD Zen 4/5 run its code too).  Not "znver4":
+# code for an AMD -mcpu may use instructions Intel CPUs lack (SIGILL on an Emerald Rapids machine).
+X86_TARGET = "llvm -mcpu=cascadelake"
 
 
 def _make(c_scope: str):
@@ -101,10 +103,18 @@ def has_avx512_vnni() -> bool:
     return False
 
 
-def x86_target(mcpu: str = "znver4", threads: int | None = None):
-    """An ``llvm`` target with AVX-512 VNNI (``-mcpu=znver4``; ``cascadelake`` works too)."""
+def x86_target(mcpu: str | None = None, threads: int | None = None):
+    """An ``llvm`` target with AVX-512 VNNI: ``mcpu``, else this CPU's own ``-mcpu`` when it has VNNI (the code
+    the ``host`` target gets), else ``cascadelake`` (to compile VNNI kernels on a machine without them).
+
+    Never a fixed vendor's name by default: ``-mcpu=znver4`` code crashed with an illegal instruction on an
+    Intel Xeon with AVX-512 VNNI."""
     import tvm
 
+    from ..targets import host_cpu, isa_class
+
+    if mcpu is None:
+        mcpu = host_cpu() if isa_class(host_cpu()) == "avx512vnni" else "cascadelake"
     cfg = {"kind": "llvm", "mcpu": mcpu}
     if threads is not None:
         cfg["num-cores"] = int(threads)
