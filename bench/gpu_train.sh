@@ -12,10 +12,11 @@
 # still miss their WER target get the GPU to themselves.
 set -uo pipefail
 # checked first, so that a typo costs no device time
-MODELS=${MODELS:-quartznet5x5 quartznet-tiny jasper-dr-small conformer-ctc-small}
-want() { case " $MODELS " in *" $1 "*) return 0;; *) return 1;; esac; }
-for m in $MODELS; do case $m in quartznet5x5|quartznet-tiny|jasper-dr-small|conformer-ctc-small) ;;
-  *) echo "unknown model in MODELS: $m (quartznet5x5 quartznet-tiny jasper-dr-small conformer-ctc-small)"; exit 2;; esac; done
+ALL_MODELS="quartznet5x5 quartznet-tiny jasper-dr-small conformer-ctc-small"
+MODELS=${MODELS:-$ALL_MODELS}
+in_list() { case " $2 " in *" $1 "*) return 0;; *) return 1;; esac; }
+want() { in_list "$1" "$MODELS"; }
+for m in $MODELS; do in_list "$m" "$ALL_MODELS" || { echo "unknown model in MODELS: $m ($ALL_MODELS)"; exit 2; }; done
 START=$(date +%s)
 BUDGET=${BUDGET:-560}              # seconds this script may use in total
 TRAIN_END=$((START + BUDGET - ${EVAL_S:-110})) # evaluating 3 splits + saving took ~90 s in the first run

@@ -419,7 +419,7 @@ def quantize(model, config: QuantConfig | None = None, **overrides) -> Quantized
     if not bn_stats:  # the frontend folded them (onnxsim: Conv + BN): report the file's own statistics
         from relax_passes.fold_batchnorm import onnx_bn_stats
 
-        bn_stats = onnx_bn_stats(proto) or bn_stats
+        bn_stats = onnx_bn_stats(proto)
     try:
         cost = analyze_onnx(proto, frames=TEN_SECONDS_FRAMES)
         rep = size_report(cost, cfg.wbits, cfg.abits)

@@ -157,9 +157,9 @@ def fit(feats: str, arch: str, out: str, minutes: float, device: str, lr: float,
     if resume and Path(resume).exists():
         ck = torch.load(resume, map_location="cpu", weights_only=True)
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ck["state_dict"].items()})
-        steps_done = ck["meta"].get("steps", 0)
-        # the model card's training history: what each earlier run did, without its step log
         prev = ck["meta"]
+        steps_done = prev.get("steps", 0)
+        # the model card's training history: what each earlier run did, without its step log
         previous_runs = list(prev.get("previous_runs", [])) + [
             {k: prev[k] for k in ("steps", "hours_seen", "minutes", "lr", "device", "gpu", "train_round") if k in prev}]
         warmup = min(warmup, 20)

@@ -31,7 +31,8 @@ VNNI_U8S8_16X4 = "zsq_dot_16x4_u8s8_vnni_llvm22"
 VNNI_U8S8_16X4_LOCAL = "zsq_dot_16x4_u8s8_vnni_llvm22_local"
 # A portable AVX-512 VNNI baseline (Intel's first VNNI CPU; AMD Zen 4/5 run its code too).  Not "znver4":
 # code for an AMD -mcpu may use instructions Intel CPUs lack (SIGILL on an Emerald Rapids machine).
-X86_TARGET = "llvm -mcpu=cascadelake"
+VNNI_BASELINE_CPU = "cascadelake"
+X86_TARGET = f"llvm -mcpu={VNNI_BASELINE_CPU}"
 
 
 def _make(c_scope: str):
@@ -114,7 +115,7 @@ def x86_target(mcpu: str | None = None, threads: int | None = None):
     from ..targets import host_cpu, isa_class
 
     if mcpu is None:
-        mcpu = host_cpu() if isa_class(host_cpu()) == "avx512vnni" else "cascadelake"
+        mcpu = host_cpu() if isa_class(host_cpu()) == "avx512vnni" else VNNI_BASELINE_CPU
     cfg = {"kind": "llvm", "mcpu": mcpu}
     if threads is not None:
         cfg["num-cores"] = int(threads)
