@@ -3,7 +3,7 @@
 #   synthesize the TTS corpus on the GPU machine's CPUs (espeak-ng + flite carried as a
 #   bundle built by bench/make_gpu_bundle.sh), compute mel features, train the models
 #   concurrently until a shared deadline, evaluate, and leave fp16 checkpoints in $OUT.
-# Usage (device tool): bash bench/make_gpu_bundle.sh here, then on the device
+# Usage (device tool): [TRAIN_ROUND=N HOURS=H] bash bench/make_gpu_bundle.sh here, then on the device (same values)
 #   [BUDGET=560] [RESUME=1] [TRAIN_ROUND=0] [HOURS=20] [MODELS="quartznet5x5 ..."] [MAX_FRAMES=24000] [LR_SCALE=1]
 #   [EVAL_SPLITS=test] [EVAL_S=110] bash bench/gpu_train.sh   with carry [".gpu"], timeout_s 595
 # TRAIN_ROUND=N > 0 synthesizes fresh training sentences and voices (zsq_tvm.data.corpus --train-round; the
@@ -25,6 +25,11 @@ W=/tmp/zsq; mkdir -p $W/tts $W/wrap
 exec > >(tee "$OUT/gpu_train.log") 2>&1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader; nproc
 tar xJf .gpu/bundle.tar.xz -C $W/tts
+# a bundle's texts.txt holds only the sentences of the round and hours it was built for (make_gpu_bundle.sh)
+if [ -f $W/tts/texts.info ] && [ "$(cat $W/tts/texts.info)" != "train_round=${TRAIN_ROUND:-0} hours=${HOURS:-20}" ]; then
+  echo "error: .gpu/bundle.tar.xz was built for $(cat $W/tts/texts.info), not train_round=${TRAIN_ROUND:-0} hours=${HOURS:-20}:"
+  echo "       rebuild it with TRAIN_ROUND=${TRAIN_ROUND:-0} HOURS=${HOURS:-20} bash bench/make_gpu_bundle.sh"; exit 2
+fi
 for b in espeak-ng flite; do
   printf '#!/bin/sh\nLD_LIBRARY_PATH=%s/tts/lib ESPEAK_DATA_PATH=%s/tts exec %s/tts/bin/%s "$@"\n' $W $W $W $b > $W/wrap/$b
   chmod +x $W/wrap/$b
