@@ -17,6 +17,8 @@ writes into DIR/art/ (``bench/make_gpu_runtime_bundle.sh`` calls it):
   as above) and FP32 (BatchNorm folded, same dlight rules, same nvcc flags) with every weight of more than
   4096 elements lifted to a runtime input (the device makes them from a seed: the bundle stays small);
   ``_graph``: the same build with TVM's CUDA graphs (launch overhead paid once), for both dtypes alike;
+  ``speed_quartznet15x5-wmma32x32_int8[_graph]`` etc.: the INT8 build with another WMMA block tile
+  (``WMMA_FRAG_MODEL_VARIANTS``; ``exact_quartznet5x5-wmma32x32`` likewise, checked bit for bit);
 * ``kern_*.so`` + ``.npz``: the int8 kernels alone (dp4a and WMMA GEMMs in both layouts, depthwise, and
   schedule variants: WMMA k-tiles, depthwise tiles) with a numpy expected output; each is checked and timed
   (``kernel_us`` in the JSON);
@@ -65,7 +67,36 @@ EXACT_MODELS = ("quartznet5x5", "conformer-ctc-small")
 # schedule variants timed on the GPU (kernel section) to choose the defaults: the WMMA k-tile on a 512x512
 # QuartzNet layer, and the depthwise tile (threads along time, outputs per thread, channels per block)
 WMMA_BK_VARIANTS = ((500, 512, 512, "uint8"), (16, 32, 64))
-DW_TILE_VARIANTS = ((512, 500, 87, 1, 2, 86, "uint8"), ((128, 4, 2), (64, 4, 4), (128, 2, 2), (32, 4, 8), (256, 2, 1)))
+# WMMA block tiles other than the default (int8_gemm.WMMA_WARP_FRAGS = (2, 1): 64 x 32 outputs, chosen with these
+# in Session 11): fragments per warp, 2 x 2 warps per block, (1, 1) = 32 x 32.  Timed on two QuartzNet layers, and
+# as whole models: QuartzNet-15x5 for speed (int8, plain and CUDA graph, against the same FP32 build) and the
+# trained QuartzNet-5x5 for bit-exactness
+WMMA_FRAG_VARIANTS = (((500, 512, 512, "uint8"), (500, 256, 256, "uint8")), ((2, 2), (1, 2), (1, 1)))
+WMMA_FRAG_MODEL_VARIANTS = (("quartznet15x5",), ("quartznet5x5",), ((1, 1), (2, 2)))
+
+
+def _frag_tag(frags) -> str:
+    return f"wmma{32 * frags[0]}x{32 * frags[1]}"
+
+
+class _wmma_frags:
+    """``with _wmma_frags((1, 2)):`` builds with another default WMMA block tile (``int8_gemm.WMMA_WARP_FRAGS``,
+    which the pointwise-conv pass's ``schedule_wmma`` reads)."""
+
+    def __init__(self, frags):
+        self.frags = frags
+
+    def __enter__(self):
+        from zsq_tvm.cuda import int8_gemm as g
+
+        self.saved, g.WMMA_WARP_FRAGS = g.WMMA_WARP_FRAGS, tuple(self.frags)
+
+    def __exit__(self, *exc):
+        from zsq_tvm.cuda import int8_gemm as g
+
+        g.WMMA_WARP_FRAGS = self.saved
+DW_TILE_VARIANTS = ((512, 500, 87, 1, 2, 86, "uint8"),
+                    ((128, 4, 2), (64, 4, 4), (128, 2, 2), (32, 4, 8), (256, 2, 1), (128, 4, 1), (512, 1, 1)))
 
 
 # ============================================================================ prepare (full TVM)
@@ -208,6 +239,13 @@ def prepare(out: str, arch: str, models: list[str], skip_speed: bool = False,
         for bk in bks:
             kernel(f"kern_wmma_ncw_{T_}x{K}x{M}_{a}_bk{bk}", g.schedule_wmma(spec, bk=bk), X, W,
                    g.kernel_bias(spec, W, bias, "wmma"), Mul, Sh, g.reference(spec, X, W, bias, Mul, Sh))
+        shapes, frag_list = WMMA_FRAG_VARIANTS
+        for T_, K, M, a in shapes:
+            spec = g.GemmSpec(T_, K, M, a_dtype=a, layout="ncw")
+            X, W, bias, Mul, Sh = g.random_problem(spec, seed=11)
+            for frags in frag_list:
+                kernel(f"kern_wmma_ncw_{T_}x{K}x{M}_{a}_{_frag_tag(frags)}", g.schedule_wmma(spec, frags=frags),
+                       X, W, g.kernel_bias(spec, W, bias, "wmma"), Mul, Sh, g.reference(spec, X, W, bias, Mul, Sh))
     from zsq_tvm.cuda import depthwise as dwk
 
     def dw_spec(C, Tin, K, st, dl, pad, a):
@@ -259,6 +297,15 @@ def prepare(out: str, arch: str, models: list[str], skip_speed: bool = False,
                  + ([["length", [1], "int32"]] if masked else []), "params": [],
                  "mel": name + "_mel.npy", "ref": name + "_ref.npy", **({"length": n} if masked else {})})
         print(f"{name} built at {time.time() - t0:.0f} s", flush=True)
+        if cuda and not masked and model in WMMA_FRAG_MODEL_VARIANTS[1]:
+            for frags in WMMA_FRAG_MODEL_VARIANTS[2]:
+                with _wmma_frags(frags):
+                    ex = _build(q.mod, target, int8=True)
+                vname = f"{name}-{_frag_tag(frags)}"
+                _export(ex, art, vname, arch, man,
+                        {"kind": "model", "model": model, "inputs": [["mel", [1, 64, FRAMES], "float32"]],
+                         "params": [], "mel": name + "_mel.npy", "ref": name + "_ref.npy"})
+                print(f"{vname} built at {time.time() - t0:.0f} s", flush=True)
     with open(os.path.join(art, "manifest.json"), "w") as f:
         json.dump(man, f, indent=1)
     if skip_speed:
@@ -304,6 +351,20 @@ def prepare(out: str, arch: str, models: list[str], skip_speed: bool = False,
                 print(f"  {name}: {len(params)} lifted params, at {time.time() - t0:.0f} s", flush=True)
                 with open(os.path.join(art, "manifest.json"), "w") as f:
                     json.dump(man, f, indent=1)
+        if not (cuda and model in WMMA_FRAG_MODEL_VARIANTS[0]):
+            continue
+        for frags in WMMA_FRAG_MODEL_VARIANTS[2]:  # int8 only; the ratio uses the FP32 build above
+            vmodel = f"{model}-{_frag_tag(frags)}"
+            for graph in (False, True):
+                name = f"speed_{vmodel}_int8" + ("_graph" if graph else "")
+                with _wmma_frags(frags):
+                    ex, params = _build(qm.mod, target, int8=True, lift=True, cuda_graph=graph)
+                _export(ex, art, name, arch, man,
+                        {"kind": "speed", "model": vmodel, "base_model": model, "dtype": "int8",
+                         "cuda_graph": graph, "inputs": [["mel", [1, 64, FRAMES], "float32"]], "params": params})
+                print(f"  {name}: {len(params)} lifted params, at {time.time() - t0:.0f} s", flush=True)
+            with open(os.path.join(art, "manifest.json"), "w") as f:
+                json.dump(man, f, indent=1)
     return 0
 
 
@@ -527,9 +588,10 @@ def run(art: str, out_dir: str, runs: int, budget_s: float, device: str = "cuda"
                 res["errors"].append(f"{name}: {type(e).__name__}: {str(e)[:300]}")
                 print(f"ERR  {name}: {type(e).__name__}: {str(e)[:300]}", flush=True)
             suffix = kind[4:]  # "" or "_graph"
+            base = lib.get("base_model", model)  # a schedule variant: its FP32 is the base model's
             i8 = res["speed_ms"].get(f"speed_{model}_int8{suffix}")
-            f32 = res["speed_ms"].get(f"speed_{model}_fp32{suffix}")
-            if kind.startswith("fp32") and i8 and f32:
+            f32 = res["speed_ms"].get(f"speed_{base}_fp32{suffix}")
+            if (kind.startswith("fp32") or base != model) and i8 and f32:
                 res["speedup_int8_vs_fp32"][model + suffix] = round(f32 / i8, 3)
                 print(f"     {model}{suffix}: INT8 {f32 / i8:.2f}x faster than FP32", flush=True)
             save()

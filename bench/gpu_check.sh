@@ -5,6 +5,7 @@
 # per-kernel profile, and INT8 vs FP32 speed of QuartzNet-5x5/10x5/15x5 at T=1000, plain and with CUDA graphs.
 #
 # 1) here (full TVM + nvcc):  bash bench/make_gpu_runtime_bundle.sh     -> .gpu_rt/bundle.tar.xz (gitignored)
+#    (it prints a note with the fix when the tracked files + bundle exceed the device tool's 64 MiB carry)
 # 2) device tool:  run(command="bash bench/gpu_check.sh", carry=[".gpu_rt"], timeout_s=260)
 #    -> prints GPU/driver, OK/FAIL per check, INT8 vs FP32 ms; writes $OUT/gpu_check.json, $OUT/log.txt.
 #    Exit 0 all bit-exact, 1 a mismatch/failed check, 2 no bundle / wrong Python / no GPU, 124 timeout.

@@ -55,3 +55,12 @@ printf 'python=%s ffi=%s arch=%s built=%s\n' "$PY" "$FFI_VER" "$ARCH" "$(date -u
 du -sh "$S/rt" "$S/art"
 ls -la "$DEST"
 echo "bundle: $(du -b "$DEST/bundle.tar.xz" | cut -f1) bytes ($(du -sh "$DEST" | cut -f1) in $DEST)"
+# the device tool carries the tracked files + this bundle, at most 64 MiB in all
+tracked=$(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
+total=$(( tracked + $(du -cb "$DEST"/* | tail -1 | cut -f1) ))
+if [ "$total" -gt $(( 64 * 1024 * 1024 - 1024 * 1024 )) ]; then
+  echo "note: tracked files ($tracked bytes) + bundle = $total bytes, over the device tool's 64 MiB carry."
+  echo "      gpu_check needs no model checkpoint on the device: leave them out of the tree for the call with"
+  echo "        git rm -q --cached zsq_tvm/models/*.pt && echo '/zsq_tvm/models/*.pt' >> .git/info/exclude"
+  echo "      and undo both afterwards (git restore --staged zsq_tvm/models/*.pt; remove the exclude line)."
+fi

@@ -26,7 +26,8 @@ CUOBJDUMP = g.find_cuobjdump()
 I16 = dict(out_dtype="int16", qmin=-32767, qmax=32767)
 I32 = dict(out_dtype="int32", qmin=-(2**30), qmax=2**30 - 1)
 SPECS = {
-    "qn_k33": dict(C=6, Tin=300, K=33, pad_l=16, pad_r=16),  # Tout > one tile, C not a multiple of cb
+    "qn_k33": dict(C=6, Tin=600, K=33, pad_l=16, pad_r=16),  # Tout > one tile of the default 512
+    "tile_128x4_cb2": dict(C=5, Tin=300, K=33, pad_l=16, pad_r=16, tx=128, vt=4, cb=2),  # C not a multiple of cb
     "stride2_int8": dict(C=4, Tin=201, K=33, stride=2, pad_l=16, pad_r=16, a_dtype="int8"),  # QuartzNet's C1
     "stride4": dict(C=3, Tin=97, K=9, stride=4, pad_l=4, pad_r=3),
     "dilation2": dict(C=3, Tin=120, K=87, dilation=2, pad_l=86, pad_r=86),  # the K=87 dilated layer
@@ -69,26 +70,28 @@ def test_bad_specs_are_refused():
         dw.DwSpec(C=4, Tin=10, K=3, a_dtype="int16")
 
 
-@pytest.fixture(scope="module")
-def cuda_dw(tmp_path_factory):
-    spec = dw.DwSpec(C=64, Tin=500, K=51, pad_l=25, pad_r=25)
+# the default tile (one channel per block) and one with several channels per block (threadIdx.y)
+@pytest.fixture(scope="module", params=[{}, dict(tx=128, vt=4, cb=2)], ids=["default_tile", "cb2"])
+def cuda_dw(request, tmp_path_factory):
+    spec = dw.DwSpec(C=64, Tin=500, K=51, pad_l=25, pad_r=25, **request.param)
     src = g.cuda_source(g.build(dw.schedule(spec)))
     text = None
     if NVCC and CUOBJDUMP:
         text = g.sass(g.nvcc_cubin(src, str(tmp_path_factory.mktemp("dw"))), CUOBJDUMP)
-    return src, text
+    return src, text, spec
 
 
 def test_cuda_source_is_integer_only_and_staged(cuda_dw):
-    src, _ = cuda_dw
+    src, _, spec = cuda_dw
     assert "__global__" in src and g.kernel_float_types(src) == []
     assert "__shared__" in src and "__syncthreads()" in src
-    assert "blockIdx.y" in src and "threadIdx.y" in src
+    assert "blockIdx.y" in src and "threadIdx.x" in src
+    assert ("threadIdx.y" in src) == (spec.cb > 1)  # a unit thread axis is dropped from the source
 
 
 @pytest.mark.skipif(NVCC is None or CUOBJDUMP is None, reason="needs nvcc and cuobjdump (nvidia-cuda-cuobjdump)")
 def test_cuda_sass_has_no_float(cuda_dw):
-    _, text = cuda_dw
+    _, text, _ = cuda_dw
     assert "LDS" in text  # taps read from shared memory
     assert g.sass_float_ops(text) == []
 

@@ -166,6 +166,27 @@ def test_wmma_k_tiles_on_llvm(layout, K):
     assert g.run_llvm_check(spec, "wmma", seed=3)
 
 
+@pytest.mark.parametrize("layout", ["tk", "ncw"])
+@pytest.mark.parametrize("frags", [(1, 2), (2, 2), (1, 1)], ids=["32x64", "64x64", "32x32"])
+def test_wmma_block_tiles_on_llvm(layout, frags):
+    """Other block tiles than the default 64 x 32 (more or fewer fragments per warp): exact, rows and
+    columns padded to their own tile sizes."""
+    spec = g.GemmSpec(T=100, K=128, M=72, layout=layout)
+    assert g.run_llvm_check(spec, "wmma", seed=4, frags=frags)
+
+
+@needs_nvcc
+@pytest.mark.parametrize("frags", [(1, 2), (2, 2)], ids=["32x64", "64x64"])
+def test_wmma_block_tiles_build_with_nvcc(tmp_path, frags):
+    """A QuartzNet 512 x 512 layer (T = 500, ncw) with the other block tiles: tensor cores, no float."""
+    spec = g.GemmSpec(T=500, K=512, M=512, layout="ncw")
+    src = g.cuda_source(g.build(g.schedule_wmma(spec, frags=frags)))
+    assert g.kernel_float_types(src) == []
+    if CUOBJDUMP:
+        text = g.sass(g.nvcc_cubin(src, str(tmp_path)), CUOBJDUMP)
+        assert g.sass_counts(text).get("IMMA.8816.S8.S8", 0) > 0 and g.sass_float_ops(text) == []
+
+
 @needs_nvcc
 @pytest.mark.parametrize("layout", ["tk", "ncw"])
 @pytest.mark.parametrize("a_dtype", ["uint8", "int8"])

@@ -211,10 +211,12 @@ def _round_up(x: int, m: int) -> int:
     return (x + m - 1) // m * m
 
 
-def _pad(sch, gemm, spec: GemmSpec, bt: int, bm: int, bk: int):
-    """pad_einsum to tile multiples; returns the names of the producer pad blocks."""
-    if (spec.T % bt, spec.M % bm, spec.K % bk) != (0, 0, 0):
-        sch.pad_einsum(gemm, [bt, bm, bk])
+def _pad(sch, gemm, spec: GemmSpec, br: int, bc: int, bk: int):
+    """pad_einsum the gemm block's (rows, columns, k) iterators to multiples of (br, bc, bk): rows are T
+    and columns M in the ``tk`` layout, the other way round in ``ncw``."""
+    rows, cols = (spec.T, spec.M) if spec.layout == "tk" else (spec.M, spec.T)
+    if (rows % br, cols % bc, spec.K % bk) != (0, 0, 0):
+        sch.pad_einsum(gemm, [br, bc, bk])
 
 
 def _epilogue(sch):
@@ -294,25 +296,37 @@ def wmma_k_tile(K: int) -> int:
     return next(b for b in (64, 32, 16) if k16 % b == 0)
 
 
-def schedule_wmma(spec: GemmSpec, tensorize: bool = True, bk: int | None = None):
-    """WMMA 16x16x16 s8s8s32 schedule: 64x64 block tile, 2x2 warps of 2x2 fragments, k-tile ``bk``
+# Fragments per warp (rows of A, columns of B) of the WMMA schedule; a block is 2 x 2 warps, so its output tile is
+# 32 * WMMA_WARP_FRAGS[0] x 32 * WMMA_WARP_FRAGS[1].  (2, 1): 64 x 32, chosen on an H100 (Session 11,
+# bench/gpu_check.py): a QuartzNet 512x512 layer at T = 500 (ncw) takes 8.8 us against 12.3 us with 64 x 64 tiles
+# (twice the blocks: 16 x 8 = 128 for 132 SMs, where 64 x 64 gave 64), QuartzNet-15x5 INT8 1.089 ms against
+# 1.330 ms (CUDA graphs) -- 64 x 32 beat 32 x 64 (1.117 ms) as a whole model.
+WMMA_WARP_FRAGS = (2, 1)
+
+
+def schedule_wmma(spec: GemmSpec, tensorize: bool = True, bk: int | None = None,
+                  frags: tuple | None = None):
+    """WMMA 16x16x16 s8s8s32 schedule: 2x2 warps of ``frags`` = (fr, fc) fragments each (default
+    ``WMMA_WARP_FRAGS`` = 2x1: a 64x32 block tile, rows of A x columns of B; 2x2 gives 64x64), k-tile ``bk``
     (default :func:`wmma_k_tile`: 64 for K = 256, 512, ...).
 
     Both layouts: ``tk`` computes ``X[T, K] W[M, K]^T`` (A = X row-major, B = W "transposed"), ``ncw``
     computes ``W[M, K] X[K, T]`` (A = W, B = X row-major) and writes ``Y[0, m, t]`` along time, so the
     graph's NCW activations need no transposes around it.
 
-    Per k-tile the block stages a 64 x bk tile of A and of B in shared memory (16-byte vector loads, 4-byte
-    where the operand is zero-padded or u8-shifted; the shift and the padding applied on the way), syncs once, and each warp loads the fragments of *its*
-    two A rows and two B columns (the warp's row and column are separate thread axes, ``threadIdx.z`` and
-    ``threadIdx.y``, so its fragment loads cover only its own 32 x 32 tile) for each of the ``bk / 16`` steps.
-    The shared rows are padded by 16 bytes (``storage_align``) so the 16 rows a fragment load reads start in
-    different banks.  A larger k-tile means fewer ``__syncthreads`` per output tile: with T = 500 the grid has
-    only ``ceil(T/64) x M/64`` blocks, so the k-loop's latency, not the tensor cores, bounds the kernel.
+    Per k-tile the block stages its rows x bk tile of A and columns x bk tile of B in shared memory (16-byte
+    vector loads, 4-byte where the operand is zero-padded or u8-shifted; the shift and the padding applied on
+    the way), syncs once, and each warp loads the fragments of *its* ``fr`` A rows and ``fc`` B columns (the
+    warp's row and column are separate thread axes, ``threadIdx.z`` and ``threadIdx.y``, so its fragment loads
+    cover only its own ``16 fr x 16 fc`` tile) for each of the ``bk / 16`` steps.  The shared rows are padded
+    by 16 bytes (``storage_align``) so the 16 rows a fragment load reads start in different banks.  A larger
+    k-tile means fewer ``__syncthreads`` per output tile; with T = 500 the grid is small (``M/64 x ceil(T/32)``
+    blocks in ncw), so the k-loop's latency, not the tensor cores, bounds the kernel, and smaller block tiles
+    (more blocks on more SMs) are faster (``WMMA_WARP_FRAGS``).
 
     ``uint8`` activations run shifted to int8 (``x - 128``, inlined into the shared-memory load);
     pass the bias through :func:`fold_u8_shift`.  The int32 tile goes fragment -> shared and each
-    warp requantizes its 32x32 outputs from there (``reverse_compute_at``), writing ``out_dtype``.
+    warp requantizes its own outputs from there (``reverse_compute_at``), writing ``out_dtype``.
     ``tensorize=False``: same tiling, pad, shift and epilogue, but scalar loops, no thread
     bindings and ``global`` staging buffers, so llvm can run it.
     """
@@ -321,10 +335,13 @@ def schedule_wmma(spec: GemmSpec, tensorize: bool = True, bk: int | None = None)
     gpu = tensorize
     bk = bk or wmma_k_tile(spec.K)
     assert bk in (16, 32, 64), bk
+    fr, fc = frags or WMMA_WARP_FRAGS
+    assert fr in (1, 2, 4) and fc in (1, 2, 4), (fr, fc)
+    tr, tc = 32 * fr, 32 * fc  # the block's output tile: rows of A x columns of B
     shift = spec.a_dtype == "uint8"
     sch = s_tir.Schedule(gemm_requant_func(spec, shift_u8=shift))
     gemm = sch.get_sblock("gemm")
-    _pad(sch, gemm, spec, 64, 64, bk)
+    _pad(sch, gemm, spec, tr, tc, bk)  # the gemm block's iterators are (rows, columns, k) in both layouts
     req = _epilogue(sch)
 
     r, c, k = sch.get_loops(gemm)  # rows of A (t for tk, m for ncw), columns (m / t), reduction
@@ -334,8 +351,8 @@ def schedule_wmma(spec: GemmSpec, tensorize: bool = True, bk: int | None = None)
     sch.reorder(r, c, k0, k1, ri, ci, ki)
     inner = gemm
     outer = sch.blockize(ri)
-    r0, r1, r2 = sch.split(r, [None, 2, 2])
-    c0, c1, c2 = sch.split(c, [None, 2, 2])
+    r0, r1, r2 = sch.split(r, [None, 2, fr])
+    c0, c1, c2 = sch.split(c, [None, 2, fc])
     sch.reorder(r0, c0, r1, c1, k0, k1, r2, c2)
     if gpu:
         sch.bind(r0, "blockIdx.y")
@@ -358,9 +375,12 @@ def schedule_wmma(spec: GemmSpec, tensorize: bool = True, bk: int | None = None)
         # 16-byte vectors where the operand's tile needs no zero padding and no u8 shift: TVM 0.27 prints the
         # padded zero of an int8x8 / int8x16 load as make_int2/make_int4 of 8/16 chars and has no CUDA type for
         # the shift's int32x16 (nvcc / codegen reject both); int8x4 is fine
-        padded = spec.K % bk or (rows if idx == 0 else cols) % 64
+        tile = tr if idx == 0 else tc
+        padded = spec.K % bk or (rows if idx == 0 else cols) % tile
         shifted = shift and producers is x_side
-        _, fz, fy, fx, fv = sch.split(f, [None, 2, 2, 32, 4 if padded or shifted or bk < 32 else 16])
+        # 16-byte vectors only where the 128 threads' vectors fit the tile x bk stage whole
+        vec = 4 if padded or shifted or bk < 32 or tile * bk < 128 * 16 else 16
+        _, fz, fy, fx, fv = sch.split(f, [None, 2, 2, 32, vec])
         if gpu:
             sch.bind(fz, "threadIdx.z")
             sch.bind(fy, "threadIdx.y")
@@ -526,10 +546,11 @@ def llvm_bit_exact(mod, inputs, want: np.ndarray, what: str) -> bool:
     return True
 
 
-def run_llvm_check(spec: GemmSpec, schedule: str = "dp4a", seed: int = 0) -> bool:
+def run_llvm_check(spec: GemmSpec, schedule: str = "dp4a", seed: int = 0, **schedule_kw) -> bool:
     """Build the un-tensorized version of the schedule's tiling on llvm and compare bit-exactly
-    with :func:`reference` (numpy + ``intmath.requantize``).  Returns True or raises."""
-    sch = (schedule_dp4a if schedule == "dp4a" else schedule_wmma)(spec, tensorize=False)
+    with :func:`reference` (numpy + ``intmath.requantize``).  Returns True or raises.
+    ``schedule_kw``: the schedule's tiling arguments (``bk``, ``frags`` for WMMA)."""
+    sch = (schedule_dp4a if schedule == "dp4a" else schedule_wmma)(spec, tensorize=False, **schedule_kw)
     X, W, bias, Mul, Sh = random_problem(spec, seed)
     return llvm_bit_exact(sch.mod, (X, W, kernel_bias(spec, W, bias, schedule), Mul, Sh),
                           reference(spec, X, W, bias, Mul, Sh), schedule)
