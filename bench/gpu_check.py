@@ -43,6 +43,7 @@ the sync, the ranking is what matters), top kernels in the JSON under ``profile`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -79,22 +80,20 @@ def _frag_tag(frags) -> str:
     return f"wmma{32 * frags[0]}x{32 * frags[1]}"
 
 
-class _wmma_frags:
-    """``with _wmma_frags((1, 2)):`` builds with another default WMMA block tile (``int8_gemm.WMMA_WARP_FRAGS``,
-    which the pointwise-conv pass's ``schedule_wmma`` reads)."""
+@contextlib.contextmanager
+def _wmma_frags(frags):
+    """Build with another default WMMA block tile (``int8_gemm.WMMA_WARP_FRAGS``, which the pointwise-conv
+    pass's ``schedule_wmma`` reads); ``None``: the default."""
+    from zsq_tvm.cuda import int8_gemm as g
 
-    def __init__(self, frags):
-        self.frags = frags
+    saved = g.WMMA_WARP_FRAGS
+    g.WMMA_WARP_FRAGS = tuple(frags) if frags else saved
+    try:
+        yield
+    finally:
+        g.WMMA_WARP_FRAGS = saved
 
-    def __enter__(self):
-        from zsq_tvm.cuda import int8_gemm as g
 
-        self.saved, g.WMMA_WARP_FRAGS = g.WMMA_WARP_FRAGS, tuple(self.frags)
-
-    def __exit__(self, *exc):
-        from zsq_tvm.cuda import int8_gemm as g
-
-        g.WMMA_WARP_FRAGS = self.saved
 DW_TILE_VARIANTS = ((512, 500, 87, 1, 2, 86, "uint8"),
                     ((128, 4, 2), (64, 4, 4), (128, 2, 2), (32, 4, 8), (256, 2, 1), (128, 4, 1), (512, 1, 1)))
 
@@ -292,20 +291,18 @@ def prepare(out: str, arch: str, models: list[str], skip_speed: bool = False,
             with open(os.path.join(art, name + "_ref_text.txt"), "w") as f:
                 f.write(greedy_decode(ref, vocab, q.manifest.get("logits_layout", "auto"))[0] + "\n")
         print(f"{model}: quantized + reference at {time.time() - t0:.0f} s", flush=True)
-        _export(_build(q.mod, target, int8=True), art, name, arch, man,
-                {"kind": "model", "model": model, "inputs": [["mel", [1, 64, FRAMES], "float32"]]
-                 + ([["length", [1], "int32"]] if masked else []), "params": [],
-                 "mel": name + "_mel.npy", "ref": name + "_ref.npy", **({"length": n} if masked else {})})
-        print(f"{name} built at {time.time() - t0:.0f} s", flush=True)
-        if cuda and not masked and model in WMMA_FRAG_MODEL_VARIANTS[1]:
-            for frags in WMMA_FRAG_MODEL_VARIANTS[2]:
-                with _wmma_frags(frags):
-                    ex = _build(q.mod, target, int8=True)
-                vname = f"{name}-{_frag_tag(frags)}"
-                _export(ex, art, vname, arch, man,
-                        {"kind": "model", "model": model, "inputs": [["mel", [1, 64, FRAMES], "float32"]],
-                         "params": [], "mel": name + "_mel.npy", "ref": name + "_ref.npy"})
-                print(f"{vname} built at {time.time() - t0:.0f} s", flush=True)
+        # the build itself, and (CUDA, unmasked) the same model with the other WMMA block tiles: same reference
+        tiles = [None] + list(WMMA_FRAG_MODEL_VARIANTS[2] if cuda and not masked
+                              and model in WMMA_FRAG_MODEL_VARIANTS[1] else [])
+        for frags in tiles:
+            with _wmma_frags(frags):
+                ex = _build(q.mod, target, int8=True)
+            lname = name + (f"-{_frag_tag(frags)}" if frags else "")
+            _export(ex, art, lname, arch, man,
+                    {"kind": "model", "model": model, "inputs": [["mel", [1, 64, FRAMES], "float32"]]
+                     + ([["length", [1], "int32"]] if masked else []), "params": [],
+                     "mel": name + "_mel.npy", "ref": name + "_ref.npy", **({"length": n} if masked else {})})
+            print(f"{lname} built at {time.time() - t0:.0f} s", flush=True)
     with open(os.path.join(art, "manifest.json"), "w") as f:
         json.dump(man, f, indent=1)
     if skip_speed:
@@ -334,37 +331,30 @@ def prepare(out: str, arch: str, models: list[str], skip_speed: bool = False,
             fold = FoldBatchNorm(onnx_model=proto_s)
         except TypeError:
             fold = FoldBatchNorm()
-        for kind, mod in (("int8", qm.mod), ("fp32", fold(fmod))):
+        # (model name, WMMA tile, dtype, module): the two builds, and (CUDA) the INT8 one with the other WMMA
+        # block tiles, whose speed-up is taken against the FP32 build of the same model ("base_model")
+        builds = [(model, None, "int8", qm.mod), (model, None, "fp32", fold(fmod))]
+        if cuda and model in WMMA_FRAG_MODEL_VARIANTS[0]:
+            builds += [(f"{model}-{_frag_tag(f)}", f, "int8", qm.mod) for f in WMMA_FRAG_MODEL_VARIANTS[2]]
+        for bmodel, frags, kind, mod in builds:
             # plain, and (CUDA) with CUDA graphs: the same kernels, the launches replayed as one graph
             for graph in ((False, True) if cuda else (False,)):
-                name = f"speed_{model}_{kind}" + ("_graph" if graph else "")
+                name = f"speed_{bmodel}_{kind}" + ("_graph" if graph else "")
                 try:
-                    ex, params = _build(mod, target, int8=kind == "int8", lift=True, cuda_graph=graph)
+                    with _wmma_frags(frags):
+                        ex, params = _build(mod, target, int8=kind == "int8", lift=True, cuda_graph=graph)
                 except Exception as e:  # noqa: BLE001 - a graph build that fails must not cost the plain ones
                     if not graph:
                         raise
                     print(f"  {name}: not built ({type(e).__name__}: {str(e)[:200]})", flush=True)
                     continue
                 _export(ex, art, name, arch, man,
-                        {"kind": "speed", "model": model, "dtype": kind, "cuda_graph": graph,
-                         "inputs": [["mel", [1, 64, FRAMES], "float32"]], "params": params})
+                        {"kind": "speed", "model": bmodel, "dtype": kind, "cuda_graph": graph,
+                         "inputs": [["mel", [1, 64, FRAMES], "float32"]], "params": params,
+                         **({"base_model": model} if frags else {})})
                 print(f"  {name}: {len(params)} lifted params, at {time.time() - t0:.0f} s", flush=True)
                 with open(os.path.join(art, "manifest.json"), "w") as f:
                     json.dump(man, f, indent=1)
-        if not (cuda and model in WMMA_FRAG_MODEL_VARIANTS[0]):
-            continue
-        for frags in WMMA_FRAG_MODEL_VARIANTS[2]:  # int8 only; the ratio uses the FP32 build above
-            vmodel = f"{model}-{_frag_tag(frags)}"
-            for graph in (False, True):
-                name = f"speed_{vmodel}_int8" + ("_graph" if graph else "")
-                with _wmma_frags(frags):
-                    ex, params = _build(qm.mod, target, int8=True, lift=True, cuda_graph=graph)
-                _export(ex, art, name, arch, man,
-                        {"kind": "speed", "model": vmodel, "base_model": model, "dtype": "int8",
-                         "cuda_graph": graph, "inputs": [["mel", [1, 64, FRAMES], "float32"]], "params": params})
-                print(f"  {name}: {len(params)} lifted params, at {time.time() - t0:.0f} s", flush=True)
-            with open(os.path.join(art, "manifest.json"), "w") as f:
-                json.dump(man, f, indent=1)
     return 0
 
 
