@@ -11,7 +11,8 @@ has AVX-512 VNNI, else ``host``; both bit-exact with the numpy reference) of fix
 ``--frames`` T, evaluated with the ``zsq eval`` machinery (:func:`zsq_tvm.evaluate.run_fixed`:
 zero-pad / chunk, never truncate; greedy CTC; :func:`zsq_tvm.evaluate.score`).  The FP32 baseline
 runs the torch model padded the same way (``zsq eval MODEL --frames-pad T``), so the comparison
-is like for like; the unpadded FP32 WER is reported next to it.  Each split uses its first
+is like for like; the unpadded FP32 WER is reported next to it.  With ``--time-mask`` the builds mask
+their zero padding (``zsq quantize --time-mask``), and the FP32 row runs the same T-frame chunks unpadded.  Each split uses its first
 ``--limit`` utterances (the same subset for every row); their mels are computed once.
 
 Per seed: synthesis (``--synth-*``; batch ``b`` of seed ``s`` is seeded by ``[s, b]``), random
@@ -46,14 +47,22 @@ def load_split(manifest, limit):
     return [(compute_mel(u.audio_filepath), normalize_text(u.text)) for u in rows]
 
 
-def wer_of(infer, vocab, data, T):
-    """``zsq eval``'s loop on cached mels: fixed-T run (pad / chunk), greedy CTC, corpus WER/CER."""
+def wer_of(infer, vocab, data, T, masked=False, unpadded=False):
+    """``zsq eval``'s loop on cached mels: fixed-T run (pad / chunk), greedy CTC, corpus WER/CER.
+
+    ``masked``: the model is told each chunk's valid frames (a ``--time-mask`` build, ``infer(x, valid)``).
+    ``unpadded``: the FP32 twin of a masked build, each T-frame chunk run on its valid frames only (the
+    whole utterance when it fits in one chunk).
+    """
     from zsq_tvm.ctc import greedy_decode
     from zsq_tvm.evaluate import run_fixed, score
 
     refs, hyps = [], []
     for mel, ref in data:
-        logits = run_fixed(infer, mel, T)[0] if T else infer(mel[None])
+        if unpadded:
+            logits = np.concatenate([infer(mel[None, :, i:i + T]) for i in range(0, mel.shape[1], T)], axis=0)
+        else:
+            logits = run_fixed(infer, mel, T, with_length=masked)[0] if T else infer(mel[None])
         hyps.append(" ".join(greedy_decode(logits[None], vocab, "BTV")[0].split()))
         refs.append(ref)
     r = score(refs, hyps)
@@ -103,7 +112,8 @@ def merge(results):
     out = {}
     for r in results:
         k = (r["config"]["model"], r["config"]["frames"], r["config"]["limit"], r["config"]["n_calib"],
-             r["config"]["synth_frames"], r["config"]["synth_iters"], r["config"].get("out_bits", 8))  # only runs of the same settings merge
+             r["config"]["synth_frames"], r["config"]["synth_iters"], r["config"].get("out_bits", 8),
+             r["config"].get("time_mask", False))  # only runs of the same settings merge
         if k not in out:
             out[k] = {**r, "cells": list(r["cells"]), "runs": [r["config"]]}
         else:
@@ -144,6 +154,7 @@ def markdown(results):
         out.append(f"**{c['model']}** (T = {c['frames']}; {c['n_calib']} calibration mels per source; synthetic: "
                    f"{c['synth_batches']} x 8 x {c['synth_frames']} frames, {c['synth_iters']} Adam steps; "
                    f"int{c.get('out_bits', 8)} logits; "
+                   + ("padding masked (`--time-mask`), FP32 on the same chunks unpadded; " if c.get("time_mask") else "")
                    + ", ".join(f"`{s}`: {n[s]} utt. / {w[s]} words" for s in splits) + ")\n")
         out.append("| W/A | calibration | method | size (MB) | BOPs (T, 10 s) | "
                    + " | ".join(f"{s} WER %" for s in splits) + f" | Δ {splits[0]} | seeds |")
@@ -177,6 +188,9 @@ def main():
     ap.add_argument("--target", default=None, help="default: host-vnni where the CPU has AVX-512 VNNI, else host")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     ap.add_argument("--wbits", type=int, nargs="+", default=[8, 6])
+    ap.add_argument("--time-mask", action="store_true",
+                    help="builds mask their zero padding (`zsq quantize --time-mask`); the FP32 row runs each chunk "
+                         "unpadded")
     ap.add_argument("--out-bits", type=int, default=16, help="bits of the integer logits (8 or 16; zsq default 16)")
     ap.add_argument("--calib", nargs="+", default=["synthetic", "random", "real"])
     ap.add_argument("--methods", nargs="+", default=["minmax", "percentile"])
@@ -237,7 +251,7 @@ def main():
     for s, d in data.items():
         if a.no_fp32:  # a helper run (e.g. more seeds in parallel): --table takes FP32 from another result
             break
-        res["fp32"][s] = wer_of(fp.infer, fp.vocab, d, a.frames)
+        res["fp32"][s] = wer_of(fp.infer, fp.vocab, d, a.frames, unpadded=a.time_mask)
         res["fp32_unpadded"][s] = wer_of(fp.infer, fp.vocab, d, None)
         print("FP32", s, res["fp32"][s], "unpadded", res["fp32_unpadded"][s]["wer"], flush=True)
     for wb in a.wbits:
@@ -297,7 +311,7 @@ def main():
                     tc = time.time()
                     q = zsq_tvm.quantize(a.model, zsq_tvm.QuantConfig(
                         wbits=wb, abits=8, out_bits=a.out_bits, frames=a.frames, calib=src, calib_method=method, seed=seed,
-                        num_batches=n_calib))
+                        num_batches=n_calib, time_mask=a.time_mask))
                     b = zsq_tvm.compile(q, target=target)
                     tq = time.time() - tc
                     r = BuildRunner(b, f"{a.model}-W{wb}A8-{calib}-{method}-s{seed}")
@@ -306,7 +320,7 @@ def main():
                             "source_seconds": src_seconds, "quantize_compile_seconds": tq}
                     te = time.time()
                     for s, d in data.items():
-                        cell["splits"][s] = wer_of(r.infer, r.vocab, d, a.frames)
+                        cell["splits"][s] = wer_of(r.infer, r.vocab, d, a.frames, masked=r.takes_length)
                     cell["eval_seconds"] = time.time() - te
                     res["cells"].append(cell)
                     bar.update(1)

@@ -11,6 +11,14 @@ the budget.  Utterances are bucketed by length; the first 10 % of the budget use
 short utterances (CTC leaves its all-blank phase faster on them).  SpecAugment is
 switched on after warm-up.  It checkpoints (fp16) every few minutes and resumes from
 ``--resume``.  At the end it decodes every split greedily and writes WER/CER to JSON.
+
+Checkpoint averaging (SWA): ``fit --schedule constant --snapshot-every M`` keeps the weights every M
+minutes of a constant-LR phase, and
+
+    python -m zsq_tvm.train average ck/ARCH.snap*.pt [more.pt] -o avg.pt [--feats feats/]
+
+writes their element-wise mean as a normal checkpoint (``--feats``: BN statistics re-estimated on the
+training features instead of averaged).
 """
 from __future__ import annotations
 
@@ -143,7 +151,17 @@ def save_checkpoint(model, path: Path, meta: dict) -> None:
 def fit(feats: str, arch: str, out: str, minutes: float, device: str, lr: float, seed: int = 0,
         resume: str = "", max_frames: int = 24000, warmup: int = 300, ckpt_every_s: float = 120.0,
         deadline: float = 0.0, log_every: int = 50, json_dir: str = "",
-        eval_splits: Optional[List[str]] = None, train_round: int = 0) -> dict:
+        eval_splits: Optional[List[str]] = None, train_round: int = 0, schedule: str = "cosine",
+        snapshot_every_s: float = 0.0) -> dict:
+    """Train ``arch`` for ``minutes`` on ``feats/train.pt``; checkpoint, evaluate, write ``out/{arch}.pt``.
+
+    ``schedule``: ``cosine`` (warm-up, constant peak, cosine decay over the last 35 %) or ``constant``
+    (warm-up, then ``lr`` to the end: the phase whose snapshots :func:`average` combines, as in SWA).
+    ``snapshot_every_s`` > 0 also keeps a copy of the weights every that many seconds,
+    ``out/{arch}.snapNN.pt``.
+    """
+    if schedule not in ("cosine", "constant"):
+        raise ValueError(f"unknown schedule {schedule!r}: use cosine or constant")
     torch.manual_seed(seed)
     rng = random.Random(seed)
     g = torch.Generator().manual_seed(seed)
@@ -168,7 +186,8 @@ def fit(feats: str, arch: str, out: str, minutes: float, device: str, lr: float,
     lengths = np.array([f.shape[1] for f in train["feats"]])
     cuda = device.startswith("cuda")
     step, seen_s, losses = 0, 0.0, []
-    last_ck = time.time()
+    last_ck = last_snap = time.time()
+    n_snap = 0
     log = []
     print(f"[{arch}] {count_params(model) / 1e6:.2f} M params, {len(lengths)} utterances, "
           f"{lengths.sum() / 100 / 3600:.1f} h, budget {(end - start) / 60:.1f} min", flush=True)
@@ -182,7 +201,7 @@ def fit(feats: str, arch: str, out: str, minutes: float, device: str, lr: float,
                 break
             frac = (now - start) / (end - start)
             scale = min(1.0, (step + 1) / warmup)
-            if frac > 0.65:
+            if frac > 0.65 and schedule == "cosine":
                 scale *= 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * (frac - 0.65) / 0.35))
             for pg in opt.param_groups:
                 pg["lr"] = lr * scale
@@ -208,13 +227,19 @@ def fit(feats: str, arch: str, out: str, minutes: float, device: str, lr: float,
             if time.time() - last_ck > ckpt_every_s:
                 save_checkpoint(model, out_dir / f"{arch}.pt", {"steps": steps_done + step, "log": log})
                 last_ck = time.time()
+            if snapshot_every_s and time.time() - last_snap > snapshot_every_s:
+                n_snap += 1
+                save_checkpoint(model, out_dir / f"{arch}.snap{n_snap:02d}.pt",
+                                {"arch": arch, "steps": steps_done + step, "hours_seen": seen_s / 3600,
+                                 "lr": lr * scale, "train_round": train_round, "snapshot": n_snap})
+                last_snap = time.time()
         else:
             continue
         break
     meta = {"arch": arch, "params": count_params(model), "steps": steps_done + step, "hours_seen": seen_s / 3600,
             "minutes": (time.time() - start) / 60, "lr": lr, "seed": seed, "device": device,
             "gpu": torch.cuda.get_device_name(0) if cuda else "cpu", "log": log,
-            "train_round": train_round, "previous_runs": previous_runs}
+            "train_round": train_round, "previous_runs": previous_runs, "schedule": schedule}
     save_checkpoint(model, out_dir / f"{arch}.pt", meta)
     results = {}
     for split_file in sorted(Path(feats).glob("*.pt")):
@@ -226,6 +251,58 @@ def fit(feats: str, arch: str, out: str, minutes: float, device: str, lr: float,
     meta["eval"] = results
     save_checkpoint(model, out_dir / f"{arch}.pt", meta)
     (Path(json_dir or out_dir) / f"{arch}.json").write_text(json.dumps({k: v for k, v in meta.items()}, indent=1))
+    return meta
+
+
+def average(checkpoints: List[str], out: str, feats: str = "", bn_batches: int = 100, max_frames: int = 12000,
+            seed: int = 0) -> dict:
+    """Average the weights of checkpoints of one architecture (SWA / checkpoint averaging) -> ``out``.
+
+    Float parameters: the element-wise mean θ̄ = (1/n) Σ θ_i.  BatchNorm running statistics do not average
+    meaningfully (a BN's statistics depend on every weight before it), so with ``feats`` they are
+    re-estimated for θ̄: the cumulative mean and (unbiased) variance of each BN input over ``bn_batches``
+    training batches (``feats/train.pt``, no SpecAugment) — SWA's ``update_bn``.  Without ``feats`` they are
+    averaged like the rest.  The result is a normal checkpoint (fp16), its ``meta`` lists the sources.
+    """
+    if len(checkpoints) < 2:
+        raise ValueError("average needs at least two checkpoints")
+    cks = [torch.load(c, map_location="cpu", weights_only=True) for c in checkpoints]
+    arch = cks[0]["arch"]
+    for c, ck in zip(checkpoints, cks):
+        if ck["arch"] != arch or set(ck["state_dict"]) != set(cks[0]["state_dict"]):
+            raise ValueError(f"{c} is a {ck['arch']!r} checkpoint with other parameters than {checkpoints[0]} "
+                             f"({arch!r}): only checkpoints of one architecture average")
+    sd = {}
+    for k, v in cks[0]["state_dict"].items():
+        sd[k] = (torch.stack([ck["state_dict"][k].float() for ck in cks]).mean(0) if v.is_floating_point()
+                 else v)  # integer buffers (num_batches_tracked) are counters, not weights
+    model = build_model(arch)
+    model.load_state_dict(sd)
+    bn_info = "averaged"
+    if feats:
+        bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative moving average: the plain mean over the batches seen
+        data = torch.load(Path(feats) / "train.pt")
+        lengths = np.array([f.shape[1] for f in data["feats"]])
+        batches = _batches(lengths, max_frames, 128, random.Random(seed))[:bn_batches]
+        model.train()
+        with torch.no_grad():
+            for idx in batches:
+                x, lens, _, _ = _collate(data, idx, "cpu")
+                model(x, lens)
+        model.eval()
+        bn_info = f"re-estimated on {len(batches)} batches of {feats}/train.pt"
+    meta = dict(cks[0]["meta"])
+    meta.pop("eval", None)  # the sources' WER does not describe the average
+    meta["averaged_from"] = [{"path": str(c), **{k: ck["meta"].get(k) for k in ("steps", "hours_seen", "lr",
+                                                                                  "train_round", "snapshot")
+                                                 if k in ck["meta"]}} for c, ck in zip(checkpoints, cks)]
+    meta["bn_statistics"] = bn_info
+    model.arch, model.vocab = arch, cks[0]["vocab"]
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(model, Path(out), meta)
     return meta
 
 
@@ -254,13 +331,29 @@ def main(argv=None):
     f.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     f.add_argument("--train-round", type=int, default=0, help="the corpus round (`zsq_tvm.data.corpus synth "
                    "--train-round`) the training split in --feats was made with; recorded in the checkpoint")
+    f.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
+                   help="cosine: decay over the last 35 %% of the budget; constant: the SWA phase (see average)")
+    f.add_argument("--snapshot-every", type=float, default=0.0,
+                   help="minutes: also keep the weights every this often as ARCH.snapNN.pt (for average)")
+    v = sub.add_parser("average", help="average checkpoints of one architecture (SWA), BN statistics re-estimated")
+    v.add_argument("checkpoints", nargs="+")
+    v.add_argument("-o", "--output", required=True)
+    v.add_argument("--feats", default="", help="feature cache whose train.pt re-estimates the BN statistics "
+                   "(default: average them too)")
+    v.add_argument("--bn-batches", type=int, default=100)
+    v.add_argument("--max-frames", type=int, default=12000)
+    v.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
     if a.cmd == "prep":
         prep(a.corpus, a.output, a.device)
+    elif a.cmd == "average":
+        meta = average(a.checkpoints, a.output, a.feats, a.bn_batches, a.max_frames, a.seed)
+        print(f"{a.output}: mean of {len(a.checkpoints)} checkpoints, BN statistics {meta['bn_statistics']}")
     else:
         fit(a.feats, a.arch, a.output, a.minutes, a.device, a.lr, a.seed, a.resume, a.max_frames, a.warmup,
             deadline=a.deadline, log_every=a.log_every, json_dir=a.json_dir,
-            eval_splits=[s for s in a.eval_splits.split(",") if s] or None, train_round=a.train_round)
+            eval_splits=[s for s in a.eval_splits.split(",") if s] or None, train_round=a.train_round,
+            schedule=a.schedule, snapshot_every_s=a.snapshot_every * 60)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,114 @@
+"""Training tools: checkpoint averaging (SWA) and the constant-LR schedule with snapshots."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from zsq_tvm import train
+from zsq_tvm.nets import build_model
+
+ARCH = "quartznet-tiny"
+
+
+def _checkpoint(path, seed):
+    torch.manual_seed(seed)
+    m = build_model(ARCH)
+    for mod in m.modules():  # non-trivial BN statistics, different per checkpoint
+        if isinstance(mod, torch.nn.BatchNorm1d):
+            mod.running_mean.uniform_(-1, 1)
+            mod.running_var.uniform_(0.5, 2)
+    train.save_checkpoint(m, path, {"steps": 10 * seed, "lr": 1e-3})
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+def _feats(d, n=6, frames=96, seed=0):
+    """A feature cache as ``train prep`` writes it: equal lengths, so batches have no padding."""
+    g = torch.Generator().manual_seed(seed)
+    d.mkdir(parents=True, exist_ok=True)
+    feats = [torch.randn(64, frames, generator=g).half() for _ in range(n)]
+    torch.save({"feats": feats, "texts": ["ab cd"] * n}, d / "train.pt")
+    return feats
+
+
+def test_average_is_the_elementwise_mean(tmp_path):
+    sds = [_checkpoint(tmp_path / f"c{i}.pt", i) for i in range(3)]
+    meta = train.average([str(tmp_path / f"c{i}.pt") for i in range(3)], str(tmp_path / "avg.pt"))
+    out = torch.load(tmp_path / "avg.pt", weights_only=True)
+    assert out["arch"] == ARCH and meta["bn_statistics"] == "averaged"
+    assert [s["steps"] for s in out["meta"]["averaged_from"]] == [0, 10, 20]
+    n_float = 0
+    for k, v in out["state_dict"].items():
+        if v.is_floating_point():
+            want = torch.stack([sd[k].float() for sd in sds]).mean(0)
+            # the checkpoint is fp16: the mean of fp16 values rounded once more to fp16
+            torch.testing.assert_close(v.float(), want.half().float(), rtol=0, atol=0)
+            n_float += 1
+        else:
+            assert torch.equal(v, sds[0][k])
+    assert n_float > 20
+    # the average loads like any checkpoint
+    build_model(ARCH).load_state_dict({k: v.float() if v.is_floating_point() else v
+                                       for k, v in out["state_dict"].items()})
+
+
+def test_average_reestimates_batchnorm_statistics(tmp_path):
+    for i in range(2):
+        _checkpoint(tmp_path / f"c{i}.pt", i)
+    feats = _feats(tmp_path / "feats")
+    train.average([str(tmp_path / "c0.pt"), str(tmp_path / "c1.pt")], str(tmp_path / "avg.pt"),
+                  feats=str(tmp_path / "feats"), max_frames=10 ** 6)
+    out = torch.load(tmp_path / "avg.pt", weights_only=True)
+    assert "re-estimated on 1 batches" in out["meta"]["bn_statistics"]
+    # the first BN's statistics must be those of its input on the training features, for the averaged weights
+    m = build_model(ARCH)
+    m.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in out["state_dict"].items()})
+    bn = next(mod for mod in m.modules() if isinstance(mod, torch.nn.BatchNorm1d))
+    seen = []
+    bn.register_forward_hook(lambda mod, inp, o: seen.append(inp[0].detach()))
+    m.eval()
+    x = torch.stack([f.float() for f in feats])
+    with torch.no_grad():
+        m(x, torch.full((len(feats),), x.shape[2]))
+    a = seen[0].transpose(0, 1).reshape(seen[0].shape[1], -1).double()
+    mean, var = a.mean(1), a.var(1, unbiased=True)
+    # fp16 storage of the statistics bounds the agreement
+    assert torch.allclose(bn.running_mean.double(), mean, rtol=2e-3, atol=2e-3)
+    assert torch.allclose(bn.running_var.double(), var, rtol=2e-3, atol=2e-3)
+    sd0 = torch.load(tmp_path / "c0.pt", weights_only=True)["state_dict"]
+    first = next(k for k in sd0 if k.endswith("running_mean"))
+    assert not torch.allclose(out["state_dict"][first].float(), sd0[first].float())
+
+
+def test_average_refuses_mixed_architectures(tmp_path):
+    _checkpoint(tmp_path / "a.pt", 0)
+    m = build_model("quartznet5x5")
+    train.save_checkpoint(m, tmp_path / "b.pt", {"steps": 1})
+    with pytest.raises(ValueError, match="only checkpoints of one architecture average"):
+        train.average([str(tmp_path / "a.pt"), str(tmp_path / "b.pt")], str(tmp_path / "avg.pt"))
+    assert not (tmp_path / "avg.pt").exists()
+    with pytest.raises(ValueError, match="at least two"):
+        train.average([str(tmp_path / "a.pt")], str(tmp_path / "avg.pt"))
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_fit_schedule_and_snapshots(tmp_path, schedule):
+    _feats(tmp_path / "feats", n=4, frames=64)
+    meta = train.fit(str(tmp_path / "feats"), ARCH, str(tmp_path / "ck"), minutes=0.12, device="cpu", lr=1e-3,
+                     max_frames=128, warmup=1, log_every=1, schedule=schedule, snapshot_every_s=1.0)
+    lrs = [e["lr"] for e in meta["log"]]
+    assert len(lrs) >= 4, "too few steps to see the schedule"
+    if schedule == "constant":
+        assert lrs == [1e-3] * len(lrs)
+    else:  # the cosine decay of the last 35 % of the budget
+        assert lrs[-1] < 0.5e-3 and lrs[0] == 1e-3
+    snaps = sorted((tmp_path / "ck").glob(f"{ARCH}.snap*.pt"))
+    assert snaps, "no snapshot was kept"
+    s = torch.load(snaps[0], weights_only=True)
+    assert s["meta"]["snapshot"] == 1 and 0 < s["meta"]["steps"] <= meta["steps"]
+    assert json.loads((tmp_path / "ck" / f"{ARCH}.json").read_text())["schedule"] == schedule
+
+
+def test_fit_rejects_an_unknown_schedule(tmp_path):
+    with pytest.raises(ValueError, match="unknown schedule"):
+        train.fit(str(tmp_path), ARCH, str(tmp_path / "ck"), minutes=0.01, device="cpu", lr=1e-3, schedule="linear")
