@@ -258,11 +258,12 @@ def average(checkpoints: List[str], out: str, feats: str = "", bn_batches: int =
             seed: int = 0) -> dict:
     """Average the weights of checkpoints of one architecture (SWA / checkpoint averaging) -> ``out``.
 
-    Float parameters: the element-wise mean θ̄ = (1/n) Σ θ_i.  BatchNorm running statistics do not average
-    meaningfully (a BN's statistics depend on every weight before it), so with ``feats`` they are
-    re-estimated for θ̄: the cumulative mean and (unbiased) variance of each BN input over ``bn_batches``
-    training batches (``feats/train.pt``, no SpecAugment) — SWA's ``update_bn``.  Without ``feats`` they are
-    averaged like the rest.  The result is a normal checkpoint (fp16), its ``meta`` lists the sources.
+    Float parameters: the element-wise mean θ̄ = (1/n) Σ θ_i.  BatchNorm running statistics are averaged like
+    the rest by default; with ``feats`` they are re-estimated for θ̄ instead (a BN's statistics depend on every
+    weight before it): the cumulative mean and (unbiased) variance of each BN input over ``bn_batches``
+    training batches (``feats/train.pt``, no SpecAugment) — SWA's ``update_bn``.  On QuartzNet-5x5, trained
+    with SpecAugment, averaging was the better of the two (docs/models/quartznet5x5.md).  The result is a
+    normal checkpoint (fp16), its ``meta`` lists the sources.
     """
     if len(checkpoints) < 2:
         raise ValueError("average needs at least two checkpoints")
@@ -300,7 +301,7 @@ def average(checkpoints: List[str], out: str, feats: str = "", bn_batches: int =
                                                                                   "train_round", "snapshot")
                                                  if k in ck["meta"]}} for c, ck in zip(checkpoints, cks)]
     meta["bn_statistics"] = bn_info
-    model.arch, model.vocab = arch, cks[0]["vocab"]
+    model.vocab = cks[0]["vocab"]  # build_model gives the default vocabulary; keep the checkpoints'
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(model, Path(out), meta)
     return meta
@@ -335,7 +336,7 @@ def main(argv=None):
                    help="cosine: decay over the last 35 %% of the budget; constant: the SWA phase (see average)")
     f.add_argument("--snapshot-every", type=float, default=0.0,
                    help="minutes: also keep the weights every this often as ARCH.snapNN.pt (for average)")
-    v = sub.add_parser("average", help="average checkpoints of one architecture (SWA), BN statistics re-estimated")
+    v = sub.add_parser("average", help="average checkpoints of one architecture (SWA)")
     v.add_argument("checkpoints", nargs="+")
     v.add_argument("-o", "--output", required=True)
     v.add_argument("--feats", default="", help="feature cache whose train.pt re-estimates the BN statistics "
