@@ -112,3 +112,28 @@ def test_fit_schedule_and_snapshots(tmp_path, schedule):
 def test_fit_rejects_an_unknown_schedule(tmp_path):
     with pytest.raises(ValueError, match="unknown schedule"):
         train.fit(str(tmp_path), ARCH, str(tmp_path / "ck"), minutes=0.01, device="cpu", lr=1e-3, schedule="linear")
+
+
+def test_channels_last_depthwise_matches_plain_conv():
+    """The CPU training fast path gives the plain model's outputs and gradients (float rounding apart)."""
+    torch.manual_seed(0)
+    plain = build_model(ARCH).train()
+    fast = build_model(ARCH).train()
+    fast.load_state_dict(plain.state_dict())
+    n = train.use_channels_last_depthwise(fast)
+    depthwise = [m for m in plain.modules() if isinstance(m, torch.nn.Conv1d) and m.groups > 1]
+    # every undilated depthwise layer is routed, the dilated epilogue conv is not
+    assert n == sum(m.dilation[0] == 1 for m in depthwise) and 0 < n < len(depthwise)
+    x = torch.randn(3, 64, 150)
+    lens = torch.tensor([150, 120, 97])
+    outs = []
+    for m in (plain, fast):
+        y, olens = m(x, lens)
+        (y.float().pow(2) * torch.linspace(0, 1, y.shape[-1])).sum().backward()
+        outs.append((y, olens, {k: p.grad.clone() for k, p in m.named_parameters()}))
+    torch.testing.assert_close(outs[1][0], outs[0][0], rtol=1e-4, atol=1e-4)
+    assert torch.equal(outs[1][1], outs[0][1])
+    for k, g in outs[0][2].items():
+        torch.testing.assert_close(outs[1][2][k], g, rtol=1e-3, atol=1e-4 * float(g.abs().max()), msg=k)
+    # the state dict, which checkpoints and the exporter use, is the plain model's
+    assert list(fast.state_dict()) == list(plain.state_dict())
