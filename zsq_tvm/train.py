@@ -28,6 +28,7 @@ import math
 import os
 import random
 import time
+import types
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -122,8 +123,6 @@ def use_channels_last_depthwise(model: torch.nn.Module) -> int:
     Training-time only: it replaces ``forward`` on the module instances; parameter names, the state dict and
     the exported ONNX graph (built from a fresh model) are unchanged.  Returns how many layers it routed.
     """
-    import types
-
     n = 0
     for mod in model.modules():
         if (isinstance(mod, torch.nn.Conv1d) and mod.groups > 1 and mod.groups == mod.in_channels
