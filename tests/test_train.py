@@ -122,8 +122,8 @@ def test_channels_last_depthwise_matches_plain_conv():
     fast.load_state_dict(plain.state_dict())
     n = train.use_channels_last_depthwise(fast)
     depthwise = [m for m in plain.modules() if isinstance(m, torch.nn.Conv1d) and m.groups > 1]
-    # every undilated depthwise layer is routed, the dilated epilogue conv is not
-    assert n == sum(m.dilation[0] == 1 for m in depthwise) and 0 < n < len(depthwise)
+    # every depthwise layer is routed, the dilated epilogue conv (by phases) included
+    assert n == len(depthwise) and any(m.dilation[0] > 1 for m in depthwise)
     x = torch.randn(3, 64, 150)
     lens = torch.tensor([150, 120, 97])
     outs = []
@@ -137,3 +137,47 @@ def test_channels_last_depthwise_matches_plain_conv():
         torch.testing.assert_close(outs[1][2][k], g, rtol=1e-3, atol=1e-4 * float(g.abs().max()), msg=k)
     # the state dict, which checkpoints and the exporter use, is the plain model's
     assert list(fast.state_dict()) == list(plain.state_dict())
+
+
+@pytest.mark.parametrize("k,d,t,pad", [(5, 2, 37, 4), (7, 3, 20, 9), (87, 2, 300, 86), (3, 2, 10, 0), (4, 3, 31, 5)])
+def test_dilated_depthwise_by_phases_matches_conv1d(k, d, t, pad):
+    """The phase decomposition of a dilated depthwise conv: odd/even lengths, "same" and other paddings."""
+    torch.manual_seed(k + d + t)
+    conv = torch.nn.Conv1d(6, 6, k, padding=pad, dilation=d, groups=6, bias=True).double()
+    x = torch.randn(2, 6, t, dtype=torch.double)
+    want = conv(x)
+    assert train.use_channels_last_depthwise(conv) == 1
+    got = conv(x)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
+def test_load_train_features_concatenates_caches_in_order(tmp_path):
+    a = _feats(tmp_path / "a", n=3, seed=0)
+    b = _feats(tmp_path / "b", n=2, seed=1)
+    pool = train.load_train_features([str(tmp_path / "a"), str(tmp_path / "b")])
+    assert len(pool["feats"]) == len(pool["texts"]) == 5
+    for got, want in zip(pool["feats"], a + b):
+        assert torch.equal(got, want)
+    with pytest.raises(FileNotFoundError, match="train prep"):
+        train.load_train_features([str(tmp_path / "a"), str(tmp_path / "missing")])
+
+
+def test_fit_cli_trains_on_several_caches(tmp_path, capsys):
+    """``--feats`` twice trains on both; the first cache's other splits are evaluated; rounds are recorded."""
+    _feats(tmp_path / "a", n=3, frames=64, seed=0)
+    _feats(tmp_path / "b", n=3, frames=64, seed=1)
+    torch.save(torch.load(tmp_path / "a" / "train.pt"), tmp_path / "a" / "dev.pt")
+    train.main(["fit", "--feats", str(tmp_path / "a"), "--feats", str(tmp_path / "b"), "--arch", ARCH,
+                "-o", str(tmp_path / "ck"), "--minutes", "0.05", "--device", "cpu", "--warmup", "1",
+                "--max-frames", "128", "--train-round", "1,3"])
+    assert " 6 utterances," in capsys.readouterr().out  # both caches' 3 utterances
+    meta = json.loads((tmp_path / "ck" / f"{ARCH}.json").read_text())
+    assert meta["train_round"] == [1, 3] and meta["steps"] > 0
+    assert list(meta["eval"]) == ["dev"]
+    with pytest.raises(ValueError, match="one round per --feats"):
+        train.fit([str(tmp_path / "a"), str(tmp_path / "b")], ARCH, str(tmp_path / "ck2"), minutes=0.01,
+                  device="cpu", lr=1e-3, train_round=[1, 2, 3])
+    with pytest.raises(SystemExit):
+        train.main(["fit", "--feats", str(tmp_path / "a"), "--arch", ARCH, "-o", str(tmp_path / "ck3"),
+                    "--train-round", "one"])

@@ -19,6 +19,10 @@ minutes of a constant-LR phase, and
 
 writes their element-wise mean as a normal checkpoint (``--feats``: BN statistics re-estimated on the
 training features instead of averaged).
+
+Several feature caches train as one pool (fresh corpus rounds added to ones the model has seen):
+``fit --feats feats_r1/ --feats feats_r3/ --train-round 1,3``; the splits evaluated after training come
+from the first cache.
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ import time
 import types
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -99,26 +103,43 @@ def _batches(lengths: np.ndarray, max_frames: int, max_utts: int, rng: random.Ra
 
 
 def _depthwise_channels_last_forward(self: torch.nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
-    """``self(x)`` for a depthwise ``Conv1d``, run as a ``[B, C, 1, T]`` channels-last ``conv2d``.
+    """``self(x)`` for a depthwise ``Conv1d``, run as a channels-last ``conv2d``.
 
-    Same result up to float rounding: a length-1 height axis, the kernel as ``[C, 1, 1, K]``, and stride,
-    padding and dilation on the width axis only.
+    Undilated: ``x`` as ``[B, C, 1, T]``, the kernel as ``[C, 1, 1, K]``, stride and padding on the width
+    axis.  Dilated (d > 1, stride 1), by phases: with ``x'`` the zero-padded input,
+    ``y[d·q + r] = Σ_j w[j] · x'[d·(q + j) + r]``, so phase ``r``'s outputs are an *undilated* conv of the
+    phase-``r`` samples ``x'[r::d]``.  Reshaping ``x'`` (padded to a multiple of d) to ``[B, C, d, T'/d]``
+    puts the d phases on the height axis of one conv2d with a ``[C, 1, 1, K]`` kernel; the output is
+    interleaved back.  Same result up to float rounding.
     """
-    x4 = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
-    y = torch.nn.functional.conv2d(x4, self.weight.unsqueeze(2), self.bias, (1, self.stride[0]),
-                                   (0, self.padding[0]), (1, self.dilation[0]), self.groups)
-    # back to the plain [B, C, T] layout, so the pointwise conv, BN and their backward run as before
-    return y.squeeze(2).contiguous()
+    d, k, p = self.dilation[0], self.kernel_size[0], self.padding[0]
+    w = self.weight.unsqueeze(2)
+    if d == 1:
+        x4 = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+        y = torch.nn.functional.conv2d(x4, w, self.bias, (1, self.stride[0]), (0, p), 1, self.groups)
+        # back to the plain [B, C, T] layout, so the pointwise conv, BN and their backward run as before
+        return y.squeeze(2).contiguous()
+    b, c, t = x.shape
+    length = t + 2 * p
+    t_out = length - d * (k - 1)
+    m = -(-length // d)  # samples per phase
+    xp = torch.nn.functional.pad(x, (p, p + m * d - length))
+    x4 = xp.view(b, c, m, d).transpose(2, 3).contiguous(memory_format=torch.channels_last)
+    y = torch.nn.functional.conv2d(x4, w, self.bias, 1, 0, 1, self.groups)  # [B, C, d, m - k + 1]
+    return y.transpose(2, 3).reshape(b, c, -1)[:, :, :t_out].contiguous()
 
 
 def use_channels_last_depthwise(model: torch.nn.Module) -> int:
-    """Route ``model``'s undilated depthwise ``Conv1d`` layers through oneDNN's channels-last kernels.
+    """Route ``model``'s depthwise ``Conv1d`` layers through oneDNN's channels-last kernels.
 
     Why: PyTorch runs a ``Conv1d`` with ``groups == channels`` on the plain-layout path, which on our 2-core
     CPU is ~40x less efficient per MAC than the pointwise convs: for QuartzNet-5x5 the depthwise convs took
     ~3.2 s of a 4.4 s training step (12,000 frames).  The channels-last kernel runs a 512-channel k=75 layer's
-    forward and backward ~3x faster; with dilation (QuartzNet's epilogue) it measured slower, so dilated
-    layers keep the plain path.  A whole QuartzNet-5x5 step: 4.4 s -> 2.8 s (`bench/train_step_speed.py`).
+    forward and backward ~3x faster.  Dilated layers (QuartzNet's epilogue) were slower as a dilated
+    channels-last conv2d, so they run as an undilated one over the d phases of the input
+    (:func:`_depthwise_channels_last_forward`); dilated layers with a stride keep the plain path.
+    A whole QuartzNet-5x5 step (24 x 500 frames, 2 threads): 4.4 s plain -> 2.5 s with all 27 layers routed
+    (2.8 s with the dilated one left plain; `bench/train_step_speed.py`).
 
     Training-time only: it replaces ``forward`` on the module instances; parameter names, the state dict and
     the exported ONNX graph (built from a fresh model) are unchanged.  Returns how many layers it routed.
@@ -126,7 +147,8 @@ def use_channels_last_depthwise(model: torch.nn.Module) -> int:
     n = 0
     for mod in model.modules():
         if (isinstance(mod, torch.nn.Conv1d) and mod.groups > 1 and mod.groups == mod.in_channels
-                and mod.dilation[0] == 1 and mod.padding_mode == "zeros" and isinstance(mod.padding, tuple)):
+                and (mod.dilation[0] == 1 or mod.stride[0] == 1)
+                and mod.padding_mode == "zeros" and isinstance(mod.padding, tuple)):
             mod.forward = types.MethodType(_depthwise_channels_last_forward, mod)
             n += 1
     return n
@@ -183,12 +205,37 @@ def save_checkpoint(model, path: Path, meta: dict) -> None:
     os.replace(tmp, path)
 
 
-def fit(feats: str, arch: str, out: str, minutes: float, device: str, lr: float, seed: int = 0,
+def load_train_features(feats: Sequence[str]) -> dict:
+    """``train.pt`` of each feature cache in ``feats``, concatenated in order into one training pool.
+
+    The order is kept so that a run over ``[a, b]`` draws the same batches as one over a cache whose
+    ``train.pt`` is ``a``'s utterances followed by ``b``'s.
+    """
+    pool: dict = {"feats": [], "texts": []}
+    for d in feats:
+        f = Path(d) / "train.pt"
+        if not f.is_file():
+            raise FileNotFoundError(f"{f} does not exist: make it with `python -m zsq_tvm.train prep "
+                                    f"--corpus CORPUS -o {d}`")
+        data = torch.load(f)
+        if len(data["feats"]) != len(data["texts"]):
+            raise ValueError(f"{f}: {len(data['feats'])} feature matrices but {len(data['texts'])} texts; "
+                             "re-run `train prep`")
+        pool["feats"] += data["feats"]
+        pool["texts"] += data["texts"]
+    return pool
+
+
+def fit(feats: Union[str, Sequence[str]], arch: str, out: str, minutes: float, device: str, lr: float, seed: int = 0,
         resume: str = "", max_frames: int = 24000, warmup: int = 300, ckpt_every_s: float = 120.0,
         deadline: float = 0.0, log_every: int = 50, json_dir: str = "",
-        eval_splits: Optional[List[str]] = None, train_round: int = 0, schedule: str = "cosine",
-        snapshot_every_s: float = 0.0) -> dict:
+        eval_splits: Optional[List[str]] = None, train_round: Union[int, Sequence[int]] = 0,
+        schedule: str = "cosine", snapshot_every_s: float = 0.0) -> dict:
     """Train ``arch`` for ``minutes`` on ``feats/train.pt``; checkpoint, evaluate, write ``out/{arch}.pt``.
+
+    ``feats``: one feature cache or several, whose training splits form one pool
+    (:func:`load_train_features`); the other splits of the first are evaluated.  ``train_round``: the
+    corpus round of each cache, recorded in the checkpoint (an int for one cache, else a list).
 
     ``schedule``: ``cosine`` (warm-up, constant peak, cosine decay over the last 35 %) or ``constant``
     (warm-up, then ``lr`` to the end: the phase whose snapshots :func:`average` combines, as in SWA).
@@ -197,6 +244,14 @@ def fit(feats: str, arch: str, out: str, minutes: float, device: str, lr: float,
     """
     if schedule not in ("cosine", "constant"):
         raise ValueError(f"unknown schedule {schedule!r}: use cosine or constant")
+    feats = [feats] if isinstance(feats, (str, os.PathLike)) else list(feats)
+    if not feats:
+        raise ValueError("no feature cache given: pass --feats DIR (more than once to train on several)")
+    rounds = [train_round] if isinstance(train_round, int) else list(train_round)
+    if len(rounds) > 1 and len(rounds) != len(feats):
+        raise ValueError(f"{len(rounds)} training rounds for {len(feats)} feature caches: give one round "
+                         "per --feats, in the same order")
+    train_round = rounds[0] if len(rounds) == 1 else rounds
     torch.manual_seed(seed)
     rng = random.Random(seed)
     g = torch.Generator().manual_seed(seed)
@@ -204,7 +259,7 @@ def fit(feats: str, arch: str, out: str, minutes: float, device: str, lr: float,
     end = start + minutes * 60 if not deadline else min(deadline, start + minutes * 60)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    train = torch.load(Path(feats) / "train.pt")
+    train = load_train_features(feats)
     model = build_model(arch).to(device)
     if device == "cpu":
         use_channels_last_depthwise(model)
@@ -279,7 +334,7 @@ def fit(feats: str, arch: str, out: str, minutes: float, device: str, lr: float,
             "train_round": train_round, "previous_runs": previous_runs, "schedule": schedule}
     save_checkpoint(model, out_dir / f"{arch}.pt", meta)
     results = {}
-    for split_file in sorted(Path(feats).glob("*.pt")):
+    for split_file in sorted(Path(feats[0]).glob("*.pt")):
         if split_file.stem == "train" or (eval_splits and split_file.stem not in eval_splits):
             continue
         results[split_file.stem] = evaluate(model, torch.load(split_file), device)
@@ -344,6 +399,16 @@ def average(checkpoints: List[str], out: str, feats: str = "", bn_batches: int =
     return meta
 
 
+def _rounds(text: str) -> List[int]:
+    try:
+        rounds = [int(r) for r in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a round number or a comma-separated list of them")
+    if any(r < 0 for r in rounds):
+        raise argparse.ArgumentTypeError(f"rounds must be >= 0, got {text!r}")
+    return rounds
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m zsq_tvm.train")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -352,7 +417,8 @@ def main(argv=None):
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     f = sub.add_parser("fit")
-    f.add_argument("--feats", required=True)
+    f.add_argument("--feats", required=True, action="append",
+                   help="feature cache from `prep`; repeat it to train on the union of several")
     f.add_argument("--arch", required=True)
     f.add_argument("-o", "--output", required=True)
     f.add_argument("--minutes", type=float, default=60)
@@ -367,8 +433,9 @@ def main(argv=None):
     f.add_argument("--eval-splits", default="", help="comma-separated splits to evaluate after training "
                    "(default: every split in --feats except train)")
     f.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    f.add_argument("--train-round", type=int, default=0, help="the corpus round (`zsq_tvm.data.corpus synth "
-                   "--train-round`) the training split in --feats was made with; recorded in the checkpoint")
+    f.add_argument("--train-round", type=_rounds, default=[0], help="the corpus round (`zsq_tvm.data.corpus "
+                   "synth --train-round`) the training split in --feats was made with, comma-separated for several "
+                   "--feats (e.g. 1,3); recorded in the checkpoint")
     f.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
                    help="cosine: decay over the last 35 %% of the budget; constant: the SWA phase (see average)")
     f.add_argument("--snapshot-every", type=float, default=0.0,
