@@ -377,7 +377,7 @@ def average(checkpoints: List[str], out: str, feats: str = "", bn_batches: int =
         for m in bns:
             m.reset_running_stats()
             m.momentum = None  # cumulative moving average: the plain mean over the batches seen
-        data = torch.load(Path(feats) / "train.pt")
+        data = load_train_features([feats])
         lengths = np.array([f.shape[1] for f in data["feats"]])
         batches = _batches(lengths, max_frames, 128, random.Random(seed))[:bn_batches]
         model.train()
