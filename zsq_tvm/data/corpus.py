@@ -189,7 +189,9 @@ def plan_jobs(texts: Sequence[str], out_dir: str, train_hours: float, n_dev=400,
 
     ``train_round`` > 0 gives a *fresh* training split for continued training: sentences from
     ``train_round * ROUND_STRIDE`` on in the training pool, with their own voices, prosody and augmentation
-    (a seed of their own).  dev, test and test-heldout-voice stay exactly those of round 0 (their draws
+    (a seed of their own).  The start wraps around the pool (``ROUND_STRIDE`` x rounds > pool size): with the
+    shipped text pool (119,566 training sentences) round 4 starts at sentence 434 and re-reads most of rounds
+    0 and 1's sentences in new audio.  dev, test and test-heldout-voice stay exactly those of round 0 (their draws
     come first and do not depend on the round), so WER stays comparable across rounds.  Round 0 is the
     corpus the shipped models were first trained on.
     """
@@ -290,8 +292,9 @@ def main(argv=None):
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--time-limit", type=float, default=0.0, help="seconds; stop early keeping what is done")
     s.add_argument("--train-round", type=int, default=0,
-                   help="0: the shipped models' training split; N > 0: fresh training sentences and voices for "
-                        "continued training (evaluation splits unchanged)")
+                   help="0: the shipped models' training split; N > 0: a fresh training split for continued "
+                        "training: new voices, prosody and augmentation; sentences from N x 30000 in the pool, "
+                        "wrapping round to earlier rounds' sentences past its end (evaluation splits unchanged)")
     a = ap.parse_args(argv)
     if a.cmd == "texts":
         texts = collect_texts(a.seed)
