@@ -293,7 +293,7 @@ def main(argv=None):
     s.add_argument("--time-limit", type=float, default=0.0, help="seconds; stop early keeping what is done")
     s.add_argument("--train-round", type=int, default=0,
                    help="0: the shipped models' training split; N > 0: a fresh training split for continued "
-                        "training: new voices, prosody and augmentation; sentences from N x 30000 in the pool, "
+                        f"training: new voices, prosody and augmentation; sentences from N x {ROUND_STRIDE} in the pool, "
                         "wrapping round to earlier rounds' sentences past its end (evaluation splits unchanged)")
     a = ap.parse_args(argv)
     if a.cmd == "texts":
