@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import tarfile
 import warnings
 from pathlib import Path
 
@@ -14,6 +15,31 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+
+def reseal(folder) -> None:
+    """Record the current files of an artifact folder in its manifest, as zsq does when it writes one: for
+    tests that change a file on purpose and need zsq to read the folder as its own (not as tampered)."""
+    from zsq_tvm import artifacts
+
+    m = artifacts.read_manifest(folder, verify=False)
+    m.pop("files", None)
+    artifacts.write_manifest(folder, m)
+
+
+def add_tar_member(tf, name: str, data: bytes | None = None, **attrs) -> None:
+    """Add one member to an open ``tarfile``: a regular file with ``data``, or (``data=None``) whatever ``attrs``
+    make it (``type=tarfile.SYMTYPE, linkname=...``, a directory, a device ...)."""
+    import io
+
+    ti = tarfile.TarInfo(name)
+    for k, v in attrs.items():
+        setattr(ti, k, v)
+    if data is not None:
+        ti.size = len(data)
+        tf.addfile(ti, io.BytesIO(data))
+    else:
+        tf.addfile(ti)
 
 
 def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:

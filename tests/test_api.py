@@ -73,6 +73,7 @@ def test_atomic_dir_success_and_failure(tmp_path):
     assert list(tmp_path.iterdir()) == []
     with artifacts.atomic_dir(out) as tmp:
         (tmp / "f.txt").write_text("1")
+        artifacts.write_manifest(tmp, artifacts.new_manifest("zsq-test"))
     assert (out / "f.txt").read_text() == "1"
     with pytest.raises(ArtifactError):
         with artifacts.atomic_dir(out):

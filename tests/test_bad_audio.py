@@ -76,7 +76,7 @@ CASES = {
     "streamed size 0xFFFFFFFF": (lambda p: _riff(p, 1, 16, bytes(3200), declared=0xFFFFFFFF), "is truncated"),
     "31 minutes": (lambda p: _long_sparse(p, 31 * 60), "1,860 s long, over the 1800 s"),
     "missing": (lambda p: p, "does not exist"),
-    "a directory": (lambda p: p.mkdir() or p, "does not exist"),
+    "a directory": (lambda p: p.mkdir() or p, "is not a regular file"),
 }
 
 

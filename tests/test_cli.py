@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from _zsq_models import bias_overflow_onnx, micro_onnx
+from conftest import reseal
 from zsq_tvm.cli import main
 
 FRAMES = 64
@@ -133,5 +134,8 @@ def test_check_fails_on_float_module(micro, tmp_path, capsys):
     assert rc == 0 and "integer-only: ok" in out
     fmod = import_onnx(micro, frames=FRAMES)[0]
     (b / "module.json").write_text(tvm.ir.save_json(fmod))
+    rc, _, err = cli(capsys, "check", b)  # a file changed since zsq wrote the folder: refused as such
+    assert rc == 2 and "module.json" in err
+    reseal(b)  # as if zsq had written the float module: the checker itself must find the float
     rc, out, _ = cli(capsys, "check", b)
     assert rc == 1 and "VIOLATIONS" in out and "float32" in out

@@ -14,7 +14,6 @@ it on a GPU bit for bit is ``bench/gpu_check.sh`` (the trained Conformer).
 from __future__ import annotations
 
 import shutil
-import time
 
 import numpy as np
 import pytest
@@ -24,6 +23,7 @@ pytest.importorskip("tvm")
 from zsq_tvm.cuda import int8_gemm as g  # noqa: E402
 from zsq_tvm import tir_int_division as D  # noqa: E402
 from zsq_tvm.cuda import pipeline as P  # noqa: E402
+from conftest import reseal  # noqa: E402
 
 NVCC = shutil.which("nvcc")
 CUOBJDUMP = g.find_cuobjdump()
@@ -74,9 +74,8 @@ def tiny_conformer_t4(tmp_path_factory):
 
     p = export_onnx(_tiny_conformer(), tmp_path_factory.mktemp("conf") / "tiny.onnx", frames=32)
     q = zsq_tvm.quantize(onnx.load(str(p)), zsq_tvm.QuantConfig(frames=32, num_batches=1))
-    t = time.time()
-    b = zsq_tvm.compile(q, target="t4")
-    return q, b, time.time() - t
+    # how long this takes is a benchmark figure (bench/compile_time.py), never an assertion: it fails on a busy machine
+    return q, zsq_tvm.compile(q, target="t4")
 
 
 def test_tiny_conformer_builds_for_t4(tiny_conformer_t4):
@@ -85,8 +84,7 @@ def test_tiny_conformer_builds_for_t4(tiny_conformer_t4):
 
     from zsq_tvm.lowering import lower
 
-    q, b, seconds = tiny_conformer_t4
-    assert seconds < 300
+    q, b = tiny_conformer_t4
     target = tvm.target.Target(g.SM75, host="llvm")
     with target:
         low = lower(P.prepare(q.mod))
@@ -118,7 +116,7 @@ def test_tiny_conformer_cuda_form_is_bit_exact_on_llvm(tiny_conformer_t4):
     from zsq_tvm.lowering import lower
     from zsq_tvm.reference import run_reference
 
-    q, _, _ = tiny_conformer_t4
+    q, _ = tiny_conformer_t4
     target = tvm.target.Target("llvm")
     with target:
         low = lower(CudaInt8Depthwise(gpu=False)(CudaInt8Pointwise(gpu=False)(q.mod)))
@@ -147,7 +145,7 @@ def test_zsq_check_of_a_cuda_build_proves_its_sass_integer_only(tiny_conformer_t
     from zsq_tvm import api
     from zsq_tvm.cli import main
 
-    _, b, _ = tiny_conformer_t4
+    _, b = tiny_conformer_t4
     out = b.save(tmp_path / "b")
     src = (out / api.CUDA_SOURCE).read_text()
     assert src == g.cuda_source(b._ex)
@@ -163,6 +161,9 @@ def test_zsq_check_of_a_cuda_build_proves_its_sass_integer_only(tiny_conformer_t
     (out / api.CUDA_SOURCE).write_text(src[:src.index('extern "C" __global__')] + keep[0] +
                                        '\nextern "C" __global__ void zsq_scaled_kernel(float* __restrict__ x) '
                                        '{ x[threadIdx.x] *= 0.5f; }\n')
+    assert main(["check", str(out)]) == 2  # the changed file no longer matches the manifest's hash
+    assert "kernels.cu" in capsys.readouterr().err
+    reseal(out)  # as if zsq itself had written the float kernel: the SASS check must find it
     assert main(["check", str(out)]) != 0
     assert "zsq_scaled_kernel" in capsys.readouterr().out
     assert main(["check", str(out), "--json"]) != 0

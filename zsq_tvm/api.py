@@ -20,7 +20,7 @@ import numpy as np
 from . import artifacts
 from .build import Build, _main_io, compile_relax
 from .ctc import QUARTZNET_VOCAB, Vocab
-from .errors import (BitWidthError, CalibrationError, ConfigError, IntegerOnlyViolation, NotAvailableError,
+from .errors import (ArtifactError, BitWidthError, CalibrationError, ConfigError, IntegerOnlyViolation, NotAvailableError,
                      ZsqError)
 from .frontend.onnx_import import import_onnx, load_onnx
 from .report import TEN_SECONDS_FRAMES, analyze_onnx, size_report
@@ -280,10 +280,12 @@ class QuantizedModel:
     def report(self) -> dict:
         return self._report or {}
 
-    def save(self, out_dir, overwrite: bool = False) -> Path:
+    def save(self, out_dir, overwrite: bool = False, inputs=()) -> Path:
+        """Write the folder atomically; ``overwrite`` replaces only an earlier quantized folder that holds
+        none of ``inputs`` (:func:`zsq_tvm.artifacts.ensure_output_free`)."""
         import tvm
 
-        with artifacts.atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        with artifacts.atomic_dir(out_dir, overwrite=overwrite, kind=artifacts.KIND_QUANTIZED, inputs=inputs) as tmp:
             (tmp / "module.json").write_text(tvm.ir.save_json(self.mod))
             try:
                 (tmp / "module.py").write_text(self.mod.script(show_meta=False))
@@ -296,18 +298,17 @@ class QuantizedModel:
                 artifacts.write_json(tmp / "bn_stats.json", self.bn_stats)
             if self.manifest.get("vocab"):
                 artifacts.write_json(tmp / "vocab.json", self.manifest["vocab"])
-            artifacts.write_json(tmp / artifacts.MANIFEST, self.manifest)
+            artifacts.write_manifest(tmp, self.manifest)
         return Path(out_dir)
 
     @classmethod
     def load(cls, path) -> "QuantizedModel":
-        import tvm
-
+        """Read a ``zsq quantize`` folder; every file is checked against the manifest's hashes first."""
         m = artifacts.read_manifest(path, artifacts.KIND_QUANTIZED)
         p = Path(path)
-        mod = tvm.ir.load_json((p / "module.json").read_text())
-        rd = lambda n: artifacts.read_json(p / n) if (p / n).exists() else None  # noqa: E731
-        return cls(mod, m, rd("quant.json") or {}, rd("calibration.json"), rd("report.json"), rd("bn_stats.json"))
+        mod = artifacts.load_module_json(p, m)
+        rd = lambda n: artifacts.read_json_file(p, n, m)  # noqa: E731
+        return cls(mod, artifacts.without_files(m), rd("quant.json") or {}, rd("calibration.json"), rd("report.json"), rd("bn_stats.json"))
 
     def __repr__(self):
         return (f"QuantizedModel(W{self.manifest['wbits']}A{self.manifest['abits']}, frames={self.frames}, "
@@ -522,10 +523,22 @@ def check(build_or_dir, recheck: bool = True, raise_on_violation: bool = False) 
 
     Beyond the IR check: a CUDA build's kernels are compiled by nvcc and their SASS checked (``rep["sass"]``),
     a Cortex-M build's linked firmware is checked for float helpers (``rep["firmware"]``); either one failing
-    makes ``ok`` false."""
+    makes ``ok`` false.
+
+    A folder is verified against its manifest's hashes and read without loading its library (no code
+    of it runs); the verdict is derived again from its ``module.json``, never taken from the manifest."""
     from .targets import get_target
 
-    b = build_or_dir if isinstance(build_or_dir, Build) else Build.load(build_or_dir)
+    b = build_or_dir if isinstance(build_or_dir, Build) else Build.load(build_or_dir, load_library=False)
+    if not isinstance(build_or_dir, Build):
+        recheck = True
+        if b._module_json is None:
+            raise ArtifactError(f"{str(build_or_dir)!r} has no module.json to check",
+                                "compile again with `zsq compile`")
+        if b._lib_path is not None and not hasattr(b, "check_firmware"):  # read, never loaded
+            from .build import check_shared_library
+
+            check_shared_library(b._lib_path, b._lib_path)
     rep = b.integer_only
     if recheck and b._module_json is not None:
         from .build import integer_only_report, lower
@@ -561,10 +574,9 @@ def report(model, wbits: int | None = None, abits: int | None = None, frames: in
     p = Path(os.fspath(model)) if isinstance(model, (str, os.PathLike)) else None
     if p is not None and p.is_dir():
         m = artifacts.read_manifest(p)
-        rp, qj = p / "report.json", p / "quant.json"
-        rep = artifacts.read_json(rp) if rp.exists() else {}
-        if isinstance(rep, dict) and "overflow" not in rep and qj.exists():  # older dirs: from the metadata
-            ov = (artifacts.read_json(qj) or {}).get("overflow")
+        rep = artifacts.read_json_file(p, "report.json", m) or {}
+        if isinstance(rep, dict) and "overflow" not in rep:  # older dirs: from the metadata
+            ov = (artifacts.read_json_file(p, "quant.json", m) or {}).get("overflow")
             if isinstance(ov, dict):
                 from .overflow import summary as _overflow_summary
 

@@ -102,18 +102,19 @@ def ort_int8_qdq(onnx_path: str, out_path: str, in_name: str, calib: list[np.nda
     return out_path
 
 
-def _onnx_input(onnx_path: str, shape: list[int]):
-    """Name of the ONNX model's (single) input after checking it accepts ``shape``."""
-    import onnx
+def _load_checked_onnx(onnx_path: str):
+    """The ONNX file through zsq's own checks (:func:`~zsq_tvm.frontend.onnx_import.load_onnx`: external data
+    inside the model's folder and complete, declared sizes, memory budget, finite weights) - ONNX Runtime
+    reads the file by itself later and would crash or read outside the folder where these refuse."""
+    from .frontend.onnx_import import load_onnx
 
-    p = Path(onnx_path)
-    if not p.is_file():
+    if not Path(onnx_path).exists():  # the bench's own fix; a directory etc. is load_onnx's message
         raise ModelLoadError(f"ONNX file {onnx_path!r} does not exist", "pass the .onnx the build was quantized from")
-    try:
-        proto = onnx.load(str(p), load_external_data=False)
-    except Exception as e:
-        raise ModelLoadError(f"cannot read {onnx_path!r} as ONNX ({type(e).__name__})",
-                             "pass a valid .onnx file") from None
+    return load_onnx(onnx_path)[0]
+
+
+def _onnx_input(proto, onnx_path: str, shape: list[int]):
+    """Name of the ONNX model's (single) input after checking it accepts ``shape``."""
     inits = {i.name for i in proto.graph.initializer}
     ins = [i for i in proto.graph.input if i.name not in inits]
     if len(ins) != 1:
@@ -135,12 +136,18 @@ def compare_onnx(build, onnx_path, threads: int = 1, runs: int = 20, warmup: int
 
     if not isinstance(runs, int) or runs < 1:
         raise ConfigError(f"--runs {runs!r} must be >= 1", "pass --runs 20")
+    # cheap checks first: a bad ONNX file is refused before the build (and its library) is even loaded
+    proto = _load_checked_onnx(str(onnx_path))
     b = build if isinstance(build, Build) else Build.load(build)
     if not hasattr(b, "_vm_"):
         raise NotAvailableError(f"build target {b.target!r} does not run in this process", "bench a host build")
     inp = b.manifest["io"]["inputs"][0]
     shape = [int(s) for s in inp["shape"]]
-    in_name = _onnx_input(str(onnx_path), shape)
+    in_name = _onnx_input(proto, str(onnx_path), shape)
+    from .frontend.onnx_safety import check_static_shapes
+
+    check_static_shapes(proto, str(onnx_path), {in_name: shape})  # what ORT allocates at the build's shape
+    del proto  # ONNX Runtime loads its own copy
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(shape).astype(np.float32)
     res = {"build_target": b.target, "tvm_target": b.manifest.get("tvm_target"), "onnx": str(onnx_path),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,43 @@ def pad_batch(a: np.ndarray, B: int) -> np.ndarray:
     return a if n >= B else np.concatenate([a, np.zeros((B - n,) + a.shape[1:], a.dtype)])
 
 
+_ELF_MACHINES = {"x86_64": 62, "AMD64": 62, "aarch64": 183, "arm64": 183}
+
+
+def check_shared_library(path, shown) -> None:
+    """Refuse a file that is not a complete ELF shared library for this machine, *before* it is mapped.
+
+    ``dlopen`` maps the file's segments; one that extends past the end of a truncated file is touched as
+    memory and kills the process with SIGBUS -- no message, no cleanup.  The headers say what will be mapped,
+    so the check reads them: magic, 64-bit little-endian, this CPU, a shared object, and every program
+    header, loadable segment and the section table lying inside the file."""
+    import platform
+    import struct
+
+    fix = "compile again with `zsq compile`"
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        hdr = f.read(64)
+        if len(hdr) < 64 or hdr[:4] != b"\x7fELF" or hdr[4] != 2 or hdr[5] != 1:
+            raise ArtifactError(f"{str(shown)!r} is not a 64-bit little-endian ELF shared library", fix)
+        e_type, e_machine = struct.unpack_from("<HH", hdr, 16)
+        phoff, shoff = struct.unpack_from("<QQ", hdr, 32)
+        phentsize, phnum, shentsize, shnum = struct.unpack_from("<HHHH", hdr, 54)
+        want = _ELF_MACHINES.get(platform.machine())
+        if e_type != 3 or (want is not None and e_machine != want):
+            raise ArtifactError(f"{str(shown)!r} is not a shared library for this machine "
+                                f"(ELF type {e_type}, machine {e_machine})", fix)
+        if phentsize < 56 or phoff + phnum * phentsize > size or shoff + shnum * shentsize > size:
+            raise ArtifactError(f"{str(shown)!r} is truncated (its ELF headers point past its {size:,} bytes)", fix)
+        f.seek(phoff)
+        table = f.read(phnum * phentsize)
+    for i in range(phnum):
+        p_type, _flags, p_offset, _vaddr, _paddr, p_filesz = struct.unpack_from("<IIQQQQ", table, i * phentsize)
+        if p_type == 1 and p_offset + p_filesz > size:  # PT_LOAD
+            raise ArtifactError(f"{str(shown)!r} is truncated (segment {i} ends at byte {p_offset + p_filesz:,} "
+                                f"of a {size:,}-byte file)", fix)
+
+
 class Build:
     """A compiled model: ``run(mel) -> logits``, ``transcribe(mel) -> [str]``, ``save(dir)``."""
 
@@ -183,11 +221,18 @@ class Build:
             import tvm
             from tvm import relax
 
-            if self._ex is None:  # a CUDA build loaded where its library cannot be (Build.load)
+            if self._ex is None:  # a CUDA build loaded where its library cannot be, or load_library=False
+                if get_target(self.target).device != "cuda":
+                    raise NotAvailableError("this build was opened without loading its library",
+                                            "open it with zsq_tvm.load(path) to run it")
                 raise NotAvailableError(f"build target {self.target!r} needs an NVIDIA GPU and TVM's CUDA runtime",
                                         "run it on a GPU machine, or compile with --target host")
             gpu = get_target(self.target).device == "cuda"
-            vm = self._tls.vm = relax.VirtualMachine(self._ex, tvm.cuda(0) if gpu else tvm.cpu())
+            try:
+                vm = self._tls.vm = relax.VirtualMachine(self._ex, tvm.cuda(0) if gpu else tvm.cpu())
+            except Exception as e:  # noqa: BLE001 - a loadable library that is no Relax executable
+                raise ArtifactError(f"the build's {LIB_NAME} is not a Relax executable ({type(e).__name__})",
+                                    "compile again with `zsq compile`") from None
         return vm
 
     def _prepare(self, mel) -> np.ndarray:
@@ -331,9 +376,11 @@ class Build:
         return self.decode(self.run(mel, length=length), length=length)
 
     # ---- persistence
-    def save(self, out_dir, overwrite: bool = False) -> Path:
+    def save(self, out_dir, overwrite: bool = False, inputs=()) -> Path:
+        """Write the build folder atomically, its manifest listing every file's SHA-256; ``overwrite``
+        replaces only an earlier build folder that holds none of ``inputs``."""
         out = Path(out_dir)
-        with artifacts.atomic_dir(out, overwrite=overwrite) as tmp:
+        with artifacts.atomic_dir(out, overwrite=overwrite, kind=artifacts.KIND_BUILD, inputs=inputs) as tmp:
             if self._lib_path and os.path.exists(self._lib_path):
                 shutil.copy2(self._lib_path, tmp / LIB_NAME)
             else:
@@ -345,35 +392,48 @@ class Build:
                     (tmp / name).write_text(obj)
                 else:
                     artifacts.write_json(tmp / name, obj)
-            artifacts.write_json(tmp / artifacts.MANIFEST, self.manifest)
+            artifacts.write_manifest(tmp, self.manifest)
         self._lib_path = str(out / LIB_NAME)
         return out
 
     @classmethod
-    def load(cls, path) -> "Build":
+    def load(cls, path, load_library: bool = True) -> "Build":
+        """Read a ``zsq compile`` folder.  Every file is checked against the manifest's SHA-256 first, and the
+        library is loaded from a private verified copy (loading a library runs its code: README "Untrusted
+        files").  ``load_library=False`` reads the folder without loading any code (``zsq check``)."""
         import tvm
 
         m = artifacts.read_manifest(path, artifacts.KIND_BUILD)
         if "firmware" in m:  # Cortex-M build: runs its firmware under QEMU
             from .targets_cortexm.build import FirmwareBuild
 
-            return FirmwareBuild.load(path)
-        lib = Path(path) / LIB_NAME
-        if not lib.exists():
+            return FirmwareBuild.load(path, manifest=m)
+        if LIB_NAME not in m["files"]:
             raise ArtifactError(f"{str(path)!r} has no {LIB_NAME}", "compile again with `zsq compile`")
         spec = get_target(m["target"])
+        lib = Path(path) / LIB_NAME
+        mj = Path(path) / "module.json"
+        module_json = mj.read_text(errors="replace") if "module.json" in m["files"] else None
+        if not load_library:
+            return cls(None, artifacts.without_files(m), module_json, lib_path=str(lib))
         if not spec.runs_on_host:
             raise NotAvailableError(f"build target {m['target']!r} cannot run on this machine",
                                     "run it on its device, or compile with --target host")
-        if spec.device == "cuda":  # loading compiles the CUDA kernels: needs a GPU; `zsq check` does not
+        if spec.device == "cuda" and not tvm.cuda(0).exist:  # loading needs a GPU; `zsq check` does not
+            return cls(None, artifacts.without_files(m), module_json, lib_path=str(lib))
+        with tempfile.TemporaryDirectory(prefix="zsq-lib-") as td:
+            private = artifacts.verified_copy(path, LIB_NAME, m, td)
+            check_shared_library(private, lib)
             try:
-                rt = tvm.runtime.load_module(str(lib)) if tvm.cuda(0).exist else None
-            except Exception:  # noqa: BLE001 - no CUDA runtime here: run() says so
-                rt = None
-        else:
-            rt = tvm.runtime.load_module(str(lib))
-        mj = Path(path) / "module.json"
-        return cls(rt, m, mj.read_text() if mj.exists() else None, lib_path=str(lib))
+                rt = tvm.runtime.load_module(str(private))  # mapped: the copy may go once loaded
+            except Exception as e:  # noqa: BLE001 - a library this TVM cannot load is a bad folder, not a crash
+                if spec.device == "cuda":  # no CUDA runtime here: run() says so
+                    rt = None
+                else:
+                    raise ArtifactError(f"{str(lib)!r} cannot be loaded ({type(e).__name__}: "
+                                        f"{str(e).strip().splitlines()[-1][:120] if str(e).strip() else ''})",
+                                        "compile again with `zsq compile` and this zsq/TVM version") from None
+        return cls(rt, artifacts.without_files(m), module_json, lib_path=str(lib))
 
     def module(self):
         """The integer Relax module this build was compiled from."""
@@ -381,7 +441,11 @@ class Build:
 
         if self._module_json is None:
             raise ArtifactError("this build has no module.json", "compile again with `zsq compile`")
-        return tvm.ir.load_json(self._module_json)
+        try:
+            return tvm.ir.load_json(self._module_json)
+        except Exception as e:  # noqa: BLE001 - a corrupt module.json is the user's to fix, never a crash
+            raise ArtifactError(f"the build's module.json is not a TVM module ({type(e).__name__})",
+                                "compile again with `zsq compile`") from None
 
     def __repr__(self):
         return f"Build(target={self.target!r}, frames={self.frames}, W{self.manifest.get('wbits')}A{self.manifest.get('abits')})"

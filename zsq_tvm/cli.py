@@ -39,12 +39,13 @@ def cmd_quantize(a) -> int:
                           synth={k: v for k, v in (("num_batches", a.synth_batches), ("iters", a.synth_iters))
                                  if v is not None} or None)
     cfg.validate()
-    from .artifacts import ensure_output_free
+    from .artifacts import KIND_QUANTIZED, ensure_output_free
 
     out = Path(a.output)
-    ensure_output_free(out, a.overwrite)  # fail on an existing OUT_DIR before any work
+    inputs = [a.model, a.calib]
+    ensure_output_free(out, a.overwrite, KIND_QUANTIZED, inputs)  # fail on an unwritable/existing OUT_DIR before any work
     q = api.quantize(a.model, cfg)
-    q.save(out, overwrite=a.overwrite)
+    q.save(out, overwrite=a.overwrite, inputs=inputs)
     m = q.manifest
     if a.json:
         _print_json({"output": str(out), "frames": m["frames"], "wbits": m["wbits"], "abits": m["abits"],
@@ -56,10 +57,10 @@ def cmd_quantize(a) -> int:
 
 
 def cmd_synth(a) -> int:
-    from .artifacts import ensure_output_free
+    from .artifacts import KIND_SYNTH, ensure_output_free
     from .synthesize import SynthConfig, save_batches, synthesize
 
-    ensure_output_free(a.output, a.overwrite)  # fail before minutes of work
+    ensure_output_free(a.output, a.overwrite, KIND_SYNTH, [a.model])  # fail before minutes of work
     cfg = SynthConfig(num_batches=a.batches, batch_size=a.batch_size, iters=a.iters, lr=a.lr, frames=a.frames,
                       seed=a.seed, kl=a.kl, threads=a.threads,
                       progress=not a.json and sys.stderr.isatty() or a.progress).validate()
@@ -85,11 +86,11 @@ def cmd_synth(a) -> int:
 def cmd_compile(a) -> int:
     from . import api
 
-    from .artifacts import ensure_output_free
+    from .artifacts import KIND_BUILD, ensure_output_free
 
-    ensure_output_free(a.output, a.overwrite)  # fail before the build, not after it
+    ensure_output_free(a.output, a.overwrite, KIND_BUILD, [a.qdir])  # fail before the build, not after it
     b = api.compile(a.qdir, target=a.target)
-    b.save(a.output, overwrite=a.overwrite)
+    b.save(a.output, overwrite=a.overwrite, inputs=[a.qdir])
     rep = b.integer_only
     if a.json:
         _print_json({"output": a.output, "target": b.target, "tvm_target": b.manifest["tvm_target"],
@@ -141,9 +142,12 @@ def cmd_check(a) -> int:
 def cmd_run(a) -> int:
     import numpy as np
 
+    from . import artifacts
     from .build import Build
     from .errors import InputShapeError
 
+    if a.output:  # before the model runs: a missing folder or an existing file is found now, not after
+        artifacts.check_output_file(a.output, a.overwrite)
     b = Build.load(a.build_dir)
     try:
         mel = np.load(a.input, allow_pickle=False)
@@ -159,7 +163,9 @@ def cmd_run(a) -> int:
         mel = np.concatenate([mel, np.zeros(mel.shape[:-1] + (b.frames - length,), mel.dtype)], axis=-1)
     logits = b.run(mel, dequantize=a.dequantize, length=length)
     if a.output:
-        np.save(a.output, logits)
+        with artifacts.write_output_file(a.output, a.overwrite) as tmp:
+            with open(tmp, "wb") as f:  # np.save(path) would append ".npy" to the temporary name
+                np.save(f, logits)
     text = b.decode(logits, length=length) if a.decode else None
     if a.json:
         _print_json({"output": a.output, "shape": list(logits.shape), "dtype": str(logits.dtype),
@@ -193,7 +199,8 @@ def cmd_report(a) -> int:
 def cmd_export_nemo(a) -> int:
     from .nemo_io import export_nemo  # arch name | CONFIG.yaml | FILE.nemo (+ --checkpoint) -> ONNX, BN kept
 
-    out = export_nemo(a.model, a.output, frames=a.frames, checkpoint=a.checkpoint, seed=a.seed)
+    out = export_nemo(a.model, a.output, frames=a.frames, checkpoint=a.checkpoint, seed=a.seed,
+                      overwrite=a.overwrite)
     weights = "weights of " + str(a.checkpoint) if a.checkpoint else (
         "weights from the .nemo" if str(a.model).endswith(".nemo") else f"random weights, seed {a.seed}")
     print(f"exported {a.model} ({weights}) -> {out}")
@@ -252,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="zsq", description="Integer-only quantization of CTC speech models with TVM.")
     p.add_argument("--version", action="version", version=f"zsq-tvm {__version__}")
+    p.add_argument("--max-memory", default=None, metavar="SIZE",
+                   help="largest tensor an input file may declare, e.g. 8G (default 4G, or $ZSQ_MAX_MEMORY): "
+                        "larger ones are refused before anything is allocated; raise it only for files you trust")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     s = sub.add_parser("quantize", help="ONNX model -> quantized (integer-only) model directory")
@@ -318,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output", help="write logits .npy here")
     s.add_argument("--decode", action="store_true", help="greedy CTC decode and print the text")
     s.add_argument("--dequantize", action="store_true", help="return float logits (× output scale)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     _add_json(s)
     s.set_defaults(func=cmd_run)
 
@@ -336,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", default=None,
                    help="weights for an architecture/YAML: .nemo, NeMo .ckpt, zsq .pt or a shipped model name")
     s.add_argument("--seed", type=_int_arg, default=0, help="seed of the random weights (default 0)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     s.set_defaults(func=cmd_export_nemo)
 
     s = sub.add_parser("eval", help="WER/CER of a model on a NeMo manifest (shipped name, .onnx, quantized or build dir)")
@@ -397,14 +409,29 @@ def main(argv=None) -> int:
         a = parser.parse_args(argv)
     except SystemExit as e:  # argparse: usage errors exit 2 already
         return int(e.code or 0)
+    from .frontend.onnx_safety import parse_size, set_memory_budget
+
+    previous_budget = set_memory_budget(None)  # restored below: the flag is for this command only (main()
+    set_memory_budget(previous_budget)         # may be called in-process, e.g. by tests)
     try:
+        if a.max_memory is not None:
+            set_memory_budget(parse_size(a.max_memory, "--max-memory"))
         return int(a.func(a) or 0)
     except ZsqError as e:
         print(f"zsq: error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # a disk that fills or turns read-only under any write: the user's to fix
+        from .artifacts import DISK_ERRNOS, disk_error
+
+        if e.errno not in DISK_ERRNOS:
+            raise
+        print(f"zsq: error: {disk_error(e, repr(e.filename or 'an output file'))}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("zsq: interrupted", file=sys.stderr)
         return 130
+    finally:
+        set_memory_budget(previous_budget)
 
 
 if __name__ == "__main__":  # pragma: no cover

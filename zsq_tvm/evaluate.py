@@ -187,7 +187,8 @@ def read_manifest(path, check_audio: bool = True) -> list[Utterance]:
         a = a if a.is_absolute() else base / a
         if check_audio:
             if not a.is_file():
-                raise ManifestError(f"{where}: audio file {str(a)!r} does not exist",
+                raise ManifestError(f"{where}: audio file {str(a)!r} "
+                                    f"{'is not a regular file' if a.exists() else 'does not exist'}",
                                     "fix audio_filepath (relative paths resolve against the manifest's folder)")
             _check_wav(a, where)
         dur = r.get("duration")
@@ -397,9 +398,11 @@ def load_runner(model, runtime: str = "auto", frames: int | None = None, threads
         if runtime == "torch":
             raise ConfigError("--runtime torch needs a shipped model name or a .pt checkpoint",
                               "use --runtime onnxruntime or tvm for .onnx files")
-        from .frontend.onnx_import import load_onnx
+        from .frontend.onnx_import import check_frames_memory, load_onnx
 
-        load_onnx(s)  # clear errors for missing / corrupt files
+        proto = load_onnx(s)[0]  # clear errors for missing / corrupt / hostile files, before ORT or TVM reads it
+        check_frames_memory(proto, s, frames)  # the input at the T it runs with fits the memory budget
+        del proto
         return TvmFloatRunner(s, frames) if runtime == "tvm" else OrtRunner(s, threads)
     from .models import checkpoint_path
 
@@ -460,6 +463,16 @@ def evaluate(model, manifest, runtime: str = "auto", frames: int | None = None, 
     rows = read_manifest(manifest)
     if limit:
         rows = rows[:limit]
+    if not any(normalize_text(u.text).split() for u in rows):  # before any audio is decoded
+        raise ManifestError(f"manifest {str(manifest)!r}: no reference transcript has a word after normalization "
+                            "(a-z, space, apostrophe), so WER is undefined (the hypotheses' words would be "
+                            "errors over zero reference words)",
+                            "give the utterances their transcripts; empty ones are fine next to others (their "
+                            "hypothesis words count as insertions)")
+    if hyps_out is not None:
+        from . import artifacts
+
+        artifacts.check_output_file(hyps_out, overwrite=True, flag="--hyps")
     if threads:
         import torch
 

@@ -22,7 +22,9 @@ def wer(refs: Sequence[str], hyps: Sequence[str]) -> Tuple[float, int, int]:
         rw, hw = r.split(), h.split()
         errs += edit_distance(rw, hw)
         words += len(rw)
-    return (errs / words if words else 0.0), errs, words
+    if not words:  # errors over zero reference words: no rate at all, never a flattering 0 %
+        raise ValueError("WER is undefined when the references have no words")
+    return errs / words, errs, words
 
 
 def cer(refs: Sequence[str], hyps: Sequence[str]) -> float:

@@ -16,27 +16,48 @@ The packaged configs ``zsq_tvm/nets/configs/<arch>.yaml`` are NeMo ``model`` sec
 format of a ``.nemo``'s ``model_config.yaml``) for the published QuartzNet-5x5/15x5 and
 Jasper-10x5-DR and for our small variants.
 
-A ``.nemo`` is a tar archive; :func:`safe_extract` refuses absolute paths, ``..`` components,
-links that leave the target directory and special files before anything is written, and
-weights are read with ``torch.load(weights_only=True)`` unless the caller passes ``unsafe=True``.
+Untrusted input is bounded before it is expanded:
+
+* A ``.nemo`` is a tar archive.  :func:`safe_extract` checks every member header before writing
+  anything and refuses the whole archive for any symlink, hard link, device, FIFO or sparse member
+  (NeMo archives hold only regular files and directories, so a link is never extracted, not even
+  one pointing inside: link chains are how CVE-2025-4517 escapes path checks), for absolute names,
+  ``..`` components, NUL or backslash in names, duplicate files, and for more than
+  :data:`MAX_NEMO_MEMBERS` members or :data:`MAX_NEMO_BYTES` member bytes (declared in the headers
+  and counted again as written; tar headers are bounded by :data:`MAX_TAR_HEADER_BYTES`).  It then
+  writes each file itself (``os.mkdir`` / ``O_CREAT|O_EXCL|O_NOFOLLOW`` relative to directory
+  descriptors under the destination) and does not rely on Python's tar extraction filters, which
+  some 3.11 patch releases get wrong.  :func:`read_nemo` extracts only ``model_config.yaml`` and
+  ``model_weights.ckpt`` (a tokenizer or other file NeMo may ship is checked but not written: our
+  models are character CTC, their vocabulary is in the config).
+* Weights are read with ``torch.load(weights_only=True)`` unless the caller passes ``unsafe=True``.
+* Config YAMLs (a user CONFIG.yaml and a ``.nemo``'s ``model_config.yaml``) are read by one loader
+  that refuses files over :data:`MAX_YAML_BYTES` unread and, before constructing anything, YAML
+  that nests deeper than :data:`MAX_CONFIG_DEPTH`, that expands (aliases counted at their full
+  size, in linear time) to more than :data:`MAX_YAML_NODES` nodes, or has recursive aliases.  ``${...}``
+  interpolations are resolved under the same node and depth limits; a cycle is an error that
+  names the key chain.
 """
 from __future__ import annotations
 
 import contextlib
-import copy
+import errno
+import gzip
 import os
 import re
 import shutil
 import tarfile
 import tempfile
-from pathlib import Path, PurePosixPath
-from typing import Any, Dict, List, Optional, Tuple
+import zlib
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from .errors import ConfigError, ModelLoadError, NotAvailableError
 
 __all__ = ["CONFIG_DIR", "NEMO_ARCHS", "config_path", "load_config", "arch_config", "torch_from_config",
            "build_nemo", "preprocessor_mismatch", "safe_extract", "read_nemo", "load_nemo", "nemo_to_torch", "load_weights",
-           "export_nemo", "UnsafeArchiveError"]
+           "export_nemo", "UnsafeArchiveError", "MAX_NEMO_BYTES", "MAX_NEMO_MEMBERS", "MAX_TAR_HEADER_BYTES",
+           "MAX_YAML_BYTES", "MAX_YAML_NODES", "MAX_CONFIG_DEPTH"]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "nets" / "configs"
 #: architectures with a packaged NeMo config
@@ -45,6 +66,24 @@ NEMO_ARCHS = ("quartznet5x5", "quartznet15x5", "jasper10x5dr", "jasper-dr-small"
 
 CONFIG_NAME = "model_config.yaml"
 WEIGHTS_NAME = "model_weights.ckpt"
+
+# Limits on untrusted input.  A NeMo model config is a few KB with a few thousand nodes and at most
+# ~8 levels; the largest supported .nemo (Jasper10x5DR, 333 M fp32 parameters) holds ~1.3 GB in a
+# handful of members.  The limits sit far above that and far below what exhausts a machine.
+#: member bytes of one .nemo, checked on the declared sizes and again on the bytes written
+MAX_NEMO_BYTES = 4 * 2 ** 30
+#: members (files, directories, ...) of one .nemo
+MAX_NEMO_MEMBERS = 1024
+#: tar header bytes (pax / GNU long-name records included) of one .nemo, in total and per header
+MAX_TAR_HEADER_BYTES = 16 * 2 ** 20
+#: size of a config YAML, checked before it is read
+MAX_YAML_BYTES = 4 * 2 ** 20
+#: nodes of a config after expanding YAML aliases and ${...} interpolations
+MAX_YAML_NODES = 200_000
+#: nesting of a config: YAML collections, and collections plus ${...} hops once resolved
+MAX_CONFIG_DEPTH = 64
+
+_UNTRUSTED_FIX = "only use .nemo files from a source you trust; this one may be malicious"
 
 
 class UnsafeArchiveError(ModelLoadError):
@@ -127,28 +166,209 @@ def config_path(arch: str) -> Path:
 _INTERP = re.compile(r"^\$\{([A-Za-z0-9_.]+)\}$")
 
 
+def _lookup(text: str, root) -> Optional[Tuple[str, Any]]:
+    """``"${model.a.b}"`` / ``"${a.b}"`` -> (the key path it names in ``root``, its value); None if it names nothing."""
+    m = _INTERP.match(text.strip())
+    if not m:
+        return None
+    path = m.group(1)
+    for p in (path, path[len("model."):] if path.startswith("model.") else None):
+        if p is None:
+            continue
+        cur = root
+        for part in p.split("."):
+            if isinstance(cur, dict) and part in cur:
+                cur = cur[part]
+            else:
+                break
+        else:
+            return p, cur
+    return None
+
+
+def _check_resolvable(node, root) -> None:
+    """Refuse ${...} cycles, and a resolved config over MAX_YAML_NODES nodes or MAX_CONFIG_DEPTH levels.
+
+    Runs before anything is expanded: ``b: [${a}, ${a}]`` doubles ``a`` per line, so a few lines
+    (or shared YAML aliases) would otherwise expand without bound.  Sizes and heights are memoized
+    per container and per interpolation target, so this is linear in the size of the document.
+    """
+    memo: Dict[Any, Tuple[int, int]] = {}  # id(container) / ("$", path) -> (expanded nodes, height)
+    active: set = set()  # containers and ${...} targets being walked: meeting one again is a cycle
+    trail: List[str] = []  # key paths of the ${...} hops being followed, for the error message
+
+    def too_big(where):
+        return ModelLoadError(f"the config expands to more than {MAX_YAML_NODES} values (at {where or 'top level'}; "
+                              "YAML aliases and ${...} interpolations counted at their full size)",
+                              "pass a plain NeMo model config; this one looks built to exhaust memory")
+
+    def too_deep(where):
+        return ModelLoadError(f"the config nests deeper than {MAX_CONFIG_DEPTH} levels once its ${{...}} "
+                              f"interpolations are resolved (at {where or 'top level'})",
+                              "pass a plain NeMo model config")
+
+    def cycle(last):
+        return ModelLoadError(f"the config's ${{...}} interpolations form a cycle ({' -> '.join(trail + [last])})",
+                              "make each interpolation point at a value, not back at itself")
+
+    def walk(n, where: str, depth: int) -> Tuple[int, int]:
+        if depth > MAX_CONFIG_DEPTH:
+            raise too_deep(where)
+        if isinstance(n, str):
+            hit = _lookup(n, root)
+            if hit is None:
+                return 1, 0
+            path, target = hit
+            key = ("$", path)
+            if key not in memo:
+                first = not trail
+                if first:  # the key the walk started from is part of the chain ("a -> b -> a")
+                    trail.append(where)
+                    active.add(("$", where))
+                try:
+                    if key in active:
+                        raise cycle(path)
+                    trail.append(path)
+                    active.add(key)
+                    try:
+                        size, height = walk(target, path, depth + 1)
+                    finally:
+                        active.discard(key)
+                        trail.pop()
+                finally:
+                    if first:
+                        active.discard(("$", trail.pop()))
+                memo[key] = (size, height + 1)
+            size, height = memo[key]
+        elif isinstance(n, (dict, list)):
+            key = id(n)
+            if key not in memo:
+                if key in active:  # a container reached again from inside itself
+                    raise cycle(where or "top level")
+                active.add(key)
+                size, height = 1, 0
+                try:
+                    items = n.items() if isinstance(n, dict) else enumerate(n)
+                    for k, v in items:
+                        sub = (f"{where}.{k}" if where else str(k)) if isinstance(n, dict) else f"{where}[{k}]"
+                        s, h = walk(v, sub, depth + 1)
+                        size, height = size + s, max(height, h + 1)
+                        if size > MAX_YAML_NODES:
+                            raise too_big(sub)
+                finally:
+                    active.discard(key)
+                memo[key] = (size, height)
+            size, height = memo[key]
+        else:
+            return 1, 0
+        if size > MAX_YAML_NODES:
+            raise too_big(where)
+        if depth + height > MAX_CONFIG_DEPTH:
+            raise too_deep(where)
+        return size, height
+
+    walk(node, "", 0)
+
+
 def _resolve(node, root):
-    """Resolve whole-string OmegaConf interpolations ``${model.a.b}`` / ``${a.b}`` (all NeMo ASR configs use)."""
-    if isinstance(node, dict):
-        return {k: _resolve(v, root) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_resolve(v, root) for v in node]
-    if isinstance(node, str):
-        m = _INTERP.match(node.strip())
-        if m:
-            for path in (m.group(1), m.group(1)[len("model."):] if m.group(1).startswith("model.") else None):
-                if path is None:
-                    continue
-                cur, ok = root, True
-                for part in path.split("."):
-                    if isinstance(cur, dict) and part in cur:
-                        cur = cur[part]
-                    else:
-                        ok = False
-                        break
-                if ok:
-                    return _resolve(cur, root)
-    return node
+    """Resolve whole-string OmegaConf interpolations ``${model.a.b}`` / ``${a.b}`` (all NeMo ASR configs use).
+
+    Returns fresh containers (shared YAML aliases become independent copies).  The expansion is
+    checked first by :func:`_check_resolvable`, so its size is bounded.
+    """
+    _check_resolvable(node, root)
+
+    def build(n):
+        if isinstance(n, dict):
+            return {k: build(v) for k, v in n.items()}
+        if isinstance(n, list):
+            return [build(v) for v in n]
+        if isinstance(n, str):
+            hit = _lookup(n, root)
+            if hit is not None:
+                return build(hit[1])
+        return n
+
+    return build(node)
+
+
+def _yaml_loader():
+    import yaml
+
+    # libyaml when available: a 4 MiB config parses in well under a second, the pure-Python parser
+    # takes many.  Both are only used after _check_yaml_events, which bounds what they build.
+    return getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _check_yaml_events(data: bytes, what: str) -> None:
+    """Refuse YAML nested deeper than MAX_CONFIG_DEPTH, expanding to more than MAX_YAML_NODES nodes, or
+    with recursive aliases — from the parser's event stream, before a node graph is composed.
+
+    Events rather than ``yaml.compose``: composing recurses once per nesting level (a RecursionError,
+    or with libyaml's Cython composer a C stack overflow, on ``[[[[...``) and builds the whole graph
+    first.  Each anchor's expanded size is recorded when its node ends, so an alias costs one
+    lookup and a "billion laughs" document is refused in time linear in its length.
+    """
+    import yaml
+
+    anchors: Dict[str, int] = {}  # anchor -> expanded node count of the node it names
+    open_anchors: set = set()  # anchors of collections not closed yet: an alias to one is recursive
+    stack: List[List[Any]] = [[None, 0]]  # per open collection: [anchor, expanded nodes so far]
+
+    def fail(cause):
+        raise ModelLoadError(f"{what}: {cause}", "pass a plain NeMo model config; this one looks built to "
+                                                 "exhaust memory")
+
+    def add(size: int, anchor: Optional[str]):
+        if anchor is not None:
+            anchors[anchor] = size
+        stack[-1][1] += size
+        if stack[-1][1] > MAX_YAML_NODES:
+            fail(f"the YAML expands to more than {MAX_YAML_NODES} values (aliases counted at their full size)")
+
+    for ev in yaml.parse(data, Loader=_yaml_loader()):
+        if isinstance(ev, yaml.ScalarEvent):
+            add(1, ev.anchor)
+        elif isinstance(ev, yaml.AliasEvent):
+            if ev.anchor in open_anchors:
+                fail(f"the YAML alias *{ev.anchor} refers to a collection that contains it")
+            add(anchors.get(ev.anchor, 1), None)  # an undefined alias: the composer reports it
+        elif isinstance(ev, yaml.CollectionStartEvent):
+            if len(stack) > MAX_CONFIG_DEPTH:
+                fail(f"the YAML nests deeper than {MAX_CONFIG_DEPTH} levels")
+            stack.append([ev.anchor, 0])
+            if ev.anchor is not None:
+                open_anchors.add(ev.anchor)
+        elif isinstance(ev, yaml.CollectionEndEvent):
+            anchor, size = stack.pop()
+            open_anchors.discard(anchor)
+            add(size + 1, anchor)
+
+
+def _load_yaml(path: Path, what: str, fix: str):
+    """The single YAML document in ``path``, loaded safely within MAX_YAML_BYTES / MAX_YAML_NODES / MAX_CONFIG_DEPTH."""
+    import yaml
+
+    data = b""
+    try:
+        size = path.stat().st_size
+        if size <= MAX_YAML_BYTES:
+            with open(path, "rb") as f:
+                data = f.read(MAX_YAML_BYTES + 1)  # the file may grow between stat and read
+    except OSError as e:
+        raise ModelLoadError(f"cannot read {what} ({type(e).__name__}: {e.strerror or e})", fix) from None
+    if size > MAX_YAML_BYTES or len(data) > MAX_YAML_BYTES:
+        raise ModelLoadError(f"{what} is {max(size, len(data))} bytes; a config YAML may have at most "
+                             f"{MAX_YAML_BYTES} (NeMo model configs are a few KB)", fix)
+    try:
+        _check_yaml_events(data, what)
+        loader = _yaml_loader()(data)
+        try:
+            return loader.get_single_data()
+        finally:
+            loader.dispose()
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ModelLoadError(f"{what} is not valid YAML ({type(e).__name__})", fix) from None
 
 
 def _normalize_config(cfg, source: str) -> Dict[str, Any]:
@@ -157,7 +377,7 @@ def _normalize_config(cfg, source: str) -> Dict[str, Any]:
                              "pass a NeMo model config YAML with encoder/decoder sections")
     if "encoder" not in cfg and isinstance(cfg.get("model"), dict):
         cfg = cfg["model"]
-    cfg = _resolve(copy.deepcopy(cfg), cfg)
+    cfg = _resolve(cfg, cfg)
     if not isinstance(cfg.get("encoder"), dict) or not isinstance(cfg.get("decoder"), dict):
         raise ModelLoadError(f"{source}: the config has no encoder/decoder section",
                              "pass a NeMo EncDecCTCModel config (model: {preprocessor, encoder, decoder})")
@@ -166,8 +386,6 @@ def _normalize_config(cfg, source: str) -> Dict[str, Any]:
 
 def load_config(arch_or_yaml) -> Dict[str, Any]:
     """Architecture name (packaged YAML) or a YAML path -> plain-dict NeMo model config (resolved)."""
-    import yaml
-
     if isinstance(arch_or_yaml, dict):
         return _normalize_config(arch_or_yaml, "config")
     src = os.fspath(arch_or_yaml)
@@ -175,11 +393,7 @@ def load_config(arch_or_yaml) -> Dict[str, Any]:
     if not path.is_file():
         raise ModelLoadError(f"config {src!r} not found",
                              f"pass an existing YAML file or one of: {', '.join(NEMO_ARCHS)}")
-    try:
-        cfg = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ModelLoadError(f"cannot parse {str(path)!r} as YAML ({type(e).__name__})",
-                             "pass a valid NeMo model config YAML") from None
+    cfg = _load_yaml(path, f"config {str(path)!r}", "pass a valid NeMo model config YAML")
     return _normalize_config(cfg, repr(str(path)))
 
 
@@ -346,68 +560,303 @@ def _quiet_nemo():
 # .nemo archives
 # --------------------------------------------------------------------------------------------
 
-def _member_problem(m: tarfile.TarInfo, dest: Path) -> Optional[str]:
-    name = m.name
-    p = PurePosixPath(name)
-    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) or p.is_absolute():
-        return "absolute path"
-    if ".." in p.parts or ".." in PurePosixPath(name.replace("\\", "/")).parts:
-        return "'..' path component"
-    target = (dest / name).resolve()
-    if target != dest and dest not in target.parents:
-        return "path outside the target directory"
-    if m.issym() or m.islnk():
-        link = m.linkname
-        if not link:
-            return "empty link target"
-        if link.startswith(("/", "\\")) or PurePosixPath(link).is_absolute():
-            return f"link to an absolute path ({link!r})"
-        base = (dest / name).parent if m.issym() else dest
-        lt = (base / link).resolve()
-        if lt != dest and dest not in lt.parents:
-            return f"link escaping the target directory ({link!r})"
-        return None
-    if not (m.isfile() or m.isdir()):
-        return "special file (device, fifo)"
-    return None
+try:
+    import lzma
+
+    _LZMA_ERRORS: Tuple[type, ...] = (lzma.LZMAError,)
+except ImportError:  # pragma: no cover - Python built without lzma
+    lzma, _LZMA_ERRORS = None, ()
+
+# What a damaged or hostile stream makes tarfile / the decompressors raise.  RecursionError: tarfile
+# follows consecutive pax headers by recursion, so a few thousand of them (a few MB) exhaust the stack.
+_ARCHIVE_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error, ValueError, RecursionError) + _LZMA_ERRORS
+_CHUNK = 1 << 20  # bytes copied per read when writing a member (well under MAX_TAR_HEADER_BYTES)
 
 
-def safe_extract(tar_path, dest) -> Path:
-    """Extract ``tar_path`` into the existing directory ``dest``, refusing unsafe members.
+class _BoundedStream:
+    """Seekable read-only view of an archive stream (decompressed if need be) that tarfile reads through.
 
-    Every member is checked before anything is written: absolute names, ``..`` components,
-    symlinks/hardlinks whose target leaves ``dest`` and special files raise
-    :class:`UnsafeArchiveError` naming the member.  Extraction then also runs under Python's
-    ``"data"`` filter (defence in depth).  Corrupt archives raise :class:`ModelLoadError`.
+    tarfile reads a whole header in one call (a pax or GNU long-name header may declare gigabytes)
+    and skips member data by seeking, which on a compressed stream means decompressing it — all
+    before it hands us a member to check.  Refusing any single read over MAX_TAR_HEADER_BYTES and
+    any position past ``limit`` bounds its memory and CPU on a small hostile file.
     """
-    dest = Path(dest).resolve()
+
+    def __init__(self, f, limit: int, source: str):
+        self._f, self._limit, self._source = f, limit, source
+
+    def _refuse(self, cause: str):
+        raise UnsafeArchiveError(f"refusing to extract {self._source!r}: {cause}", _UNTRUSTED_FIX)
+
+    def read(self, n: Optional[int] = -1) -> bytes:
+        if n is None or n < 0 or n > MAX_TAR_HEADER_BYTES:  # our own reads are _CHUNK; only headers come here
+            self._refuse(f"a tar header is larger than {MAX_TAR_HEADER_BYTES} bytes")
+        if self._f.tell() + n > self._limit:
+            self._refuse(f"it holds more than {self._limit} bytes of tar data")
+        return self._f.read(n)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if whence not in (0, 1):
+            raise OSError(errno.ESPIPE, "only absolute and relative seeks are supported")
+        target = offset if whence == 0 else self._f.tell() + offset
+        if target > self._limit:
+            self._refuse(f"it holds more than {self._limit} bytes of tar data")
+        return self._f.seek(target)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+
+@contextlib.contextmanager
+def _open_tar(tar_path, max_bytes: int):
+    """Open a plain, gzip, bzip2 or xz tar through :class:`_BoundedStream` (``tarfile.open`` would not bound it)."""
+    src = str(tar_path)
+    with contextlib.ExitStack() as stack:
+        try:
+            raw = stack.enter_context(open(tar_path, "rb"))
+            magic = raw.read(6)
+            raw.seek(0)
+            f = raw
+            if magic[:2] == b"\x1f\x8b":  # NeMo < 1.7 wrote .tar.gz
+                f = stack.enter_context(gzip.GzipFile(fileobj=raw, mode="rb"))
+            elif magic[:3] == b"BZh":
+                import bz2
+
+                f = stack.enter_context(bz2.BZ2File(raw))
+            elif magic == b"\xfd7zXZ\x00" and lzma is not None:
+                f = stack.enter_context(lzma.LZMAFile(raw))
+            stream = _BoundedStream(f, max_bytes + MAX_TAR_HEADER_BYTES, src)
+            tf = stack.enter_context(tarfile.open(fileobj=stream, mode="r:"))
+        except _ARCHIVE_ERRORS as e:
+            raise ModelLoadError(f"{src!r} is not a readable .nemo (tar) archive ({type(e).__name__})",
+                                 "re-download the file; a .nemo is a tar of model_config.yaml + model_weights.ckpt") \
+                from None
+        yield tf
+
+
+def _is_tar(path) -> bool:
+    """``tarfile.is_tarfile`` through the same bounds as extraction (it would read a hostile first header unbounded)."""
     try:
-        tf = tarfile.open(tar_path, "r:*")
-    except (tarfile.TarError, EOFError, OSError) as e:
-        raise ModelLoadError(f"{str(tar_path)!r} is not a readable .nemo (tar) archive ({type(e).__name__})",
-                             "re-download the file; a .nemo is a tar of model_config.yaml + model_weights.ckpt") \
-            from None
-    with tf:
+        with _open_tar(path, MAX_NEMO_BYTES):
+            return True
+    except UnsafeArchiveError:  # a tar, and a hostile one: loading it reports why
+        return True
+    except ModelLoadError:
+        return False
+
+
+def _link_problem(m: tarfile.TarInfo, parts: List[str]) -> str:
+    """Why a link member is refused; the target is classified (lexically) only to make the message useful."""
+    kind, link = ("symbolic link" if m.issym() else "hard link"), m.linkname
+    if not link:
+        where = "with an empty target"
+    elif link.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", link):
+        where = f"to an absolute path ({link!r})"
+    else:
+        level, escapes = len(parts) - 1 if m.issym() else 0, False  # symlinks are relative to their folder
+        for part in link.replace("\\", "/").split("/"):
+            if part == "..":
+                level -= 1
+                escapes = escapes or level < 0
+            elif part not in ("", "."):
+                level += 1
+        where = f"escaping the target directory ({link!r})" if escapes else f"to {link!r}"
+    return f"{kind} {where}; a .nemo holds only regular files and directories, so links are never extracted"
+
+
+def _member_problem(m: tarfile.TarInfo) -> Tuple[List[str], Optional[str]]:
+    """(normalized name parts, None) for a regular file or directory with a clean relative name, else (_, why).
+
+    Purely lexical: no member is ever a link, so a name means the same on disk as in the archive.
+    """
+    name = m.name
+    if "\x00" in name:
+        return [], "NUL in the name"
+    if "\\" in name:  # a separator on Windows, and never in a NeMo archive
+        return [], "backslash in the name"
+    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+        return [], "absolute path"
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        return parts, "'..' path component"
+    if len(name) > 1024 or any(len(p.encode("utf-8", "surrogateescape")) > 255 for p in parts):
+        return parts, "name too long"
+    if m.issym() or m.islnk():
+        return parts, _link_problem(m, parts)
+    if m.isreg() and m.issparse():
+        return parts, "sparse file"
+    if m.ischr() or m.isblk() or m.isfifo():
+        return parts, "special file (device, fifo)"
+    if not (m.isreg() or m.isdir()):
+        return parts, f"unsupported member type {m.type!r}"
+    if m.isreg() and not parts:
+        return parts, "file without a name"
+    return parts, None
+
+
+def _plan(tf: tarfile.TarFile, src: str, max_bytes: int, max_members: int):
+    """Check every member header, reading one at a time -> (files {name: member} in archive order, dirs).
+
+    The budgets are checked as each header is read, before tarfile seeks past (decompresses) its data.
+    """
+    def refuse(cause):
+        raise UnsafeArchiveError(f"refusing to extract {src!r}: {cause}", _UNTRUSTED_FIX)
+
+    files: Dict[str, tarfile.TarInfo] = {}
+    dirs: set = set()
+    count = total = header_bytes = end_of_data = 0
+    for m in tf:
+        count += 1
+        if count > max_members:
+            refuse(f"it has more than {max_members} members")
+        header_bytes += m.offset_data - end_of_data
+        if header_bytes > MAX_TAR_HEADER_BYTES:
+            refuse(f"its tar headers take more than {MAX_TAR_HEADER_BYTES} bytes")
+        data = m.size if m.isreg() else 0
+        end_of_data = m.offset_data + -(-data // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+        total += data
+        if total > max_bytes:
+            refuse(f"its members hold more than {max_bytes} bytes (at member {m.name!r})")
+        parts, why = _member_problem(m)
+        if why:
+            refuse(f"member {m.name!r} is unsafe ({why})")
+        name = "/".join(parts)
+        for i in range(1, len(parts)):
+            up = "/".join(parts[:i])
+            if up in files:
+                refuse(f"member {m.name!r} is unsafe (inside {up!r}, which is a file)")
+            dirs.add(up)
+        if m.isdir():
+            if name in files:
+                refuse(f"member {m.name!r} is unsafe (a directory with the name of a file)")
+            if name:
+                dirs.add(name)
+        elif name in files or name in dirs:
+            refuse(f"member {m.name!r} is unsafe (duplicate name)")
+        else:
+            files[name] = m
+    return files, dirs
+
+
+def _open_dir(root_fd: int, parts: List[str]) -> int:
+    """fd of the directory ``parts`` under ``root_fd``, made with os.mkdir where missing; never follows a link."""
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.dup(root_fd)
+    try:
+        for part in parts:
+            try:
+                os.mkdir(part, 0o700, dir_fd=fd)
+            except FileExistsError:
+                pass
+            nfd = os.open(part, flags, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def safe_extract(tar_path, dest, max_bytes: Optional[int] = None, max_members: Optional[int] = None,
+                 only: Optional[Iterable[str]] = None) -> Path:
+    """Extract the plain/gzip/bzip2/xz tar ``tar_path`` into the existing directory ``dest``.
+
+    All member headers are checked before anything is written; :class:`UnsafeArchiveError` (naming
+    the member) refuses the whole archive for a symlink, hard link, device, FIFO or sparse member,
+    an absolute name, a ``..`` component, NUL or backslash in a name, a duplicate file, more than
+    ``max_members`` members (default :data:`MAX_NEMO_MEMBERS`) or more than ``max_bytes`` member bytes
+    (default :data:`MAX_NEMO_BYTES`; the bytes written are counted against it too).  Files are then
+    written here, not by tarfile: directories with ``os.mkdir`` and files with
+    ``O_CREAT|O_EXCL|O_NOFOLLOW``, each opened relative to its parent's descriptor, mode 0600/0700, so
+    nothing is written through a link or over an existing file, whatever the interpreter's tar
+    filters do.  ``only``: base names to write (for each, the least deeply nested regular file with
+    that name); other members are checked but not written.  Corrupt archives raise
+    :class:`ModelLoadError`; on an error ``dest`` may hold the files written so far.
+    """
+    max_bytes = MAX_NEMO_BYTES if max_bytes is None else int(max_bytes)
+    max_members = MAX_NEMO_MEMBERS if max_members is None else int(max_members)
+    dest = Path(dest).resolve()
+    src = str(tar_path)
+    if not dest.is_dir():
+        raise ModelLoadError(f"extraction directory {str(dest)!r} does not exist", "create it first")
+    with _open_tar(tar_path, max_bytes) as tf:
         try:
-            members = tf.getmembers()
-        except (tarfile.TarError, EOFError, OSError) as e:
-            raise ModelLoadError(f"{str(tar_path)!r} is a truncated or corrupt archive ({type(e).__name__})",
-                                 "re-download the file") from None
-        for m in members:
-            why = _member_problem(m, dest)
-            if why:
-                raise UnsafeArchiveError(f"refusing to extract {str(tar_path)!r}: member {m.name!r} is unsafe ({why})",
-                                         "only use .nemo files from a source you trust; this one may be malicious")
+            files, dirs = _plan(tf, src, max_bytes, max_members)
+        except _ARCHIVE_ERRORS as e:
+            raise _corrupt(src, e) from None
+        if only is not None:
+            picked = set()
+            for base in only:
+                hits = [n for n in files if n.rsplit("/", 1)[-1] == base]
+                if hits:
+                    picked.add(min(hits, key=lambda n: (n.count("/"), n)))
+            files = {n: m for n, m in files.items() if n in picked}  # archive order: one forward pass
+            dirs = {"/".join(n.split("/")[:i]) for n in files for i in range(1, n.count("/") + 1)}
+        root_fd = os.open(dest, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
         try:
-            kw = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-            tf.extractall(dest, members=members, **kw)
-        except tarfile.FilterError as e:
-            raise UnsafeArchiveError(f"refusing to extract {str(tar_path)!r}: {e}",
-                                     "only use .nemo files from a source you trust") from None
-        except (tarfile.TarError, EOFError, OSError) as e:
-            raise ModelLoadError(f"{str(tar_path)!r} is a truncated or corrupt archive ({type(e).__name__})",
-                                 "re-download the file") from None
+            for d in sorted(dirs, key=lambda d: (d.count("/"), d)):
+                _write_guard(src, d, lambda: os.close(_open_dir(root_fd, d.split("/"))))
+            written = 0
+            for name, m in files.items():
+                fd = _write_guard(src, name, lambda: _create_file(root_fd, name.split("/")))
+                try:
+                    f = tf.extractfile(m)
+                    while True:
+                        chunk = f.read(_CHUNK)
+                        if not chunk:
+                            break
+                        written += len(chunk)
+                        if written > max_bytes:  # the real bytes, whatever the headers declared
+                            raise UnsafeArchiveError(f"refusing to extract {src!r}: its members hold more than "
+                                                     f"{max_bytes} bytes (at member {m.name!r})", _UNTRUSTED_FIX)
+                        _write_guard(src, name, lambda: _write_all(fd, chunk))
+                except _ARCHIVE_ERRORS as e:  # reading the archive; write errors are ZsqErrors by now
+                    raise _corrupt(src, e) from None
+                finally:
+                    os.close(fd)
+        finally:
+            os.close(root_fd)
     return dest
+
+
+def _corrupt(src: str, e: BaseException) -> ModelLoadError:
+    return ModelLoadError(f"{src!r} is a truncated or corrupt archive ({type(e).__name__})", "re-download the file")
+
+
+def _create_file(root_fd: int, parts: List[str]) -> int:
+    """A new file ``parts`` under ``root_fd``: O_EXCL and O_NOFOLLOW, so never an existing file or a link."""
+    parent = _open_dir(root_fd, parts[:-1])
+    try:
+        return os.open(parts[-1], os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+                       | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0), 0o600, dir_fd=parent)
+    finally:
+        os.close(parent)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _write_guard(src: str, name: str, op):
+    """Run a filesystem write for member ``name``; its OSError becomes a one-line error."""
+    try:
+        return op()
+    except OSError as e:
+        if e.errno in (errno.EEXIST, errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
+            # something other than a directory we made is in the way (a link or file already in dest)
+            raise UnsafeArchiveError(f"refusing to extract {src!r}: member {name!r} would be written through or "
+                                     f"over an existing {'file' if e.errno == errno.EEXIST else 'link or file'}",
+                                     "extract into an empty directory") from None
+        raise ModelLoadError(f"cannot extract {name!r} from {src!r} ({type(e).__name__}: {e.strerror or e})",
+                             "free disk space in the temporary directory (TMPDIR) and retry") from None
 
 
 def _find(root: Path, name: str) -> Optional[Path]:
@@ -440,26 +889,24 @@ def load_weights(path, unsafe: bool = False) -> Dict[str, Any]:
     return obj
 
 
-def read_nemo(path, unsafe: bool = False) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-    """``.nemo`` -> (resolved model config dict, state dict).  Nothing is left on disk."""
-    import yaml
+def read_nemo(path, unsafe: bool = False, max_bytes: Optional[int] = None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """``.nemo`` -> (resolved model config dict, state dict).  Nothing is left on disk.
 
+    Only ``model_config.yaml`` and ``model_weights.ckpt`` are extracted (see :func:`safe_extract`;
+    ``max_bytes`` defaults to :data:`MAX_NEMO_BYTES`), into a private temporary directory.
+    """
     path = Path(os.fspath(path))
     if not path.is_file():
         raise ModelLoadError(f".nemo file {str(path)!r} not found", "pass an existing .nemo file")
     tmp = Path(tempfile.mkdtemp(prefix="zsq-nemo-"))
     try:
-        safe_extract(path, tmp)
+        safe_extract(path, tmp, max_bytes=max_bytes, only=(CONFIG_NAME, WEIGHTS_NAME))
         cfg_file, w_file = _find(tmp, CONFIG_NAME), _find(tmp, WEIGHTS_NAME)
         if cfg_file is None or w_file is None:
             missing = [n for n, f in ((CONFIG_NAME, cfg_file), (WEIGHTS_NAME, w_file)) if f is None]
             raise ModelLoadError(f"{str(path)!r} has no {' / '.join(missing)}",
                                  "pass a .nemo saved by NeMo's model.save_to()")
-        try:
-            cfg = yaml.safe_load(cfg_file.read_text())
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
-            raise ModelLoadError(f"{str(path)!r}: {CONFIG_NAME} is not valid YAML ({type(e).__name__})",
-                                 "re-download the file") from None
+        cfg = _load_yaml(cfg_file, f"{str(path)!r}: {CONFIG_NAME}", "re-download the file")
         cfg = _normalize_config(cfg, repr(str(path)))
         sd = load_weights(w_file, unsafe=unsafe)
     finally:
@@ -538,7 +985,7 @@ def _model_from_source(source, checkpoint=None, seed: int = 0, unsafe: bool = Fa
     from .nets import ALL_ARCHS
 
     src = os.fspath(source)
-    if src.endswith(".nemo") or (os.path.isfile(src) and tarfile.is_tarfile(src)):
+    if src.endswith(".nemo") or (os.path.isfile(src) and _is_tar(src)):
         if checkpoint is not None:
             raise ConfigError("--checkpoint cannot be combined with a .nemo file (it has its own weights)",
                               "drop --checkpoint, or pass the architecture / config YAML instead")
@@ -570,17 +1017,20 @@ def _model_from_source(source, checkpoint=None, seed: int = 0, unsafe: bool = Fa
 
 
 def export_nemo(source, output, frames: Optional[int] = None, checkpoint=None, seed: int = 0,
-                unsafe: bool = False) -> Path:
+                unsafe: bool = False, overwrite: bool = False) -> Path:
     """``zsq export-nemo``: architecture name / config YAML / ``.nemo`` -> ONNX (encoder + decoder, BN kept).
 
     Without ``checkpoint`` an architecture or YAML gets random weights (seeded, NeMo-style init).
     The export is :func:`zsq_tvm.nets.export.export_onnx`, which fails when no BatchNormalization
-    node survives and writes the file atomically.
+    node survives and writes the file atomically.  An existing ``output`` is an error unless
+    ``overwrite`` (like every other command's ``-o``); it and a directory / unwritable folder as
+    ``output`` are refused before the model is loaded.
     """
-    from .nets.export import count_batchnorm, export_onnx
+    from .nets.export import check_output_file, count_batchnorm, export_onnx
 
+    check_output_file(output, overwrite)  # cheap checks first: loading + tracing takes seconds to minutes
     model = _model_from_source(source, checkpoint=checkpoint, seed=seed, unsafe=unsafe)
-    out = export_onnx(model, output, frames=frames)
+    out = export_onnx(model, output, frames=frames, overwrite=overwrite)
     import onnx
 
     n_bn = count_batchnorm(onnx.load(str(out), load_external_data=False))

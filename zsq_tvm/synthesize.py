@@ -475,7 +475,8 @@ def save_batches(batches, out_dir, config: SynthConfig | None = None, history: l
     """
     from . import artifacts
 
-    with artifacts.atomic_dir(out_dir, overwrite=overwrite) as tmp:
+    with artifacts.atomic_dir(out_dir, overwrite=overwrite, kind=artifacts.KIND_SYNTH,
+                              inputs=[source] if source else ()) as tmp:
         for i, a in enumerate(batches):
             np.save(tmp / f"synth_{i:03d}.npy", np.asarray(a, dtype=np.float32))
         info: dict[str, Any] = {"kind": "zsq-synthetic-mels", "source": source, "num_batches": len(batches),
@@ -486,6 +487,7 @@ def save_batches(batches, out_dir, config: SynthConfig | None = None, history: l
             info["loss"] = [{"batch": h["batch"], "seed": h["seed"], "initial": h["initial"], "final": h["final"]}
                             for h in history]
         artifacts.write_json(tmp / "synth.json", info)
+        artifacts.write_manifest(tmp, artifacts.new_manifest(artifacts.KIND_SYNTH))  # so --overwrite may replace it
     return Path(out_dir)
 
 

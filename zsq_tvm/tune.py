@@ -377,6 +377,15 @@ def _load_module(path):
     return load(p).mod, None
 
 
+def _check_db_folder(p: Path) -> None:
+    from . import artifacts
+
+    if os.path.lexists(p) and not p.is_dir():
+        raise ConfigError(f"--db {str(p)!r} exists and is not a folder", "pass a folder (new or an earlier --db)")
+    if not p.is_dir():
+        artifacts.check_output_file(p, flag="--db")  # a folder that can be created there
+
+
 def tune(source, target: str = "host", trials: int = 64, db_path=None, rpc_tracker: str | None = None,
          rpc_key: str | None = None, per_iter: int = 16, seed: int = 0, progress: bool = True,
          rpc_timeout: float = 10.0, lowered=None, builders: int = 1, build_timeout: float = 180.0, *,
@@ -401,6 +410,8 @@ def tune(source, target: str = "host", trials: int = 64, db_path=None, rpc_track
         raise ConfigError(f"population {population!r} must be a positive integer", "pass e.g. population=512")
     if (rpc_tracker is None) != (rpc_key is None):
         raise ConfigError("--rpc-tracker and --rpc-key go together", "pass both or neither")
+    if db_path is not None:  # before minutes of task extraction: a file, or a folder that cannot be made
+        _check_db_folder(Path(os.fspath(db_path)))
     spec = get_target(target)
     if not spec.runs_on_host and rpc_tracker is None:
         raise NotAvailableError(f"target {target!r} does not run on this machine", "tune it through --rpc-tracker")

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputShapeError, ModelLoadError, UnsupportedOpsError
-from .onnx_safety import check_external_data, check_file_size, check_tensor_sizes
+from .onnx_safety import (MAX_PROTOBUF_BYTES, check_batchnorm_variance, check_declared_sizes, check_external_data, check_file_size, check_finite,
+                          check_static_shapes, check_tensor_sizes)
 
 __all__ = [
     "SUPPORTED_OPS",
@@ -23,6 +24,7 @@ __all__ = [
     "model_info",
     "check_supported_ops",
     "import_onnx",
+    "check_frames_memory",
 ]
 
 #: ONNX ops the integer-only pipeline handles today (what ``relax_passes.Quantize`` accepts after
@@ -71,6 +73,11 @@ def _sha256_bytes(b: bytes) -> str:
 def load_onnx(model, check: bool = True):
     """Load an ONNX model from a path / bytes / ``ModelProto`` and run ``onnx.checker``.
 
+    An untrusted file goes through :mod:`~zsq_tvm.frontend.onnx_safety` first: external-data paths and sizes,
+    stored data vs declared shapes, the memory budget of every stored tensor (before external data is read)
+    and of every tensor sized from constants (graph inputs count as symbolic here: ``--frames`` replaces T
+    later, see :func:`import_onnx`), and finite float values.
+
     Returns ``(ModelProto, sha256, source)``.  Raises :class:`ModelLoadError` with cause + fix.
     """
     import onnx
@@ -87,8 +94,12 @@ def load_onnx(model, check: bool = True):
             raise ModelLoadError(f"model path {str(path)!r} is a directory, not an .onnx file",
                                  "pass the .onnx file itself")
         source = str(path)
+        if not path.is_file():  # a FIFO blocks the read forever, a device (/dev/zero) reports size 0 and never ends
+            raise ModelLoadError(f"model path {source!r} is not a regular file", "pass the .onnx file itself")
         check_file_size(path, path.stat().st_size)  # before reading: never pull >2 GiB into memory
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            data = f.read(MAX_PROTOBUF_BYTES + 1)  # the file may grow between stat and read
+        check_file_size(path, len(data))
         if not data:
             raise ModelLoadError(f"model file {source!r} is empty", "re-export or re-download the model")
         try:
@@ -99,7 +110,10 @@ def load_onnx(model, check: bool = True):
                 f"{type(e).__name__})",
                 "re-export or re-download the model; check the file size matches the original",
             ) from None
-        if check_external_data(proto, path.parent, source):  # paths stay inside the model's folder
+        external = check_external_data(proto, path.parent, source)  # paths stay inside the model's folder
+        check_tensor_sizes(proto, source)  # in-file tensors hold what their shapes declare
+        check_declared_sizes(proto, source)  # every weight fits the memory budget: before reading external data
+        if external:
             try:
                 from onnx.external_data_helper import load_external_data_for_model
 
@@ -107,7 +121,9 @@ def load_onnx(model, check: bool = True):
             except Exception as e:
                 raise ModelLoadError(f"external weights of {source!r} cannot be loaded ({e})",
                                      "keep the external data files next to the .onnx file") from None
-    check_tensor_sizes(proto, source)  # declared shapes match the stored data
+    if isinstance(model, onnx.ModelProto):
+        check_tensor_sizes(proto, source)  # declared shapes match the stored data
+        check_declared_sizes(proto, source)
     if not proto.graph.node:
         raise ModelLoadError(f"model {source!r} has an empty graph (truncated or not a model)",
                              "re-export or re-download the model")
@@ -118,7 +134,21 @@ def load_onnx(model, check: bool = True):
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ModelLoadError(f"model {source!r} fails onnx.checker: {first}",
                                  "re-export the model with a current exporter (opset 13-17)") from None
+    check_finite(proto, source)  # a NaN weight would quantize into a garbage channel, an Inf one crash later
+    check_batchnorm_variance(proto, source)  # likewise a negative variance (sqrt -> NaN)
+    check_static_shapes(proto, source)  # ConstantOfShape & co. of constant shape: sized before anything runs them
     return proto, _sha256_bytes(data), source
+
+
+def check_frames_memory(proto, source: str, frames: int | None, batch: int = 1) -> None:
+    """Before a runtime allocates anything: the mel input at the T it will run with (the file's static T,
+    else ``frames``) and every tensor sized from it fit the memory budget
+    (:func:`~zsq_tvm.frontend.onnx_safety.check_static_shapes`).  Nothing to check for a dynamic T without
+    ``frames`` (the input is then as long as each utterance)."""
+    info = model_info(proto, source=source)
+    T = info.file_frames or frames
+    if T is not None:
+        check_static_shapes(proto, source, {info.input_name: [int(batch), int(info.features or 64), int(T)]})
 
 
 def _dims(value_info):
@@ -401,9 +431,15 @@ def erf_gelu_to_gelu(proto):
     return out_model
 
 
-def _maybe_simplify(proto, shape_dict):
+def _maybe_simplify(proto, shape_dict, checked: bool = False):
     """Fold the static part of the graph (:func:`fold_static`), then onnxsim with the static input
-    shape when shape-computation ops are present (best effort: its failure keeps the folded graph)."""
+    shape when shape-computation ops are present (best effort: its failure keeps the folded graph).
+
+    Folding runs the graph in ONNX Runtime, so first every tensor sized by ``shape_dict`` must fit the
+    memory budget (:func:`~zsq_tvm.frontend.onnx_safety.check_static_shapes`; skipped when the caller
+    already did, ``checked``)."""
+    if not checked:
+        check_static_shapes(proto, "<ModelProto>", shape_dict)
     if not any(n.op_type in _SHAPE_OPS for n in proto.graph.node):
         return proto
     try:
@@ -460,8 +496,10 @@ def import_onnx(model, frames: int, batch: int = 1, features: int | None = None,
             f"model has extra inputs {info.extra_inputs} besides the mel input {info.input_name!r}",
             "export with the mel spectrogram as the only input (e.g. NeMo: drop `length`, fix T)",
         )
+    # the input at T = frames and all it sizes fit the memory budget, before ORT / numpy / TVM allocate any
+    check_static_shapes(proto, source, shape_dict)
     if simplify:
-        proto = _maybe_simplify(proto, shape_dict)
+        proto = _maybe_simplify(proto, shape_dict, checked=True)
         try:
             proto = pads_to_concat(proto)
         except Exception:  # shape inference failed: the importer sees the Pad as it is

@@ -8,7 +8,10 @@ The graph is encoder + decoder: input ``mel`` ``[1, 64, T]`` (float32), output `
 (``TrainingMode.PRESERVE`` on an eval-mode model, no constant folding) because zero-shot
 synthesis needs the BN statistics; ``FoldBatchNorm`` folds it later.  ``frames=None``
 exports a dynamic time axis; an integer fixes T.  The file is written to a temporary
-sibling and renamed, so a failed export leaves nothing behind.
+sibling and renamed, so a failed export leaves nothing behind.  :func:`check_output_file`
+refuses an output that is a directory, that lies in an unwritable folder, or (``overwrite=False``,
+what ``zsq export-nemo`` passes without ``--overwrite``) that already exists — callers run it
+before loading a model so that a bad ``-o`` fails in milliseconds, not after the export.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ import os
 import warnings
 from pathlib import Path
 
-__all__ = ["export_onnx", "count_batchnorm"]
+__all__ = ["export_onnx", "count_batchnorm", "check_output_file"]
 
 EXPORT_FRAMES = 256  # example input length for tracing when the time axis is dynamic
 
@@ -26,13 +29,37 @@ def count_batchnorm(proto) -> int:
     return sum(n.op_type == "BatchNormalization" for n in proto.graph.node)
 
 
-def export_onnx(model_or_name, output, frames: int | None = None, opset: int = 17) -> Path:
-    """Export to ``output`` and return its path.  ``model_or_name``: torch module, shipped name or ``.pt``."""
+def check_output_file(output, overwrite: bool = False) -> Path:
+    """Fail unless ``output`` can become the exported file; cheap, so run it before any model work.
+
+    Refused (as :func:`zsq_tvm.artifacts.check_output_file` does for every command's output file): a
+    directory, an existing file unless ``overwrite``, a folder that is not writable.  Unlike there, a
+    missing folder is allowed when its nearest existing ancestor is writable: ``export_onnx`` has
+    always made it, and makes it only when the file is written, so a failed export leaves none.
+    """
+    from ..artifacts import _check_writable_parent
+    from ..artifacts import check_output_file as check_file
+
+    out = Path(os.fspath(output))
+    if out.absolute().parent.is_dir():
+        return check_file(output, overwrite, flag="-o")
+    _check_writable_parent(out.absolute(), str(output))
+    return out
+
+
+def export_onnx(model_or_name, output, frames: int | None = None, opset: int = 17, overwrite: bool = True) -> Path:
+    """Export to ``output`` and return its path.  ``model_or_name``: torch module, shipped name or ``.pt``.
+
+    ``overwrite=True`` (the library default: callers here write into their own work folders)
+    replaces an existing file; ``False`` refuses it, checked before the model is loaded and again
+    just before the final rename.
+    """
     import onnx
     import torch
 
-    from ..errors import ConfigError, ModelLoadError
+    from ..errors import ArtifactError, ConfigError, ModelLoadError
 
+    check_output_file(output, overwrite)
     if isinstance(model_or_name, torch.nn.Module):
         model, name = model_or_name, getattr(model_or_name, "name", type(model_or_name).__name__)
     else:
@@ -46,7 +73,11 @@ def export_onnx(model_or_name, output, frames: int | None = None, opset: int = 1
     feat_in = int(getattr(model, "feat_in", 64))  # all our nets take 64 mel features
     T = frames or EXPORT_FRAMES
     out = Path(os.fspath(output))
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ArtifactError(f"cannot create the folder of {str(output)!r} ({type(e).__name__}: {e.strerror or e})",
+                            "choose another -o path") from None
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     dyn = None if frames else {"mel": {2: "time"}, "logits": {1: "time_out"}}
     try:
@@ -67,7 +98,21 @@ def export_onnx(model_or_name, output, frames: int | None = None, opset: int = 1
             e = proto.metadata_props.add()
             e.key, e.value = k, v
         onnx.save(proto, str(tmp))
-        os.replace(tmp, out)
+        check_output_file(out, overwrite)  # again: the export took a while, something may have appeared
+        try:
+            if overwrite:
+                os.replace(tmp, out)
+            else:
+                try:  # a hard link fails if `out` appeared since the check: never replaces another writer's file
+                    os.link(tmp, out)
+                except FileExistsError:
+                    raise ArtifactError(f"output file {str(output)!r} already exists (written meanwhile)",
+                                        "choose another -o path, remove it, or pass --overwrite") from None
+                except OSError:  # a filesystem without hard links: the check above has to do
+                    os.replace(tmp, out)
+        except OSError as e:
+            raise ArtifactError(f"cannot write {str(output)!r} ({type(e).__name__}: {e.strerror or e})",
+                                "choose another -o path") from None
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -123,25 +123,38 @@ class FirmwareBuild(Build):
             raise ArtifactError(f"{elf} is missing", "compile again with `zsq compile --target cortex-m4`")
         return fw.check_symbols(elf)
 
-    def save(self, out_dir, overwrite: bool = False) -> Path:
+    def save(self, out_dir, overwrite: bool = False, inputs=()) -> Path:
         out = Path(out_dir)
-        with artifacts.atomic_dir(out, overwrite=overwrite) as tmp:
+        with artifacts.atomic_dir(out, overwrite=overwrite, kind=artifacts.KIND_BUILD, inputs=inputs) as tmp:
             shutil.copytree(self.fw_dir, tmp / FW_DIR, ignore=shutil.ignore_patterns("*.o", "host_run"))
             if self._module_json is not None:
                 (tmp / "module.json").write_text(self._module_json)
             for name, obj in self._files.items():
                 artifacts.write_json(tmp / name, obj)
-            artifacts.write_json(tmp / artifacts.MANIFEST, self.manifest)
+            artifacts.write_manifest(tmp, self.manifest)
         return out
 
     @classmethod
-    def load(cls, path) -> "FirmwareBuild":
-        m = artifacts.read_manifest(path, artifacts.KIND_BUILD)
-        d = Path(path) / FW_DIR
-        if not d.is_dir():
+    def load(cls, path, manifest: dict | None = None) -> "FirmwareBuild":
+        """Open a verified Cortex-M build folder.  Its firmware folder is copied to a private temporary
+        folder, where ``run`` makes ``host_run`` and QEMU runs ``fw.elf``: the build folder itself is never
+        written (its hashes stay valid) and what runs is what was verified."""
+        m = manifest if manifest is not None else artifacts.read_manifest(path, artifacts.KIND_BUILD)
+        if not any(k.startswith(FW_DIR + "/") for k in m["files"]):
             raise ArtifactError(f"{str(path)!r} has no {FW_DIR}/", "compile again with `zsq compile`")
+        tmp = Path(tempfile.mkdtemp(prefix="zsq-fw-"))
+        try:
+            for rel in m["files"]:
+                if rel.startswith(FW_DIR + "/"):
+                    dst = tmp / rel
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    artifacts.verified_copy(path, rel, m, dst.parent)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         mj = Path(path) / "module.json"
-        return cls(d, m, mj.read_text() if mj.exists() else None)
+        return cls(tmp / FW_DIR, artifacts.without_files(m), mj.read_text(errors="replace") if "module.json" in m["files"] else None,
+                   tmpdir=tmp)
 
     def __repr__(self):
         return f"FirmwareBuild(target={self.target!r}, frames={self.frames})"
