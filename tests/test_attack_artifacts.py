@@ -121,6 +121,52 @@ def test_an_fp32_library_dropped_into_a_build_is_refused(built, tmp_path, capsys
     del relax
 
 
+def _module_running_a_command(victim: Path, how: str):
+    """A Relax module that runs ``touch victim`` when TVM compiles it (``FoldConstant`` executes a call_tir of
+    constants) or when it runs (a packed call by name)."""
+    import tvm
+    from tvm import relax
+    from tvm.script import tirx as T
+
+    @T.prim_func
+    def pwn(x: T.Buffer((1,), "int32"), y: T.Buffer((1,), "int32")):
+        y[0] = T.call_extern("int32", "system", "touch " + str(victim))
+
+    bb = relax.BlockBuilder()
+    mel = relax.Var("mel", relax.TensorType((1, 64, FRAMES), "float32"))
+    with bb.function("main", [mel]):
+        arg = relax.const(np.array([1], "int32"))
+        if how == "call_extern":
+            out = bb.emit(relax.call_tir(bb.add_func(pwn, "zsq_input_quantize"), (arg,),
+                                         relax.TensorType((1,), "int32")))
+        else:
+            out = bb.emit(relax.call_dps_packed(relax.ExternFunc("runtime.system"), (arg,),
+                                                relax.TensorType((1,), "int32")))
+        bb.emit_func_output(out)
+    return tvm.ir.save_json(bb.get())
+
+
+@pytest.mark.parametrize("how", ["call_extern", "packed"])
+def test_a_module_json_that_would_run_code_when_compiled_is_refused(built, tmp_path, capsys, how):
+    """Hashes prove a file is the one listed, not who made it: a folder crafted whole (resealed) carries a
+    module.json whose PrimFunc calls system(); `zsq check` and `zsq compile` lower it, and TVM's FoldConstant
+    would run it.  zsq_tvm.module_check refuses it first."""
+    victim = tmp_path / "pwned"
+    evil = _module_running_a_command(victim, how)
+    q = tmp_path / "q"
+    shutil.copytree(built / "q", q)
+    (q / "module.json").write_text(evil)
+    reseal(q)
+    b = _copy_build(built, tmp_path)
+    (b / "module.json").write_text(evil)
+    reseal(b)
+    for argv in (["compile", q, "-o", tmp_path / "b2"], ["check", b], ["tune", q, "--trials", 1, "--db", tmp_path / "db"]):
+        rc, _, err = cli(capsys, *argv)
+        assert rc == 2 and "never writes" in one_error_line(err), (argv, err)
+        assert not victim.exists(), argv
+    assert not (tmp_path / "b2").exists()
+
+
 @pytest.mark.parametrize("damage", ["truncate-so", "truncate-so-resealed", "no-manifest", "garble-manifest", "manifest-fields",
                                     "garble-module", "extra-file", "symlink", "old-format"])
 def test_damaged_build_folders_give_one_line(built, tmp_path, capsys, damage):

@@ -538,7 +538,7 @@ def check(build_or_dir, recheck: bool = True, raise_on_violation: bool = False) 
         if b._lib_path is not None and not hasattr(b, "check_firmware"):  # read, never loaded
             from .build import check_shared_library
 
-            check_shared_library(b._lib_path, b._lib_path)
+            check_shared_library(b._lib_path, b._lib_path, machine=False)  # e.g. an x86 build checked on an Arm host
     rep = b.integer_only
     if recheck and b._module_json is not None:
         from .build import integer_only_report, lower

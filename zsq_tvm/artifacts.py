@@ -50,6 +50,7 @@ __all__ = [
     "write_output_file",
     "read_json_file",
     "load_module_json",
+    "parse_module_json",
 ]
 
 #: 2: the manifest lists every file with its size and SHA-256 (``files``); version-1 folders have no
@@ -185,12 +186,16 @@ MAX_MANIFEST_BYTES = 16 << 20
 
 def sha256_file(path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(_CHUNK)
-            if not b:
-                return h.hexdigest()
-            h.update(b)
+    try:
+        with open(path, "rb") as f:
+            while True:
+                b = f.read(_CHUNK)
+                if not b:
+                    return h.hexdigest()
+                h.update(b)
+    except OSError as e:  # unreadable (mode 000, ...): the folder's problem, one line
+        raise ArtifactError(f"cannot read {str(path)!r} ({e.strerror or type(e).__name__})",
+                            "make the folder readable, or re-create it with zsq") from None
 
 
 def _scan(root: Path) -> dict[str, os.stat_result]:
@@ -259,7 +264,11 @@ def verified_copy(folder, rel: str, manifest: dict, into) -> Path:
     src = Path(folder) / rel
     dst = Path(into) / Path(rel).name
     h = hashlib.sha256()
-    fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as e:  # ELOOP: swapped for a symlink since it was verified; EACCES ...
+        raise ArtifactError(f"cannot read {str(src)!r} ({e.strerror or type(e).__name__})",
+                            "re-create the folder with zsq") from None
     with os.fdopen(fd, "rb") as fi, open(dst, "xb") as fo:
         while True:
             b = fi.read(_CHUNK)
@@ -480,6 +489,9 @@ def write_output_file(path, overwrite: bool = False) -> Iterator[Path]:
     no replacing a file that appeared meanwhile unless ``overwrite``)."""
     p = Path(os.fspath(path)).absolute()
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.tmp-{_owner_tag()}-", suffix=p.suffix, dir=p.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600: give the output the mode a plain open() would
     os.close(fd)
     try:
         try:
@@ -488,8 +500,13 @@ def write_output_file(path, overwrite: bool = False) -> Iterator[Path]:
             if overwrite:
                 os.replace(tmp, p)
             else:
-                os.link(tmp, p)  # fails if p exists: never replaces a concurrent writer's file
-                os.unlink(tmp)
+                try:
+                    os.link(tmp, p)  # fails if p exists: never replaces a concurrent writer's file
+                    os.unlink(tmp)
+                except FileExistsError:
+                    raise
+                except OSError:  # a filesystem without hard links (exFAT, some network mounts)
+                    _rename_noreplace(Path(tmp), p)
         except FileExistsError:
             raise ArtifactError(f"{str(path)!r} already exists (written meanwhile)", "choose another path") from None
         except OSError as e:
@@ -508,6 +525,19 @@ def write_output_file(path, overwrite: bool = False) -> Iterator[Path]:
 #: fields each kind's manifest must have, with their JSON types (checked before they are used)
 _REQUIRED = {KIND_QUANTIZED: {"frames": int, "wbits": int, "abits": int, "io": dict},
              KIND_BUILD: {"frames": int, "target": str, "io": dict}}
+
+
+def _io_ok(io) -> bool:
+    """``io``: ``{"inputs": [{"name", "shape": [ints], "dtype"}, ...], "output": {"shape", "dtype"}}`` (what
+    :meth:`zsq_tvm.build.Build.run` indexes)."""
+    def tensor(t, named):
+        return (isinstance(t, dict) and isinstance(t.get("dtype"), str) and isinstance(t.get("shape"), list)
+                and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in t["shape"])
+                and (not named or isinstance(t.get("name"), str)))
+
+    ins = io.get("inputs")
+    return (isinstance(ins, list) and len(ins) >= 1 and all(tensor(t, True) for t in ins)
+            and len(ins[0]["shape"]) == 3 and tensor(io.get("output"), False))
 
 
 def read_manifest(path, kind: str | None = None, verify: bool = True) -> dict:
@@ -539,6 +569,8 @@ def read_manifest(path, kind: str | None = None, verify: bool = True) -> dict:
     for field, ty in _REQUIRED.get(m["kind"], {}).items():
         if not isinstance(m.get(field), ty) or isinstance(m.get(field), bool):
             raise ArtifactError(f"{mf}: field {field!r} is missing or not a {ty.__name__}", "re-create the directory")
+    if m["kind"] in _REQUIRED and not _io_ok(m["io"]):
+        raise ArtifactError(f"{mf}: field 'io' does not describe the model's inputs and output", "re-create the directory")
     if verify:
         _verify_files(p, m)
     return m
@@ -564,14 +596,32 @@ def read_json_file(folder, rel: str, manifest: dict):
 
 def load_module_json(folder, manifest: dict):
     """The integer Relax module of a verified artifact folder (``module.json``), unreadable ones as
-    :class:`ArtifactError`."""
-    import tvm
-
+    :class:`ArtifactError`; checked by :mod:`zsq_tvm.module_check` before any pass sees it."""
     f = Path(folder) / "module.json"
     if "module.json" not in manifest.get("files", {}):
         raise ArtifactError(f"{str(folder)!r} has no module.json", "re-create it with `zsq quantize` / `zsq compile`")
+    if f.stat().st_size > MAX_MODULE_BYTES:
+        raise ArtifactError(f"{str(f)!r} is {f.stat().st_size:,} bytes, over the {MAX_MODULE_BYTES:,} a module may have",
+                            "re-create the folder with `zsq quantize`")
+    return parse_module_json(f.read_text(errors="replace"), repr(str(f)))
+
+
+#: a module.json of the largest model we ship (Conformer-CTC-large, weights inline) is a few hundred MB
+MAX_MODULE_BYTES = 2 << 30
+
+
+def parse_module_json(text: str, source: str):
+    """``tvm.ir.load_json`` + :func:`zsq_tvm.module_check.check_module`: errors as :class:`ArtifactError`."""
+    import tvm
+
+    from .module_check import check_module
+
     try:
-        return tvm.ir.load_json(f.read_text())
-    except Exception as e:  # noqa: BLE001 - TVMError, UnicodeDecodeError, ...: a corrupt file, never a crash
-        raise ArtifactError(f"{str(f)!r} is not a TVM module ({type(e).__name__})",
+        mod = tvm.ir.load_json(text)
+    except Exception as e:  # noqa: BLE001 - TVMError, ...: a corrupt file, never a crash
+        raise ArtifactError(f"{source} is not a TVM module ({type(e).__name__})",
                             "re-create the folder with `zsq quantize` / `zsq compile`") from None
+    if not isinstance(mod, tvm.IRModule):
+        raise ArtifactError(f"{source} is not a TVM module (a {type(mod).__name__})", "re-create the folder")
+    check_module(mod, source)
+    return mod

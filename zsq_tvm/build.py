@@ -146,7 +146,7 @@ def pad_batch(a: np.ndarray, B: int) -> np.ndarray:
 _ELF_MACHINES = {"x86_64": 62, "AMD64": 62, "aarch64": 183, "arm64": 183}
 
 
-def check_shared_library(path, shown) -> None:
+def check_shared_library(path, shown, machine: bool = True) -> None:
     """Refuse a file that is not a complete ELF shared library for this machine, *before* it is mapped.
 
     ``dlopen`` maps the file's segments; one that extends past the end of a truncated file is touched as
@@ -165,7 +165,7 @@ def check_shared_library(path, shown) -> None:
         e_type, e_machine = struct.unpack_from("<HH", hdr, 16)
         phoff, shoff = struct.unpack_from("<QQ", hdr, 32)
         phentsize, phnum, shentsize, shnum = struct.unpack_from("<HHHH", hdr, 54)
-        want = _ELF_MACHINES.get(platform.machine())
+        want = _ELF_MACHINES.get(platform.machine()) if machine else None
         if e_type != 3 or (want is not None and e_machine != want):
             raise ArtifactError(f"{str(shown)!r} is not a shared library for this machine "
                                 f"(ELF type {e_type}, machine {e_machine})", fix)
@@ -190,6 +190,7 @@ class Build:
         self._module_json = module_json
         self._files = files or {}
         self._lib_path = lib_path
+        self._lib_sha256: str | None = None  # of the verified library a loaded build was read from
         self._tls = threading.local()  # one relax VM per thread: a VM is not re-entrant
 
     # ---- properties
@@ -383,6 +384,10 @@ class Build:
         with artifacts.atomic_dir(out, overwrite=overwrite, kind=artifacts.KIND_BUILD, inputs=inputs) as tmp:
             if self._lib_path and os.path.exists(self._lib_path):
                 shutil.copy2(self._lib_path, tmp / LIB_NAME)
+                want = self._lib_sha256
+                if want is not None and artifacts.sha256_file(tmp / LIB_NAME) != want:  # never re-bless a swapped file
+                    raise ArtifactError(f"{self._lib_path!r} changed since this build was loaded",
+                                        "load the build again, or compile it again")
             else:
                 self._ex.export_library(str(tmp / LIB_NAME))
             if self._module_json is not None:
@@ -413,14 +418,17 @@ class Build:
         spec = get_target(m["target"])
         lib = Path(path) / LIB_NAME
         mj = Path(path) / "module.json"
+        if "module.json" in m["files"] and m["files"]["module.json"]["size"] > artifacts.MAX_MODULE_BYTES:
+            raise ArtifactError(f"{str(mj)!r} is over the {artifacts.MAX_MODULE_BYTES:,} bytes a module may have",
+                                "compile again with `zsq compile`")
         module_json = mj.read_text(errors="replace") if "module.json" in m["files"] else None
         if not load_library:
-            return cls(None, artifacts.without_files(m), module_json, lib_path=str(lib))
+            return cls._loaded(None, m, module_json, lib)
         if not spec.runs_on_host:
             raise NotAvailableError(f"build target {m['target']!r} cannot run on this machine",
                                     "run it on its device, or compile with --target host")
         if spec.device == "cuda" and not tvm.cuda(0).exist:  # loading needs a GPU; `zsq check` does not
-            return cls(None, artifacts.without_files(m), module_json, lib_path=str(lib))
+            return cls._loaded(None, m, module_json, lib)
         with tempfile.TemporaryDirectory(prefix="zsq-lib-") as td:
             private = artifacts.verified_copy(path, LIB_NAME, m, td)
             check_shared_library(private, lib)
@@ -433,19 +441,19 @@ class Build:
                     raise ArtifactError(f"{str(lib)!r} cannot be loaded ({type(e).__name__}: "
                                         f"{str(e).strip().splitlines()[-1][:120] if str(e).strip() else ''})",
                                         "compile again with `zsq compile` and this zsq/TVM version") from None
-        return cls(rt, artifacts.without_files(m), module_json, lib_path=str(lib))
+        return cls._loaded(rt, m, module_json, lib)
+
+    @classmethod
+    def _loaded(cls, rt, m: dict, module_json, lib: Path) -> "Build":
+        b = cls(rt, artifacts.without_files(m), module_json, lib_path=str(lib))
+        b._lib_sha256 = m["files"][LIB_NAME]["sha256"]
+        return b
 
     def module(self):
-        """The integer Relax module this build was compiled from."""
-        import tvm
-
+        """The integer Relax module this build was compiled from (checked: :mod:`zsq_tvm.module_check`)."""
         if self._module_json is None:
             raise ArtifactError("this build has no module.json", "compile again with `zsq compile`")
-        try:
-            return tvm.ir.load_json(self._module_json)
-        except Exception as e:  # noqa: BLE001 - a corrupt module.json is the user's to fix, never a crash
-            raise ArtifactError(f"the build's module.json is not a TVM module ({type(e).__name__})",
-                                "compile again with `zsq compile`") from None
+        return artifacts.parse_module_json(self._module_json, "the build's module.json")
 
     def __repr__(self):
         return f"Build(target={self.target!r}, frames={self.frames}, W{self.manifest.get('wbits')}A{self.manifest.get('abits')})"

@@ -420,12 +420,16 @@ def main(argv=None) -> int:
     except ZsqError as e:
         print(f"zsq: error: {e}", file=sys.stderr)
         return e.exit_code
-    except OSError as e:  # a disk that fills or turns read-only under any write: the user's to fix
+    except OSError as e:  # a disk that fills, a file that cannot be read or written: the user's to fix
         from .artifacts import DISK_ERRNOS, disk_error
 
-        if e.errno not in DISK_ERRNOS:
+        if e.errno in DISK_ERRNOS:
+            print(f"zsq: error: {disk_error(e, repr(e.filename or 'an output file'))}", file=sys.stderr)
+            return 2
+        if e.filename is None:  # not about a file the user named: a bug, keep its traceback
             raise
-        print(f"zsq: error: {disk_error(e, repr(e.filename or 'an output file'))}", file=sys.stderr)
+        print(f"zsq: error: cannot access {str(e.filename)!r} ({e.strerror or type(e).__name__}). Fix: check the "
+              "path and its permissions.", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("zsq: interrupted", file=sys.stderr)

@@ -469,10 +469,15 @@ def evaluate(model, manifest, runtime: str = "auto", frames: int | None = None, 
                             "errors over zero reference words)",
                             "give the utterances their transcripts; empty ones are fine next to others (their "
                             "hypothesis words count as insertions)")
-    if hyps_out is not None:
+    if hyps_out is not None:  # a list this command writes, replaced each run -- but never one of its inputs
         from . import artifacts
 
         artifacts.check_output_file(hyps_out, overwrite=True, flag="--hyps")
+        inputs = [manifest, model] + [u.audio_filepath for u in rows]
+        if any(os.path.lexists(i) and os.path.samefile(i, hyps_out) for i in map(os.fspath, inputs)
+               if os.path.lexists(hyps_out)):
+            raise ConfigError(f"--hyps {str(hyps_out)!r} is an input of this command",
+                              "write the hypotheses to another file")
     if threads:
         import torch
 
@@ -526,7 +531,9 @@ def evaluate(model, manifest, runtime: str = "auto", frames: int | None = None, 
            "load_seconds": round(t_load, 2), "rtf": round(t_model / audio_s, 4) if audio_s else None,
            "examples": [{"ref": a, "hyp": b} for a, b in list(zip(refs, hyps))[:3]]}
     if hyps_out:
-        with open(hyps_out, "w") as f:
+        from . import artifacts
+
+        with artifacts.write_output_file(hyps_out, overwrite=True) as tmp, open(tmp, "w") as f:
             for u, a, b in zip(rows, refs, hyps):
                 f.write(json.dumps({"audio_filepath": u.audio_filepath, "ref": a, "hyp": b}) + "\n")
     return out

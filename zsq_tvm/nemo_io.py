@@ -367,7 +367,8 @@ def _load_yaml(path: Path, what: str, fix: str):
             return loader.get_single_data()
         finally:
             loader.dispose()
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
+    except (yaml.YAMLError, UnicodeDecodeError, ValueError, TypeError, OverflowError) as e:
+        # ValueError: e.g. an integer of more digits than Python converts (a 5,000-digit scalar)
         raise ModelLoadError(f"{what} is not valid YAML ({type(e).__name__})", fix) from None
 
 

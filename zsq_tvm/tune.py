@@ -68,6 +68,10 @@ def target_key(tgt) -> str:
     return f"x86_64-{cls}" if cls else f"x86_64-{mcpu}"
 
 
+#: a tuning log of thousands of records is a few MB; a file claiming more is not read
+MAX_DB_FILE_BYTES = 256 << 20
+
+
 def default_db_dir(tgt) -> Path:
     """``$ZSQ_TUNING_LOGS/<key>`` or the repository's ``tuning_logs/<key>``."""
     root = os.environ.get("ZSQ_TUNING_LOGS") or str(Path(__file__).resolve().parent.parent / "tuning_logs")
@@ -142,8 +146,14 @@ def _make_db_class():
             p = self.path / name
             if not p.exists():
                 return []
+            if not p.is_file() or p.stat().st_size > MAX_DB_FILE_BYTES:  # a FIFO would block, a huge file exhaust memory
+                _warn(f"tuning database file {str(p)!r} is not a regular file of at most {MAX_DB_FILE_BYTES:,} bytes; "
+                      f"ignoring the database and using the default schedules")
+                self.usable = False
+                return []
             with _locked(self.path, exclusive=False):
-                raw = p.read_bytes()
+                with open(p, "rb") as f:
+                    raw = f.read(MAX_DB_FILE_BYTES + 1)
             lines = raw.split(b"\n")
             if not lines:
                 return []
@@ -371,7 +381,7 @@ def _load_module(path):
     if m.get("kind") == artifacts.KIND_BUILD:
         from .build import Build
 
-        return Build.load(p).module(), m.get("target")
+        return Build.load(p, load_library=False).module(), m.get("target")  # no code of it runs
     from .api import load
 
     return load(p).mod, None

@@ -336,8 +336,13 @@ def check_batchnorm_variance(proto, source: str) -> None:
     for i, n in enumerate(proto.graph.node):
         if n.op_type != "BatchNormalization" or len(n.input) < 5 or n.input[4] not in stored:
             continue
-        var = numpy_helper.to_array(stored[n.input[4]])
-        neg = np.flatnonzero(np.asarray(var, np.float64).ravel() < 0)
+        try:
+            var = np.asarray(numpy_helper.to_array(stored[n.input[4]]), np.float64)
+        except (ValueError, TypeError) as e:  # a STRING tensor passes onnx.checker
+            raise ModelLoadError(f"model {source!r}: BatchNormalization node {n.name or '#' + str(i)!r} has a "
+                                 f"running variance {n.input[4]!r} that is not numeric ({type(e).__name__})",
+                                 _FIX_REEXPORT) from None
+        neg = np.flatnonzero(var.ravel() < 0)
         if neg.size:
             raise ModelLoadError(f"model {source!r}: BatchNormalization node {n.name or '#' + str(i)!r} has "
                                  f"{neg.size} negative running variance(s) in {n.input[4]!r} (first: channel "

@@ -463,8 +463,10 @@ def run_qemu(build_dir, x_int: np.ndarray, board: str, out_shape, out_dtype, tim
         (Path(td) / "input.bin").write_bytes(np.ascontiguousarray(x_int).tobytes())
         if length is not None:
             (Path(td) / "length.bin").write_bytes(np.ascontiguousarray(length, np.int32).tobytes())
+        # semihosting is how the firmware reads its input and writes its output (files in td); the seccomp
+        # sandbox keeps a firmware's SYS_SYSTEM from spawning host commands
         cmd = ["qemu-system-arm", "-M", machine, "-nographic", "-monitor", "none", "-serial", "none",
-               "-semihosting-config", "enable=on,target=native", "-kernel", str(elf)]
+               "-sandbox", "on,spawn=deny", "-semihosting-config", "enable=on,target=native", "-kernel", str(elf)]
         if icount:
             cmd[1:1] = ["-icount", "shift=3"]
         try:
