@@ -280,20 +280,22 @@ def _pb_int(num: int, v: int) -> bytes:
 
 # ============================================================================ builders: archives
 
+def add_members(tf, members) -> None:
+    """members: (TarInfo-attribute dict incl. name, bytes or None), added to the open tar ``tf``."""
+    for info, data in members:
+        info = dict(info)
+        ti = tarfile.TarInfo(info.pop("name"))
+        ti.mtime = 1_700_000_000
+        for k, v in info.items():
+            setattr(ti, k, v)
+        if data is not None:
+            ti.size = len(data)
+        tf.addfile(ti, io.BytesIO(data) if data is not None else None)
+
+
 def make_tar(path: Path, members, mode="w", fmt=tarfile.GNU_FORMAT):
-    """members: (TarInfo-attribute dict incl. name, bytes or None)."""
     with tarfile.open(path, mode, format=fmt) as tf:
-        for info, data in members:
-            info = dict(info)
-            ti = tarfile.TarInfo(info.pop("name"))
-            ti.mtime = 1_700_000_000
-            for k, v in info.items():
-                setattr(ti, k, v)
-            if data is not None:
-                ti.size = len(data)
-                tf.addfile(ti, io.BytesIO(data))
-            else:
-                tf.addfile(ti)
+        add_members(tf, members)
     return path
 
 
@@ -321,15 +323,7 @@ def valid_tar_bytes(parts) -> bytes:
     """The valid .nemo members as a tar stream without the end-of-archive blocks."""
     bio = io.BytesIO()
     with tarfile.open(fileobj=bio, mode="w", format=tarfile.GNU_FORMAT) as tf:
-        for info, data in nemo_members(parts["cfg"], parts["weights"]):
-            info = dict(info)
-            ti = tarfile.TarInfo(info.pop("name"))
-            ti.mtime = 1_700_000_000
-            for k, v in info.items():
-                setattr(ti, k, v)
-            if data is not None:
-                ti.size = len(data)
-            tf.addfile(ti, io.BytesIO(data) if data is not None else None)
+        add_members(tf, nemo_members(parts["cfg"], parts["weights"]))
         body = bio.getvalue()
     # tarfile.close() appended two zero blocks and padded to its record size: find the end of the last member
     end = len(body)
@@ -793,10 +787,6 @@ def _cos_model():
 
 
 @case("onnx-constantofshape-9gib", "onnx", QUANT)
-def _(ctx, d):
-    save_model(_cos_model(), d / "m.onnx")
-
-
 @case("onnx-constantofshape-9gib-report", "onnx", REPORT)
 def _(ctx, d):
     save_model(_cos_model(), d / "m.onnx")
@@ -819,10 +809,6 @@ def _huge_init_model():
 
 
 @case("onnx-declared-2e20x2e20-no-data", "onnx", QUANT)
-def _(ctx, d):
-    save_model(_huge_init_model(), d / "m.onnx")
-
-
 @case("onnx-declared-2e20x2e20-no-data-report", "onnx", REPORT)
 def _(ctx, d):
     save_model(_huge_init_model(), d / "m.onnx")
