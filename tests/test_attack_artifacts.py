@@ -380,3 +380,22 @@ def test_wer_over_empty_references_is_an_error_not_zero(tmp_path, capsys):
         metrics.wer([""], ["an inserted word"])
     # an empty reference next to real ones: its hypothesis words count as insertions
     assert metrics.wer(["a b", ""], ["a b", "c"]) == (0.5, 1, 2)
+
+
+def test_a_build_runs_where_the_temp_folder_is_noexec(built, tmp_path):
+    """The library is loaded from a private verified copy; on a hardened machine whose temp folder is mounted
+    noexec nothing maps from there, so the copy goes to a private folder beside the build instead."""
+    noexec = tmp_path / "noexec"
+    noexec.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "noexec,size=64m", "tmpfs", str(noexec)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a noexec tmpfs here (needs root)")
+    try:
+        b = _copy_build(built, tmp_path)
+        r = subprocess.run([sys.executable, "-m", "zsq_tvm.cli", "run", str(b), "--input", str(built / "mel.npy")],
+                           capture_output=True, text=True, timeout=300, env={**os.environ, "TMPDIR": str(noexec)})
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(".zsq-lib-")]  # nothing left beside it
+        assert not list(noexec.iterdir())
+    finally:
+        subprocess.run(["umount", str(noexec)], capture_output=True)

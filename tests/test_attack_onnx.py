@@ -470,3 +470,20 @@ def test_max_memory_flag_applies_to_its_command_only(tmp_path, capsys):
     assert main(["--max-memory", "lots", "report", str(model)]) == 2
     assert "--max-memory 'lots' is not a size" in capsys.readouterr().err
     assert main(["--max-memory", "64M", "report", str(model)]) == 0
+
+
+def test_eval_checks_a_dynamic_length_model_at_its_longest_utterance(tmp_path, capsys):
+    """A dynamic-T ONNX runs each utterance whole in `zsq eval`; the budget was checked only at --frames, so a
+    long recording reached ONNX Runtime unchecked.  Now the model is sized at the manifest's longest WAV."""
+    model = _save(tmp_path / "m.onnx", _conv_bn(T="T"))
+    with wave.open(str(tmp_path / "long.wav"), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(np.zeros(16000 * 10, "<i2").tobytes())  # 10 s: 1001 frames, the mel alone 250 KiB
+    man = tmp_path / "m.json"
+    man.write_text(json.dumps({"audio_filepath": "long.wav", "text": "hi"}) + "\n")
+    rc = main(["--max-memory", "100K", "eval", str(model), "--manifest", str(man)])
+    _one_line(rc, capsys.readouterr().err.strip(), "[1, 64, 1001]", "over the memory budget")
+    main(["--max-memory", "1M", "eval", str(model), "--manifest", str(man)])
+    assert "memory budget" not in capsys.readouterr().err

@@ -429,18 +429,22 @@ class Build:
                                     "run it on its device, or compile with --target host")
         if spec.device == "cuda" and not tvm.cuda(0).exist:  # loading needs a GPU; `zsq check` does not
             return cls._loaded(None, m, module_json, lib)
-        with tempfile.TemporaryDirectory(prefix="zsq-lib-") as td:
-            private = artifacts.verified_copy(path, LIB_NAME, m, td)
-            check_shared_library(private, lib)
-            try:
-                rt = tvm.runtime.load_module(str(private))  # mapped: the copy may go once loaded
-            except Exception as e:  # noqa: BLE001 - a library this TVM cannot load is a bad folder, not a crash
-                if spec.device == "cuda":  # no CUDA runtime here: run() says so
-                    rt = None
-                else:
-                    raise ArtifactError(f"{str(lib)!r} cannot be loaded ({type(e).__name__}: "
-                                        f"{str(e).strip().splitlines()[-1][:120] if str(e).strip() else ''})",
-                                        "compile again with `zsq compile` and this zsq/TVM version") from None
+        rt, err = None, None
+        # the private copy goes to the temp folder; where that is mounted noexec (no library maps from it), to a
+        # private folder beside the build instead -- removed once loaded either way
+        for where in (None, Path(path).absolute().parent):
+            with tempfile.TemporaryDirectory(prefix=".zsq-lib-", dir=where) as td:
+                private = artifacts.verified_copy(path, LIB_NAME, m, td)
+                check_shared_library(private, lib)
+                try:
+                    rt = tvm.runtime.load_module(str(private))  # mapped: the copy may go once loaded
+                    break
+                except Exception as e:  # noqa: BLE001 - a library this TVM cannot load is a bad folder, not a crash
+                    err = e
+        if rt is None and spec.device != "cuda":  # CUDA: no CUDA runtime here, run() says so
+            raise ArtifactError(f"{str(lib)!r} cannot be loaded ({type(err).__name__}: "
+                                f"{str(err).strip().splitlines()[-1][:120] if str(err).strip() else ''})",
+                                "compile again with `zsq compile` and this zsq/TVM version")
         return cls._loaded(rt, m, module_json, lib)
 
     @classmethod

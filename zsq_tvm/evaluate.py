@@ -61,6 +61,7 @@ __all__ = ["ManifestError", "Utterance", "read_manifest", "compute_mel", "run_fi
 
 RUNTIMES = ("auto", "torch", "onnxruntime", "tvm")
 SAMPLE_RATE = 16000
+HOP_LENGTH = 160  # samples per mel frame (zsq_tvm.audio.mel.MelConfig.hop_length): 100 frames per second
 
 
 class ManifestError(ZsqError):
@@ -73,6 +74,7 @@ class Utterance:
     text: str
     line: int
     duration: float | None = None
+    samples: int | None = None  # from the WAV header (read_manifest with check_audio)
 
 
 # --------------------------------------------------------------------------- manifest
@@ -104,7 +106,7 @@ def _wav_format_code(path: Path) -> int | None:
     return None
 
 
-def _check_wav(path: Path, where: str) -> None:
+def _check_wav(path: Path, where: str) -> int:
     """16 kHz mono 16-bit PCM, complete, at least one mel frame and at most ``MAX_AUDIO_SECONDS`` long;
     otherwise :class:`ManifestError` naming ``where`` (``manifest:line``), the file and the fix.  Audio is
     never resampled or down-mixed silently."""
@@ -141,6 +143,7 @@ def _check_wav(path: Path, where: str) -> None:
                             "zsq eval accepts per utterance (its log-mel is computed in one piece)",
                             f"split it into shorter utterances, e.g. sox {path.name} part.wav trim 0 600 : newfile "
                             ": restart")
+    return n
 
 
 def read_manifest(path, check_audio: bool = True) -> list[Utterance]:
@@ -190,9 +193,10 @@ def read_manifest(path, check_audio: bool = True) -> list[Utterance]:
                 raise ManifestError(f"{where}: audio file {str(a)!r} "
                                     f"{'is not a regular file' if a.exists() else 'does not exist'}",
                                     "fix audio_filepath (relative paths resolve against the manifest's folder)")
-            _check_wav(a, where)
+            samples = _check_wav(a, where)
         dur = r.get("duration")
-        rows.append(Utterance(str(a), r["text"], n, float(dur) if isinstance(dur, (int, float)) else None))
+        rows.append(Utterance(str(a), r["text"], n, float(dur) if isinstance(dur, (int, float)) else None,
+                              samples if check_audio else None))
     if not rows:
         raise ManifestError(f"manifest {str(p)!r} has no utterances", "add at least one line")
     return rows
@@ -363,8 +367,11 @@ class BuildRunner(Runner):
 
 
 def load_runner(model, runtime: str = "auto", frames: int | None = None, threads: int | None = None,
-                workdir: str | None = None) -> Runner:
-    """Resolve MODEL (shipped name, .pt, .onnx, quantized dir, build dir) to a :class:`Runner`."""
+                workdir: str | None = None, longest_frames: int | None = None) -> Runner:
+    """Resolve MODEL (shipped name, .pt, .onnx, quantized dir, build dir) to a :class:`Runner`.
+
+    ``longest_frames``: the longest utterance it will run; an ONNX file with a dynamic T is checked against the
+    memory budget at that length (``frames`` when given)."""
     from . import artifacts
     from .models import is_shipped, load_torch
 
@@ -401,7 +408,7 @@ def load_runner(model, runtime: str = "auto", frames: int | None = None, threads
         from .frontend.onnx_import import check_frames_memory, load_onnx
 
         proto = load_onnx(s)[0]  # clear errors for missing / corrupt / hostile files, before ORT or TVM reads it
-        check_frames_memory(proto, s, frames)  # the input at the T it runs with fits the memory budget
+        check_frames_memory(proto, s, frames or longest_frames)  # the input at the T it runs with fits the budget
         del proto
         return TvmFloatRunner(s, frames) if runtime == "tvm" else OrtRunner(s, threads)
     from .models import checkpoint_path
@@ -485,7 +492,9 @@ def evaluate(model, manifest, runtime: str = "auto", frames: int | None = None, 
         os.environ.setdefault("TVM_NUM_THREADS", str(threads))
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="zsq-eval-") as td:
-        r = runner or load_runner(model, runtime, frames or frames_pad, threads, td)
+        # a dynamic-length model runs each utterance whole: its memory is checked at the longest one
+        longest = max((u.samples // HOP_LENGTH + 1 for u in rows if u.samples), default=None)
+        r = runner or load_runner(model, runtime, frames or frames_pad, threads, td, longest_frames=longest)
         T = r.frames
         if frames_pad is not None:
             if isinstance(frames_pad, bool) or not isinstance(frames_pad, int) or frames_pad < 16:
