@@ -588,6 +588,9 @@ def read_json_file(folder, rel: str, manifest: dict):
     f = Path(folder) / rel
     if rel not in manifest.get("files", {}):
         return None
+    if manifest["files"][rel]["size"] > MAX_MANIFEST_BYTES * 16:  # metadata, report, vocab: KBs to a few MB
+        raise ArtifactError(f"{str(f)!r} is {manifest['files'][rel]['size']:,} bytes, too large for zsq metadata",
+                            "re-create the directory")
     try:
         return read_json(f)
     except (OSError, ValueError, RecursionError) as e:
