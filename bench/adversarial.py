@@ -605,28 +605,26 @@ def _(ctx, d):
     (d / "x.nemo").write_bytes(out.getvalue())
 
 
+def write_zero_bomb(path: Path, parts, header: bytearray, size: int, tail: bytes) -> None:
+    """The valid .nemo members, then ``header`` declaring ``size`` bytes of zeros (gzipped), then ``tail``."""
+    with open(path, "wb") as f:
+        f.write(gzip_member(valid_tar_bytes(parts) + bytes(header)))
+        for m in zero_gzip_run(size):
+            f.write(m)
+        f.write(gzip_member(tail))
+
+
 @case("archive-gzip-bomb-6gib", "archive", NEMO_CK, needs=("nemo",),
       note="valid model + a 6 GiB member of zeros, ~6 MB gzipped: exit 0 means it was extracted")
 def _(ctx, d):
-    p = ctx.require("nemo")
-    size = 6 * GiB
-    with open(d / "x.nemo", "wb") as f:
-        f.write(gzip_member(valid_tar_bytes(p) + bytes(tar_header("padding.bin", size))))
-        for m in zero_gzip_run(size):
-            f.write(m)
-        f.write(gzip_member(b"\0" * 1024))
+    write_zero_bomb(d / "x.nemo", ctx.require("nemo"), tar_header("padding.bin", 6 * GiB), 6 * GiB, b"\0" * 1024)
 
 
 @case("archive-pax-header-bomb", "archive", NEMO, needs=("nemo",),
       note="a PAX extended header declaring 3 GiB (zeros, gzipped): tarfile reads headers into memory")
 def _(ctx, d):
-    p = ctx.require("nemo")
-    size = 3 * GiB
-    with open(d / "x.nemo", "wb") as f:
-        f.write(gzip_member(valid_tar_bytes(p) + bytes(tar_header("././@PaxHeader", size, typ=tarfile.XHDTYPE))))
-        for m in zero_gzip_run(size):
-            f.write(m)
-        f.write(gzip_member(bytes(tar_header("after.bin", 0)) + b"\0" * 1024))
+    write_zero_bomb(d / "x.nemo", ctx.require("nemo"), tar_header("././@PaxHeader", 3 * GiB, typ=tarfile.XHDTYPE),
+                    3 * GiB, bytes(tar_header("after.bin", 0)) + b"\0" * 1024)
 
 
 @case("archive-truncated", "archive", NEMO, needs=("nemo",))

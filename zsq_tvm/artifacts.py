@@ -51,6 +51,7 @@ __all__ = [
     "read_json_file",
     "load_module_json",
     "parse_module_json",
+    "read_module_text",
 ]
 
 #: 2: the manifest lists every file with its size and SHA-256 (``files``); version-1 folders have no
@@ -468,15 +469,16 @@ def _commit(tmp: Path, out: Path, shown: str, overwrite: bool, kind, inputs, tag
 # single output files (logits .npy, ONNX exports, hypothesis lists)
 # --------------------------------------------------------------------------------------------
 
-def check_output_file(path, overwrite: bool = False, flag: str = "--output") -> Path:
-    """Before the work: ``path`` can be written -- its folder exists and is writable, it is not a
-    directory, and it does not exist unless ``overwrite``."""
+def check_output_file(path, overwrite: bool = False, flag: str = "--output", missing_folder_ok: bool = False) -> Path:
+    """Before the work: ``path`` can be written -- its folder exists (or, ``missing_folder_ok``, can be made in
+    its nearest existing ancestor) and is writable, it is not a directory, and it does not exist unless
+    ``overwrite``."""
     p = Path(os.fspath(path))
     if p.is_dir():
         raise ArtifactError(f"{flag} {str(path)!r} is a directory", f"pass a file path to {flag}")
     if os.path.lexists(p) and not overwrite:
         raise ArtifactError(f"{flag} {str(path)!r} already exists", "choose another path, remove it, or pass --overwrite")
-    if not p.absolute().parent.is_dir():
+    if not p.absolute().parent.is_dir() and not missing_folder_ok:
         raise ArtifactError(f"{flag} {str(path)!r}: folder {str(p.absolute().parent)!r} does not exist",
                             "create the folder first or choose another path")
     _check_writable_parent(p.absolute(), str(path))
@@ -600,13 +602,23 @@ def read_json_file(folder, rel: str, manifest: dict):
 def load_module_json(folder, manifest: dict):
     """The integer Relax module of a verified artifact folder (``module.json``), unreadable ones as
     :class:`ArtifactError`; checked by :mod:`zsq_tvm.module_check` before any pass sees it."""
-    f = Path(folder) / "module.json"
-    if "module.json" not in manifest.get("files", {}):
+    text = read_module_text(folder, manifest)
+    if text is None:
         raise ArtifactError(f"{str(folder)!r} has no module.json", "re-create it with `zsq quantize` / `zsq compile`")
-    if f.stat().st_size > MAX_MODULE_BYTES:
-        raise ArtifactError(f"{str(f)!r} is {f.stat().st_size:,} bytes, over the {MAX_MODULE_BYTES:,} a module may have",
-                            "re-create the folder with `zsq quantize`")
-    return parse_module_json(f.read_text(errors="replace"), repr(str(f)))
+    return parse_module_json(text, repr(str(Path(folder) / "module.json")))
+
+
+def read_module_text(folder, manifest: dict) -> str | None:
+    """The text of a verified folder's ``module.json`` (``None`` when it has none), refused over
+    :data:`MAX_MODULE_BYTES` before it is read."""
+    entry = manifest.get("files", {}).get("module.json")
+    if entry is None:
+        return None
+    f = Path(folder) / "module.json"
+    if entry["size"] > MAX_MODULE_BYTES:
+        raise ArtifactError(f"{str(f)!r} is {entry['size']:,} bytes, over the {MAX_MODULE_BYTES:,} a module may have",
+                            "re-create the folder with zsq")
+    return f.read_text(errors="replace")
 
 
 #: a module.json of the largest model we ship (Conformer-CTC-large, weights inline) is a few hundred MB

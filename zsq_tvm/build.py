@@ -382,12 +382,12 @@ class Build:
         replaces only an earlier build folder that holds none of ``inputs``."""
         out = Path(out_dir)
         with artifacts.atomic_dir(out, overwrite=overwrite, kind=artifacts.KIND_BUILD, inputs=inputs) as tmp:
-            if self._lib_path and os.path.exists(self._lib_path):
+            if self._lib_path and os.path.exists(self._lib_path) and self._lib_sha256 is not None:
+                # a loaded build: copied and hashed in one pass, never re-blessing a library swapped since the load
+                lib = Path(self._lib_path)
+                artifacts.verified_copy(lib.parent, lib.name, {"files": {lib.name: {"sha256": self._lib_sha256}}}, tmp)
+            elif self._lib_path and os.path.exists(self._lib_path):
                 shutil.copy2(self._lib_path, tmp / LIB_NAME)
-                want = self._lib_sha256
-                if want is not None and artifacts.sha256_file(tmp / LIB_NAME) != want:  # never re-bless a swapped file
-                    raise ArtifactError(f"{self._lib_path!r} changed since this build was loaded",
-                                        "load the build again, or compile it again")
             else:
                 self._ex.export_library(str(tmp / LIB_NAME))
             if self._module_json is not None:
@@ -397,8 +397,8 @@ class Build:
                     (tmp / name).write_text(obj)
                 else:
                     artifacts.write_json(tmp / name, obj)
-            artifacts.write_manifest(tmp, self.manifest)
-        self._lib_path = str(out / LIB_NAME)
+            written = artifacts.write_manifest(tmp, self.manifest)
+        self._lib_path, self._lib_sha256 = str(out / LIB_NAME), written["files"][LIB_NAME]["sha256"]
         return out
 
     @classmethod
@@ -417,11 +417,7 @@ class Build:
             raise ArtifactError(f"{str(path)!r} has no {LIB_NAME}", "compile again with `zsq compile`")
         spec = get_target(m["target"])
         lib = Path(path) / LIB_NAME
-        mj = Path(path) / "module.json"
-        if "module.json" in m["files"] and m["files"]["module.json"]["size"] > artifacts.MAX_MODULE_BYTES:
-            raise ArtifactError(f"{str(mj)!r} is over the {artifacts.MAX_MODULE_BYTES:,} bytes a module may have",
-                                "compile again with `zsq compile`")
-        module_json = mj.read_text(errors="replace") if "module.json" in m["files"] else None
+        module_json = artifacts.read_module_text(path, m)
         if not load_library:
             return cls._loaded(None, m, module_json, lib)
         if not spec.runs_on_host:

@@ -409,13 +409,12 @@ def main(argv=None) -> int:
         a = parser.parse_args(argv)
     except SystemExit as e:  # argparse: usage errors exit 2 already
         return int(e.code or 0)
-    from .frontend.onnx_safety import parse_size, set_memory_budget
+    from .frontend.onnx_safety import set_memory_budget
 
-    previous_budget = set_memory_budget(None)  # restored below: the flag is for this command only (main()
-    set_memory_budget(previous_budget)         # may be called in-process, e.g. by tests)
+    restore = []  # the flag is for this command only: main() may be called in-process (tests, scripts)
     try:
         if a.max_memory is not None:
-            set_memory_budget(parse_size(a.max_memory, "--max-memory"))
+            restore.append(set_memory_budget(a.max_memory))
         return int(a.func(a) or 0)
     except ZsqError as e:
         print(f"zsq: error: {e}", file=sys.stderr)
@@ -435,7 +434,8 @@ def main(argv=None) -> int:
         print("zsq: interrupted", file=sys.stderr)
         return 130
     finally:
-        set_memory_budget(previous_budget)
+        for previous in restore:
+            set_memory_budget(previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1027,9 +1027,9 @@ def export_nemo(source, output, frames: Optional[int] = None, checkpoint=None, s
     ``overwrite`` (like every other command's ``-o``); it and a directory / unwritable folder as
     ``output`` are refused before the model is loaded.
     """
-    from .nets.export import check_output_file, count_batchnorm, export_onnx
+    from .nets.export import check_export_path, count_batchnorm, export_onnx
 
-    check_output_file(output, overwrite)  # cheap checks first: loading + tracing takes seconds to minutes
+    check_export_path(output, overwrite)  # cheap checks first: loading + tracing takes seconds to minutes
     model = _model_from_source(source, checkpoint=checkpoint, seed=seed, unsafe=unsafe)
     out = export_onnx(model, output, frames=frames, overwrite=overwrite)
     import onnx

@@ -8,7 +8,7 @@ The graph is encoder + decoder: input ``mel`` ``[1, 64, T]`` (float32), output `
 (``TrainingMode.PRESERVE`` on an eval-mode model, no constant folding) because zero-shot
 synthesis needs the BN statistics; ``FoldBatchNorm`` folds it later.  ``frames=None``
 exports a dynamic time axis; an integer fixes T.  The file is written to a temporary
-sibling and renamed, so a failed export leaves nothing behind.  :func:`check_output_file`
+sibling and renamed, so a failed export leaves nothing behind.  :func:`check_export_path`
 refuses an output that is a directory, that lies in an unwritable folder, or (``overwrite=False``,
 what ``zsq export-nemo`` passes without ``--overwrite``) that already exists — callers run it
 before loading a model so that a bad ``-o`` fails in milliseconds, not after the export.
@@ -20,7 +20,7 @@ import os
 import warnings
 from pathlib import Path
 
-__all__ = ["export_onnx", "count_batchnorm", "check_output_file"]
+__all__ = ["export_onnx", "count_batchnorm", "check_export_path"]
 
 EXPORT_FRAMES = 256  # example input length for tracing when the time axis is dynamic
 
@@ -29,22 +29,12 @@ def count_batchnorm(proto) -> int:
     return sum(n.op_type == "BatchNormalization" for n in proto.graph.node)
 
 
-def check_output_file(output, overwrite: bool = False) -> Path:
-    """Fail unless ``output`` can become the exported file; cheap, so run it before any model work.
+def check_export_path(output, overwrite: bool = False) -> Path:
+    """:func:`zsq_tvm.artifacts.check_output_file` for ``-o``; a missing folder is fine if it can be made
+    (``export_onnx`` makes it)."""
+    from ..artifacts import check_output_file
 
-    Refused (as :func:`zsq_tvm.artifacts.check_output_file` does for every command's output file): a
-    directory, an existing file unless ``overwrite``, a folder that is not writable.  Unlike there, a
-    missing folder is allowed when its nearest existing ancestor is writable: ``export_onnx`` has
-    always made it, and makes it only when the file is written, so a failed export leaves none.
-    """
-    from ..artifacts import _check_writable_parent
-    from ..artifacts import check_output_file as check_file
-
-    out = Path(os.fspath(output))
-    if out.absolute().parent.is_dir():
-        return check_file(output, overwrite, flag="-o")
-    _check_writable_parent(out.absolute(), str(output))
-    return out
+    return check_output_file(output, overwrite, flag="-o", missing_folder_ok=True)
 
 
 def export_onnx(model_or_name, output, frames: int | None = None, opset: int = 17, overwrite: bool = True) -> Path:
@@ -57,9 +47,10 @@ def export_onnx(model_or_name, output, frames: int | None = None, opset: int = 1
     import onnx
     import torch
 
+    from ..artifacts import write_output_file
     from ..errors import ArtifactError, ConfigError, ModelLoadError
 
-    check_output_file(output, overwrite)
+    check_export_path(output, overwrite)
     if isinstance(model_or_name, torch.nn.Module):
         model, name = model_or_name, getattr(model_or_name, "name", type(model_or_name).__name__)
     else:
@@ -78,9 +69,9 @@ def export_onnx(model_or_name, output, frames: int | None = None, opset: int = 1
     except OSError as e:
         raise ArtifactError(f"cannot create the folder of {str(output)!r} ({type(e).__name__}: {e.strerror or e})",
                             "choose another -o path") from None
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     dyn = None if frames else {"mel": {2: "time"}, "logits": {1: "time_out"}}
-    try:
+    # a temporary sibling renamed onto `out` at the end; without overwrite never onto a file that appeared meanwhile
+    with write_output_file(out, overwrite) as tmp:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(model, (torch.zeros(1, feat_in, T),), str(tmp), input_names=["mel"],
@@ -98,22 +89,4 @@ def export_onnx(model_or_name, output, frames: int | None = None, opset: int = 1
             e = proto.metadata_props.add()
             e.key, e.value = k, v
         onnx.save(proto, str(tmp))
-        check_output_file(out, overwrite)  # again: the export took a while, something may have appeared
-        try:
-            if overwrite:
-                os.replace(tmp, out)
-            else:
-                try:  # a hard link fails if `out` appeared since the check: never replaces another writer's file
-                    os.link(tmp, out)
-                except FileExistsError:
-                    raise ArtifactError(f"output file {str(output)!r} already exists (written meanwhile)",
-                                        "choose another -o path, remove it, or pass --overwrite") from None
-                except OSError:  # a filesystem without hard links: the check above has to do
-                    os.replace(tmp, out)
-        except OSError as e:
-            raise ArtifactError(f"cannot write {str(output)!r} ({type(e).__name__}: {e.strerror or e})",
-                                "choose another -o path") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return out

@@ -142,6 +142,7 @@ class FirmwareBuild(Build):
         m = manifest if manifest is not None else artifacts.read_manifest(path, artifacts.KIND_BUILD)
         if not any(k.startswith(FW_DIR + "/") for k in m["files"]):
             raise ArtifactError(f"{str(path)!r} has no {FW_DIR}/", "compile again with `zsq compile`")
+        module_json = artifacts.read_module_text(path, m)  # before the copy: nothing to clean up if it fails
         tmp = Path(tempfile.mkdtemp(prefix="zsq-fw-"))
         try:
             for rel in m["files"]:
@@ -152,9 +153,7 @@ class FirmwareBuild(Build):
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        mj = Path(path) / "module.json"
-        return cls(tmp / FW_DIR, artifacts.without_files(m), mj.read_text(errors="replace") if "module.json" in m["files"] else None,
-                   tmpdir=tmp)
+        return cls(tmp / FW_DIR, artifacts.without_files(m), module_json, tmpdir=tmp)
 
     def __repr__(self):
         return f"FirmwareBuild(target={self.target!r}, frames={self.frames})"
