@@ -6,14 +6,13 @@ integer reference, cosine similarity and CTC-argmax agreement of the INT8 logits
 logits (ONNX Runtime), model size and BOPs (Table 1), and compile/run times.  Inputs are mel
 spectrograms of espeak-ng speech (calibration and evaluation sentences disjoint).
 
-    python bench/acceptance_w8a8.py --json bench/results/acceptance_w8a8.json
+    python3 -m bench.acceptance_w8a8 --json bench/results/acceptance_w8a8.json
 """
 from __future__ import annotations
 
 import argparse
 import json
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,12 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import zsq_tvm  # noqa: E402
-from zsq_tvm.audio.mel import MelFrontend, wav_bytes_to_float  # noqa: E402
-from zsq_tvm.data.corpus import _resample  # noqa: E402
-from zsq_tvm.nets import build_model, randomize_batchnorm  # noqa: E402
+import zsq_tvm
+from zsq_tvm.audio.mel import MelFrontend, wav_bytes_to_float
+from lab.corpus import _resample
+from zsq_tvm.zoo.nets import build_model, randomize_batchnorm
 
 FRAMES = 1000
 CALIB = ["the quick brown fox jumps over the lazy dog and runs far away into the forest",
@@ -60,7 +57,7 @@ def tts_mels(sentences, voice="en-us"):
 
 def load_model(name):
     if name == "quartznet5x5":
-        ck = torch.load(Path(zsq_tvm.__file__).parent / "models" / "quartznet5x5.pt", weights_only=True)
+        ck = torch.load(Path(zsq_tvm.__file__).parent / "zoo" / "models" / "quartznet5x5.pt", weights_only=True)
         m = build_model(ck["arch"])
         m.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ck["state_dict"].items()})
         return m, "trained (shipped checkpoint)"
@@ -82,7 +79,7 @@ def export(model, path):
 def run_one(name, calib, evals, workdir):
     import onnx
     import onnxruntime as ort
-    from zsq_tvm.reference import run_reference
+    from relax_passes.reference import run_reference
 
     model, weights = load_model(name)
     onnx_path = str(Path(workdir) / f"{name}.onnx")

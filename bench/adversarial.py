@@ -1,10 +1,10 @@
 """Adversarial corpus: hostile inputs against the installed ``zsq`` CLI, one subprocess each.
 
-    python3 bench/adversarial.py                                   # the whole corpus (~115 cases)
-    python3 bench/adversarial.py --only npy                        # cases whose name or category contains 'npy'
-    python3 bench/adversarial.py --only archive.symlink,yaml.alias # several substrings, comma-separated
-    python3 bench/adversarial.py --list                            # the cases, nothing built or run
-    python3 bench/adversarial.py --work /tmp/adv --keep --json bench/results/adversarial.json --timeout 300
+    python3 -m bench.adversarial                                   # the whole corpus (~115 cases)
+    python3 -m bench.adversarial --only npy                        # cases whose name or category contains 'npy'
+    python3 -m bench.adversarial --only archive.symlink,yaml.alias # several substrings, comma-separated
+    python3 -m bench.adversarial --list                            # the cases, nothing built or run
+    python3 -m bench.adversarial --work /tmp/adv --keep --json bench/results/adversarial.json --timeout 300
 
 Every hostile input is built here, seeded and deterministic, in a fresh work folder, each case in its
 own sub-folder: archives (``.nemo``), NeMo config YAML, ONNX models, ``.npy`` mels, WAV files and

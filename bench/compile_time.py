@@ -1,7 +1,7 @@
 """How long `zsq compile` takes for a small Conformer, per target: a benchmark figure, never a test assertion.
 
-    python3 bench/compile_time.py                       # targets host and t4 (sm_75; no GPU needed)
-    python3 bench/compile_time.py --targets t4 --repeat 2
+    python3 -m bench.compile_time                       # targets host and t4 (sm_75; no GPU needed)
+    python3 -m bench.compile_time --targets t4 --repeat 2
 
 The model is a one-layer Conformer-CTC (d_model 16, 2 heads, conv kernel 5, seeded BatchNorm statistics),
 the same size as the one ``tests/test_cuda_conformer.py`` builds for t4; the test used to assert that its
@@ -25,7 +25,7 @@ PARAMS = dict(d_model=16, n_layers=1, n_heads=2, ff_expansion=2, conv_kernel=5, 
 def tiny_conformer(seed: int = 0):
     import torch
 
-    from zsq_tvm.nets.conformer import ConformerCTCModel
+    from zsq_tvm.zoo.nets.conformer import ConformerCTCModel
 
     torch.manual_seed(seed)
     m = ConformerCTCModel("tiny", params=PARAMS).eval()
@@ -49,7 +49,7 @@ def main() -> int:
     from tqdm import tqdm
 
     import zsq_tvm
-    from zsq_tvm.nets.export import export_onnx
+    from zsq_tvm.zoo.nets.export import export_onnx
 
     with tempfile.TemporaryDirectory(prefix="zsq-ct-") as td:
         p = export_onnx(tiny_conformer(), Path(td) / "tiny.onnx", frames=a.frames)

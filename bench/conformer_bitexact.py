@@ -1,17 +1,17 @@
 """TVM build == numpy reference, bit for bit, on real utterances (integer-only Conformer, issue 5).
 
     zsq quantize conformer-ctc-small --frames 640 -o q/ && zsq compile q/ -o build/ && zsq check build/
-    python3 bench/conformer_bitexact.py q/ build/ --manifest /tmp/corpus/test.json -n 3 \
+    python3 -m bench.conformer_bitexact q/ build/ --manifest /tmp/corpus/test.json -n 3 \
         --json bench/results/conformer_bitexact.json
 
 Each utterance's mel (zero-padded or cropped to the build's T) goes through ``Build.run`` (the compiled
-integer kernels) and through :func:`zsq_tvm.reference.run_reference` on the quantized Relax module
+integer kernels) and through :func:`relax_passes.reference.run_reference` on the quantized Relax module
 (numpy, op by op); the integer logits must be identical.  ``--random K`` adds K seeded random mels
 (uniform in [-3, 3], the random-calibration range, and K/2 of them scaled x4 to saturate the input).
 
     zsq quantize conformer-ctc-large --frames 400 -o qL/ && zsq compile qL/ -o bL/ && zsq check bL/
-    python3 bench/conformer_bitexact.py qL/ bL/ --manifest /tmp/corpus/test.json -n 3 --random 2 \
-        --json /tmp/large_bitexact.json     # or all of it: bench/conformer_large.py
+    python3 -m bench.conformer_bitexact qL/ bL/ --manifest /tmp/corpus/test.json -n 3 --random 2 \
+        --json /tmp/large_bitexact.json     # or all of it: python3 -m bench.conformer_large
 """
 
 from __future__ import annotations
@@ -24,15 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
 
 def main(argv=None):
     from zsq_tvm.api import QuantizedModel
     from zsq_tvm.build import Build
     from zsq_tvm.evaluate import compute_mel, read_manifest
-    from zsq_tvm.reference import run_reference
+    from relax_passes.reference import run_reference
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("quantized")

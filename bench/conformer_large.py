@@ -1,13 +1,13 @@
 """Conformer-CTC large (NeMo config: d = 512, 18 layers, 8 heads; random weights) end to end, timed.
 
-    python3 bench/conformer_large.py --frames 400 --work /tmp/zl/large --json bench/results/conformer_large.json
+    python3 -m bench.conformer_large --frames 400 --work /tmp/zl/large --json bench/results/conformer_large.json
 
 Runs, each as its own process under ``/usr/bin/time -v`` (wall time and peak RSS recorded):
 
 1. ``zsq quantize conformer-ctc-large --frames T -o WORK/q``   (export with random weights, ONNX -> W8A8)
 2. ``zsq compile WORK/q -o WORK/b``                            (host build)
 3. ``zsq check WORK/b``                                        (integer-only, re-lowered and re-checked)
-4. ``bench/conformer_bitexact.py WORK/q WORK/b``               (TVM == numpy reference, real + random mels)
+4. ``python3 -m bench.conformer_bitexact WORK/q WORK/b``               (TVM == numpy reference, real + random mels)
 
 and counts the kernels (PrimFuncs) of the lowered module with and without
 :class:`relax_passes.share_scalar_constants.ShareScalarConstants` (``--count-unshared``).
@@ -45,7 +45,7 @@ def _timed(cmd: list[str], log: Path) -> dict:
 def _kernel_counts(qdir: Path) -> dict:
     import tvm
 
-    from zsq_tvm import lowering
+    from relax_passes import lowering
     from zsq_tvm.api import QuantizedModel
     from zsq_tvm.build import lower
 
@@ -79,7 +79,7 @@ def main(argv=None):
                            work / "quantize.log"),
         "compile": _timed([*zsq, "compile", str(q), "-o", str(b)], work / "compile.log"),
         "check": _timed([*zsq, "check", str(b)], work / "check.log"),
-        "bitexact": _timed([py, "bench/conformer_bitexact.py", str(q), str(b), "--manifest", a.manifest, "-n",
+        "bitexact": _timed([py, "-m", "bench.conformer_bitexact", str(q), str(b), "--manifest", a.manifest, "-n",
                             str(a.n), "--random", str(a.random), "--json", str(work / "bitexact.json")],
                            work / "bitexact.log"),
     }
@@ -108,5 +108,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))
     sys.exit(main())

@@ -1,11 +1,11 @@
 """Long fuzzing run of the integer kernels: the properties of ``tests/test_fuzz_kernels.py`` at scale.
 
-    python bench/fuzz.py --examples 10000                      # numpy: dyadic, requantize, conv1d_int, i_exp,
+    python3 -m bench.fuzz --examples 10000                     # numpy: dyadic, requantize, conv1d_int, i_exp,
                                                                # i_softmax, i_sigmoid, i_sqrt, i_layernorm
-    python bench/fuzz.py --examples 10000 --kernels dyadic requantize
-    python bench/fuzz.py --examples 2000 --kernels conv_tvm    # TVM-compiled conv + epilogue (10 builds)
-    python bench/fuzz.py --examples 10000 --kernels depthwise_vnni   # x86 VNNI depthwise kernel (8 builds)
-    python bench/fuzz.py --examples 10000 --json bench/results/fuzz.json
+    python3 -m bench.fuzz --examples 10000 --kernels dyadic requantize
+    python3 -m bench.fuzz --examples 2000 --kernels conv_tvm   # TVM-compiled conv + epilogue (10 builds)
+    python3 -m bench.fuzz --examples 10000 --kernels depthwise_vnni  # x86 VNNI depthwise kernel (8 builds)
+    python3 -m bench.fuzz --examples 10000 --json bench/results/fuzz.json
 
 Each kernel runs its ``prop_*`` function under hypothesis with ``max_examples = --examples`` (no example
 database, no deadline) and counts the examples that were actually executed and passed.  A failure prints
@@ -15,19 +15,25 @@ hypothesis's minimal falsifying example and exits 1.  Prints one line per kernel
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+# the properties live with their CI-sized tests; run from the repository root, ``tests`` imports as a
+# namespace package (the dependency goes bench -> tests only: no test imports bench)
+from tests import test_fuzz_kernels as fk
+from tests import test_intnonlinear as nl
 
-import test_fuzz_kernels as fk  # noqa: E402
-import test_intnonlinear as nl  # noqa: E402
+
+def _depthwise():
+    # imported on demand: it loads TVM and the x86 backend, which the numpy kernels do not need
+    return importlib.import_module("tests.test_x86_vnni_depthwise")
+
 
 KERNELS = {
     "dyadic": (lambda: fk.multipliers, fk.prop_dyadic),
@@ -35,7 +41,7 @@ KERNELS = {
     "conv1d_int": (lambda: fk.conv_cases(), fk.prop_conv1d_int),
     "conv_tvm": (lambda: st.tuples(st.sampled_from(fk.TVM_SHAPES), st.integers(0, 2**32 - 1), st.booleans()),
                  lambda a: fk.prop_conv_requant_tvm(*a)),
-    # the integer non-linearities (zsq_tvm/intnonlinear.py) against float, with their stated bounds
+    # the integer non-linearities (zsq_tvm/core/intnonlinear.py) against float, with their stated bounds
     "i_exp": (lambda: st.tuples(st.floats(2.0**-24, 2.0**-8), st.integers(0, 2**31 - 1)),
               lambda a: nl.prop_i_exp_int32(*a)),
     "i_softmax": (lambda: st.tuples(*nl.SOFTMAX_CASES), lambda a: nl.prop_i_softmax_rows(*a)),
@@ -43,9 +49,8 @@ KERNELS = {
     "i_sqrt": (lambda: st.integers(0, 2**62), nl.prop_i_sqrt),
     "i_layernorm": (lambda: st.tuples(*nl.LAYERNORM_CASES), lambda a: nl.prop_i_layernorm(*a, rows=16)),
     # the x86 VNNI depthwise kernel (needs avx512_vnni) on the shapes of tests/test_x86_vnni_depthwise.py
-    "depthwise_vnni": (lambda: st.tuples(st.sampled_from(__import__("test_x86_vnni_depthwise").SPECS),
-                                         st.integers(0, 2**32 - 1), st.booleans()),
-                       lambda a: __import__("test_x86_vnni_depthwise").prop_depthwise_vnni(*a)),
+    "depthwise_vnni": (lambda: st.tuples(st.sampled_from(_depthwise().SPECS), st.integers(0, 2**32 - 1), st.booleans()),
+                       lambda a: _depthwise().prop_depthwise_vnni(*a)),
 }
 DEFAULT = ["dyadic", "requantize", "conv1d_int", "i_exp", "i_softmax", "i_sigmoid", "i_sqrt", "i_layernorm"]
 

@@ -1,6 +1,6 @@
 """Max |error| vs float64 of each integer non-linearity over its full int8 input range.
 
-    python3 bench/intnonlinear_errors.py          # -> bench/results/intnonlinear_errors.json
+    python3 -m bench.intnonlinear_errors          # -> bench/results/intnonlinear_errors.json
 
 Inputs: every int8 code ``q in [-127, 127]`` at input scales ``S = alpha/127`` for alpha in
 {1, 4, 8, 16, 38}; softmax over rows made of every pair ``(q_i, q_j)`` and over 300 random
@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from zsq_tvm.core import intnonlinear as inl
 
-from zsq_tvm import intnonlinear as inl  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 Q8 = np.arange(-127, 128, dtype=np.int64)
 ALPHAS = [1.0, 4.0, 8.0, 16.0, 38.1]

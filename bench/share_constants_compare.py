@@ -1,9 +1,9 @@
 """Kernel sharing on/off for one quantized model: lower + compile time, kernels, run time, same output.
 
     zsq quantize conformer-ctc-small --frames 640 -o q/
-    python3 bench/share_constants_compare.py q/ --runs 6
+    python3 -m bench.share_constants_compare q/ --runs 6
 
-Builds the host module twice in one process — :func:`zsq_tvm.lowering.lower` alone (every integer scalar
+Builds the host module twice in one process — :func:`relax_passes.lowering.lower` alone (every integer scalar
 a PrimFunc literal) and :func:`zsq_tvm.build.lower` (with
 :class:`relax_passes.share_scalar_constants.ShareScalarConstants`) — then runs both on the same seeded
 random mel alternately and reports min / median seconds; the outputs must be identical.
@@ -15,18 +15,16 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(argv=None):
     import tvm
     from tvm import relax
 
-    from zsq_tvm import api, lowering
+    from relax_passes import lowering
+    from zsq_tvm import api
     from zsq_tvm.build import lower
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -1,8 +1,8 @@
 """Steady long runs through the Python runtime (``Build.run``): flat memory and thread safety.
 
-    python bench/steady_run.py                                   # 10 000 inferences + 1/2 threads
-    python bench/steady_run.py --inferences 300 --per-thread 100 # the CI size (tests/test_steady_run.py)
-    python bench/steady_run.py --build build/                    # an existing build directory
+    python3 -m bench.steady_run                                   # 10 000 inferences + 1/2 threads
+    python3 -m bench.steady_run --inferences 300 --per-thread 100 # the size of tests/test_steady_run.py
+    python3 -m bench.steady_run --build build/                    # an existing build directory
 
 1. **Long run**: ``--inferences`` consecutive ``Build.run`` calls on one loaded build, cycling over 8
    seeded mels; every output is compared with the first output for that mel; RSS (``/proc/self/status``
@@ -14,7 +14,7 @@
    it failed with "Check failed: reg < frame->register_file.size()").  Reported: inferences/s.
 
 Without ``--build`` a small build is made first: the 3-block ``micro`` model
-(``zsq_tvm.frontend.toy``), W8A8, ``--frames`` frames (default 100 = 1 s of audio).  The TVM kernel
+(``zsq_tvm.zoo.toy``), W8A8, ``--frames`` frames (default 100 = 1 s of audio).  The TVM kernel
 thread pool size is ``TVM_NUM_THREADS`` (``--tvm-threads``, default 1, so that N Python threads use N
 cores).  Writes JSON to ``--json`` (default ``bench/results/steady_run.json``).
 """
@@ -31,27 +31,18 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 N_MELS = 8
-
-
-def rss_bytes() -> int:
-    """Resident set size of this process now (Linux ``/proc/self/status``)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
 
 
 def make_build(workdir: Path, frames: int = 100):
     """The small default build: micro model, W8A8, random calibration (seed 0)."""
     import zsq_tvm
     from zsq_tvm.api import QuantConfig
-    from zsq_tvm.frontend.toy import export_convasr
+    from zsq_tvm.zoo.toy import export_convasr
 
     onnx_path = export_convasr(workdir / "micro.onnx", arch="micro", frames=frames, seed=0)
     q = zsq_tvm.quantize(onnx_path, QuantConfig(frames=frames, num_batches=2, seed=0))
@@ -74,7 +65,7 @@ def long_run(build, mels, refs, inferences: int, warmup: int = 100, sample_every
 
     for i in range(warmup):
         build.run(mels[i % len(mels)])
-    rss0 = rss_bytes()
+    rss0 = psutil.Process().memory_info().rss
     samples = [(0, rss0)]
     mismatches = 0
     t0 = time.perf_counter()
@@ -83,7 +74,7 @@ def long_run(build, mels, refs, inferences: int, warmup: int = 100, sample_every
         if not np.array_equal(build.run(mels[j]), refs[j]):
             mismatches += 1
         if i % sample_every == 0 or i == inferences:
-            samples.append((i, rss_bytes()))
+            samples.append((i, psutil.Process().memory_info().rss))
     dt = time.perf_counter() - t0
     rss1 = samples[-1][1]
     return {"inferences": inferences, "warmup": warmup, "seconds": round(dt, 3),
@@ -159,7 +150,7 @@ def main(argv=None) -> int:
                input_shape=build.manifest["io"]["inputs"][0]["shape"], target=build.target,
                tvm_num_threads=a.tvm_threads, cpu_count=os.cpu_count(), loadavg_at_end=os.getloadavg(),
                python=platform.python_version(), machine=platform.machine(), wall_s=round(time.time() - t0, 1),
-               command="python bench/steady_run.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+               command="python3 -m bench.steady_run " + " ".join(argv if argv is not None else sys.argv[1:]))
     lr = res["long_run"]
     print(f"long run: {lr['inferences']} inferences, {lr['inferences_per_s']}/s, RSS {lr['rss_start_mb']} -> "
           f"{lr['rss_end_mb']} MB ({lr['rss_growth_pct']:+.2f} %), mismatches {lr['mismatches']}")

@@ -2,7 +2,7 @@
 three synthetic mels, each titled with its FP32 greedy decode.
 
     zsq synth quartznet5x5 -o /tmp/synth20 --threads 1          # paper settings: 20 x 8, 200 Adam steps
-    python bench/synth_fig3.py --synth /tmp/synth20 --manifest /tmp/corpus/test.json --shortest \\
+    python3 -m bench.synth_fig3 --synth /tmp/synth20 --manifest /tmp/corpus/test.json --shortest \\
         -o docs/figures/synth_fig3_quartznet5x5.png
 
 ``--synth``: a ``zsq synth`` output directory (its ``synth.json`` holds the SynthConfig); the real row is
@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main():

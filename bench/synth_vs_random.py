@@ -7,25 +7,22 @@ QuartzNet-5x5 (shipped), W8A8 minmax, host build; calibration with
 evaluated on short espeak-ng sentences in other voices (disjoint text): cosine and frame-argmax
 agreement of the INT8 logits vs FP32 (torch), and CER of the greedy decodes vs the reference text.
 
-    python bench/synth_vs_random.py --synth /tmp/zsq_synth/qn5_syn --frames 256 --json out.json
+    python3 -m bench.synth_vs_random --synth /tmp/zsq_synth/qn5_syn --frames 256 --json out.json
 """
 from __future__ import annotations
 
 import argparse
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import zsq_tvm  # noqa: E402
-from zsq_tvm.audio.mel import MelFrontend, wav_bytes_to_float  # noqa: E402
-from zsq_tvm.data.corpus import _resample  # noqa: E402
+import zsq_tvm
+from zsq_tvm.audio.mel import MelFrontend, wav_bytes_to_float
+from lab.corpus import _resample
 
 CALIB = ["the quick brown fox jumps over the lazy dog", "she sells sea shells by the sea shore",
          "a long lasting friendship is worth more than gold", "please call stella and ask her to come",
@@ -64,7 +61,7 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    from zsq_tvm.models import load_torch
+    from zsq_tvm.zoo.models import load_torch
     from zsq_tvm.synthesize import bn_loss
 
     T = a.frames

@@ -5,7 +5,7 @@ For each model: quantize twice with the same seed and calibration (``time_mask``
 each one's length) and the FP32 torch model unpadded, on every ``--splits`` manifest.  Prints the table and
 writes JSON.  Example (the numbers in docs/results.md, Session 8)::
 
-    python bench/time_mask_wer.py --models quartznet5x5 jasper-dr-small --frames 700 \\
+    python3 -m bench.time_mask_wer --models quartznet5x5 jasper-dr-small --frames 700 \\
         --corpus /tmp/corpus --splits test test-heldout-voice --json bench/results/time_mask_wer.json
 """
 
@@ -18,14 +18,12 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="+", default=["quartznet5x5"])
     ap.add_argument("--frames", type=int, default=700)
-    ap.add_argument("--corpus", default="/tmp/corpus", help="folder of NeMo manifests (zsq_tvm.data.corpus)")
+    ap.add_argument("--corpus", default="/tmp/corpus", help="folder of NeMo manifests (lab.corpus)")
     ap.add_argument("--splits", nargs="+", default=["test"])
     ap.add_argument("--target", default="host")
     ap.add_argument("--seed", type=int, default=0)

@@ -1,6 +1,6 @@
 """CPU training-step time: the plain model against ``train.use_channels_last_depthwise`` (one run, one process).
 
-    python bench/train_step_speed.py --arch quartznet5x5 --json bench/results/train_step_speed_quartznet5x5.json
+    python3 -m bench.train_step_speed --arch quartznet5x5 --json bench/results/train_step_speed_quartznet5x5.json
 
 One step = forward, CTC-free squared-logit loss, backward and an AdamW update on a random ``[B, 64, T]`` batch
 (B x T = the ``fit --max-frames`` budget).  Both variants start from the same weights and run alternately, so
@@ -13,16 +13,13 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from zsq_tvm import train  # noqa: E402
-from zsq_tvm.nets import build_model  # noqa: E402
+from lab import train
+from zsq_tvm.zoo.nets import build_model
 
 
 def _step(model, opt, x, lens) -> float:

@@ -5,10 +5,10 @@ The issue's third speed bar: zsq INT8 >= 3x faster than TVM FP32 "tuned the same
 FP32 gets what zsq gives every other build: ``zsq tune``'s machinery (:func:`zsq_tvm.tune.tune`,
 MetaSchedule evolutionary search, XGBoost cost model, deduplicated tasks, the crash-safe database) on
 the BN-folded float module, with ``--trials`` measured candidates in total, then compiled with the
-best record of every kernel (:func:`zsq_tvm.tune.apply_tuning`).  The database survives interruption:
+best record of every kernel (:func:`zsq_tvm.tuning_db.apply_tuning`).  The database survives interruption:
 rerun with the same ``--db`` and a larger ``--trials`` to resume.
 
-    python bench/tvm_fp32_tuned.py --model quartznet5x5 --trials 200 --db /tmp/fp32db-qn5 \\
+    python3 -m bench.tvm_fp32_tuned --model quartznet5x5 --trials 200 --db /tmp/fp32db-qn5 \\
         --threads 1 --json bench/results/tvm_fp32_tuned_quartznet5x5.json
 
 Reports per engine the median/min latency of ``--runs`` interleaved runs (1x64xT mel, batch 1), the
@@ -22,10 +22,6 @@ import os
 import sys
 import time
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
 
 def main():
@@ -48,13 +44,14 @@ def main():
 
     import zsq_tvm
     from relax_passes.fold_batchnorm import FoldBatchNorm
-    from x86_compare import load_model
+    from bench.x86_compare import load_model
     from zsq_tvm.build import lower
-    from zsq_tvm.nets.export import export_onnx
-    from zsq_tvm.reference import run_reference
+    from zsq_tvm.zoo.nets.export import export_onnx
+    from relax_passes.reference import run_reference
     from zsq_tvm.targets import get_target
-    from zsq_tvm.tir_stack_scratch import register_pipeline
-    from zsq_tvm.tune import apply_tuning, tune
+    from relax_passes.tir_stack_scratch import register_pipeline
+    from zsq_tvm.tune import tune
+    from zsq_tvm.tuning_db import apply_tuning
 
     work = Path(a.db).with_suffix(".work")
     work.mkdir(parents=True, exist_ok=True)
@@ -122,7 +119,7 @@ def main():
            "ratio_tvm_fp32_tuned_over_zsq": med["tvm_fp32_tuned"] / med["zsq_int8"],
            "ratio_tvm_fp32_untuned_over_zsq": float(np.median(untuned)) / med["zsq_int8"],
            "fp32_tuned_vs_untuned_max_abs_diff": fp32_diff,
-           "command": " ".join([Path(sys.executable).name] + sys.argv)}
+           "command": " ".join(["python3 -m bench.tvm_fp32_tuned"] + sys.argv[1:])}
     print(f"{a.model}, {a.threads} thread(s): zsq INT8 {med['zsq_int8']:.1f} ms, TVM FP32 tuned "
           f"({summary.get('records_after')} records, {summary['tasks']} tasks) {med['tvm_fp32_tuned']:.1f} ms "
           f"-> zsq {res['ratio_tvm_fp32_tuned_over_zsq']:.1f}x faster; untuned FP32 {np.median(untuned):.0f} ms "

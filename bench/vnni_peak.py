@@ -1,6 +1,6 @@
 """The machine's int8 peak (AVX-512 VNNI) and the fraction of it our integer-only models reach.
 
-    python bench/vnni_peak.py --compare bench/results/x86_compare.json --json bench/results/vnni_peak.json
+    python3 -m bench.vnni_peak --compare bench/results/x86_compare.json --json bench/results/vnni_peak.json
 
 Peak: ``bench/native/vnni_peak.c`` (compiled here with the system C compiler, the one TVM's
 ``export_library`` uses) runs 12 independent ``vpdpbusd zmm`` chains per thread on register-resident
@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "bench/native/vnni_peak.c"
 
-# MACs for a 10 s (1000-frame) input, from zsq_tvm.report on each model's ONNX (BN kept); used only
+# MACs for a 10 s (1000-frame) input, from zsq_tvm.cost on each model's ONNX (BN kept); used only
 # when the compare JSON has no "macs" (older runs).  Recompute: zsq_tvm.report(onnx, frames=1000)["macs"].
 KNOWN_MACS = {"quartznet5x5": 3_342_496_000, "quartznet15x5": 9_423_520_000}
 
@@ -54,7 +54,7 @@ def main():
     ap.add_argument("--compare", default=None, help="an x86_compare.py JSON: report the fraction of peak reached")
     ap.add_argument("--json", default=str(ROOT / "bench/results/vnni_peak.json"))
     a = ap.parse_args()
-    from zsq_tvm.targets import host_features
+    from zsq_tvm.backends.x86.cpu import host_features
 
     if "avx512_vnni" not in host_features():
         raise SystemExit("this CPU has no AVX-512 VNNI")

@@ -7,19 +7,17 @@ by round, and prints wall-clock median / 25th percentile / min and the process C
 ``TVM_NUM_THREADS=1`` the CPU time is the work done, little affected by other jobs' time slices).  A
 ``--time-mask`` build runs with every frame valid, so it can be compared with the same model unmasked.
 
+    zsq quantize quartznet5x5 --frames 1000 -o /tmp/q
     git archive HEAD | tar -x -C /tmp/head          # the committed code, to build the "before" side
-    PYTHONPATH=/tmp/head python -c "import zsq_tvm; zsq_tvm.compile(zsq_tvm.load('Q'), 'host-vnni').save('/tmp/b_head')"
-    python -c "import zsq_tvm; zsq_tvm.compile(zsq_tvm.load('Q'), 'host-vnni').save('/tmp/b_new')"
-    TVM_NUM_THREADS=1 python bench/x86_ab.py /tmp/b_head /tmp/b_new --runs 30
+    # run from /tmp/head: the current folder comes first on sys.path, before PYTHONPATH and the editable install
+    (cd /tmp/head && python3 -c "import zsq_tvm; zsq_tvm.compile(zsq_tvm.load('/tmp/q'), 'host-vnni').save('/tmp/b_head')")
+    python3 -c "import zsq_tvm; zsq_tvm.compile(zsq_tvm.load('/tmp/q'), 'host-vnni').save('/tmp/b_new')"
+    TVM_NUM_THREADS=1 python3 -m bench.x86_ab /tmp/b_head /tmp/b_new --runs 30
 """
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main():

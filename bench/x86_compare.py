@@ -11,7 +11,7 @@ FP32 build of the same ONNX, timed with ``--tvm-fp32-runs`` runs after the other
 QuartzNet-5x5 uses the shipped trained weights; QuartzNet-15x5 random weights (seed 0, non-trivial BN
 statistics, as bench/acceptance_w8a8.py) -- latency does not depend on the weight values.
 
-    python bench/x86_compare.py --models quartznet5x5 quartznet15x5 --threads 1 2 --runs 20 \\
+    python3 -m bench.x86_compare --models quartznet5x5 quartznet15x5 --threads 1 2 --runs 20 \\
         --json bench/results/x86_compare.json --png docs/figures/latency_vs_size.png
 """
 
@@ -27,16 +27,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def load_model(name):
     import torch
 
-    from zsq_tvm.nets import build_model, randomize_batchnorm
+    from zsq_tvm.zoo.nets import build_model, randomize_batchnorm
 
     if name in ("quartznet5x5", "quartznet-tiny", "jasper-dr-small", "conformer-ctc-small"):
-        from zsq_tvm.models import load_torch
+        from zsq_tvm.zoo.models import load_torch
 
         return load_torch(name), "trained (shipped checkpoint)"
     torch.manual_seed(0)
@@ -139,12 +138,12 @@ def main():
     import numpy as np
 
     import zsq_tvm
-    from zsq_tvm.nets.export import export_onnx
-    from zsq_tvm.reference import run_reference
-    from zsq_tvm.targets import host_cpu
+    from zsq_tvm.zoo.nets.export import export_onnx
+    from relax_passes.reference import run_reference
+    from zsq_tvm.backends.x86.cpu import host_cpu
 
     results = {"cpu": host_cpu(), "frames": a.frames, "batch": 1, "target": a.target, "runs": a.runs,
-               "command": " ".join([Path(sys.executable).name] + sys.argv), "models": {}}
+               "command": " ".join(["python3 -m bench.x86_compare"] + sys.argv[1:]), "models": {}}
     with tempfile.TemporaryDirectory(prefix="zsq-x86cmp-") as td:
         for name in a.models:
             model, weights = load_model(name)
@@ -168,12 +167,12 @@ def main():
             print(f"{name}: quantize {quant_s:.0f} s, compile {a.target} {compile_s:.0f} s, bit-exact {bit_exact}, "
                   f"integer-only {m['integer_only']}", flush=True)
             for th in a.threads:
-                cmd = [sys.executable, __file__, "--worker", str(bdir), onnx_path, "--threads", str(th),
+                cmd = [sys.executable, "-m", "bench.x86_compare", "--worker", str(bdir), onnx_path, "--threads", str(th),
                        "--runs", str(a.runs), "--calib", str(a.calib)]
                 if a.tvm_fp32:
                     cmd += ["--tvm-fp32", "--tvm-fp32-runs", str(a.tvm_fp32_runs)]
                 env = dict(os.environ, TVM_NUM_THREADS=str(th), OMP_NUM_THREADS=str(th))
-                out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+                out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
                 line = [ln for ln in out.stdout.splitlines() if ln.startswith("@@RESULT@@")]
                 if out.returncode or not line:
                     raise SystemExit(f"worker failed ({name}, {th} threads):\n{out.stderr[-3000:]}")

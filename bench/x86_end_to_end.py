@@ -1,12 +1,12 @@
 """End-to-end x86 latency: QuartzNet-5x5, T=1000, batch 1, one process, same input.
 
 Four engines: zsq INT8 default ``host`` build, zsq INT8 ``host-vnni`` (pointwise conv1d + requantize
-replaced by the hand-written VNNI kernel, relax_passes/x86_vnni_pointwise.py), ONNX Runtime FP32 and
+replaced by the hand-written VNNI kernel, zsq_tvm/backends/x86/offload_pointwise.py), ONNX Runtime FP32 and
 ONNX Runtime INT8 (``quantize_static``: QDQ, per-channel weights, uint8 activations, calibrated on the
 same random data as zsq).  Medians of ``--runs`` timed runs after warm-up; ratios vs ``host``.
 ``TVM_NUM_THREADS`` / ORT ``intra_op_num_threads`` = ``--threads``.  Writes bench/results/x86_end_to_end.json.
 
-    python bench/x86_end_to_end.py --threads 2 --runs 15
+    python3 -m bench.x86_end_to_end --threads 2 --runs 15
 """
 
 from __future__ import annotations
@@ -15,13 +15,11 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def _median_ms(fn, runs, warmup=2):
@@ -53,16 +51,16 @@ def main():
                                           quantize_static)
 
     import zsq_tvm
-    from relax_passes.x86_vnni_pointwise import X86VnniPointwise
-    from zsq_tvm.nets.export import export_onnx
-    from zsq_tvm.reference import run_reference
+    from zsq_tvm.backends.x86.offload_pointwise import offload_pointwise
+    from zsq_tvm.zoo.nets.export import export_onnx
+    from relax_passes.reference import run_reference
 
     rng = np.random.default_rng(0)
     F = 64
     calib = [rng.standard_normal((1, F, a.frames)).astype(np.float32) for _ in range(a.calib)]
     x = rng.standard_normal((1, F, a.frames)).astype(np.float32)
     res = {"model": a.model, "frames": a.frames, "batch": 1, "threads": a.threads, "runs": a.runs,
-           "cpu": __import__("zsq_tvm.targets", fromlist=["x"]).host_cpu(), "note": "2 shared cores, another experiment running: noisy"}
+           "cpu": __import__("zsq_tvm.backends.x86.cpu", fromlist=["x"]).host_cpu(), "note": "2 shared cores, another experiment running: noisy"}
 
     with tempfile.TemporaryDirectory() as td:
         onnx_path = export_onnx(a.model, Path(td) / "m.onnx", frames=a.frames)
@@ -74,10 +72,9 @@ def main():
         t0 = time.perf_counter()
         q = zsq_tvm.quantize(str(onnx_path), zsq_tvm.QuantConfig(frames=a.frames, calib=np.concatenate(calib)))
         res["quantize_s"] = time.perf_counter() - t0
-        p = X86VnniPointwise()
-        p(q.mod)
-        res["vnni_replaced"] = len(p.replaced)
-        res["vnni_layers"] = p.replaced
+        _, replaced = offload_pointwise(q.mod)
+        res["vnni_replaced"] = len(replaced)
+        res["vnni_layers"] = replaced
         builds = {}
         for tgt in ("host", "host-vnni"):
             t0 = time.perf_counter()

@@ -4,10 +4,10 @@ For each shape (QuartzNet pointwise convs, T=500 frames, batch 1) and each threa
 process builds everything, generates one set of inputs and times, on those same inputs
 (median of ``--runs`` calls after warm-up):
 
-* ``vnni_tk``   -- :mod:`zsq_tvm.x86.pointwise`, time-major X[T,K] u8 -> Y[T,M] int8, requant fused;
+* ``vnni_tk``   -- :mod:`zsq_tvm.backends.x86.pointwise`, time-major X[T,K] u8 -> Y[T,M] int8, requant fused;
 * ``vnni_ncw``  -- the same kernel taking/returning the graph's NCW layout (both transposes inside);
 * ``tvm_default`` -- the integer Relax graph Quantize emits for this layer (conv1d u8 x s8 -> i32,
-  bias add, astype/multiply/add/right_shift/clip/astype) through ``zsq_tvm.lowering.lower``
+  bias add, astype/multiply/add/right_shift/clip/astype) through ``relax_passes.lowering.lower``
   (LegalizeOps + fusion) and ``tvm.compile``: TVM's untuned default, NCW;
 * ``ort_matmulinteger`` -- ONNX Runtime ``MatMulInteger`` u8 x s8 -> i32 on [T,K] x [K,M]
   (GEMM only, no requantize: flatters ORT);
@@ -20,7 +20,7 @@ cannot be resized in-process in 0.27.  GMAC/s = T*K*M / median time.  Results:
 ``bench/results/x86_kernels.json``.  The CPU is shared: numbers are noisy, ratios within one child
 are the meaningful part.
 
-    python bench/x86_kernels.py [--runs 30] [--threads 1 2] [--shapes 256x256 512x512 256x512]
+    python3 -m bench.x86_kernels [--runs 30] [--threads 1 2] [--shapes 256x256 512x512 256x512]
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def _median_time(fn, runs: int, warmup: int = 3) -> float:
@@ -54,7 +53,7 @@ def _tvm_default(T, K, M, W, b, Mul, Sh, qmin, qmax):
     import tvm
     from tvm import relax, tirx
 
-    from zsq_tvm.lowering import host_target, lower
+    from relax_passes.lowering import host_target, lower
 
     bb = relax.BlockBuilder()
     from tvm.script import relax as R
@@ -132,8 +131,8 @@ def _ort_qlinearconv(T, K, M, W, threads, rng):
 def child(T, K, M, threads, runs) -> dict:
     import tvm
 
-    from zsq_tvm.x86 import pointwise as pw
-    from zsq_tvm.x86.vnni import check_vnni_asm
+    from zsq_tvm.backends.x86 import pointwise as pw
+    from zsq_tvm.backends.x86.vnni import check_vnni_asm
 
     rng = np.random.default_rng(1234)
     qmin, qmax = -127, 127
@@ -199,17 +198,17 @@ def main():
         print("RESULT " + json.dumps(child(T, K, M, th, a.runs)), flush=True)
         return
 
-    from zsq_tvm.x86.vnni import has_avx512_vnni
+    from zsq_tvm.backends.x86.cpu import has_vnni
 
-    if not has_avx512_vnni():
+    if not has_vnni():
         sys.exit("this CPU lacks avx512_vnni")
     rows = []
     for shape in a.shapes:
         K, M = (int(v) for v in shape.split("x"))
         for th in a.threads:
             env = dict(os.environ, TVM_NUM_THREADS=str(th), OMP_NUM_THREADS=str(th))
-            p = subprocess.run([sys.executable, __file__, "--runs", str(a.runs), "--child",
-                                str(a.T), str(K), str(M), str(th)], env=env, capture_output=True,
+            p = subprocess.run([sys.executable, "-m", "bench.x86_kernels", "--runs", str(a.runs), "--child",
+                                str(a.T), str(K), str(M), str(th)], env=env, cwd=ROOT, capture_output=True,
                                text=True)
             line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
             if p.returncode or not line:

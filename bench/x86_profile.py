@@ -1,18 +1,14 @@
 """Per-kernel time of a compiled model (VM instrument hook), e.g. what host-vnni leaves to speed up.
 
     zsq quantize quartznet5x5 --frames 1000 -o /tmp/q5
-    TVM_NUM_THREADS=1 python bench/x86_profile.py /tmp/q5 --target host-vnni --runs 5
+    TVM_NUM_THREADS=1 python3 -m bench.x86_profile /tmp/q5 --target host-vnni --runs 5
 
 Prints the total per run and the 25 most expensive kernels (ms per run, calls per run).  Times include
 the VM's call overhead; integer input drawn with a fixed seed.
 """
 import argparse
 import collections
-import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main():

@@ -2,9 +2,9 @@
 (zero-shot, eq. 2), random (uniform [-3, 3], the paper's ablation) and real (train split) mels, with
 min/max (the paper's) and percentile calibration, averaged over seeds, plus size and BOPs.
 
-    python bench/zeroshot_table.py --model quartznet5x5 --seeds 0 1 --limit 200 \\
+    python3 -m bench.zeroshot_table --model quartznet5x5 --seeds 0 1 --limit 200 \\
         --json bench/results/zeroshot_quartznet5x5.json
-    python bench/zeroshot_table.py --table bench/results/zeroshot_quartznet5x5.json ...   # markdown only
+    python3 -m bench.zeroshot_table --table bench/results/zeroshot_quartznet5x5.json ...   # markdown only
 
 Every quantized cell is an integer-only TVM build (``--target``, default ``host-vnni`` where the CPU
 has AVX-512 VNNI, else ``host``; both bit-exact with the numpy reference) of fixed length
@@ -32,14 +32,13 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 SPLITS = {"test": "/tmp/corpus/test.json", "test-heldout-voice": "/tmp/corpus/test-heldout-voice.json",
           "real": str(Path(__file__).resolve().parents[1] / "tests/fixtures/real/real.json")}
 
 
 def load_split(manifest, limit):
-    from zsq_tvm.data.corpus import normalize_text
+    from lab.corpus import normalize_text
     from zsq_tvm.evaluate import compute_mel, read_manifest
 
     rows = read_manifest(manifest)
@@ -227,8 +226,8 @@ def main():
     import zsq_tvm
     import zsq_tvm.calibrate as calib_mod
     from zsq_tvm.evaluate import BuildRunner, TorchRunner
-    from zsq_tvm.models import load_torch
-    from zsq_tvm.targets import host_features
+    from zsq_tvm.zoo.models import load_torch
+    from zsq_tvm.backends.x86.cpu import host_features
 
     torch.set_num_threads(a.threads)
     target = a.target or ("host-vnni" if "avx512_vnni" in host_features() else "host")

@@ -14,7 +14,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-__all__ = ["KernelCallRewriter", "UseIndex", "kernel_args", "bindings", "call_op_name", "tensor_names", "resolve_const", "const_value", "const", "main_function", "tensor_ty", "dtype_of", "shape_of", "is_tensor_const"]
+__all__ = ["UseIndex", "bindings", "call_op_name", "tensor_names", "resolve_const", "const_value", "const", "main_function", "tensor_ty", "dtype_of", "shape_of", "is_tensor_const"]
 
 
 def main_function(mod: tvm.IRModule, name: str = "main") -> relax.Function:
@@ -153,24 +153,6 @@ def shape_of(expr) -> tuple | None:
     return tuple(int(s) if isinstance(s, tvm.tirx.IntImm) else s for s in ty.shape)
 
 
-def kernel_args(x, W, B, Mul, Sh) -> list:
-    """The argument list every fused int8 conv kernel takes: activation, packed weights (int8 values; stored
-    as int8, as int16 or as int32 words of two int16 halves where the kernel multiplies int16 pairs: x86
-    AVX2), int32 bias, int64 dyadic multiplier and shift (per output channel)."""
-    wd = str(np.asarray(W).dtype)
-    assert wd in ("int8", "int16", "int32"), wd  # relax.const would convert the values, not keep the bits
-    return [x, relax.const(W, wd), relax.const(B, "int32"), relax.const(Mul, "int64"),
-            relax.const(Sh, "int64")]
-
-
-def kernel_prim_func(sch, name: str, kernel: str, scheduled: bool = False):
-    """The PrimFunc of a hand-scheduled kernel as the Relax graph calls it: exported as ``name``, opaque to
-    fusion (``op_pattern`` 8), tagged ``zsq.kernel`` (tuning skips it) and, where the target pipeline would
-    otherwise schedule it again (CUDA's dlight rules), ``tirx.is_scheduled``."""
-    f = sch.mod["main"].with_attr("global_symbol", name).with_attr("op_pattern", 8).with_attr("zsq.kernel", kernel)
-    return f.with_attr("tirx.is_scheduled", True) if scheduled else f
-
-
 def copy_module(mod: tvm.IRModule) -> tvm.IRModule:
     """A shallow copy of ``mod`` (same functions, attrs, global infos) for a rewriter's block builder: a
     module pass must not change the module it was given."""
@@ -184,34 +166,3 @@ def finish_rewrite(rw, func: relax.Function, gv) -> tvm.IRModule:
     out = rw.builder_.get()
     out[gv] = new
     return relax.transform.DeadCodeElimination([gv.name_hint])(out)
-
-
-@relax.expr_functor.mutator
-class KernelCallRewriter(relax.PyExprMutator):
-    """Replace the final binding of each matched conv + requantize chain by a call of a hand-written kernel.
-
-    ``plan`` maps the chain's final var to ``(x, spec, W, B, Mul, Sh, (name, PrimFunc), *extra)``; the PrimFunc
-    is added to the module once per name.  ``emit_call(emit, x, gv, spec, W, B, Mul, Sh, *extra)`` builds the
-    replacement from the rewritten input ``x`` with ``emit`` (the block builder's emit) and returns the
-    final expression, shaped like the chain's output (``[1, C, T]``; ``[T, M]`` for a linear layer) — the only
-    part that differs between the x86 and CUDA kernels (layout).
-    Bindings the chain no longer uses are left for dead-code elimination.
-    """
-
-    def __init__(self, mod, plan, emit_call):
-        super().__init__(mod)
-        self.plan = plan
-        self.emit_call = emit_call
-        self.gvars = {}
-
-    def visit_var_binding_(self, binding):
-        p = self.plan.get(binding.var)
-        if p is None:
-            return super().visit_var_binding_(binding)
-        x, spec, W, B, Mul, Sh, (name, f), *extra = p  # extra: further tensor inputs (a fused residual)
-        gv = self.gvars.get(name)
-        if gv is None:
-            gv = self.gvars[name] = self.builder_.add_func(f, name)
-        new = self.emit_call(self.builder_.emit, self.visit_expr(x), gv, spec, W, B, Mul, Sh,
-                             *[self.visit_expr(e) for e in extra])
-        self.builder_.emit_normalized(relax.VarBinding(binding.var, self.builder_.normalize(new)))

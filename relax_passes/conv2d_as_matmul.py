@@ -3,7 +3,7 @@
 Why: the only conv2d layers of our models are the Conformer's subsampling convs (3x3, stride 2), and TVM's
 default lowering of an int8 conv2d runs at ~4 GMAC/s on x86 (205 ms of conformer-ctc-small's 375 ms at
 10 s).  As a matmul ``[Ho*Wo, C*kh*kw] x [C*kh*kw, M]`` followed by the requantize chain with per-channel
-constants along the last axis, the layer is exactly what :class:`relax_passes.x86_vnni_pointwise.X86VnniPointwise`
+constants along the last axis, the layer is exactly what :class:`zsq_tvm.backends.x86.offload_pointwise.X86VnniPointwise`
 turns into its VNNI linear kernel, so this pass runs right before it (``host`` on a VNNI CPU).
 
 Before (batch 1, NCHW / OIHW, groups 1; every constant per output channel ``[1, M, 1, 1]`` or scalar)::
@@ -37,9 +37,9 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from ._util import UseIndex, call_op_name, const_value, copy_module, finish_rewrite
+from relax_passes._util import UseIndex, call_op_name, const_value, copy_module, finish_rewrite
 
-__all__ = ["Conv2dAsMatmul"]
+__all__ = ["Conv2dAsMatmul", "conv2d_as_matmul"]
 
 _BINARY = ("add", "multiply", "right_shift")
 
@@ -175,30 +175,34 @@ class _Rewriter(relax.PyExprMutator):
         self.builder_.emit_normalized(relax.VarBinding(binding.var, self.builder_.normalize(new)))
 
 
+def conv2d_as_matmul(mod: tvm.IRModule, func_name: str = "main") -> tuple[tvm.IRModule, list[dict]]:
+    """``(rewritten module, [record per replaced conv2d])`` (module doc); ``mod`` is not changed."""
+    gv = mod.get_global_var(func_name)
+    func = mod[gv]
+    replaced = []
+    idx = UseIndex(func)
+    plan = {}
+    for b in idx.bindings:
+        if call_op_name(b.value) != "nn.conv2d":
+            continue
+        g = _conv2d(b.value)
+        chain = _chain(b.var, idx) if g is not None else None
+        if chain is None:
+            continue
+        plan[chain[-1][0]] = (b.value.args[0], g, chain)
+        replaced.append({"var": str(b.var.name), "C": g["C"], "M": g["M"], "Ho": g["Ho"], "Wo": g["Wo"],
+                         "kernel": (g["kh"], g["kw"]), "strides": tuple(g["strides"])})
+    if not plan:
+        return mod, replaced
+    return finish_rewrite(_Rewriter(copy_module(mod), plan), func, gv), replaced  # the old conv2d and chain
+
+
 @tvm.transform.module_pass(opt_level=0, name="Conv2dAsMatmul")
 class Conv2dAsMatmul:
-    """Module pass: int8 conv2d + requantize chain -> im2col + matmul + chain (time-major) -> NCHW (module doc)."""
+    """Module pass: :func:`conv2d_as_matmul` (int8 conv2d + requantize chain -> im2col + matmul + chain)."""
 
     def __init__(self, func_name: str = "main"):
         self.func_name = func_name
-        self.replaced: list[dict] = []
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        gv = mod.get_global_var(self.func_name)
-        func = mod[gv]
-        self.replaced = []
-        idx = UseIndex(func)
-        plan = {}
-        for b in idx.bindings:
-            if call_op_name(b.value) != "nn.conv2d":
-                continue
-            g = _conv2d(b.value)
-            chain = _chain(b.var, idx) if g is not None else None
-            if chain is None:
-                continue
-            plan[chain[-1][0]] = (b.value.args[0], g, chain)
-            self.replaced.append({"var": str(b.var.name), "C": g["C"], "M": g["M"], "Ho": g["Ho"], "Wo": g["Wo"],
-                                  "kernel": (g["kh"], g["kw"]), "strides": tuple(g["strides"])})
-        if not plan:
-            return mod
-        return finish_rewrite(_Rewriter(copy_module(mod), plan), func, gv)  # the old conv2d and chain
+        return conv2d_as_matmul(mod, self.func_name)[0]

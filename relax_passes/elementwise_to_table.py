@@ -4,7 +4,7 @@ Why: the Conformer's integer Swish, sigmoid and GLU gate are I-BERT polynomial k
 ops per element, one of them a division by a run-time value (``round(qmax one / (one + e))``) that no CPU
 vectorises: ~19 ms of conformer-ctc-small's 80 ms at 10 s on x86.  Their input is an int8 (or uint8)
 activation, so the whole chain takes at most 256 distinct inputs: evaluating it once per possible input at
-compile time, with the numpy integer reference (:func:`zsq_tvm.reference.run_reference`, the oracle the
+compile time, with the numpy integer reference (:func:`relax_passes.reference.run_reference`, the oracle the
 build is checked against), and gathering at run time gives the same integers for every input.  It stays
 integer-only: the run-time work is an int32 index add and an integer load.
 
@@ -29,16 +29,21 @@ targets run it (:mod:`zsq_tvm.targets`), after the conv/matmul kernel passes.
 
 from __future__ import annotations
 
+import heapq
+
 import numpy as np
 import tvm
 from tvm import relax
 
-from ._util import UseIndex, call_op_name, const, const_value, copy_module, finish_rewrite
+from zsq_tvm.core import intops
+
+from relax_passes._util import UseIndex, call_op_name, const, const_value, copy_module, finish_rewrite
+from relax_passes.reference import run_reference
 
 __all__ = ["ElementwiseToTable"]
 
-_ELEMENTWISE = {"astype", "add", "subtract", "multiply", "right_shift", "left_shift", "floor_divide", "maximum",
-                "minimum", "clip"}
+# the element-wise integer ops: the binary op table of the integer algorithms, casts and clips
+_ELEMENTWISE = {"astype", *intops.RELAX_BINARY, "clip"}
 _SOURCES = {"int8": -128, "uint8": 0}  # dtype -> first value of its 256
 _NOT_TENSOR = (relax.ShapeExpr, tvm.ir.prim.expr.IntImm, tvm.ir.prim.expr.FloatImm)  # e.g. clip's bounds
 
@@ -51,8 +56,6 @@ def _scalar_const(e) -> bool:
 def _closure(idx: UseIndex, pos: dict, x):
     """Bindings (in order) computed element-wise from ``x`` alone: grown through the users of the members,
     in binding order (a user's member operands all come before it)."""
-    import heapq
-
     members, chain = {x}, []
     heap = [(pos[u], id(u), u) for u in set(idx.users.get(x, []))]
     heapq.heapify(heap)
@@ -75,8 +78,6 @@ def _closure(idx: UseIndex, pos: dict, x):
 
 def _table(chain, x, out, lo: int):
     """The chain evaluated by the integer reference on every value ``lo .. lo + 255`` of ``x``'s dtype."""
-    from zsq_tvm.reference import run_reference
-
     nd = len(x.ty.shape)
     shape = (1,) * (nd - 1) + (256,)  # one-element constants of rank <= nd broadcast without a shape change
     bb = relax.BlockBuilder()
@@ -114,46 +115,51 @@ class _Rewriter(relax.PyExprMutator):
         self.builder_.emit_normalized(relax.VarBinding(binding.var, self.builder_.normalize(new)))
 
 
+def elementwise_to_table(mod: tvm.IRModule, func_name: str = "main", min_ops: int = 6):
+    """Every element-wise integer chain of one int8/uint8 tensor (at least ``min_ops`` ops, one output) ->
+    ``R.take`` of its 256-entry table; ``(module, replaced)`` with one record per chain."""
+    gv = mod.get_global_var(func_name)
+    func = mod[gv]
+    replaced = []
+    idx = UseIndex(func)
+    pos = {b.var: i for i, b in enumerate(idx.bindings)}
+    plan, taken = {}, set()
+    for x in list(func.params) + [b.var for b in idx.bindings]:
+        t = x.ty
+        if x in taken or not isinstance(t, relax.TensorType) or str(t.dtype) not in _SOURCES or t.ndim < 1:
+            continue
+        chain = _closure(idx, pos, x)
+        inside = {b.var for b in chain}
+        outs = [v for v in inside if v in idx.outs or any(u not in inside for u in idx.users.get(v, []))]
+        if len(chain) < min_ops or len(outs) != 1 or str(outs[0].ty.dtype)[:3] not in ("int", "uin"):
+            continue
+        out = outs[0]
+        chain = [b for b in chain if _needed(b, out, inside, idx)]
+        if len(chain) < min_ops:
+            continue
+        try:
+            table = _table(chain, x, out, _SOURCES[str(t.dtype)])
+        except Exception:  # e.g. an overflow the reference reports for an input the model never produces
+            continue
+        plan[out] = (x, table, -_SOURCES[str(t.dtype)])
+        taken |= {b.var for b in chain}
+        replaced.append({"var": str(out.name), "input": str(x.name), "ops": len(chain),
+                              "dtype": str(table.dtype)})
+    if not plan:
+        return mod, replaced
+    return finish_rewrite(_Rewriter(copy_module(mod), plan), func, gv), replaced
+
+
 @tvm.transform.module_pass(opt_level=0, name="ElementwiseToTable")
 class ElementwiseToTable:
-    """Module pass: element-wise integer chain of one int8/uint8 tensor -> ``R.take`` of a 256-entry table."""
+    """:func:`elementwise_to_table` as a module pass."""
 
     def __init__(self, func_name: str = "main", min_ops: int = 6):
         self.func_name = func_name
         self.min_ops = int(min_ops)
-        self.replaced: list[dict] = []
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        gv = mod.get_global_var(self.func_name)
-        func = mod[gv]
-        self.replaced = []
-        idx = UseIndex(func)
-        pos = {b.var: i for i, b in enumerate(idx.bindings)}
-        plan, taken = {}, set()
-        for x in list(func.params) + [b.var for b in idx.bindings]:
-            t = x.ty
-            if x in taken or not isinstance(t, relax.TensorType) or str(t.dtype) not in _SOURCES or t.ndim < 1:
-                continue
-            chain = _closure(idx, pos, x)
-            inside = {b.var for b in chain}
-            outs = [v for v in inside if v in idx.outs or any(u not in inside for u in idx.users.get(v, []))]
-            if len(chain) < self.min_ops or len(outs) != 1 or str(outs[0].ty.dtype)[:3] not in ("int", "uin"):
-                continue
-            out = outs[0]
-            chain = [b for b in chain if _needed(b, out, inside, idx)]
-            if len(chain) < self.min_ops:
-                continue
-            try:
-                table = _table(chain, x, out, _SOURCES[str(t.dtype)])
-            except Exception:  # e.g. an overflow the reference reports for an input the model never produces
-                continue
-            plan[out] = (x, table, -_SOURCES[str(t.dtype)])
-            taken |= {b.var for b in chain}
-            self.replaced.append({"var": str(out.name), "input": str(x.name), "ops": len(chain),
-                                  "dtype": str(table.dtype)})
-        if not plan:
-            return mod
-        return finish_rewrite(_Rewriter(copy_module(mod), plan), func, gv)  # the replaced chain
+        return elementwise_to_table(mod, self.func_name, self.min_ops)[0]
 
 
 def _needed(b, out, inside, idx) -> bool:

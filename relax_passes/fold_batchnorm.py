@@ -15,8 +15,8 @@ with ``k = gamma / sqrt(var + eps)``, ``W' = W * k[:, None, None]``, ``b' = (b -
 (float64 math, stored float32).  Works for any ``groups`` (depthwise included) because OIW keeps
 the output channel on axis 0.  The dead conv/bias/BN bindings are removed.
 
-Before folding, every BatchNorm's statistics are recorded (:func:`extract_bn_stats`; after the
-pass, ``pass_obj.bn_stats``) for zero-shot synthesis (paper §2.3, eq. 2), which matches the
+Before folding, every BatchNorm's statistics are recorded (:func:`extract_bn_stats`; what
+:func:`fold_batchnorm` returns with the folded module) for zero-shot synthesis (paper §2.3, eq. 2), which matches the
 running mean/var of the tensor each BN normalises: the record names that tensor's producer
 (``"nn.conv1d#k"`` in the *unfolded* module, the ONNX node names when ``onnx_model`` is given) and
 where the folded conv ends up (``"folded_conv"``: ``"nn.conv1d#j"`` in the *folded* module, the
@@ -28,9 +28,9 @@ refused here (their output would depend on batch statistics).
 
 Usage::
 
-    fold = FoldBatchNorm(onnx_model=model)      # onnx_model optional, only for names
-    mod = fold(mod)                             # or inside tvm.transform.Sequential([...])
-    stats = fold.bn_stats                       # list of dicts, JSON-serialisable
+    mod, stats = fold_batchnorm(mod, onnx_model=model)   # onnx_model optional, only for names; stats: list of
+                                                         # JSON-serialisable dicts
+    mod = FoldBatchNorm()(mod)                           # the same fold as a pass (tvm.transform.Sequential)
 """
 
 from __future__ import annotations
@@ -41,9 +41,20 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from ._util import bindings, call_op_name, const, dtype_of, resolve_const, tensor_names
+from tvm.relax.dpl import is_op, wildcard
 
-__all__ = ["FoldBatchNorm", "extract_bn_stats", "onnx_batchnorm_nodes", "onnx_bn_stats"]
+from relax_passes._util import (UseIndex, bindings, call_op_name, const, copy_module, dtype_of, resolve_const,
+                                tensor_names)
+
+__all__ = ["FoldBatchNorm", "fold_batchnorm", "extract_bn_stats", "onnx_batchnorm_nodes", "onnx_bn_stats"]
+
+# What a BatchNorm normalises when it can fold: a conv1d, seen through an optional bias add (its constant either
+# operand).  What a pattern cannot say (one user each, constant weights and bias, layouts) is checked in
+# _analyse, each failure with its reason.
+_CONV = is_op("relax.nn.conv1d")(wildcard(), wildcard())
+_BIAS = wildcard()
+_BIASED = is_op("relax.add")(_CONV, _BIAS)
+_BN = is_op("relax.nn.batch_norm")(_BIASED | _CONV | wildcard(), *(wildcard() for _ in range(4)))
 
 
 def onnx_batchnorm_nodes(onnx_model) -> list[dict]:
@@ -106,35 +117,18 @@ def onnx_bn_stats(onnx_model) -> list[dict]:
 def _analyse(func: relax.Function):
     """Find every batch_norm and decide whether it folds.  Returns (records, plan).
 
-    plan maps the ``bn[0]`` TupleGetItem var to (conv call, W, b, k, beta, mean, record index).
+    plan maps the ``bn[0]`` TupleGetItem var to (conv call, folded W, folded b, record index).
     """
-    binds = bindings(func)
-    values = {b.var: b.value for b in binds}
-    uses: dict = {}
-
-    def count(expr):
-        # relax.analysis.free_vars would also work; a post-order walk is cheap and explicit
-        relax.analysis.post_order_visit(expr, lambda e: uses.__setitem__(e, uses.get(e, 0) + 1) if isinstance(e, relax.Var) else None)
-
-    for b in binds:
-        count(b.value)
-    count(func.body.body)
+    idx = UseIndex(func)
+    values = idx.value
+    var_of = {v: k for k, v in values.items()}
+    var2val = relax.analysis.get_var2val(func)
     names = tensor_names(func)
 
-    tgi0 = {}
-    other_tgi = set()
-    for b in binds:
-        v = b.value
-        if isinstance(v, relax.TupleGetItem) and isinstance(v.tuple_value, relax.Var):
-            if v.index == 0:
-                tgi0.setdefault(v.tuple_value, []).append(b.var)
-            else:
-                if uses.get(b.var, 0):
-                    other_tgi.add(v.tuple_value)
-
     records, plan = [], {}
-    for b in binds:
-        if call_op_name(b.value) != "nn.batch_norm":
+    for b in idx.bindings:
+        m = _BN.extract_matched_expr(b.value, var2val) if isinstance(b.value, relax.Call) else None
+        if m is None:
             continue
         call = b.value
         attrs = call.attrs
@@ -162,24 +156,22 @@ def _analyse(func: relax.Function):
                 f"mode (model.eval(), TrainingMode.PRESERVE) so BatchNorm uses running statistics"
             )
 
-        # walk back: batch_norm <- [add(bias)] <- conv1d, each intermediate used only once
+        # the normalised tensor: the conv behind a constant bias add used only by the BatchNorm, else x itself
         conv_var, bias = x, None
+        if _BIASED in m and idx.only_user(x) is not None:
+            bias = resolve_const(var_of.get(m[_BIAS], m[_BIAS]), values)
+            if bias is not None:
+                conv_var = var_of[m[_CONV]]
         src = values.get(conv_var) if isinstance(conv_var, relax.Var) else None
-        if call_op_name(src) == "add" and uses.get(conv_var, 0) == 1:
-            a0, a1 = src.args
-            c0, c1 = resolve_const(a0, values), resolve_const(a1, values)
-            if c1 is not None and c0 is None:
-                conv_var, bias = a0, c1
-            elif c0 is not None and c1 is None:
-                conv_var, bias = a1, c0
-            src = values.get(conv_var) if isinstance(conv_var, relax.Var) else None
         rec["producer"] = names.get(conv_var)
+        items = [u for u in idx.users.get(b.var, []) if isinstance(values[u], relax.TupleGetItem)]
+        out0 = [u for u in items if int(values[u].index) == 0]
         reason = None
         if call_op_name(src) != "nn.conv1d":
             reason = f"input is produced by {call_op_name(src) or type(src).__name__}, not nn.conv1d"
-        elif uses.get(conv_var, 0) != 1:
+        elif idx.only_user(conv_var) is None:
             reason = "conv1d output has other users besides the BatchNorm"
-        elif b.var in other_tgi:
+        elif any(int(values[u].index) != 0 and (u in idx.users or u in idx.outs) for u in items):
             reason = "batch_norm running-stat outputs are used"
         elif int(attrs.axis) != 1 or src.attrs.data_layout != "NCW" or src.attrs.kernel_layout != "OIW" \
                 or src.attrs.out_layout != "NCW":
@@ -189,7 +181,7 @@ def _analyse(func: relax.Function):
             reason = "conv1d weight is not a constant (bind params first: relax.transform.BindParams)"
         if reason is None and bias is not None and bias.size != mu.size:
             reason = f"bias of size {bias.size} is not per-channel for {mu.size} channels"
-        if reason is None and len(tgi0.get(b.var, [])) != 1:
+        if reason is None and len(out0) != 1:
             reason = "batch_norm output 0 is not extracted exactly once"
         if reason is not None:
             rec["reason"] = reason
@@ -200,7 +192,7 @@ def _analyse(func: relax.Function):
         w_f = (np.asarray(W, dtype=np.float64) * k[:, None, None]).astype(np.float32)
         b_f = ((b0 - mu) * k + bt).astype(np.float32).reshape(1, -1, 1)
         rec["folded"] = True
-        plan[tgi0[b.var][0]] = (src, w_f, b_f, rec["index"])
+        plan[out0[0]] = (src, w_f, b_f, rec["index"])
         records.append(rec)
     return records, plan
 
@@ -259,52 +251,52 @@ class _Folder(relax.PyExprMutator):
         self.set_var_remap(binding.var, new)
 
 
+def fold_batchnorm(mod: tvm.IRModule, onnx_model=None) -> tuple[tvm.IRModule, list[dict]]:
+    """Fold ``conv1d [+ bias] -> batch_norm`` into one conv1d + bias in every Relax function of ``mod``.
+
+    Returns the folded module (``mod`` is not changed) and the records of every BatchNorm (keys of
+    :func:`extract_bn_stats`, plus ``function`` and, for a folded one, ``folded_conv``: the stable name of its
+    conv in the *folded* module).  ``onnx_model`` is only used to add ONNX node names to the records of
+    ``main``.
+    """
+    mod = copy_module(mod)
+    all_records = []
+    for gv, func in list(mod.functions.items()):
+        if not isinstance(func, relax.Function):
+            continue
+        records, plan = _analyse(func)
+        if gv.name_hint == "main":
+            _attach_onnx_names(records, onnx_model)
+        for r in records:
+            r["function"] = gv.name_hint
+        if plan:
+            folder = _Folder(mod, plan)
+            new_func = folder.visit_expr(func)
+            new_func = relax.analysis.remove_all_unused(new_func)
+            mod[gv] = new_func
+            # name the folded convs with the stable names of the *folded* module
+            names = tensor_names(new_func)
+            by_weight = {}
+            for b in bindings(new_func):
+                if call_op_name(b.value) == "nn.conv1d":
+                    by_weight[b.value.args[1]] = names[b.var]
+            for idx, w in folder.new_weights.items():
+                for wc, nm in by_weight.items():
+                    if wc.same_as(w):
+                        records[idx]["folded_conv"] = nm
+        all_records.extend(records)
+    return mod, all_records
+
+
 @tvm.transform.module_pass(opt_level=0, name="FoldBatchNorm")
 class FoldBatchNorm:
-    """Fold ``conv1d [+ bias] -> batch_norm`` into one conv1d + bias; record BN statistics.
-
-    Parameters
-    ----------
-    onnx_model : onnx.ModelProto, optional
-        Only used to add ONNX node names to the recorded statistics.
-    attach_stats : bool
-        Also store the statistics as JSON in the module attribute ``"zsq.bn_stats"``.
-
-    After the pass runs, ``self.bn_stats`` holds the records of the last module processed.
-    """
+    """Module pass: :func:`fold_batchnorm`, its records dropped or, with ``attach_stats``, stored as JSON in the
+    module attribute ``"zsq.bn_stats"``."""
 
     def __init__(self, onnx_model=None, attach_stats: bool = False):
         self.onnx_model = onnx_model
         self.attach_stats = attach_stats
-        self.bn_stats: list[dict] = []
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        all_records = []
-        for gv, func in list(mod.functions.items()):
-            if not isinstance(func, relax.Function):
-                continue
-            records, plan = _analyse(func)
-            if gv.name_hint == "main":
-                _attach_onnx_names(records, self.onnx_model)
-            for r in records:
-                r["function"] = gv.name_hint
-            if plan:
-                folder = _Folder(mod, plan)
-                new_func = folder.visit_expr(func)
-                new_func = relax.analysis.remove_all_unused(new_func)
-                mod[gv] = new_func
-                # name the folded convs with the stable names of the *folded* module
-                names = tensor_names(new_func)
-                by_weight = {}
-                for b in bindings(new_func):
-                    if call_op_name(b.value) == "nn.conv1d":
-                        by_weight[b.value.args[1]] = names[b.var]
-                for idx, w in folder.new_weights.items():
-                    for wc, nm in by_weight.items():
-                        if wc.same_as(w):
-                            records[idx]["folded_conv"] = nm
-            all_records.extend(records)
-        self.bn_stats = all_records
-        if self.attach_stats:
-            mod = mod.with_attr("zsq.bn_stats", json.dumps(all_records))
-        return mod
+        mod, records = fold_batchnorm(mod, onnx_model=self.onnx_model)
+        return mod.with_attr("zsq.bn_stats", json.dumps(records)) if self.attach_stats else mod

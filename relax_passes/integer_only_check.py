@@ -1,9 +1,9 @@
 """IntegerOnlyCheck: prove the lowered module computes nothing in floating point (paper §2.2).
 
 Input: the *lowered* module, i.e. after ``relax.transform.LegalizeOps()`` and fusion
-(:func:`zsq_tvm.lowering.lower`), where every computation is a TIR PrimFunc called by
+(:func:`relax_passes.lowering.lower`), where every computation is a TIR PrimFunc called by
 ``R.call_tir`` from ``main``.  Output: the same module, unchanged, or
-:class:`zsq_tvm.errors.IntegerOnlyViolation` naming each offending PrimFunc, the TIR node kind
+:class:`zsq_tvm.core.errors.IntegerOnlyViolation` naming each offending PrimFunc, the TIR node kind
 (load, store, cast, arithmetic, intrinsic call) and its dtype.
 
 Allowed float: exactly the two boundary kernels :class:`Quantize` emits, recognised by the
@@ -17,7 +17,7 @@ Relax-level ops left un-legalized with a float result are reported as well.
 
 Usage::
 
-    lowered = zsq_tvm.lowering.lower(qmod)
+    lowered = relax_passes.lowering.lower(qmod)
     lowered = IntegerOnlyCheck()(lowered)            # raises on violation; .report afterwards
     report = check_integer_only(qmod)                # dict for `zsq check`
 """
@@ -30,9 +30,9 @@ import tvm
 import tvm_ffi
 from tvm import relax, tirx
 
-from zsq_tvm.errors import IntegerOnlyViolation
+from zsq_tvm.core.errors import IntegerOnlyViolation
 
-from ._util import bindings, call_op_name, dtype_of
+from relax_passes._util import bindings, call_op_name, dtype_of
 
 __all__ = ["IntegerOnlyCheck", "check_integer_only", "assert_integer_only", "format_violations"]
 
@@ -94,7 +94,7 @@ def check_integer_only(mod: tvm.IRModule, lower: bool = True) -> dict:
     "float_ops_in_boundary": {kind: n}}``.
     """
     if lower and _has_relax_ops(mod):
-        from zsq_tvm.lowering import lower as _lower
+        from relax_passes.lowering import lower as _lower
         mod = _lower(mod)
     violations, boundary = [], {r: [] for r in _ROLES}
     int_ops: collections.Counter = collections.Counter()

@@ -23,7 +23,7 @@ Only integer constants, only binary element-wise ops whose *other* operand has n
 broadcast result shape is unchanged: ``[1]`` broadcasts into any shape of rank >= 1).  Every such
 value is rewritten, 0 and 1 included: which values repeat across layers is data, and a kernel's code
 must not depend on data for the layers to share it.  The arithmetic is unchanged element for element
-(same dtype, same values), so results stay bit-exact with :func:`zsq_tvm.reference.run_reference`,
+(same dtype, same values), so results stay bit-exact with :func:`relax_passes.reference.run_reference`,
 which interprets the module *before* this pass.
 
 Measured (host build, ``bench/share_constants_compare.py``, ``bench/conformer_large.py``):
@@ -44,9 +44,9 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from ._util import const, is_tensor_const
+from relax_passes._util import const, is_tensor_const
 
-__all__ = ["ShareScalarConstants", "BINARY_OPS"]
+__all__ = ["ShareScalarConstants", "share_scalar_constants", "BINARY_OPS"]
 
 #: element-wise binary ops whose 0-d constant operands LegalizeOps would bake into the PrimFunc
 BINARY_OPS = frozenset(f"relax.{n}" for n in (
@@ -86,20 +86,20 @@ class _Rewriter(relax.PyExprMutator):
         return relax.Call(call.op, args, call.attrs)
 
 
+def share_scalar_constants(mod: tvm.IRModule) -> tuple[tvm.IRModule, int]:
+    """``(rewritten module, how many calls were changed)``: 0-d integer constants of element-wise binary ops ->
+    shape-[1] constants (see module doc)."""
+    rw = _Rewriter(mod)
+    for gv, func in list(mod.functions.items()):
+        if isinstance(func, relax.Function):
+            new = rw.visit_expr(func)
+            rw.builder_.update_func(gv, new)
+    return rw.builder_.get(), rw.rewritten
+
+
 @tvm.transform.module_pass(opt_level=0, name="ShareScalarConstants")
 class ShareScalarConstants:
-    """Module pass: 0-d integer constants of element-wise binary ops -> shape-[1] constants (see module doc).
-
-    ``pass_obj.rewritten``: how many calls were changed (for tests and logs)."""
-
-    def __init__(self):
-        self.rewritten = 0
+    """Module pass: :func:`share_scalar_constants`."""
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        rw = _Rewriter(mod)
-        for gv, func in list(mod.functions.items()):
-            if isinstance(func, relax.Function):
-                new = rw.visit_expr(func)
-                rw.builder_.update_func(gv, new)
-        self.rewritten = rw.rewritten
-        return rw.builder_.get()
+        return share_scalar_constants(mod)[0]

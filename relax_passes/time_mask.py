@@ -38,7 +38,7 @@ spelled out, at the frame count its keys have: the row max skips masked keys (``
 0``).  Integer-only (subtract, clip, cast, multiply by 0/1); one mask per (frame count, dtype, rank, axis).
 ``length`` counts valid input frames, ``0 <= length <= T``; at ``T`` nothing is masked and the output equals
 the unmasked model's bit for bit.  A time-mixing op whose time axis the pass cannot follow raises
-:class:`TimeMaskError` naming it.  ``pass_obj.masked`` lists the masked sites.  Usable in any
+:class:`TimeMaskError` naming it.  :func:`time_mask` returns the masked sites with the module.  Usable in any
 ``tvm.transform.Sequential`` after ``Quantize`` (``zsq quantize --time-mask``, ``QuantConfig(time_mask=True)``).
 """
 
@@ -48,9 +48,9 @@ import numpy as np
 import tvm
 from tvm import relax, tirx
 
-from ._util import call_op_name, const, const_value, copy_module, shape_of
+from relax_passes._util import bindings, call_op_name, const, const_value, copy_module, shape_of
 
-__all__ = ["TimeMask", "TimeMaskError", "LENGTH_INPUT"]
+__all__ = ["TimeMask", "TimeMaskError", "LENGTH_INPUT", "time_mask"]
 
 LENGTH_INPUT = "length"
 
@@ -80,7 +80,6 @@ def _softmax_sites(func):
     """``(max vars, exp vars, sum vars)`` of the integer softmaxes over the last axis of rank-4 tensors (attention)
     that :func:`relax_passes.integer_nonlinear.emit_i_softmax` spelled out: ``m = max(x, -1)``, ``d = x - m``,
     ``e = exp(d)``, ``s = sum(e, -1)``, ``F = 2^54 // s``.  Each ``m`` is paired with the ``e`` that follows it."""
-    from ._util import bindings
 
     bs = list(bindings(func))
     value = {b.var: b.value for b in bs}
@@ -276,33 +275,38 @@ class _Masker(relax.PyExprMutator):
         self._track(var, value)
 
 
+def time_mask(mod: tvm.IRModule, func_name: str = "main") -> tuple[tvm.IRModule, list[dict]]:
+    """``(module with the ``length`` input and the padding masked, [record per masked site])`` (module doc);
+    ``mod`` is not changed.  Each record: ``var``, ``op`` (``"input"``, ``"conv1d"``, ``"softmax"``, ...),
+    ``frames`` and ``dtype``."""
+    gv = mod.get_global_var(func_name)
+    func = mod[gv]
+    if any(str(p.name) == LENGTH_INPUT for p in func.params):
+        raise TimeMaskError(f"{func_name} already has a {LENGTH_INPUT!r} input (time mask applied twice?)")
+    if len(func.params) != 1 or shape_of(func.params[0]) is None or len(shape_of(func.params[0])) != 3:
+        raise TimeMaskError("the time mask needs one [B, F, T] mel input")
+    mel = func.params[0]
+    B = int(shape_of(mel)[0])
+    length = relax.Var(LENGTH_INPUT, relax.TensorType((B,), "int32"))
+    rw = _Masker(copy_module(mod), mel, length, B, _softmax_sites(func))
+    body = rw.visit_expr(func.body)
+    if not rw.masked:
+        raise TimeMaskError("no time-mixing op (conv with a kernel > 1 along time, attention softmax) follows "
+                            "the input: nothing to mask")
+    new = relax.Function([mel, length], body, func.ret_ty, func.is_pure, func.attrs)
+    if func.attrs is not None and "num_input" in func.attrs:
+        new = new.with_attr("num_input", int(func.attrs["num_input"]) + 1)
+    out = rw.builder_.get()
+    out[gv] = new
+    return relax.transform.DeadCodeElimination([gv.name_hint])(out), rw.masked
+
+
 @tvm.transform.module_pass(opt_level=0, name="TimeMask")
 class TimeMask:
-    """Module pass: add the ``length`` input and mask the padding wherever frames mix (module doc)."""
+    """Module pass: :func:`time_mask`."""
 
     def __init__(self, func_name: str = "main"):
         self.func_name = func_name
-        self.masked: list[dict] = []
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        gv = mod.get_global_var(self.func_name)
-        func = mod[gv]
-        if any(str(p.name) == LENGTH_INPUT for p in func.params):
-            raise TimeMaskError(f"{self.func_name} already has a {LENGTH_INPUT!r} input (time mask applied twice?)")
-        if len(func.params) != 1 or shape_of(func.params[0]) is None or len(shape_of(func.params[0])) != 3:
-            raise TimeMaskError("the time mask needs one [B, F, T] mel input")
-        mel = func.params[0]
-        B = int(shape_of(mel)[0])
-        length = relax.Var(LENGTH_INPUT, relax.TensorType((B,), "int32"))
-        rw = _Masker(copy_module(mod), mel, length, B, _softmax_sites(func))
-        body = rw.visit_expr(func.body)
-        if not rw.masked:
-            raise TimeMaskError("no time-mixing op (conv with a kernel > 1 along time, attention softmax) follows "
-                                "the input: nothing to mask")
-        new = relax.Function([mel, length], body, func.ret_ty, func.is_pure, func.attrs)
-        if func.attrs is not None and "num_input" in func.attrs:
-            new = new.with_attr("num_input", int(func.attrs["num_input"]) + 1)
-        out = rw.builder_.get()
-        out[gv] = new
-        self.masked = rw.masked
-        return relax.transform.DeadCodeElimination([gv.name_hint])(out)
+        return time_mask(mod, self.func_name)[0]

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from zsq_tvm.frontend.toy import export_convasr, export_torch
+from zsq_tvm.zoo.toy import export_convasr, export_torch
 
 
 def micro_onnx(path: Path, frames: int = 64) -> Path:

@@ -150,7 +150,6 @@ def tiny_quartznet(tmp_path_factory):
     rng = np.random.default_rng(0)
     batches = [rng.uniform(-1.5, 1.5, size=(2, 16, 96)).astype(np.float32) for _ in range(4)]
     ranges = calibrate(folded, batches, method="minmax", progress=False)
-    quant = rp.Quantize(ranges, wbits=8, abits=8)
-    qmod = quant(folded)
+    qmod, meta = rp.quantize_module(folded, ranges, wbits=8, abits=8)
     return {"model": model, "shape": shape, "mod": mod, "proto": proto, "fold": fold, "folded": folded,
-            "ranges": ranges, "quant": quant, "qmod": qmod}
+            "ranges": ranges, "meta": meta, "qmod": qmod}

@@ -6,8 +6,9 @@ import pytest
 import zsq_tvm
 from _zsq_models import micro_onnx
 from zsq_tvm import artifacts
-from zsq_tvm.api import QuantConfig, calibration_batches
-from zsq_tvm.errors import ArtifactError, BitWidthError, CalibrationError, ConfigError
+from zsq_tvm.api import QuantConfig
+from zsq_tvm.pipeline import calibration_batches
+from zsq_tvm.core.errors import ArtifactError, BitWidthError, CalibrationError, ConfigError
 
 FRAMES = 64
 
@@ -138,7 +139,7 @@ def test_int16_logits_finer_and_bit_exact(micro, qmodel, build):
     the range), TVM == numpy reference bit for bit, closer to the float model than int8 logits."""
     import onnxruntime as ort
 
-    from zsq_tvm.reference import run_reference
+    from relax_passes.reference import run_reference
 
     q16 = zsq_tvm.quantize(micro, QuantConfig(frames=FRAMES, num_batches=3, seed=0, out_bits=16))
     (o8,), (o16,) = qmodel.metadata["output"], q16.metadata["output"]
@@ -165,7 +166,8 @@ def test_unshipped_architecture_quantizes():
 
 
 def test_host_target():
-    from zsq_tvm.targets import get_target, host_cpu
+    from zsq_tvm.backends.x86.cpu import host_cpu
+    from zsq_tvm.targets import get_target
 
     t = get_target("host").make()
     assert t.kind.name == "llvm" and host_cpu()

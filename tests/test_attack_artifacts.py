@@ -23,7 +23,7 @@ from _zsq_models import micro_onnx
 from conftest import reseal
 from zsq_tvm import artifacts, metrics
 from zsq_tvm.cli import main
-from zsq_tvm.errors import ArtifactError
+from zsq_tvm.core.errors import ArtifactError
 
 FRAMES = 32
 

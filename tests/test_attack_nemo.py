@@ -24,7 +24,7 @@ import torch
 import zsq_tvm
 from zsq_tvm import nemo_io
 from zsq_tvm.cli import main
-from zsq_tvm.errors import ModelLoadError
+from zsq_tvm.core.errors import ModelLoadError
 from zsq_tvm.nemo_io import UnsafeArchiveError, safe_extract
 from conftest import add_tar_member
 

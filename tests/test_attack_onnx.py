@@ -23,7 +23,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from zsq_tvm.cli import main
-from zsq_tvm.errors import ConfigError, ModelLoadError
+from zsq_tvm.core.errors import ConfigError, ModelLoadError
 from zsq_tvm.frontend import onnx_safety
 from zsq_tvm.frontend.onnx_import import import_onnx, load_onnx
 from zsq_tvm.frontend.onnx_safety import (DEFAULT_MEMORY_BUDGET, MEMORY_BUDGET_ENV, memory_budget, parse_size,

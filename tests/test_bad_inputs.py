@@ -9,7 +9,7 @@ import zsq_tvm
 from _zsq_models import micro_onnx
 from zsq_tvm.api import QuantConfig
 from zsq_tvm.cli import main
-from zsq_tvm.errors import InputShapeError, ZsqError
+from zsq_tvm.core.errors import InputShapeError, ZsqError
 
 FRAMES = 32
 F = 64

@@ -15,7 +15,7 @@ pytest.importorskip("onnxruntime")
 
 import zsq_tvm  # noqa: E402
 from zsq_tvm import cli  # noqa: E402
-from zsq_tvm.nets.export import export_onnx  # noqa: E402
+from zsq_tvm.zoo.nets.export import export_onnx  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -93,7 +93,7 @@ def test_bias_past_int32_is_a_clear_error(tmp_path, capsys):
     accumulator steps) is a BiasOverflowError naming the layer and the scales, with a fix -- not numpy's bare
     ValueError -- and the CLI prints that one line, exits 2 and leaves no output directory."""
     import zsq_tvm
-    from zsq_tvm.overflow import AccumulatorOverflowError, BiasOverflowError
+    from zsq_tvm.core.overflow import AccumulatorOverflowError, BiasOverflowError
 
     m = bias_overflow_onnx(tmp_path / "bo.onnx", frames=32)
     with pytest.raises(BiasOverflowError, match=r"bias of layer .* \(the bias add after nn\.conv1d#1\) cannot be "

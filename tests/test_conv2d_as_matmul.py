@@ -15,9 +15,10 @@ tvm = pytest.importorskip("tvm")
 from tvm import relax  # noqa: E402
 
 from relax_passes._util import const  # noqa: E402
-from relax_passes.conv2d_as_matmul import Conv2dAsMatmul  # noqa: E402
-from relax_passes.x86_vnni_pointwise import X86VnniPointwise  # noqa: E402
-from zsq_tvm.x86.vnni import has_avx512_vnni, x86_target  # noqa: E402
+from relax_passes.conv2d_as_matmul import Conv2dAsMatmul, conv2d_as_matmul  # noqa: E402
+from zsq_tvm.backends.x86.offload_pointwise import offload_pointwise  # noqa: E402
+from zsq_tvm.backends.x86.cpu import has_vnni  # noqa: E402
+from zsq_tvm.backends.x86.vnni import x86_target  # noqa: E402
 
 CASES = [  # C, H, W, M, kernel, strides, padding, a_dtype, out_dtype, qmin, qmax, scalar_mul
     (1, 40, 16, 20, (3, 3), (2, 2), (1, 1, 1, 1), "int8", "uint8", 0, 255, False),     # subsampling conv 1
@@ -91,9 +92,9 @@ def test_stacked_convs_skip_the_transposes_between_them(mask):
     # shortcut: 4, a NHWC -> NCHW -> NHWC round trip between the convs); a time mask between them is applied in
     # NHWC (its own [1, 1, H, 1] -> [1, H, 1, 1] permute is the one extra)
     mod = _stacked_graph(mask=mask)
-    p = Conv2dAsMatmul()
-    new = relax.transform.DeadCodeElimination()(p(mod))
-    assert len(p.replaced) == 2
+    new, replaced = conv2d_as_matmul(mod)
+    new = relax.transform.DeadCodeElimination()(new)
+    assert len(replaced) == 2
     perms = [bd.value for b in new["main"].body.blocks for bd in b.bindings
              if isinstance(bd.value, relax.Call) and bd.value.op.same_as(tvm.ir.Op.get("relax.permute_dims"))]
     big = [v for v in perms if int(np.prod([int(d) for d in v.args[0].ty.shape])) > 12]
@@ -118,9 +119,8 @@ def _input(case, seed=1):
 @pytest.mark.parametrize("case", CASES)
 def test_rewrite_is_bit_exact_on_the_default_lowering(case):
     mod = _graph(*case)
-    p = Conv2dAsMatmul()
-    new = p(mod)
-    assert len(p.replaced) == 1
+    new, replaced = conv2d_as_matmul(mod)
+    assert len(replaced) == 1
     ops = {c.op.name for b in new["main"].body.blocks for bd in b.bindings for c in [bd.value]
            if isinstance(c, relax.Call) and isinstance(c.op, tvm.ir.Op)}
     assert "relax.nn.conv2d" not in ops and "relax.matmul" in ops
@@ -130,13 +130,12 @@ def test_rewrite_is_bit_exact_on_the_default_lowering(case):
     assert np.array_equal(_run(new, x), ref)
 
 
-@pytest.mark.skipif(not has_avx512_vnni(), reason="CPU lacks avx512_vnni (/proc/cpuinfo flags)")
+@pytest.mark.skipif(not has_vnni(), reason="CPU lacks avx512_vnni (/proc/cpuinfo flags)")
 @pytest.mark.parametrize("case", CASES)
 def test_rewrite_then_vnni_linear_kernel_bit_exact(case):
     mod = _graph(*case)
-    p = X86VnniPointwise()
-    new = p(Conv2dAsMatmul()(mod))
-    assert len(p.replaced) == 1 and p.replaced[0]["K"] == case[0] * case[4][0] * case[4][1]
+    new, replaced = offload_pointwise(Conv2dAsMatmul()(mod))
+    assert len(replaced) == 1 and replaced[0]["K"] == case[0] * case[4][0] * case[4][1]
     x = _input(case, seed=2)
     assert np.array_equal(_run(new, x, x86_target()), _run(mod, x))
 
@@ -145,6 +144,5 @@ def test_second_user_or_groups_left_alone():
     case = CASES[1]
     for kw in (dict(second_user=True), dict(groups=2)):
         mod = _graph(*case, **kw)
-        p = Conv2dAsMatmul()
-        new = p(mod)
-        assert p.replaced == [] and new.same_as(mod), kw
+        new, replaced = conv2d_as_matmul(mod)
+        assert replaced == [] and new.same_as(mod), kw

@@ -1,4 +1,4 @@
-"""Corpus planning (zsq_tvm.data.corpus.plan_jobs): split hygiene, reproducibility and training rounds.
+"""Corpus planning (lab.corpus.plan_jobs): split hygiene, reproducibility and training rounds.
 
 Only the plan is tested here (which sentence, voice, prosody and seed each utterance gets); no TTS runs.
 """
@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from zsq_tvm.data.corpus import ROUND_STRIDE, plan_jobs
+from lab.corpus import ROUND_STRIDE, plan_jobs
 
 TEXTS = [f"sentence number {i} has words" for i in range(3000)]
 

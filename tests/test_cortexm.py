@@ -8,7 +8,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from zsq_tvm.targets_cortexm import firmware as fw
+from zsq_tvm.backends.cortexm import firmware as fw
 
 FRAMES = 64
 TOOLCHAIN = fw.toolchain_missing()
@@ -27,7 +27,7 @@ def qmodel():
 def _reference_int(q, mel):
     """Integer logits of the reference: the input of the output dequantize."""
     from relax_passes._util import bindings
-    from zsq_tvm.reference import run_reference
+    from relax_passes.reference import run_reference
 
     _, env = run_reference(q.mod, mel, return_env=True)
     for b in bindings(q.mod["main"]):
@@ -93,7 +93,7 @@ def test_symbol_check_catches_float(tmp_path):
 
 
 def test_too_big_is_a_clear_error(qmodel, tmp_path):
-    from zsq_tvm.targets_cortexm.build import compile_firmware
+    from zsq_tvm.backends.cortexm.build import compile_firmware
 
     with pytest.raises(fw.BudgetError) as ei:
         compile_firmware(qmodel, "cortex-m4", flash_kb=128, ram_kb=64)

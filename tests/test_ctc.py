@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from zsq_tvm.ctc import QUARTZNET_VOCAB, Vocab, greedy_decode, greedy_ids
-from zsq_tvm.errors import ConfigError
+from zsq_tvm.core.errors import ConfigError
 
 V = Vocab()
 BLANK = V.blank

@@ -2,13 +2,13 @@
 
 dlight's GPU rules inline every block first; in the integer LayerNorm's square root (a Newton iteration
 reading its previous step twice) that multiplies the expression at every step, and the Conformer's CUDA build
-never finished.  ``zsq_tvm.cuda.pipeline.LinearInlineFallback`` takes those kernels instead.  Checked here:
+never finished.  ``zsq_tvm.backends.cuda.pipeline.LinearInlineFallback`` takes those kernels instead.  Checked here:
 the rule keeps the LayerNorm bit-exact (its unbound form run on llvm), it is picked for exactly the kernels
 that need it and makes each of them one GPU kernel, and a whole (tiny) Conformer builds for sm_75 quickly, integer-only in its TIR and CUDA C, with
 its depthwise convs on the int8 kernel -- and in its SASS: the divisions by a run-time divisor (LayerNorm,
 softmax, sigmoid), which nvcc would expand on the float units, are integer long divisions
-(``zsq_tvm.tir_int_division``), and the whole graph in that form equals the numpy reference on llvm.  Running
-it on a GPU bit for bit is ``bench/gpu_check.sh`` (the trained Conformer).
+(``relax_passes.tir_int_division``), and the whole graph in that form equals the numpy reference on llvm.  Running
+it on a GPU bit for bit is ``tools/gpu_check.sh`` (the trained Conformer).
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ import pytest
 
 pytest.importorskip("tvm")
 
-from zsq_tvm.cuda import int8_gemm as g  # noqa: E402
-from zsq_tvm import tir_int_division as D  # noqa: E402
-from zsq_tvm.cuda import pipeline as P  # noqa: E402
+from zsq_tvm.backends.cuda import int8_gemm as g  # noqa: E402
+from relax_passes import tir_int_division as D  # noqa: E402
+from zsq_tvm.backends.cuda import pipeline as P  # noqa: E402
+from zsq_tvm.backends.cuda.target import CUDA_SOURCE  # noqa: E402
 from conftest import reseal  # noqa: E402
 
 NVCC = shutil.which("nvcc")
@@ -34,8 +35,8 @@ def test_linear_inline_keeps_the_integer_layernorm_exact():
     from tvm import relax, s_tir, tirx
 
     from relax_passes import integer_nonlinear as rin
-    from zsq_tvm import intnonlinear as inl
-    from zsq_tvm.lowering import lower
+    from zsq_tvm.core import intnonlinear as inl
+    from relax_passes.lowering import lower
 
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.integers(-127, 128, (6, 144)), np.full((1, 144), 7)]).astype(np.int8)
@@ -45,7 +46,7 @@ def test_linear_inline_keeps_the_integer_layernorm_exact():
     v = relax.Var("l", relax.TensorType(x.shape, "int8"))
     with bb.function("main", [v]):
         with bb.dataflow():
-            y, _ = rin.emit_i_layernorm(bb, v, 3.0 / 127, x.shape, gamma, beta, out_scale=6.0 / 127)
+            y, _ = rin.emit_i_layernorm(bb, v, 3.0 / 127, gamma, beta, out_scale=6.0 / 127)
             gv = bb.emit_output(y)
         bb.emit_func_output(gv)
     low = lower(bb.get())
@@ -70,7 +71,7 @@ def tiny_conformer_t4(tmp_path_factory):
 
     import zsq_tvm
     from tests.test_conformer_int import _tiny_conformer
-    from zsq_tvm.nets.export import export_onnx
+    from zsq_tvm.zoo.nets.export import export_onnx
 
     p = export_onnx(_tiny_conformer(), tmp_path_factory.mktemp("conf") / "tiny.onnx", frames=32)
     q = zsq_tvm.quantize(onnx.load(str(p)), zsq_tvm.QuantConfig(frames=32, num_batches=1))
@@ -82,7 +83,7 @@ def test_tiny_conformer_builds_for_t4(tiny_conformer_t4):
     import tvm
     from tvm import tirx
 
-    from zsq_tvm.lowering import lower
+    from relax_passes.lowering import lower
 
     q, b = tiny_conformer_t4
     target = tvm.target.Target(g.SM75, host="llvm")
@@ -111,10 +112,10 @@ def test_tiny_conformer_cuda_form_is_bit_exact_on_llvm(tiny_conformer_t4):
     import tvm
     from tvm import tirx
 
-    from relax_passes.cuda_int8_depthwise import CudaInt8Depthwise
-    from relax_passes.cuda_int8_pointwise import CudaInt8Pointwise
-    from zsq_tvm.lowering import lower
-    from zsq_tvm.reference import run_reference
+    from zsq_tvm.backends.cuda.offload_depthwise import CudaInt8Depthwise
+    from zsq_tvm.backends.cuda.offload_pointwise import CudaInt8Pointwise
+    from relax_passes.lowering import lower
+    from relax_passes.reference import run_reference
 
     q, _ = tiny_conformer_t4
     target = tvm.target.Target("llvm")
@@ -136,7 +137,7 @@ def test_tiny_conformer_cuda_form_is_bit_exact_on_llvm(tiny_conformer_t4):
 @pytest.mark.skipif(NVCC is None or CUOBJDUMP is None, reason="needs nvcc and cuobjdump (nvidia-cuda-cuobjdump)")
 def test_zsq_check_of_a_cuda_build_proves_its_sass_integer_only(tiny_conformer_t4, tmp_path, capsys):
     """``zsq check`` on a saved t4 build compiles its stored ``kernels.cu`` for sm_75 with nvcc: no float instruction
-    in the SASS of any kernel but the input quantize / output dequantize.  Without ``zsq_tvm.tir_int_division``
+    in the SASS of any kernel but the input quantize / output dequantize.  Without ``relax_passes.tir_int_division``
     this failed: a GPU has no integer divider, and nvcc expands a division by a run-time divisor (the LayerNorm's
     square root and normalisation, the softmax's ``2^54 // sum``, the sigmoid) into a float-reciprocal estimate
     (``I2F``, ``MUFU.RCP``, ``F2I``).  A float kernel in that source is reported by name and fails the check."""
@@ -147,7 +148,7 @@ def test_zsq_check_of_a_cuda_build_proves_its_sass_integer_only(tiny_conformer_t
 
     _, b = tiny_conformer_t4
     out = b.save(tmp_path / "b")
-    src = (out / api.CUDA_SOURCE).read_text()
+    src = (out / CUDA_SOURCE).read_text()
     assert src == g.cuda_source(b._ex)
     rep = api.check(str(out))
     sa = rep["sass"]
@@ -158,7 +159,7 @@ def test_zsq_check_of_a_cuda_build_proves_its_sass_integer_only(tiny_conformer_t
     kernels = P.cuda_kernels(src)
     keep = [body for name, body in kernels.items() if name.startswith("zsq_cuda_dw_")][:1]
     assert keep
-    (out / api.CUDA_SOURCE).write_text(src[:src.index('extern "C" __global__')] + keep[0] +
+    (out / CUDA_SOURCE).write_text(src[:src.index('extern "C" __global__')] + keep[0] +
                                        '\nextern "C" __global__ void zsq_scaled_kernel(float* __restrict__ x) '
                                        '{ x[threadIdx.x] *= 0.5f; }\n')
     assert main(["check", str(out)]) == 2  # the changed file no longer matches the manifest's hash

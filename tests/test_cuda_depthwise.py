@@ -5,7 +5,7 @@
 * the sm_75 build: integer-only CUDA source and SASS, the input window in shared memory;
 * the whole QuartzNet-tiny graph after ``CudaInt8Pointwise`` + ``CudaInt8Depthwise`` (their ``gpu=False``
   kernels) equals the numpy reference of the quantized model bit for bit: the rewrite's weights, biases,
-  layouts and argument order are right.  Running the GPU build itself is ``bench/gpu_check.sh``.
+  layouts and argument order are right.  Running the GPU build itself is ``tools/gpu_check.sh``.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import pytest
 
 pytest.importorskip("tvm")
 
-from zsq_tvm.cuda import depthwise as dw  # noqa: E402
-from zsq_tvm.cuda import int8_gemm as g  # noqa: E402
+from zsq_tvm.backends.cuda import depthwise as dw  # noqa: E402
+from zsq_tvm.backends.cuda import int8_gemm as g  # noqa: E402
 
 NVCC = shutil.which("nvcc")
 CUOBJDUMP = g.find_cuobjdump()
@@ -107,16 +107,16 @@ def test_cuda_rewrites_are_bit_exact_on_llvm(tiny_q):
     """Both CUDA kernel passes with their CPU-runnable kernels: the rewritten graph == the numpy reference."""
     import tvm
 
-    from relax_passes.cuda_int8_depthwise import CudaInt8Depthwise
-    from relax_passes.cuda_int8_pointwise import CudaInt8Pointwise
-    from zsq_tvm.lowering import lower
-    from zsq_tvm.reference import run_reference
+    from zsq_tvm.backends.cuda.offload_depthwise import offload_depthwise
+    from zsq_tvm.backends.cuda.offload_pointwise import offload_pointwise
+    from relax_passes.lowering import lower
+    from relax_passes.reference import run_reference
 
     q = tiny_q
-    pw, dwp = CudaInt8Pointwise(gpu=False), CudaInt8Depthwise(gpu=False)
-    mod = dwp(pw(q.mod))
-    assert len(pw.replaced) >= 10 and len(dwp.replaced) >= 10
-    assert {r["kernel"] for r in pw.replaced} == {"wmma", "dp4a"}
+    pmod, pw = offload_pointwise(q.mod, gpu=False)
+    mod, dw = offload_depthwise(pmod, gpu=False)
+    assert len(pw) >= 10 and len(dw) >= 10
+    assert {r["kernel"] for r in pw} == {"wmma", "dp4a"}
     main = mod["main"].script()
     assert "R.nn.conv1d" not in main  # every conv of the model is on a kernel
     target = tvm.target.Target("llvm")

@@ -2,7 +2,7 @@
 
 No GPU needed: the shipped QuartzNet-tiny (same block structure as QuartzNet-5x5, narrower) is quantized
 at a short T, built for sm_75, its CUDA source compiled with nvcc and disassembled.  Running it on a GPU
-and comparing with the numpy reference bit for bit is ``bench/gpu_check.sh``.
+and comparing with the numpy reference bit for bit is ``tools/gpu_check.sh``.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import pytest
 
 pytest.importorskip("tvm")
 
-from zsq_tvm.cuda import int8_gemm as g  # noqa: E402
-from zsq_tvm.cuda import pipeline as P  # noqa: E402
+from zsq_tvm.backends.cuda import int8_gemm as g  # noqa: E402
+from zsq_tvm.backends.cuda import pipeline as P  # noqa: E402
 
 NVCC = shutil.which("nvcc")
 CUOBJDUMP = g.find_cuobjdump()
@@ -35,19 +35,18 @@ def t4(tmp_path_factory):
 
 
 def test_pointwise_convs_use_int8_kernels(t4):
-    from relax_passes.cuda_int8_pointwise import CUDA_OUT_DTYPES, CudaInt8Pointwise
-    from relax_passes.x86_vnni_pointwise import match_pointwise_chains
+    from relax_passes.patterns import requantize_chains
+    from zsq_tvm.backends.cuda.offload_pointwise import CUDA_OUT_DTYPES, offload_pointwise
 
     q, b, src, _ = t4
     assert q.metadata["out_bits"] == 16 and q.metadata["output"][0]["dtype"] == "int16"
-    n_pw = len(match_pointwise_chains(q.mod["main"], out_dtypes=CUDA_OUT_DTYPES))
-    p = CudaInt8Pointwise()
-    p(q.mod)
-    assert n_pw >= 10 and len(p.replaced) == n_pw  # every pointwise conv + requantize chain
-    kinds = {r["kernel"] for r in p.replaced}
+    n_pw = len(requantize_chains(q.mod["main"], out_dtypes=CUDA_OUT_DTYPES))
+    _, replaced = offload_pointwise(q.mod)
+    assert n_pw >= 10 and len(replaced) == n_pw  # every pointwise conv + requantize chain
+    kinds = {r["kernel"] for r in replaced}
     assert kinds == {"wmma", "dp4a"}  # wide layers on tensor cores, the 29-class decoder on dp4a
     # the logits layer runs on the int8 dp4a kernel too (not a generic dlight conv) and stores int16 itself
-    assert [(r["kernel"], r["M"]) for r in p.replaced if r["out_dtype"] == "int16"] == [("dp4a", 29)]
+    assert [(r["kernel"], r["M"]) for r in replaced if r["out_dtype"] == "int16"] == [("dp4a", 29)]
     kernels = P.cuda_kernels(src)
     assert sum(n.startswith("zsq_cuda_wmma_ncw_pw_") for n in kernels) >= 5
     assert any(n.startswith("zsq_cuda_dp4a_tk_pw_") and "_int16_m32767_32767" in n for n in kernels)
@@ -58,15 +57,14 @@ def test_pointwise_convs_use_int8_kernels(t4):
 
 
 def test_depthwise_convs_use_the_int8_kernel_and_no_transposes_are_left(t4):
-    from relax_passes.cuda_int8_depthwise import CudaInt8Depthwise
-    from relax_passes.cuda_int8_pointwise import CUDA_OUT_DTYPES
-    from relax_passes.x86_vnni_pointwise import match_pointwise_chains
+    from relax_passes.patterns import requantize_chains
+    from zsq_tvm.backends.cuda.offload_depthwise import offload_depthwise
+    from zsq_tvm.backends.cuda.offload_pointwise import CUDA_OUT_DTYPES
 
     q, _, src, _ = t4
-    n_dw = len(match_pointwise_chains(q.mod["main"], kind="depthwise", out_dtypes=CUDA_OUT_DTYPES))
-    p = CudaInt8Depthwise()
-    p(q.mod)
-    assert n_dw >= 10 and len(p.replaced) == n_dw  # every depthwise conv + requantize chain
+    n_dw = len(requantize_chains(q.mod["main"], kind="depthwise", out_dtypes=CUDA_OUT_DTYPES))
+    _, replaced = offload_depthwise(q.mod)
+    assert n_dw >= 10 and len(replaced) == n_dw  # every depthwise conv + requantize chain
     kernels = P.cuda_kernels(src)
     dw = [n for n in kernels if n.startswith("zsq_cuda_dw_")]
     assert dw and all("__shared__" in kernels[n] for n in dw)
@@ -112,13 +110,13 @@ def test_zsq_check_on_cuda_build(t4, tmp_path):
 
 
 def test_cuda_target_names():
-    from zsq_tvm.errors import TargetError
+    from zsq_tvm.core.errors import TargetError
     from zsq_tvm.targets import get_target, list_targets
 
     assert {"t4", "cuda", "cuda-sm_90"} <= set(list_targets())
     assert str(get_target("cuda-sm_90").make().attrs["arch"]) == "sm_90"
     assert get_target("t4").device == "cuda"
-    import zsq_tvm.targets_cuda as tc
+    import zsq_tvm.backends.cuda.target as tc
 
     if tc.local_gpu_arch() is None:
         with pytest.raises(TargetError):

@@ -1,7 +1,7 @@
 """CUDA sm_75 (T4) int8 GEMM schedules: nvcc cubin, SASS evidence, integer-only, llvm bit-exactness.
 
 No GPU is needed: the CUDA source is compiled with nvcc to a cubin and disassembled with
-cuobjdump.  Running on a GPU and comparing bit-exactly is ``bench/gpu_check.sh``.
+cuobjdump.  Running on a GPU and comparing bit-exactly is ``tools/gpu_check.sh``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("tvm")
 
-from zsq_tvm.cuda import int8_gemm as g  # noqa: E402
+from zsq_tvm.backends.cuda import int8_gemm as g  # noqa: E402
 
 NVCC = shutil.which("nvcc")
 CUOBJDUMP = g.find_cuobjdump()

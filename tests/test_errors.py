@@ -7,7 +7,7 @@ import pytest
 
 from _zsq_models import micro_onnx, rank2_onnx, truncated_copy, unsupported_onnx
 from zsq_tvm.cli import main
-from zsq_tvm.errors import (BitWidthError, InputShapeError, ModelLoadError, TargetError, UnsupportedOpsError,
+from zsq_tvm.core.errors import (BitWidthError, InputShapeError, ModelLoadError, TargetError, UnsupportedOpsError,
                             ZsqError)
 
 

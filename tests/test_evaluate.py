@@ -78,8 +78,8 @@ def test_cli_manifest_error_is_one_line_exit_2(tmp_path, capsys):
 
 
 def test_unknown_model_lists_shipped(capsys):
-    from zsq_tvm.models import SHIPPED, load_torch
-    from zsq_tvm.errors import ModelLoadError
+    from zsq_tvm.zoo.models import SHIPPED, load_torch
+    from zsq_tvm.core.errors import ModelLoadError
 
     assert {"quartznet5x5", "quartznet-tiny", "jasper-dr-small", "conformer-ctc-small"} <= set(SHIPPED)
     with pytest.raises(ModelLoadError, match="quartznet5x5"):
@@ -149,7 +149,7 @@ def test_cli_eval_json_shipped_model(capsys):
 
 
 def test_eval_onnx_matches_torch(tmp_path):
-    from zsq_tvm.nets.export import export_onnx
+    from zsq_tvm.zoo.nets.export import export_onnx
 
     p = export_onnx("quartznet-tiny", tmp_path / "t.onnx", frames=200)
     a = evaluate(str(p), TTS, threads=1, progress=False)
@@ -164,8 +164,8 @@ def test_export_onnx_keeps_batchnorm(tmp_path):
     import onnxruntime as ort
     import torch
 
-    from zsq_tvm.models import load_torch
-    from zsq_tvm.nets.export import count_batchnorm, export_onnx
+    from zsq_tvm.zoo.models import load_torch
+    from zsq_tvm.zoo.nets.export import count_batchnorm, export_onnx
 
     p = export_onnx("quartznet-tiny", tmp_path / "m.onnx")
     proto = onnx.load(str(p))
@@ -201,7 +201,7 @@ def test_quantize_accepts_shipped_name_and_integer_build_eval(tmp_path, capsys):
 @pytest.mark.skipif(not Path("/usr/share/pocketsphinx/test/data/librivox").exists(),
                     reason="Debian pocketsphinx-testdata not installed (the committed fixture is used instead)")
 def test_real_split_rebuilds_the_committed_fixture(tmp_path):
-    from zsq_tvm.data.real import build
+    from lab.real import build
 
     man = build(tmp_path)
     got = [json.loads(l) for l in man.read_text().splitlines()]

@@ -1,6 +1,6 @@
 """Property-based fuzzing of the integer kernels (hypothesis).
 
-Pure numpy (the one definition, :mod:`zsq_tvm.intmath`):
+Pure numpy (the one definition, :mod:`zsq_tvm.core.intmath`):
 
 * ``dyadic(m)``: ``M`` in ``[2^30, 2^31)``, ``1 <= s <= 62``, ``|M 2^-s - m| <= 2^-(s+1)`` checked in exact
   rationals, over tiny and huge scales; outside the supported range a ValueError, never garbage;
@@ -13,11 +13,11 @@ Pure numpy (the one definition, :mod:`zsq_tvm.intmath`):
 
 TVM: an int8/uint8 conv1d with the requantize epilogue exactly as Quantize emits it (conv -> + bias ->
 astype int64 -> * M -> + 2^(s-1) -> >> s -> clip -> astype), compiled for the host through the product
-path (:func:`zsq_tvm.build.compile_relax`), bit-exact against :mod:`zsq_tvm.reference` and the intmath
+path (:func:`zsq_tvm.build.compile_relax`), bit-exact against :mod:`relax_passes.reference` and the intmath
 composition, over random shapes.  Weights, bias and (M, s) are function parameters, so one build per
 shape serves every drawn value (a dozen builds in all).
 
-``bench/fuzz.py --examples 10000`` runs the same ``prop_*`` functions at 10 000 examples per kernel.
+``python3 -m bench.fuzz --examples 10000`` runs the same ``prop_*`` functions at 10 000 examples per kernel.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from zsq_tvm import intmath
+from zsq_tvm.core import intmath
 
 CI = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 M_LO, M_HI = 2.0**-32, 2.0**30 * (1 - 2.0**-31)  # dyadic's guaranteed domain (see prop_dyadic)
@@ -234,7 +234,7 @@ def _tvm_kernel(shape):
 def prop_conv_requant_tvm(shape, seed: int, extreme: bool) -> None:
     import tvm
 
-    from zsq_tvm.reference import run_reference
+    from relax_passes.reference import run_reference
 
     c, o, k, t, stride, dil, pad, groups, xdt, (qmin, qmax, odt), n = shape
     cg = c // groups

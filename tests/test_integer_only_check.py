@@ -7,8 +7,8 @@ from tvm import relax
 
 import relax_passes as rp
 from relax_passes._util import bindings, call_op_name, main_function
-from zsq_tvm.errors import IntegerOnlyViolation
-from zsq_tvm.lowering import lower
+from zsq_tvm.core.errors import IntegerOnlyViolation
+from relax_passes.lowering import lower
 
 
 def test_passes_on_quantized(tiny_quartznet):

@@ -1,4 +1,4 @@
-"""Property tests of zsq_tvm.intmath: the integer math every other layer follows."""
+"""Property tests of zsq_tvm.core.intmath: the integer math every other layer follows."""
 
 from fractions import Fraction
 
@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zsq_tvm import intmath as im
+from zsq_tvm.core import intmath as im
 
 INT32 = st.integers(im.INT32_MIN, im.INT32_MAX)
 MULT = st.floats(min_value=2.0**-31, max_value=2.0**29, allow_nan=False, allow_infinity=False)
@@ -112,3 +112,23 @@ def test_conv1d_int_exact(groups, cin, cout):
     ref = torch.nn.functional.conv1d(xt.double(), torch.tensor(w.astype(np.float64)), stride=2, dilation=2,
                                      groups=groups)
     assert y.dtype == np.int32 and np.array_equal(y, ref.numpy().astype(np.int64))
+
+
+@pytest.mark.parametrize("shift", [128, -128, 0])
+def test_fold_operand_shift_is_exact_algebra(shift):
+    """A kernel that multiplies ``x + shift`` and adds the folded bias gets exactly ``bias + W x``, over
+    every axis of W but the first (channels and taps alike)."""
+    rng = np.random.default_rng(3)
+    W = rng.integers(-127, 128, (6, 5, 3))
+    x = rng.integers(-128, 128, (5, 3)) if shift >= 0 else rng.integers(0, 256, (5, 3))
+    bias = rng.integers(-1000, 1000, 6)
+    folded = im.fold_operand_shift(bias, W, shift, 6)
+    assert folded.dtype == np.int32
+    shifted = (W * (x + shift)[None]).reshape(6, -1).sum(axis=1)
+    assert np.array_equal(shifted + folded, bias + (W * x[None]).reshape(6, -1).sum(axis=1))
+    assert np.array_equal(im.fold_operand_shift(None, W, 0, 6), np.zeros(6, np.int32))
+
+
+def test_fold_operand_shift_refuses_an_int32_overflow():
+    with pytest.raises(OverflowError, match="leaves int32"):
+        im.fold_operand_shift([2**31 - 1], np.full((1, 4), -1), 128, 1)

@@ -21,9 +21,9 @@ import yaml
 
 from zsq_tvm import nemo_io
 from zsq_tvm.cli import main
-from zsq_tvm.errors import ModelLoadError
+from zsq_tvm.core.errors import ModelLoadError
 from zsq_tvm.nemo_io import UnsafeArchiveError, safe_extract
-from zsq_tvm.nets import build_model, count_params
+from zsq_tvm.zoo.nets import build_model, count_params
 from conftest import add_tar_member
 
 SMALL = ("quartznet-tiny", "jasper-dr-small", "conformer-ctc-small", "quartznet5x5")
@@ -97,7 +97,7 @@ def test_old_separable_last_block_checkpoint_still_loads():
     """Checkpoints from before the fix (depthwise 1x1 + pointwise) load through the fold shim, same outputs."""
     import dataclasses
 
-    from zsq_tvm.nets.convasr import ARCHS, ConvCTCModel
+    from zsq_tvm.zoo.nets.convasr import ARCHS, ConvCTCModel
 
     blocks = ARCHS["quartznet-tiny"]()
     blocks[-1] = dataclasses.replace(blocks[-1], separable=True)

@@ -1,4 +1,4 @@
-"""Accumulator overflow proved at quantize time (zsq_tvm.overflow, called by Quantize).
+"""Accumulator overflow proved at quantize time (zsq_tvm.core.overflow, called by Quantize).
 
 * a layer whose worst case passes 2^31-1 is refused with a clear error (layer, bound, fix) -- conv and
   matmul, via the pass, the API and the CLI (exit 2); one tap less is accepted at headroom ~0 and
@@ -20,13 +20,13 @@ from hypothesis import strategies as st
 from torch import nn
 
 import relax_passes as rp
-from zsq_tvm import intmath
+from zsq_tvm.core import intmath
 from zsq_tvm.calibrate import calibrate
-from zsq_tvm.errors import ZsqError
-from zsq_tvm.lowering import compile_module, run_module
-from zsq_tvm.overflow import (INT32_LIMIT, INT64_LIMIT, AccumulatorOverflowError, dot_interval, headroom_bits,
+from zsq_tvm.core.errors import ZsqError
+from relax_passes.lowering import compile_module, run_module
+from zsq_tvm.core.overflow import (INT32_LIMIT, INT64_LIMIT, AccumulatorOverflowError, dot_interval, headroom_bits,
                               requant_interval, summary)
-from zsq_tvm.reference import ReferenceError_, run_reference
+from relax_passes.reference import ReferenceError_, run_reference
 
 from conftest import reseal, to_relax
 
@@ -93,9 +93,8 @@ def test_at_the_limit_accepted_and_reached_by_the_kernel(tmp_path):
     relu = [k for k in ranges if k.startswith("nn.relu")]
     assert len(relu) == 1
     ranges[relu[0]] = {**ranges[relu[0]], "alpha": 0.9 * ranges[relu[0]]["alpha"]}  # ReLU saturates: 255
-    q = rp.Quantize(ranges)
-    qmod = q(folded)
-    ov = q.metadata["overflow"]
+    qmod, meta = rp.quantize_module(folded, ranges)
+    ov = meta["overflow"]
     worst = ov["tightest_int32"][0]
     assert worst["bound"] == 127 * 255 * LIMIT_TAPS and worst["op"] == "conv1d"
     assert 0 <= worst["headroom_bits"] < 1e-5
@@ -108,17 +107,17 @@ def test_at_the_limit_accepted_and_reached_by_the_kernel(tmp_path):
 
 # ------------------------------------------------------------------- a QuartzNet-like model
 def test_quartznet_like_margins(tiny_quartznet):
-    quant, qmod = tiny_quartznet["quant"], tiny_quartznet["qmod"]
-    ov = json.loads(json.dumps(quant.metadata["overflow"]))  # JSON-clean
+    meta, qmod = tiny_quartznet["meta"], tiny_quartznet["qmod"]
+    ov = json.loads(json.dumps(meta["overflow"]))  # JSON-clean
     ops = {c["op"] for c in ov["checks"]}
     assert {"conv1d", "bias_add", "residual_sum", "requantize"} <= ops
     assert all(c["headroom_bits"] > 0 and c["bound"] <= c["limit"] for c in ov["checks"])
     assert all(c["limit"] in (INT32_LIMIT, INT64_LIMIT) and "var" in c for c in ov["checks"])
     # every int32 accumulation and every requantize of the graph is covered
-    n_conv = sum(1 for layer in quant.metadata["layers"] if layer["op"] == "conv1d")
+    n_conv = sum(1 for layer in meta["layers"] if layer["op"] == "conv1d")
     assert sum(c["op"] == "conv1d" for c in ov["checks"]) == n_conv
-    assert sum(c["op"] == "requantize" for c in ov["checks"]) == len(quant.metadata["requantize"])
-    assert any(layer.get("groups", 1) > 1 for layer in quant.metadata["layers"])  # depthwise covered
+    assert sum(c["op"] == "requantize" for c in ov["checks"]) == len(meta["requantize"])
+    assert any(layer.get("groups", 1) > 1 for layer in meta["layers"])  # depthwise covered
     s = summary(ov)
     assert s["min_headroom_bits_int32"] == ov["tightest_int32"][0]["headroom_bits"] > 8  # W8A8, small net
     assert s["min_headroom_bits_int64"] > 8
@@ -127,12 +126,12 @@ def test_quartznet_like_margins(tiny_quartznet):
 @pytest.mark.parametrize("scale", [1.0, 3.0, 1e6])
 def test_bound_is_sound_on_the_graph(tiny_quartznet, scale):
     """Random (scale 1) and saturating (3, 1e6 -> every input at +-alpha) mels never exceed a recorded bound."""
-    quant, qmod, shape = tiny_quartznet["quant"], tiny_quartznet["qmod"], tiny_quartznet["shape"]
+    meta, qmod, shape = tiny_quartznet["meta"], tiny_quartznet["qmod"], tiny_quartznet["shape"]
     rng = np.random.default_rng(int(scale))
     for _ in range(2):
         x = (rng.normal(size=shape) * scale).astype(np.float32)
         _, env = run_reference(qmod, x, return_env=True)
-        for c in quant.metadata["overflow"]["checks"]:
+        for c in meta["overflow"]["checks"]:
             v = env[c["var"]].astype(np.int64)
             assert np.abs(v).max() <= c["bound"], c
 
@@ -140,10 +139,10 @@ def test_bound_is_sound_on_the_graph(tiny_quartznet, scale):
 def test_bound_is_tight_on_the_graph(tiny_quartznet):
     """The first conv (depthwise, stride 2, on the int8 mel): a mel of +-alpha with the sign pattern of the
     worst channel's weights makes that accumulator equal the recorded bound exactly."""
-    quant, qmod, shape = tiny_quartznet["quant"], tiny_quartznet["qmod"], tiny_quartznet["shape"]
-    first = quant.metadata["overflow"]["checks"][0]
+    meta, qmod, shape = tiny_quartznet["meta"], tiny_quartznet["qmod"], tiny_quartznet["shape"]
+    first = meta["overflow"]["checks"][0]
     assert first["op"] == "conv1d" and first["x_dtype"] == "int8"
-    alpha = quant.metadata["input"][0]["alpha"]
+    alpha = meta["input"][0]["alpha"]
     conv = next(b for b in rp._util.bindings(rp._util.main_function(qmod)) if b.var.name == first["var"])
     w = conv.value.args[1].value.numpy().astype(np.int64)  # [C, 1, K] int8, depthwise
     a = conv.value.attrs
@@ -295,7 +294,7 @@ def test_report_lists_tightest_margins(tmp_path, capsys):
 
 def test_ledger_uses_the_twos_complement_range():
     """The residual mitigation: two branches clipped to +-2^30 sum to [-2^31, 2^31-2], which fits int32."""
-    from zsq_tvm.overflow import OverflowLedger
+    from zsq_tvm.core.overflow import OverflowLedger
 
     led = OverflowLedger()
     rec = led.accumulate("res", "residual_sum", [-(2**31)], [2**31 - 2])

@@ -10,8 +10,8 @@ from torch import nn
 import relax_passes as rp
 from relax_passes._util import bindings, call_op_name, dtype_of, main_function
 from zsq_tvm.calibrate import calibrate
-from zsq_tvm.errors import BitWidthError, CalibrationError, UnsupportedOpsError
-from zsq_tvm.lowering import compile_module, run_module
+from zsq_tvm.core.errors import BitWidthError, CalibrationError, UnsupportedOpsError
+from relax_passes.lowering import compile_module, run_module
 
 from conftest import Block, ConvBNReLU, TinyQuartzNet, cosine, randomize_bn, to_relax, torch_out
 
@@ -22,12 +22,12 @@ def quantize_model(model, shape, tmp_path, **kw):
     rng = np.random.default_rng(1)
     ranges = calibrate(folded, [rng.normal(size=(2,) + shape[1:]).astype(np.float32) for _ in range(3)],
                        progress=False)
-    q = rp.Quantize(ranges, **kw)
-    return folded, q(folded), q, ranges
+    qmod, meta = rp.quantize_module(folded, ranges, **kw)
+    return folded, qmod, meta, ranges
 
 
 def test_integer_structure_and_metadata(tmp_path):
-    folded, qmod, q, ranges = quantize_model(Block(8, 12, 5), (1, 8, 40), tmp_path)
+    folded, qmod, meta, ranges = quantize_model(Block(8, 12, 5), (1, 8, 40), tmp_path)
     func = main_function(qmod)
     roles = []
     for b in bindings(func):
@@ -42,7 +42,7 @@ def test_integer_structure_and_metadata(tmp_path):
     assert all(dtype_of(c.value.args[1]) == "int8" and dtype_of(c.var) == "int32" for c in convs)
     assert {dtype_of(c.value.args[0]) for c in convs} == {"int8", "uint8"}  # uint8 after ReLU
     assert "right_shift" in [call_op_name(b.value) for b in bindings(func)]
-    meta = json.loads(json.dumps(q.metadata))
+    meta = json.loads(json.dumps(meta))
     assert meta["input"][0]["scale"] == pytest.approx(ranges["input:mel"]["alpha"] / 127)
     assert func.attrs["zsq.input_scale"] == pytest.approx(meta["input"][0]["scale"])
     assert all(2**30 <= M < 2**31 for r in meta["requantize"] for M in r["M"])
@@ -62,8 +62,8 @@ def test_accuracy_vs_float(wbits, tmp_path):
 
 def test_log_softmax_dropped_and_integer_output(tmp_path):
     model = TinyQuartzNet(log_softmax=True)
-    folded, qmod, q, _ = quantize_model(model, (1, 16, 64), tmp_path, dequantize_output=False)
-    assert [d["op"] for d in q.metadata["dropped_ops"] if d["op"] != "nn.dropout"] == ["nn.log_softmax"]
+    folded, qmod, meta, _ = quantize_model(model, (1, 16, 64), tmp_path, dequantize_output=False)
+    assert [d["op"] for d in meta["dropped_ops"] if d["op"] != "nn.dropout"] == ["nn.log_softmax"]
     x = np.random.default_rng(3).normal(size=(1, 16, 64)).astype(np.float32)
     got = run_module(compile_module(qmod), x)
     assert got.dtype == np.int8
@@ -116,3 +116,26 @@ def test_calibrate_methods_and_errors(tmp_path):
         calibrate(folded, [], progress=False)
     with pytest.raises(CalibrationError):
         calibrate(folded, data, method="entropy", progress=False)
+
+
+def test_quantize_module_returns_the_metadata_as_a_value(tmp_path):
+    """``quantize_module`` is the pass as a function: the same module, and the metadata as a return value
+    (the pass object keeps nothing)."""
+    import tvm
+
+    folded, qmod, meta, ranges = quantize_model(Block(8, 12, 5), (1, 8, 40), tmp_path)
+    pass_ = rp.Quantize(ranges)
+    assert tvm.ir.save_json(pass_(folded)) == tvm.ir.save_json(qmod)
+    assert not hasattr(pass_, "metadata") and json.loads(json.dumps(meta)) == meta
+    with pytest.raises(BitWidthError):
+        rp.quantize.quantize_module(folded, ranges, abits=9)
+
+
+def test_supported_ops_come_from_the_handler_table():
+    from relax_passes import quantize_registry as reg
+
+    assert rp.SUPPORTED_OPS == reg.supported_ops()
+    ops = set(reg.HANDLERS)
+    assert {"nn.conv1d", "matmul", "add", "nn.relu", "nn.dropout", "nn.log_softmax",  # convolutional models
+            "nn.conv2d", "sigmoid", "nn.softmax", "nn.layer_norm", "nn.gelu", "split", "concat", "divide"} <= ops
+    assert all(h.op == op for op, hs in reg.HANDLERS.items() for h in hs)

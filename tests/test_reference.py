@@ -5,8 +5,8 @@ import pytest
 
 import relax_passes as rp
 from zsq_tvm.calibrate import calibrate
-from zsq_tvm.lowering import compile_module, host_target, run_module
-from zsq_tvm.reference import ReferenceError_, run_reference
+from relax_passes.lowering import compile_module, host_target, run_module
+from relax_passes.reference import ReferenceError_, run_reference
 
 from conftest import Block, ConvBNReLU, randomize_bn, to_relax, torch_out
 

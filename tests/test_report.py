@@ -4,14 +4,14 @@ import json
 
 import pytest
 
-from zsq_tvm.report import MB, analyze_onnx, format_report, size_report
+from zsq_tvm.cost import MB, analyze_onnx, format_report, size_report
 
-pytest.importorskip("zsq_tvm.nets.convasr")
+pytest.importorskip("zsq_tvm.zoo.nets.convasr")
 
 
 @pytest.fixture(scope="module")
 def qn15(tmp_path_factory):
-    from zsq_tvm.frontend.toy import export_convasr
+    from zsq_tvm.zoo.toy import export_convasr
 
     path = tmp_path_factory.mktemp("qn15") / "quartznet15x5.onnx"
     export_convasr(path, arch="quartznet15x5", frames=64)

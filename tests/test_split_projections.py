@@ -15,7 +15,7 @@ tvm = pytest.importorskip("tvm")
 from tvm import relax  # noqa: E402
 
 from relax_passes._util import bindings, call_op_name, const  # noqa: E402
-from relax_passes.split_projections import SplitProjections  # noqa: E402
+from relax_passes.split_projections import split_projections  # noqa: E402
 
 
 def _run(mod, x):
@@ -73,11 +73,10 @@ def _ops(mod):
 @pytest.mark.parametrize("make", [_qkv, _glu, lambda: _glu(scalar_bias=True)], ids=["qkv", "glu", "glu-scalar-bias"])
 def test_sections_bit_exact_and_no_split_left(make):
     mod, x = make()
-    p = SplitProjections()
-    new = p(mod)
-    assert len(p.replaced) == 1 and "split" not in _ops(new)
+    new, replaced = split_projections(mod)
+    assert len(replaced) == 1 and "split" not in _ops(new)
     n_proj = sum(op in ("matmul", "nn.conv1d") for op in _ops(new))
-    assert n_proj == len(p.replaced[0]["sections"])
+    assert n_proj == len(replaced[0]["sections"])
     for a, b in zip(_run(mod, x), _run(new, x)):
         assert a.dtype == b.dtype and np.array_equal(a, b)
 
@@ -85,6 +84,5 @@ def test_sections_bit_exact_and_no_split_left(make):
 @pytest.mark.parametrize("kw", [dict(axis=1), dict(whole_tuple=True)], ids=["time-axis", "tuple-returned"])
 def test_other_splits_left_alone(kw):
     mod, _ = _qkv(**kw)
-    p = SplitProjections()
-    new = p(mod)
-    assert p.replaced == [] and "split" in _ops(new)
+    new, replaced = split_projections(mod)
+    assert replaced == [] and "split" in _ops(new)

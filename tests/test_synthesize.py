@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import zsq_tvm
-from zsq_tvm.errors import CalibrationError
+from zsq_tvm.core.errors import CalibrationError
 from zsq_tvm.synthesize import SynthConfig, bn_kl, synthesize
 
 # small and quick: quartznet-tiny, 4 mels of 64 frames, one thread (the CPUs are shared)
@@ -18,14 +18,14 @@ FAST = dict(num_batches=1, batch_size=4, frames=64, progress=False, threads=1)
 
 @pytest.fixture(scope="module")
 def tiny():
-    from zsq_tvm.models import load_torch
+    from zsq_tvm.zoo.models import load_torch
 
     return load_torch("quartznet-tiny")
 
 
 @pytest.fixture(scope="module")
 def tiny_onnx(tmp_path_factory, tiny):
-    from zsq_tvm.nets.export import export_onnx
+    from zsq_tvm.zoo.nets.export import export_onnx
 
     return export_onnx(tiny, tmp_path_factory.mktemp("synth") / "tiny.onnx")  # dynamic T, BN kept
 

@@ -17,8 +17,8 @@ import pytest
 pytest.importorskip("tvm")
 
 import zsq_tvm  # noqa: E402
-from zsq_tvm.errors import InputShapeError  # noqa: E402
-from zsq_tvm.reference import run_reference  # noqa: E402
+from zsq_tvm.core.errors import InputShapeError  # noqa: E402
+from relax_passes.reference import run_reference  # noqa: E402
 
 T = 64
 
@@ -145,7 +145,7 @@ def tiny_conformer(tmp_path_factory):
     import onnx
 
     from tests.test_conformer_int import _tiny_conformer
-    from zsq_tvm.nets.export import export_onnx
+    from zsq_tvm.zoo.nets.export import export_onnx
 
     p = export_onnx(_tiny_conformer(), tmp_path_factory.mktemp("tm_conf") / "tiny.onnx", frames=32)
     proto = onnx.load(str(p))
@@ -180,7 +180,7 @@ def test_conformer_masks_subsampling_attention_and_conv_module(tiny_conformer):
 def test_cortex_m_firmware_takes_the_length(tiny):
     """``zsq_run(in, length, out)``: under QEMU, the same integers as the generated C on this machine and as the
     numpy reference, at every length."""
-    from zsq_tvm.targets_cortexm import firmware as fw
+    from zsq_tvm.backends.cortexm import firmware as fw
 
     why = fw.toolchain_missing() or fw.qemu_missing()
     if why:
@@ -223,7 +223,7 @@ def test_what_the_mask_cannot_do_says_so(tiny):
 def test_bench_times_a_masked_build(tiny, tmp_path):
     pytest.importorskip("onnxruntime")
     from zsq_tvm.benchmark import compare_onnx
-    from zsq_tvm.nets.export import export_onnx
+    from zsq_tvm.zoo.nets.export import export_onnx
 
     onnx_path = export_onnx("quartznet-tiny", tmp_path / "tiny.onnx", frames=T)
     res = compare_onnx(tiny[2], str(onnx_path), runs=2, warmup=1, int8=False)

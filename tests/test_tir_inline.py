@@ -1,4 +1,4 @@
-"""zsq_tvm.tir_inline.InlineOnceRead: the CPU build's elementwise chains become one loop nest, bit for bit.
+"""relax_passes.tir_inline.InlineOnceRead: the CPU build's elementwise chains become one loop nest, bit for bit.
 
 A fused integer chain as ``LegalizeOps`` + ``FuseTIR`` leave it (one block per op, each writing a full-size
 buffer) is inlined into its last block; a block read twice (``a * a``), a per-row value read by a per-element
@@ -15,8 +15,8 @@ import tvm_ffi  # noqa: E402
 from tvm import relax, s_tir, tirx  # noqa: E402
 from tvm.script import tirx as T  # noqa: E402
 
-from zsq_tvm.lowering import lower  # noqa: E402
-from zsq_tvm.tir_inline import InlineOnceRead  # noqa: E402
+from relax_passes.lowering import lower  # noqa: E402
+from relax_passes.tir_inline import InlineOnceRead  # noqa: E402
 
 
 def _chain_module():
@@ -98,7 +98,7 @@ def _four_producers(X: T.Buffer((4, 8), "int64"), R: T.Buffer((4,), "int64"), Y:
 def test_what_is_inlined(pointwise_only, kept):
     """CPU: only ``A``.  The GPU rule (``pointwise_only=False``, one thread per element anyway) also takes the
     broadcast and the gather; neither inlines the twice-read ``H``.  Both exact."""
-    from zsq_tvm.tir_inline import inline_once_read
+    from relax_passes.tir_inline import inline_once_read
 
     sch = s_tir.Schedule(_four_producers)
     inline_once_read(sch, pointwise_only=pointwise_only)

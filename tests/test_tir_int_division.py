@@ -1,4 +1,4 @@
-"""``zsq_tvm.tir_int_division.LowerDataDivision``: division by a run-time divisor as an integer long division.
+"""``relax_passes.tir_int_division.LowerDataDivision``: division by a run-time divisor as an integer long division.
 
 Checked: the result equals numpy's floor / C's truncated division and modulo bit for bit, for signed and
 unsigned 32/64-bit operands including the extreme values; constant divisors are left to the compiler; the
@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("tvm")
 
-from zsq_tvm import tir_int_division as D  # noqa: E402
+from relax_passes import tir_int_division as D  # noqa: E402
 
 N = 2048
 
@@ -124,7 +124,7 @@ def test_sm75_sass_of_a_dividing_kernel_has_no_float(tmp_path):
     import tvm
     from tvm.script import tirx as T
 
-    from zsq_tvm.cuda import int8_gemm as g
+    from zsq_tvm.backends.cuda import int8_gemm as g
 
     cuobjdump = g.find_cuobjdump()
     if cuobjdump is None:

@@ -1,4 +1,4 @@
-"""zsq_tvm.tir_stack_scratch: small scratch buffers of llvm kernels become stack allocas.
+"""relax_passes.tir_stack_scratch: small scratch buffers of llvm kernels become stack allocas.
 
 The property that matters for speed (no workspace-pool round trip per parallel task) is checked on the
 generated code; the property that matters for correctness (same results) on a run; the limits (large
@@ -10,7 +10,7 @@ import pytest
 
 tvm = pytest.importorskip("tvm")
 
-from zsq_tvm.tir_stack_scratch import StackScratch, register_pipeline  # noqa: E402
+from relax_passes.tir_stack_scratch import StackScratch, register_pipeline  # noqa: E402
 
 
 def _scratch_kernel(n_rows: int, width: int, scope: str):
@@ -92,8 +92,8 @@ def test_pass_in_sequential_is_idempotent():
 
 
 def test_x86_kernels_use_no_workspace_pool():
-    from zsq_tvm.x86 import depthwise as dw
-    from zsq_tvm.x86 import pointwise as pw
+    from zsq_tvm.backends.x86 import depthwise as dw
+    from zsq_tvm.backends.x86 import pointwise as pw
 
     libs = [dw.build(dw.DepthwiseSpec(64, 100, 33, pad_l=16, pad_r=16)),
             pw.build(pw.PointwiseSpec(T=100, K=64, M=32, layout="ncw"))]

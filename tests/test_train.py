@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from zsq_tvm import train
-from zsq_tvm.nets import build_model
+from lab import train
+from zsq_tvm.zoo.nets import build_model
 
 ARCH = "quartznet-tiny"
 

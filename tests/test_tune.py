@@ -35,10 +35,10 @@ from tvm.s_tir import meta_schedule as ms  # noqa: E402
 
 import zsq_tvm  # noqa: E402
 from zsq_tvm.build import lower  # noqa: E402
-from zsq_tvm.errors import ZsqError  # noqa: E402
+from zsq_tvm.core.errors import ZsqError  # noqa: E402
 from zsq_tvm.targets import get_target  # noqa: E402
-from zsq_tvm.tune import (RECORDS, WORKLOADS, TuningDB, TuningWarning, _register_tensor_intrinsics,  # noqa: E402
-                          apply_tuning, check_rpc, tune)
+from zsq_tvm.tune import _register_tensor_intrinsics, check_rpc, tune  # noqa: E402
+from zsq_tvm.tuning_db import RECORDS, WORKLOADS, TuningDB, TuningWarning, apply_tuning  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,7 +104,7 @@ def test_db_keeps_valid_records_and_skips_bad_lines(tmp_path, host, tiny_lowered
 
 
 def test_mismatched_or_headerless_db_warns_and_compile_falls_back(tmp_path, host, tiny_lowered):
-    from zsq_tvm.targets import host_cpu, isa_class
+    from zsq_tvm.backends.x86.cpu import host_cpu, isa_class
 
     # a CPU of another class than the host's (the database folder is keyed by class, see the next test)
     other = tvm.target.Target({"kind": "llvm", "mcpu": "haswell" if isa_class(host_cpu()) != "avx2" else "znver4"})
@@ -133,7 +133,7 @@ def test_mismatched_or_headerless_db_warns_and_compile_falls_back(tmp_path, host
 
 
 def test_db_key_is_the_cpu_class_and_a_log_serves_every_cpu_of_it(tmp_path, host, tiny_lowered):
-    from zsq_tvm.tune import target_key
+    from zsq_tvm.tuning_db import target_key
 
     key = lambda mcpu: target_key(tvm.target.Target({"kind": "llvm", "mcpu": mcpu}))  # noqa: E731
     assert key("cascadelake") == key("znver4") == key("sapphirerapids") == "x86_64-avx512vnni"
@@ -142,7 +142,7 @@ def test_db_key_is_the_cpu_class_and_a_log_serves_every_cpu_of_it(tmp_path, host
     assert target_key(get_target("x86-avx2").make()) == "x86_64-avx2"
     # a log tuned on another CPU of the host's class is applied (one shipped log per class) ...
     same_class = {"avx512vnni": "cascadelake", "avx2": "haswell", "avx512": "skylake-avx512"}
-    from zsq_tvm.targets import host_cpu, isa_class
+    from zsq_tvm.backends.x86.cpu import host_cpu, isa_class
 
     cls = isa_class(host_cpu())
     if not cls:
@@ -178,8 +178,8 @@ def test_shipped_log_in_a_read_only_folder_still_applies(tmp_path, host, tiny_lo
 def test_shipped_logs_load_cleanly_and_keep_the_build_bit_exact():
     """Every folder in tuning_logs/ parses without a skipped line; the AVX2 log (QuartzNet-5x5, T=1000) gives
     every kernel of that build a record, and the tuned build still equals the numpy reference bit for bit."""
-    from zsq_tvm.reference import run_reference
-    from zsq_tvm.tune import target_key
+    from relax_passes.reference import run_reference
+    from zsq_tvm.tuning_db import target_key
 
     logs = sorted(p.parent for p in (ROOT / "tuning_logs").glob("*/" + RECORDS))
     assert logs, "no shipped tuning log"
@@ -190,7 +190,7 @@ def test_shipped_logs_load_cleanly_and_keep_the_build_bit_exact():
             warnings.simplefilter("error", TuningWarning)  # no skipped line, right class
             db = TuningDB(d, get_target(by_key[d.name]).make(), create=False)
         assert db.usable and db.loaded > 0
-    from zsq_tvm.targets import host_features
+    from zsq_tvm.backends.x86.cpu import host_features
 
     if "avx2" not in host_features():
         pytest.skip("the AVX2 build cannot run on this CPU")
@@ -213,8 +213,8 @@ def test_shipped_logs_load_cleanly_and_keep_the_build_bit_exact():
 def test_shipped_vnni_log_applies_and_keeps_the_build_bit_exact():
     """The AVX-512 VNNI log (tuned on what the hand kernels leave of QuartzNet-5x5 and Jasper at T=1000) is
     picked up by `zsq compile --target x86-avx512vnni` on its own, and the tuned build equals the reference."""
-    from zsq_tvm.reference import run_reference
-    from zsq_tvm.targets import host_features
+    from relax_passes.reference import run_reference
+    from zsq_tvm.backends.x86.cpu import host_features
 
     if "avx512_vnni" not in host_features():
         pytest.skip("the AVX-512 VNNI build cannot run on this CPU")
@@ -226,7 +226,7 @@ def test_shipped_vnni_log_applies_and_keeps_the_build_bit_exact():
     assert np.array_equal(b.run(mel), run_reference(q.mod, mel))
 
 def _tiny_numpy(x):
-    from zsq_tvm import intmath
+    from zsq_tvm.core import intmath
 
     w = np.random.default_rng(0).integers(-9, 9, (32, 16, 3)).astype("int8")
     acc = intmath.conv1d_int(x, w, padding=(1, 1))
@@ -238,7 +238,7 @@ import sys, tvm
 from tvm.s_tir import meta_schedule as ms
 from zsq_tvm.build import lower
 from zsq_tvm.targets import get_target
-from zsq_tvm.tune import TuningDB
+from zsq_tvm.tuning_db import TuningDB
 sys.path.insert(0, sys.argv[3])
 from test_tune import _tiny_mod
 tgt = get_target("host-generic").make()
@@ -266,7 +266,7 @@ def test_two_processes_share_one_db_without_corruption(tmp_path, host):
 
 
 def test_tuned_small_model_stays_bit_exact(tmp_path, host):
-    from zsq_tvm.reference import run_reference
+    from relax_passes.reference import run_reference
 
     q = zsq_tvm.quantize("quartznet-tiny", zsq_tvm.QuantConfig(frames=48))
     lowered = lower(q.mod, host)[0]

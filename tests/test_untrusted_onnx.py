@@ -20,7 +20,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from zsq_tvm.cli import main
-from zsq_tvm.errors import ModelLoadError
+from zsq_tvm.core.errors import ModelLoadError
 from zsq_tvm.frontend.onnx_import import load_onnx
 
 W = np.random.default_rng(0).standard_normal((8, 64, 3)).astype(np.float32)  # conv weight, 6 KiB
@@ -200,7 +200,7 @@ def test_over_2gib_file_is_refused_without_reading_it(tmp_path):
     code = textwrap.dedent(f"""
         import json
         from zsq_tvm.frontend.onnx_import import load_onnx
-        from zsq_tvm.errors import ModelLoadError
+        from zsq_tvm.core.errors import ModelLoadError
         try:
             load_onnx({str(big)!r}); msg = None
         except ModelLoadError as e:

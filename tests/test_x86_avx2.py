@@ -14,12 +14,12 @@ import pytest
 tvm = pytest.importorskip("tvm")
 
 import zsq_tvm  # noqa: E402
-from zsq_tvm.reference import run_reference  # noqa: E402
-from zsq_tvm.targets import host_features  # noqa: E402
-from zsq_tvm.x86 import bmm  # noqa: E402
-from zsq_tvm.x86 import depthwise as dw  # noqa: E402
-from zsq_tvm.x86 import pointwise as pw  # noqa: E402
-from zsq_tvm.x86.avx2 import check_avx2_asm  # noqa: E402
+from relax_passes.reference import run_reference  # noqa: E402
+from zsq_tvm.backends.x86.cpu import host_features  # noqa: E402
+from zsq_tvm.backends.x86 import bmm  # noqa: E402
+from zsq_tvm.backends.x86 import depthwise as dw  # noqa: E402
+from zsq_tvm.backends.x86 import pointwise as pw  # noqa: E402
+from zsq_tvm.backends.x86.avx2 import check_avx2_asm  # noqa: E402
 
 needs_avx2 = pytest.mark.skipif("avx2" not in host_features(), reason="CPU lacks avx2 (/proc/cpuinfo flags)")
 
@@ -225,13 +225,14 @@ def test_x86_avx2_conformer_every_matmul_and_conv_on_avx2_kernels_bit_exact():
 def test_host_takes_avx2_kernels_on_a_cpu_without_vnni(monkeypatch):
     """``host`` picks the kernels by the CPU's flags: AVX-512 VNNI -> VNNI kernels, AVX2 only -> AVX2
     kernels, neither -> TVM's default lowering (flags faked; nothing is run)."""
-    import zsq_tvm.targets as targets
+    import zsq_tvm.backends.x86.target as x86_target
+    from zsq_tvm.targets import get_target
 
     q = zsq_tvm.quantize("quartznet-tiny", zsq_tvm.QuantConfig(frames=64))
-    host = targets.get_target("host")
+    host = get_target("host")
 
     def kinds(flags):
-        monkeypatch.setattr(targets, "host_features", lambda: frozenset(flags))
+        monkeypatch.setattr(x86_target, "host_features", lambda: frozenset(flags))
         mod = host.prepare(q.mod)
         return {str(f.attrs["zsq.kernel"]) for _, f in mod.functions.items()
                 if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and "zsq.kernel" in f.attrs}

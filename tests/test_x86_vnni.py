@@ -1,4 +1,4 @@
-"""x86 AVX-512 VNNI kernels (zsq_tvm.x86): the corrected intrinsic and the pointwise GEMM kernel.
+"""x86 AVX-512 VNNI kernels (zsq_tvm.backends.x86): the corrected intrinsic and the pointwise GEMM kernel.
 
 Bit-exact against the numpy oracle (intmath.conv1d_int + intmath.requantize) on QuartzNet-like and
 awkward shapes (K % 4 != 0, M % 16 != 0, T not a tile multiple), u8 and int8 (+128 shift)
@@ -10,10 +10,11 @@ import pytest
 
 tvm = pytest.importorskip("tvm")
 
-from zsq_tvm.x86 import pointwise as pw  # noqa: E402
-from zsq_tvm.x86.vnni import check_vnni_asm, has_avx512_vnni, register  # noqa: E402
+from zsq_tvm.backends.x86 import pointwise as pw  # noqa: E402
+from zsq_tvm.backends.x86.vnni import check_vnni_asm, register  # noqa: E402
+from zsq_tvm.backends.x86.cpu import has_vnni  # noqa: E402
 
-needs_vnni = pytest.mark.skipif(not has_avx512_vnni(), reason="CPU lacks avx512_vnni (/proc/cpuinfo flags)")
+needs_vnni = pytest.mark.skipif(not has_vnni(), reason="CPU lacks avx512_vnni (/proc/cpuinfo flags)")
 
 
 def _case(spec, seed=0):
@@ -136,10 +137,10 @@ def test_pointwise_residual_bit_exact(spec):
 
 
 def test_residual_join_needs_int32_safe_bounds():
-    """match_residual_adds only fuses when the int32 add of the two requantized branches cannot wrap."""
+    """residual_joins only fuses when the int32 add of the two requantized branches cannot wrap."""
     from tvm.script import relax as R
 
-    from relax_passes.x86_vnni_pointwise import match_residual_adds
+    from relax_passes.patterns import residual_joins
 
     @R.function
     def f(a: R.Tensor((1, 8, 5), "int32"), b: R.Tensor((1, 8, 5), "int32")):
@@ -153,13 +154,13 @@ def test_residual_join_needs_int32_safe_bounds():
     kw = dict(M=8, T=5, out_dtype="int32", layout="ncw")
     safe = {f.params[0]: dict(kw, qmin=-(2**30), qmax=2**30 - 1), f.params[1]: dict(kw, qmin=-(2**30), qmax=2**30 - 1)}
     # the function parameters stand in for the two chains' final vars; only b (its only user is the add) is fused
-    got = match_residual_adds(f, safe)
+    got = residual_joins(f, safe)
     assert len(got) == 1
     (fused, res, lo, hi, od), = got.values()
     assert (lo, hi, od) == (0, 255, "uint8") and {fused, res} == set(f.params)
     wide = {v: dict(kw, qmin=-(2**31), qmax=2**31 - 1) for v in f.params}
-    assert match_residual_adds(f, wide) == {}
+    assert residual_joins(f, wide) == {}
     narrow_out = {v: dict(d, out_dtype="int8") for v, d in safe.items()}
-    assert match_residual_adds(f, narrow_out) == {}
+    assert residual_joins(f, narrow_out) == {}
     time_major = {v: dict(d, layout="tk") for v, d in safe.items()}  # linear layers: no residual epilogue
-    assert match_residual_adds(f, time_major) == {}
+    assert residual_joins(f, time_major) == {}

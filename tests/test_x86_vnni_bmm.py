@@ -1,4 +1,4 @@
-"""Attention's int8 matmuls on the VNNI batched-matmul kernels (zsq_tvm/x86/bmm.py, relax_passes/x86_vnni_bmm.py).
+"""Attention's int8 matmuls on the VNNI batched-matmul kernels (zsq_tvm/backends/x86/bmm.py, zsq_tvm/backends/x86/offload_bmm.py).
 
 Kernel: bit-exact against the numpy oracle on attention shapes (scores ``Q Kᵀ``: int8 x int8 -> int32 with the
 +128 shift corrected by the run-time column sums; context ``P V``: uint8 x int8 -> int8) and awkward ones (T,
@@ -18,11 +18,12 @@ from tvm import relax  # noqa: E402
 
 import zsq_tvm  # noqa: E402
 from relax_passes._util import bindings, call_op_name, const  # noqa: E402
-from relax_passes.x86_vnni_bmm import X86VnniBatchMatmul  # noqa: E402
-from zsq_tvm.x86 import bmm  # noqa: E402
-from zsq_tvm.x86.vnni import check_vnni_asm, has_avx512_vnni, x86_target  # noqa: E402
+from zsq_tvm.backends.x86.offload_bmm import offload_bmm  # noqa: E402
+from zsq_tvm.backends.x86 import bmm  # noqa: E402
+from zsq_tvm.backends.x86.vnni import check_vnni_asm, x86_target  # noqa: E402
+from zsq_tvm.backends.x86.cpu import has_vnni  # noqa: E402
 
-needs_vnni = pytest.mark.skipif(not has_avx512_vnni(), reason="CPU lacks avx512_vnni (/proc/cpuinfo flags)")
+needs_vnni = pytest.mark.skipif(not has_vnni(), reason="CPU lacks avx512_vnni (/proc/cpuinfo flags)")
 
 SPECS = [
     bmm.BmmSpec(4, 250, 36, 250, a_dtype="int8", out_dtype="int32", qmin=-2**30, qmax=2**30 - 1),  # Q Kᵀ, 10 s
@@ -99,9 +100,8 @@ def _run(mod, args, target):
 def test_pass_bit_exact(case):
     H, T, K, N, ad, od, const_b = case
     mod = _graph(H, T, K, N, ad, od, const_b)
-    p = X86VnniBatchMatmul()
-    new = p(mod)
-    assert len(p.replaced) == 1 and "matmul" not in [call_op_name(b.value) for b in bindings(new["main"])]
+    new, replaced = offload_bmm(mod)
+    assert len(replaced) == 1 and "matmul" not in [call_op_name(b.value) for b in bindings(new["main"])]
     rng = np.random.default_rng(3)
     lo, hi = (-128, 128) if ad == "int8" else (0, 256)
     args = [rng.integers(lo, hi, (1, H, T, K)).astype(ad)]
@@ -111,9 +111,7 @@ def test_pass_bit_exact(case):
 
 
 def test_second_user_left_alone():
-    p = X86VnniBatchMatmul()
-    p(_graph(2, 8, 8, 8, "int8", "int32", second_user=True))
-    assert p.replaced == []
+    assert offload_bmm(_graph(2, 8, 8, 8, "int8", "int32", second_user=True))[1] == []
 
 
 @needs_vnni
@@ -121,7 +119,7 @@ def test_conformer_attention_on_vnni_bit_exact():
     """conformer-ctc-small: per layer the scores, the context and the relative-position term run on the
     kernel, the fused Q/K/V projection is split into three linear kernels, the integer gates are tables,
     and host-vnni == numpy reference."""
-    from zsq_tvm.reference import run_reference
+    from relax_passes.reference import run_reference
     from zsq_tvm.targets import get_target
 
     q = zsq_tvm.quantize("conformer-ctc-small", zsq_tvm.QuantConfig(frames=64))

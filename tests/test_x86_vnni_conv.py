@@ -1,11 +1,11 @@
 """x86 AVX-512 VNNI full conv1d (groups=1, k > 1, any dilation / zero padding / stride): the ncw kernel of
-zsq_tvm.x86.pointwise with a tap reduction axis, and its use by the host-vnni rewrite on Jasper.
+zsq_tvm.backends.x86.pointwise with a tap reduction axis, and its use by the host-vnni rewrite on Jasper.
 
 Bit-exact against the numpy oracle (intmath.conv1d_int + intmath.requantize [+ residual add, clip]) on
 awkward shapes: K % 4 != 0 (including K < 4), odd T, dilation 2 and 3, asymmetric and zero pads, int8
 input (+128 shift: the pads become 128 and the folded bias covers every tap), uint8/int8/int32 outputs,
 a fused residual join.  End to end: jasper-dr-small (whose blocks are full convs) compiled for
-host-vnni equals zsq_tvm.reference.run_reference bit for bit and passes the integer-only check.
+host-vnni equals relax_passes.reference.run_reference bit for bit and passes the integer-only check.
 Running needs avx512_vnni, else skipped.
 """
 
@@ -14,10 +14,11 @@ import pytest
 
 tvm = pytest.importorskip("tvm")
 
-from zsq_tvm.x86 import pointwise as pw  # noqa: E402
-from zsq_tvm.x86.vnni import check_vnni_asm, has_avx512_vnni  # noqa: E402
+from zsq_tvm.backends.x86 import pointwise as pw  # noqa: E402
+from zsq_tvm.backends.x86.vnni import check_vnni_asm  # noqa: E402
+from zsq_tvm.backends.x86.cpu import has_vnni  # noqa: E402
 
-needs_vnni = pytest.mark.skipif(not has_avx512_vnni(), reason="CPU lacks avx512_vnni (/proc/cpuinfo flags)")
+needs_vnni = pytest.mark.skipif(not has_vnni(), reason="CPU lacks avx512_vnni (/proc/cpuinfo flags)")
 
 I32 = dict(out_dtype="int32", qmin=-(2**30), qmax=2**30 - 1)
 U8 = dict(out_dtype="uint8", qmin=0, qmax=255)
@@ -81,7 +82,7 @@ def test_conv_residual_bit_exact():
 
 def test_fold_bias_covers_every_tap():
     """int8 input: sum over taps of (x + 128) w, pads read as 128, minus 128 sum(W) == the unshifted conv."""
-    from zsq_tvm import intmath
+    from zsq_tvm.core import intmath
 
     spec = pw.PointwiseSpec(12, 6, 4, a_dtype="int8", layout="ncw", taps=3, pad_l=2, pad_r=1, dilation=2)
     X, W, b, _, _ = _case(spec)
@@ -95,17 +96,16 @@ def test_fold_bias_covers_every_tap():
 def test_jasper_host_vnni_bit_exact_and_integer_only():
     import zsq_tvm
     from relax_passes._util import bindings, call_op_name
-    from relax_passes.x86_vnni_pointwise import X86VnniPointwise
-    from zsq_tvm.reference import run_reference
+    from zsq_tvm.backends.x86.offload_pointwise import offload_pointwise
+    from relax_passes.reference import run_reference
 
     q = zsq_tvm.quantize("jasper-dr-small", zsq_tvm.QuantConfig(frames=96))
-    p = X86VnniPointwise()
-    mod = p(q.mod)
+    mod, replaced = offload_pointwise(q.mod)
     convs = [bd for bd in bindings(q.mod["main"]) if call_op_name(bd.value) == "nn.conv1d"]
     left = [bd for bd in bindings(mod["main"]) if call_op_name(bd.value) == "nn.conv1d"]
     # every conv goes to the VNNI kernel, the k > 1 ones and the stride-2 prolog included
     assert not left and any(int(bd.value.attrs.strides[0]) == 2 for bd in convs)
-    assert len(p.replaced) == len(convs)
+    assert len(replaced) == len(convs)
     b = zsq_tvm.compile(q, target="host-vnni")
     assert b.integer_only["ok"] is True
     assert zsq_tvm.check(b)["ok"] is True

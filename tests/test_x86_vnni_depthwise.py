@@ -1,4 +1,4 @@
-"""x86 AVX-512 VNNI depthwise conv1d kernel (zsq_tvm.x86.depthwise) and its Relax rewrite.
+"""x86 AVX-512 VNNI depthwise conv1d kernel (zsq_tvm.backends.x86.depthwise) and its Relax rewrite.
 
 Bit-exact against the numpy oracle (intmath.conv1d_int with groups=C + intmath.requantize) on
 QuartzNet shapes and awkward ones: stride 2 and 4, dilation 2 and 3, K % 4 != 0, K = 1, T not a tile
@@ -13,10 +13,11 @@ from hypothesis import strategies as st
 
 tvm = pytest.importorskip("tvm")
 
-from zsq_tvm.x86 import depthwise as dw  # noqa: E402
-from zsq_tvm.x86.vnni import check_vnni_asm, has_avx512_vnni  # noqa: E402
+from zsq_tvm.backends.x86 import depthwise as dw  # noqa: E402
+from zsq_tvm.backends.x86.vnni import check_vnni_asm  # noqa: E402
+from zsq_tvm.backends.x86.cpu import has_vnni  # noqa: E402
 
-needs_vnni = pytest.mark.skipif(not has_avx512_vnni(), reason="CPU lacks avx512_vnni (/proc/cpuinfo flags)")
+needs_vnni = pytest.mark.skipif(not has_vnni(), reason="CPU lacks avx512_vnni (/proc/cpuinfo flags)")
 
 SPECS = [
     dw.DepthwiseSpec(256, 500, 33, pad_l=16, pad_r=16),  # QuartzNet block
@@ -72,7 +73,7 @@ def test_depthwise_bit_exact(spec):
 def prop_depthwise_vnni(spec, seed: int, extreme: bool) -> None:
     """The VNNI depthwise kernel == the numpy oracle on random (or all-extreme) data, weights, biases and
     dyadic multipliers for one of the SPECS (the compiled kernel is cached per spec, so examples are cheap).
-    Shared with the long fuzzing run: ``python bench/fuzz.py --kernels depthwise_vnni``."""
+    Shared with the long fuzzing run: ``python3 -m bench.fuzz --kernels depthwise_vnni``."""
     rng = np.random.default_rng(seed)
     lo, hi = (0, 255) if spec.a_dtype == "uint8" else (-128, 127)
     shape = (spec.C, spec.Tin)
@@ -98,7 +99,7 @@ def test_depthwise_vnni_fuzz(spec, seed, extreme):
 def test_fold_bias_int8_is_exact_algebra():
     spec = dw.DepthwiseSpec(8, 30, 5, pad_l=2, pad_r=2, a_dtype="int8")
     X, W, b, _, _ = _case(spec)
-    from zsq_tvm import intmath
+    from zsq_tvm.core import intmath
 
     acc = intmath.conv1d_int(X[None], W[:, None, :], padding=(2, 2), groups=8)[0].astype(np.int64) + b[:, None]
     xs = np.pad(X.astype(np.int64) + 128, ((0, 0), (2, 2)), constant_values=128)  # shifted pads = 128
@@ -109,19 +110,18 @@ def test_fold_bias_int8_is_exact_algebra():
 def test_relax_rewrite_replaces_every_depthwise_conv():
     import zsq_tvm
     from relax_passes._util import bindings, call_op_name
-    from relax_passes.x86_vnni_depthwise import X86VnniDepthwise
+    from zsq_tvm.backends.x86.offload_depthwise import offload_depthwise
 
     q = zsq_tvm.quantize("quartznet-tiny", zsq_tvm.QuantConfig(frames=128))
     n_dw = sum(1 for bd in bindings(q.mod["main"]) if call_op_name(bd.value) == "nn.conv1d"
                and int(bd.value.attrs.groups) > 1)
-    p = X86VnniDepthwise()
-    mod = p(q.mod)
-    assert n_dw > 0 and len(p.replaced) == n_dw
+    mod, replaced = offload_depthwise(q.mod)
+    assert n_dw > 0 and len(replaced) == n_dw
     left = sum(1 for bd in bindings(mod["main"]) if call_op_name(bd.value) == "nn.conv1d"
                and int(bd.value.attrs.groups) > 1)
     assert left == 0
-    if has_avx512_vnni():
-        from zsq_tvm.reference import run_reference
+    if has_vnni():
+        from relax_passes.reference import run_reference
 
         mel = np.random.default_rng(3).standard_normal((1, 64, 128)).astype(np.float32) * 2
         b = zsq_tvm.compile(q, target="host-vnni")

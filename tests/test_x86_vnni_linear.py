@@ -1,5 +1,5 @@
 """host-vnni rewrite of linear layers (Conformer): ``R.matmul(x[T, K], W[K, M]) + bias -> requantize`` goes to
-the time-major ("tk") VNNI kernel of zsq_tvm.x86.pointwise.
+the time-major ("tk") VNNI kernel of zsq_tvm.backends.x86.pointwise.
 
 A hand-built integer Relax graph (odd T, K % 4 != 0, M % 16 != 0, per-channel and scalar constants,
 uint8 and int8 activations, int8/uint8/int32 outputs) must be rewritten and still equal the numpy
@@ -15,11 +15,11 @@ tvm = pytest.importorskip("tvm")
 from tvm import relax  # noqa: E402
 
 from relax_passes._util import const  # noqa: E402
-from relax_passes.x86_vnni_pointwise import X86VnniPointwise  # noqa: E402
-from zsq_tvm.x86 import pointwise as pw  # noqa: E402
-from zsq_tvm.x86.vnni import has_avx512_vnni  # noqa: E402
+from zsq_tvm.backends.x86.offload_pointwise import offload_pointwise  # noqa: E402
+from zsq_tvm.backends.x86 import pointwise as pw  # noqa: E402
+from zsq_tvm.backends.x86.cpu import has_vnni  # noqa: E402
 
-needs_vnni = pytest.mark.skipif(not has_avx512_vnni(), reason="CPU lacks avx512_vnni (/proc/cpuinfo flags)")
+needs_vnni = pytest.mark.skipif(not has_vnni(), reason="CPU lacks avx512_vnni (/proc/cpuinfo flags)")
 
 
 def _linear_graph(T, K, M, a_dtype, out_dtype, qmin, qmax, seed, scalar_mul=False):
@@ -58,13 +58,12 @@ CASES = [
 @needs_vnni
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"T{c[0]}K{c[1]}M{c[2]}-{c[3]}-{c[4]}")
 def test_linear_rewrite_bit_exact(case):
-    from zsq_tvm.lowering import compile_module, lower, run_module
+    from relax_passes.lowering import compile_module, lower, run_module
 
     T, K, M, ad, od, qmin, qmax = case
     mod, W, b, Mul, Sh = _linear_graph(T, K, M, ad, od, qmin, qmax, seed=T, scalar_mul=(K == 7))
-    p = X86VnniPointwise()
-    new = p(mod)
-    assert len(p.replaced) == 1 and p.replaced[0]["M"] == M and p.replaced[0]["K"] == K
+    new, replaced = offload_pointwise(mod)
+    assert len(replaced) == 1 and replaced[0]["M"] == M and replaced[0]["K"] == K
     assert not any(isinstance(f, relax.Function) and "matmul" in str(f) for f in new.functions.values())
     rng = np.random.default_rng(1)
     lo, hi = (-128, 128) if ad == "int8" else (0, 256)
@@ -88,6 +87,4 @@ def test_matmul_with_a_tensor_weight_is_left_alone():
         with bb.dataflow():
             y = bb.emit_output(relax.op.matmul(x, w, out_dtype="int32"))
         bb.emit_func_output(y)
-    p = X86VnniPointwise()
-    p(bb.get())
-    assert p.replaced == []
+    assert offload_pointwise(bb.get())[1] == []

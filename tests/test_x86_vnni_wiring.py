@@ -12,12 +12,12 @@ import pytest
 tvm = pytest.importorskip("tvm")
 
 import zsq_tvm  # noqa: E402
-from relax_passes.x86_vnni_pointwise import X86VnniPointwise  # noqa: E402
+from zsq_tvm.backends.x86.offload_pointwise import offload_pointwise  # noqa: E402
 from zsq_tvm.build import compile_relax  # noqa: E402
-from zsq_tvm.reference import run_reference  # noqa: E402
-from zsq_tvm.x86.vnni import has_avx512_vnni  # noqa: E402
+from relax_passes.reference import run_reference  # noqa: E402
+from zsq_tvm.backends.x86.cpu import has_vnni  # noqa: E402
 
-pytestmark = pytest.mark.skipif(not has_avx512_vnni(), reason="CPU lacks avx512_vnni (/proc/cpuinfo flags)")
+pytestmark = pytest.mark.skipif(not has_vnni(), reason="CPU lacks avx512_vnni (/proc/cpuinfo flags)")
 
 
 @pytest.fixture(scope="module")
@@ -31,12 +31,11 @@ def _vnni_funcs(mod):
 
 
 def test_rewrite_replaces_pointwise_convs(qtiny):
-    p = X86VnniPointwise()
-    mod = p(qtiny.mod)
-    assert len(p.replaced) > 0
-    assert all(r["K"] > 0 and r["M"] > 0 and r["T"] == 64 for r in p.replaced)
+    mod, replaced = offload_pointwise(qtiny.mod)
+    assert len(replaced) > 0
+    assert all(r["K"] > 0 and r["M"] > 0 and r["T"] == 64 for r in replaced)
     # every block's residual join (add of two int32 pointwise outputs, ReLU clip, cast) went into a kernel
-    assert any(r["residual"] for r in p.replaced)
+    assert any(r["residual"] for r in replaced)
     from relax_passes._util import bindings, call_op_name
 
     assert not any(call_op_name(b.value) == "add" and str(b.var.ty.dtype) == "int32" for b in bindings(mod["main"]))
@@ -48,7 +47,7 @@ def test_rewrite_replaces_pointwise_convs(qtiny):
 
 
 def test_host_takes_vnni_kernels_host_generic_does_not(qtiny):
-    from zsq_tvm.targets import host_features
+    from zsq_tvm.backends.x86.cpu import host_features
 
     _, low_host, rep_host, _ = compile_relax(qtiny.mod, "host")
     _, low_gen, rep_gen, _ = compile_relax(qtiny.mod, "host-generic")
@@ -77,12 +76,12 @@ def test_quartznet5x5_every_conv_on_vnni_bit_exact():
     """The shipped QuartzNet-5x5 with int16 logits (``out_bits=16``): no conv1d is left to TVM's
     default lowering, and host-vnni equals the numpy reference bit for bit."""
     from relax_passes._util import bindings, call_op_name
-    from relax_passes.x86_vnni_depthwise import X86VnniDepthwise
+    from zsq_tvm.backends.x86.offload_depthwise import X86VnniDepthwise
 
     q = zsq_tvm.quantize("quartznet5x5", zsq_tvm.QuantConfig(frames=64, out_bits=16))
-    p = X86VnniPointwise()
-    mod = X86VnniDepthwise()(p(q.mod))
-    assert any(r["out_dtype"] == "int16" for r in p.replaced)
+    pmod, replaced = offload_pointwise(q.mod)
+    mod = X86VnniDepthwise()(pmod)
+    assert any(r["out_dtype"] == "int16" for r in replaced)
     assert not any(call_op_name(b.value) == "nn.conv1d" for b in bindings(mod["main"]))
     b = zsq_tvm.compile(q, target="host-vnni")
     assert b.integer_only["ok"] is True

@@ -8,7 +8,7 @@
 
 __version__ = "0.1.0"
 
-from .errors import ZsqError  # noqa: E402
+from zsq_tvm.core.errors import ZsqError  # noqa: E402
 
 _LAZY = {
     "QuantConfig": "api", "QuantizedModel": "api", "quantize": "api", "compile": "api",

@@ -31,7 +31,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from .errors import ArtifactError
+from zsq_tvm import __version__
+from zsq_tvm.core.errors import ArtifactError
+from zsq_tvm.module_check import check_module
 
 __all__ = [
     "FORMAT_VERSION",
@@ -61,6 +63,11 @@ MANIFEST = "manifest.json"
 KIND_QUANTIZED = "zsq-quantized"
 KIND_BUILD = "zsq-build"
 KIND_SYNTH = "zsq-synthetic-mels"
+
+
+def normalize(obj):
+    """What the object looks like after a JSON round trip (tuples -> lists, numpy -> python)."""
+    return json.loads(json.dumps(obj, default=_jsonable))
 
 
 def _jsonable(o: Any):
@@ -94,8 +101,6 @@ def read_json(path):
 
 
 def new_manifest(kind: str, **fields) -> dict:
-    from . import __version__
-
     try:
         import tvm
 
@@ -628,8 +633,6 @@ MAX_MODULE_BYTES = 2 << 30
 def parse_module_json(text: str, source: str):
     """``tvm.ir.load_json`` + :func:`zsq_tvm.module_check.check_module`: errors as :class:`ArtifactError`."""
     import tvm
-
-    from .module_check import check_module
 
     try:
         mod = tvm.ir.load_json(text)

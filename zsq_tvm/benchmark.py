@@ -27,7 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigError, ModelLoadError, NotAvailableError
+from zsq_tvm.build import Build
+from zsq_tvm.core.errors import ConfigError, ModelLoadError, NotAvailableError
+from zsq_tvm.frontend.onnx_import import load_onnx
+from zsq_tvm.frontend.onnx_safety import check_static_shapes
 
 __all__ = ["set_threads", "compare_onnx", "time_engines", "format_compare"]
 
@@ -106,7 +109,6 @@ def _load_checked_onnx(onnx_path: str):
     """The ONNX file through zsq's own checks (:func:`~zsq_tvm.frontend.onnx_import.load_onnx`: external data
     inside the model's folder and complete, declared sizes, memory budget, finite weights) - ONNX Runtime
     reads the file by itself later and would crash or read outside the folder where these refuse."""
-    from .frontend.onnx_import import load_onnx
 
     if not Path(onnx_path).exists():  # the bench's own fix; a directory etc. is load_onnx's message
         raise ModelLoadError(f"ONNX file {onnx_path!r} does not exist", "pass the .onnx the build was quantized from")
@@ -132,8 +134,6 @@ def compare_onnx(build, onnx_path, threads: int = 1, runs: int = 20, warmup: int
     """zsq ``build`` (a :class:`zsq_tvm.Build` or build dir) vs ONNX Runtime FP32 / INT8 QDQ (see module doc)."""
     import tvm
 
-    from .build import Build
-
     if not isinstance(runs, int) or runs < 1:
         raise ConfigError(f"--runs {runs!r} must be >= 1", "pass --runs 20")
     # cheap checks first: a bad ONNX file is refused before the build (and its library) is even loaded
@@ -144,7 +144,6 @@ def compare_onnx(build, onnx_path, threads: int = 1, runs: int = 20, warmup: int
     inp = b.manifest["io"]["inputs"][0]
     shape = [int(s) for s in inp["shape"]]
     in_name = _onnx_input(proto, str(onnx_path), shape)
-    from .frontend.onnx_safety import check_static_shapes
 
     check_static_shapes(proto, str(onnx_path), {in_name: shape})  # what ORT allocates at the build's shape
     del proto  # ONNX Runtime loads its own copy
@@ -153,7 +152,7 @@ def compare_onnx(build, onnx_path, threads: int = 1, runs: int = 20, warmup: int
     res = {"build_target": b.target, "tvm_target": b.manifest.get("tvm_target"), "onnx": str(onnx_path),
            "input_shape": shape, "threads": threads, "runs": runs, "seed": seed}
     try:
-        from .targets import host_cpu
+        from zsq_tvm.backends.x86.cpu import host_cpu
 
         res["cpu"] = host_cpu()
     except Exception:  # pragma: no cover

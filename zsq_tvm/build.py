@@ -16,10 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from . import artifacts
-from .ctc import Vocab, greedy_decode
-from .errors import ArtifactError, InputShapeError, NotAvailableError
-from .targets import get_target
+from zsq_tvm import artifacts
+from zsq_tvm.core import intmath
+from zsq_tvm.core.errors import ArtifactError, InputShapeError, NotAvailableError
+from zsq_tvm.ctc import Vocab, _class_axis_last, greedy_decode
+from zsq_tvm.targets import get_target
 
 __all__ = ["lower", "compile_relax", "Build", "LIB_NAME"]
 
@@ -29,7 +30,7 @@ LIB_NAME = "model.so"
 def lower(mod, target):
     """Relax → lowered IRModule (fused Relax + TIR PrimFuncs) for ``target``.
 
-    Uses :func:`zsq_tvm.lowering.lower` (LegalizeOps + fusion, what the integer-only check
+    Uses :func:`relax_passes.lowering.lower` (LegalizeOps + fusion, what the integer-only check
     inspects); the *same* lowered module is then compiled by :func:`compile_relax`.
     Returns ``(lowered, finish_pipeline)`` where ``finish_pipeline`` is the ``relax_pipeline``
     that ``tvm.compile`` still has to apply.
@@ -49,7 +50,7 @@ def lower(mod, target):
         mod = ShareScalarConstants()(mod)
 
     try:
-        from .lowering import lower as core_lower  # owned by the core passes
+        from relax_passes.lowering import lower as core_lower  # owned by the core passes
     except ImportError:
         core_lower = None
     with target:
@@ -103,10 +104,10 @@ def compile_relax(mod, target: str = "host"):
     lowered, finish = lower(mod, tgt)
     tuning = None
     if spec.compile is None and str(tgt.kind.name) == "llvm":  # `zsq tune` records (tuning_logs/<key>/)
-        from .tune import apply_tuning
+        from zsq_tvm.tuning_db import apply_tuning
 
         lowered, tuning = apply_tuning(lowered, tgt)
-        from .tir_inline import InlineOnceRead
+        from relax_passes.tir_inline import InlineOnceRead
 
         # what neither our kernels nor the log schedule: its elementwise chains in one loop, not one per op
         lowered = InlineOnceRead()(lowered)
@@ -116,7 +117,7 @@ def compile_relax(mod, target: str = "host"):
     if spec.compile is not None:  # e.g. the CUDA targets: own kernel schedules + the rest of the pipeline
         ex = spec.compile(lowered, tgt)
     else:
-        from .tir_stack_scratch import register_pipeline
+        from relax_passes.tir_stack_scratch import register_pipeline
 
         # register tiles / scratch rows of the x86 kernels on the stack, not the workspace pool
         ex = tvm.compile(lowered, target=tgt, relax_pipeline=finish, tir_pipeline=register_pipeline())
@@ -349,7 +350,6 @@ class Build:
         if dtype.startswith("float"):
             return np.ascontiguousarray(x, dtype=dtype)
         # model takes the quantized mel: quantize with the calibrated input scale
-        from . import intmath
 
         s = float(self.manifest["input_scale"])
         alpha = float(self.manifest.get("input_alpha", s * (2 ** (int(self.manifest["abits"]) - 1) - 1)))
@@ -365,7 +365,6 @@ class Build:
         layout = self.manifest.get("logits_layout", "auto")
         if length is None:
             return greedy_decode(logits, v, layout)
-        from .ctc import _class_axis_last
 
         a = _class_axis_last(np.asarray(logits), layout, v.num_classes)  # [B, T', V]
         T = int(self.manifest["io"]["inputs"][0]["shape"][2])
@@ -409,13 +408,11 @@ class Build:
         import tvm
 
         m = artifacts.read_manifest(path, artifacts.KIND_BUILD)
-        if "firmware" in m:  # Cortex-M build: runs its firmware under QEMU
-            from .targets_cortexm.build import FirmwareBuild
-
-            return FirmwareBuild.load(path, manifest=m)
+        spec = get_target(m.get("target"))
+        if spec.load is not None:  # a backend's own build form (Cortex-M: firmware run under QEMU)
+            return spec.load(path, m)
         if LIB_NAME not in m["files"]:
             raise ArtifactError(f"{str(path)!r} has no {LIB_NAME}", "compile again with `zsq compile`")
-        spec = get_target(m["target"])
         lib = Path(path) / LIB_NAME
         module_json = artifacts.read_module_text(path, m)
         if not load_library:

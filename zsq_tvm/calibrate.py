@@ -15,24 +15,24 @@ Ranges are keyed by the stable tensor names of :func:`relax_passes._util.tensor_
 :class:`relax_passes.Quantize`.  The intended call sequence::
 
     mod = tvm.relax.frontend.onnx.from_onnx(onnx_model, {"mel": (1, 64, T)}, keep_params_in_input=False)
-    fold = relax_passes.FoldBatchNorm(onnx_model=onnx_model); mod = fold(mod)   # fold.bn_stats
+    mod, bn_stats = relax_passes.fold_batchnorm(mod, onnx_model=onnx_model)
     ranges = zsq_tvm.calibrate.calibrate(mod, batches, method="minmax")         # JSON-able dict
-    q = relax_passes.Quantize(ranges, wbits=8, abits=8); qmod = q(mod)          # q.metadata
-    lowered = zsq_tvm.lowering.lower(qmod)      # LegalizeOps + fusion (what tvm.compile does)
+    qmod, meta = relax_passes.quantize_module(mod, ranges, wbits=8, abits=8)  # meta: scales, (M, s), overflow
+    lowered = relax_passes.lowering.lower(qmod)      # LegalizeOps + fusion (what tvm.compile does)
     relax_passes.IntegerOnlyCheck()(lowered)    # raises naming any float PrimFunc
-    ex = tvm.compile(qmod, target=zsq_tvm.lowering.host_target())
+    ex = tvm.compile(qmod, target=relax_passes.lowering.host_target())
 """
 
 from __future__ import annotations
 
 import numpy as np
 import tvm
-from tvm import relax
 from tqdm.auto import tqdm
+from tvm import relax
 
-from relax_passes._util import bindings, const, dtype_of, main_function, resolve_const, shape_of, tensor_names
-
-from .errors import CalibrationError
+from relax_passes._util import bindings, dtype_of, main_function, resolve_const, shape_of, tensor_names
+from relax_passes.lowering import lower
+from zsq_tvm.core.errors import CalibrationError
 
 __all__ = ["calibrate", "instrument", "RangeObserver", "METHODS", "schedule_float_reductions"]
 
@@ -224,9 +224,8 @@ def schedule_float_reductions(lowered: tvm.IRModule, vector: int = 8) -> tuple[t
 
 
 def _build_float(imod: tvm.IRModule, target):
-    """Lower (:func:`zsq_tvm.lowering.lower`: the default CPU pipeline's legalize + fuse phase), schedule
+    """Lower (:func:`relax_passes.lowering.lower`: the default CPU pipeline's legalize + fuse phase), schedule
     the reductions, then let ``tvm.compile`` finish the default pipeline."""
-    from .lowering import lower
 
     tgt = tvm.target.Target(target) if isinstance(target, str) else target
     with tgt:

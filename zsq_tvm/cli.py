@@ -10,13 +10,13 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import ConfigError, IntegerOnlyViolation, NotAvailableError, ZsqError
+from zsq_tvm import api
+from zsq_tvm.core.errors import ConfigError, InputShapeError, IntegerOnlyViolation, NotAvailableError, ZsqError
 
 
 def _print_json(obj):
-    from .artifacts import _jsonable
 
-    print(json.dumps(obj, indent=2, default=_jsonable))
+    print(json.dumps(obj, indent=2, default=api.jsonable))
 
 
 def _add_json(p):
@@ -31,19 +31,16 @@ def _int_arg(s: str) -> int:
 
 
 def cmd_quantize(a) -> int:
-    from . import api
-
     cfg = api.QuantConfig(wbits=a.wbits, abits=a.abits, out_bits=a.out_bits, calib=a.calib, calib_method=a.calib_method,
                           frames=a.frames, seed=a.seed, num_batches=a.num_batches, time_mask=a.time_mask,
                           progress=not a.json and sys.stderr.isatty() or a.progress,
                           synth={k: v for k, v in (("num_batches", a.synth_batches), ("iters", a.synth_iters))
                                  if v is not None} or None)
     cfg.validate()
-    from .artifacts import KIND_QUANTIZED, ensure_output_free
 
     out = Path(a.output)
     inputs = [a.model, a.calib]
-    ensure_output_free(out, a.overwrite, KIND_QUANTIZED, inputs)  # fail on an unwritable/existing OUT_DIR before any work
+    api.ensure_output_free(out, a.overwrite, api.KIND_QUANTIZED, inputs)  # fail on an unwritable/existing OUT_DIR before any work
     q = api.quantize(a.model, cfg)
     q.save(out, overwrite=a.overwrite, inputs=inputs)
     m = q.manifest
@@ -57,23 +54,20 @@ def cmd_quantize(a) -> int:
 
 
 def cmd_synth(a) -> int:
-    from .artifacts import KIND_SYNTH, ensure_output_free
-    from .synthesize import SynthConfig, save_batches, synthesize
 
-    ensure_output_free(a.output, a.overwrite, KIND_SYNTH, [a.model])  # fail before minutes of work
-    cfg = SynthConfig(num_batches=a.batches, batch_size=a.batch_size, iters=a.iters, lr=a.lr, frames=a.frames,
+    api.ensure_output_free(a.output, a.overwrite, api.KIND_SYNTH, [a.model])  # fail before minutes of work
+    cfg = api.SynthConfig(num_batches=a.batches, batch_size=a.batch_size, iters=a.iters, lr=a.lr, frames=a.frames,
                       seed=a.seed, kl=a.kl, threads=a.threads,
                       progress=not a.json and sys.stderr.isatty() or a.progress).validate()
     hist: list = []
-    batches = synthesize(a.model, cfg, history=hist)
-    save_batches(batches, a.output, cfg, hist, source=str(a.model), overwrite=a.overwrite)
+    batches = api.synthesize(a.model, cfg, history=hist)
+    api.save_synth(batches, a.output, cfg, hist, source=str(a.model), overwrite=a.overwrite)
     res = {"output": a.output, "files": len(batches), "shape": list(batches[0].shape),
            "loss_initial": sum(h["initial"] for h in hist) / len(hist) if cfg.iters else None,
            "loss_final": sum(h["final"] for h in hist) / len(hist)}
     if a.png:
-        from .synth_figure import plot_figure3
 
-        res["png"] = plot_figure3(a.model, batches, cfg, a.png)
+        res["png"] = api.plot_synth_figure(a.model, batches, cfg, a.png)
     if a.json:
         _print_json(res)
     else:
@@ -84,11 +78,8 @@ def cmd_synth(a) -> int:
 
 
 def cmd_compile(a) -> int:
-    from . import api
 
-    from .artifacts import KIND_BUILD, ensure_output_free
-
-    ensure_output_free(a.output, a.overwrite, KIND_BUILD, [a.qdir])  # fail before the build, not after it
+    api.ensure_output_free(a.output, a.overwrite, api.KIND_BUILD, [a.qdir])  # fail before the build, not after it
     b = api.compile(a.qdir, target=a.target)
     b.save(a.output, overwrite=a.overwrite, inputs=[a.qdir])
     rep = b.integer_only
@@ -107,8 +98,6 @@ def _ok(rep) -> str:
 
 
 def cmd_check(a) -> int:
-    from . import api
-
     rep = api.check(a.build_dir)
     if a.json:
         _print_json(rep)
@@ -142,13 +131,9 @@ def cmd_check(a) -> int:
 def cmd_run(a) -> int:
     import numpy as np
 
-    from . import artifacts
-    from .build import Build
-    from .errors import InputShapeError
-
     if a.output:  # before the model runs: a missing folder or an existing file is found now, not after
-        artifacts.check_output_file(a.output, a.overwrite)
-    b = Build.load(a.build_dir)
+        api.check_output_file(a.output, a.overwrite)
+    b = api.Build.load(a.build_dir)
     try:
         mel = np.load(a.input, allow_pickle=False)
     except FileNotFoundError:
@@ -163,7 +148,7 @@ def cmd_run(a) -> int:
         mel = np.concatenate([mel, np.zeros(mel.shape[:-1] + (b.frames - length,), mel.dtype)], axis=-1)
     logits = b.run(mel, dequantize=a.dequantize, length=length)
     if a.output:
-        with artifacts.write_output_file(a.output, a.overwrite) as tmp:
+        with api.write_output_file(a.output, a.overwrite) as tmp:
             with open(tmp, "wb") as f:  # np.save(path) would append ".npy" to the temporary name
                 np.save(f, logits)
     text = b.decode(logits, length=length) if a.decode else None
@@ -179,9 +164,6 @@ def cmd_run(a) -> int:
 
 
 def cmd_report(a) -> int:
-    from . import api
-    from .report import format_report
-
     p = Path(a.model)
     if p.is_dir():
         rep = api.report(p)
@@ -192,14 +174,13 @@ def cmd_report(a) -> int:
     if a.json:
         _print_json(rep)
     else:
-        print(format_report(rep))
+        print(api.format_report(rep))
     return 0
 
 
 def cmd_export_nemo(a) -> int:
-    from .nemo_io import export_nemo  # arch name | CONFIG.yaml | FILE.nemo (+ --checkpoint) -> ONNX, BN kept
 
-    out = export_nemo(a.model, a.output, frames=a.frames, checkpoint=a.checkpoint, seed=a.seed,
+    out = api.export_nemo(a.model, a.output, frames=a.frames, checkpoint=a.checkpoint, seed=a.seed,
                       overwrite=a.overwrite)
     weights = "weights of " + str(a.checkpoint) if a.checkpoint else (
         "weights from the .nemo" if str(a.model).endswith(".nemo") else f"random weights, seed {a.seed}")
@@ -208,21 +189,19 @@ def cmd_export_nemo(a) -> int:
 
 
 def cmd_eval(a) -> int:
-    from .evaluate import evaluate, format_result
 
-    res = evaluate(a.model, a.manifest, runtime=a.runtime, frames=a.frames, frames_pad=a.frames_pad,
+    res = api.evaluate(a.model, a.manifest, runtime=a.runtime, frames=a.frames, frames_pad=a.frames_pad,
                    threads=a.threads, progress=True if a.progress else None, limit=a.limit, hyps_out=a.hyps)
     if a.json:
         _print_json(res)
     else:
-        print(format_result(res))
+        print(api.format_eval(res))
     return 0
 
 
 def cmd_tune(a) -> int:
-    from .tune import tune
 
-    res = tune(a.dir, target=a.target, trials=a.trials, db_path=a.db, rpc_tracker=a.rpc_tracker, rpc_key=a.rpc_key,
+    res = api.tune(a.dir, target=a.target, trials=a.trials, db_path=a.db, rpc_tracker=a.rpc_tracker, rpc_key=a.rpc_key,
                seed=a.seed, progress=not a.json and sys.stderr.isatty() or a.progress)
     if a.json:
         _print_json(res)
@@ -235,35 +214,23 @@ def cmd_tune(a) -> int:
 
 
 def cmd_bench(a) -> int:
-    from .benchmark import compare_onnx, format_compare, set_threads
 
-    set_threads(a.threads)  # before the first TVM kernel of this process
-    res = compare_onnx(a.build_dir, a.compare_onnx, threads=a.threads, runs=a.runs, seed=a.seed,
+    api.set_threads(a.threads)  # before the first TVM kernel of this process
+    res = api.compare_onnx(a.build_dir, a.compare_onnx, threads=a.threads, runs=a.runs, seed=a.seed,
                        int8=not a.no_int8, progress=not a.json and sys.stderr.isatty() or a.progress)
     if a.json:
         _print_json(res)
     else:
-        print(format_compare(res))
+        print(api.format_compare(res))
     return 0
 
 
 def cmd_demo(a) -> int:
-    from .demo import run_demo
 
-    return run_demo(workdir=a.workdir, json_out=a.json, keep=a.keep)
+    return api.run_demo(workdir=a.workdir, json_out=a.json, keep=a.keep)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-    from .targets import list_targets
-
-    p = argparse.ArgumentParser(prog="zsq", description="Integer-only quantization of CTC speech models with TVM.")
-    p.add_argument("--version", action="version", version=f"zsq-tvm {__version__}")
-    p.add_argument("--max-memory", default=None, metavar="SIZE",
-                   help="largest tensor an input file may declare, e.g. 8G (default 4G, or $ZSQ_MAX_MEMORY): "
-                        "larger ones are refused before anything is allocated; raise it only for files you trust")
-    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
-
+def _parser_quantize(sub) -> None:
     s = sub.add_parser("quantize", help="ONNX model -> quantized (integer-only) model directory")
     s.add_argument("model", help="ONNX model with a mel input [B, F, T], a shipped model name (quartznet5x5, ...) "
                                  "or an architecture name (conformer-ctc-large, ...: random weights, --seed)")
@@ -291,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_json(s)
     s.set_defaults(func=cmd_quantize)
 
+
+def _parser_synth(sub) -> None:
     s = sub.add_parser("synth", help="zero-shot calibration data: mels synthesized from BatchNorm statistics")
     s.add_argument("model", help="shipped model name, .pt checkpoint, or ONNX file with BatchNormalization nodes")
     s.add_argument("-o", "--output", required=True, help="output directory of .npy batches [B, 64, T]")
@@ -309,19 +278,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_json(s)
     s.set_defaults(func=cmd_synth)
 
+
+def _parser_compile(sub) -> None:
     s = sub.add_parser("compile", help="quantized directory -> compiled build directory")
     s.add_argument("qdir")
-    s.add_argument("--target", default="host", help="one of: " + ", ".join(list_targets()) + " (default host)")
+    s.add_argument("--target", default="host", help="one of: " + ", ".join(api.list_targets()) + " (default host)")
     s.add_argument("-o", "--output", required=True)
     s.add_argument("--overwrite", action="store_true")
     _add_json(s)
     s.set_defaults(func=cmd_compile)
 
+
+def _parser_check(sub) -> None:
     s = sub.add_parser("check", help="integer-only report of a build (exit 1 on violation)")
     s.add_argument("build_dir")
     _add_json(s)
     s.set_defaults(func=cmd_check)
 
+
+def _parser_run(sub) -> None:
     s = sub.add_parser("run", help="run a build on a mel .npy")
     s.add_argument("build_dir")
     s.add_argument("--input", required=True, help="mel spectrogram .npy, [F, T] or [B, F, T]")
@@ -332,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_json(s)
     s.set_defaults(func=cmd_run)
 
+
+def _parser_report(sub) -> None:
     s = sub.add_parser("report", help="model size and BOPs (10 s input) of a quantized dir or an ONNX file")
     s.add_argument("model")
     s.add_argument("--wbits", type=_int_arg, default=8)
@@ -340,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_json(s)
     s.set_defaults(func=cmd_report)
 
+
+def _parser_export_nemo(sub) -> None:
     s = sub.add_parser("export-nemo", help="NeMo model/config -> ONNX with BatchNorm kept")
     s.add_argument("model", help="architecture name (random weights), NeMo CONFIG.yaml, or FILE.nemo")
     s.add_argument("-o", "--output", required=True)
@@ -350,6 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     s.set_defaults(func=cmd_export_nemo)
 
+
+def _parser_eval(sub) -> None:
     s = sub.add_parser("eval", help="WER/CER of a model on a NeMo manifest (shipped name, .onnx, quantized or build dir)")
     s.add_argument("model", help="shipped model name (e.g. quartznet5x5), .pt, .onnx, quantized dir or build dir")
     s.add_argument("--manifest", required=True, help="NeMo JSON-lines manifest (audio_filepath, text), 16 kHz wav")
@@ -365,6 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_json(s)
     s.set_defaults(func=cmd_eval)
 
+
+def _parser_tune(sub) -> None:
     s = sub.add_parser("tune", help="MetaSchedule (XGBoost) tuning of a model's kernels into a resumable database")
     s.add_argument("dir", help="quantized directory (zsq quantize) or build directory (zsq compile)")
     s.add_argument("--target", default="host",
@@ -382,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_json(s)
     s.set_defaults(func=cmd_tune)
 
+
+def _parser_bench(sub) -> None:
     s = sub.add_parser("bench", help="latency of a build vs ONNX Runtime FP32 / INT8 QDQ (same input, one process)")
     s.add_argument("build_dir")
     s.add_argument("--compare-onnx", required=True, metavar="MODEL.onnx",
@@ -394,13 +379,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_json(s)
     s.set_defaults(func=cmd_bench)
 
+
+def _parser_demo(sub) -> None:
     s = sub.add_parser("demo", help="quantize + compile + check + run the shipped default model")
     s.add_argument("--workdir", default=None, help="keep artifacts here (default: a temp dir)")
     s.add_argument("--keep", action="store_true")
     _add_json(s)
     s.set_defaults(func=cmd_demo)
-    return p
 
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="zsq", description="Integer-only quantization of CTC speech models with TVM.")
+    p.add_argument("--version", action="version", version=f"zsq-tvm {api.__version__}")
+    p.add_argument("--max-memory", default=None, metavar="SIZE",
+                   help="largest tensor an input file may declare, e.g. 8G (default 4G, or $ZSQ_MAX_MEMORY): "
+                        "larger ones are refused before anything is allocated; raise it only for files you trust")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    for add in (_parser_quantize, _parser_synth, _parser_compile, _parser_check, _parser_run, _parser_report,
+                _parser_export_nemo, _parser_eval, _parser_tune, _parser_bench, _parser_demo):
+        add(sub)
+    return p
 
 
 def main(argv=None) -> int:
@@ -409,21 +407,18 @@ def main(argv=None) -> int:
         a = parser.parse_args(argv)
     except SystemExit as e:  # argparse: usage errors exit 2 already
         return int(e.code or 0)
-    from .frontend.onnx_safety import set_memory_budget
 
     restore = []  # the flag is for this command only: main() may be called in-process (tests, scripts)
     try:
         if a.max_memory is not None:
-            restore.append(set_memory_budget(a.max_memory))
+            restore.append(api.set_memory_budget(a.max_memory))
         return int(a.func(a) or 0)
     except ZsqError as e:
         print(f"zsq: error: {e}", file=sys.stderr)
         return e.exit_code
     except OSError as e:  # a disk that fills, a file that cannot be read or written: the user's to fix
-        from .artifacts import DISK_ERRNOS, disk_error
-
-        if e.errno in DISK_ERRNOS:
-            print(f"zsq: error: {disk_error(e, repr(e.filename or 'an output file'))}", file=sys.stderr)
+        if e.errno in api.DISK_ERRNOS:
+            print(f"zsq: error: {api.disk_error(e, repr(e.filename or 'an output file'))}", file=sys.stderr)
             return 2
         if e.filename is None:  # not about a file the user named: a bug, keep its traceback
             raise
@@ -435,7 +430,7 @@ def main(argv=None) -> int:
         return 130
     finally:
         for previous in restore:
-            set_memory_budget(previous)
+            api.set_memory_budget(previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

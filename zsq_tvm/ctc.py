@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import ConfigError
+from zsq_tvm.core.errors import ConfigError
 
 __all__ = ["QUARTZNET_VOCAB", "Vocab", "greedy_decode", "greedy_ids"]
 

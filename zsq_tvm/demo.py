@@ -1,6 +1,6 @@
 """``zsq demo``: quantize + compile + check + run the shipped default model, end to end.
 
-The default model is the shipped, trained ``quartznet5x5`` (``zsq_tvm/models/quartznet5x5.pt``),
+The default model is the shipped, trained ``quartznet5x5`` (``zsq_tvm/zoo/models/quartznet5x5.pt``),
 exported to ONNX with its BatchNorm layers on the fly.  The input is a sentence spoken by
 ``espeak-ng`` when it is installed, else a tone sweep; the demo prints what the FP32 model and
 the integer-only build transcribe.
@@ -17,7 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-MODELS_DIR = Path(__file__).parent / "models"
+from zsq_tvm import pipeline
+from zsq_tvm.zoo.models import MODELS_DIR
+from zsq_tvm.zoo.toy import export_convasr
+
 DEFAULT_MODEL = "quartznet5x5"
 DEMO_FRAMES = 400
 DEMO_SENTENCE = "the quick brown fox jumps over the lazy dog"
@@ -26,14 +29,13 @@ DEMO_SENTENCE = "the quick brown fox jumps over the lazy dog"
 def default_model(workdir: Path) -> tuple[Path, str]:
     """Path of the shipped default ONNX model, or a freshly exported random-weight stand-in."""
     if (MODELS_DIR / f"{DEFAULT_MODEL}.pt").exists():
-        from .nets.export import export_onnx
+        from zsq_tvm.zoo.nets.export import export_onnx
 
         path = export_onnx(DEFAULT_MODEL, workdir / f"{DEFAULT_MODEL}.onnx", frames=DEMO_FRAMES)
         return Path(path), f"shipped trained {DEFAULT_MODEL}"
-    from .frontend.toy import export_convasr
 
     try:
-        import zsq_tvm.nets.convasr  # noqa: F401
+        import zsq_tvm.zoo.nets.convasr  # noqa: F401
 
         arch = "quartznet-tiny"
     except ImportError:
@@ -51,18 +53,16 @@ def _demo_mel(features: int, frames: int) -> np.ndarray:
 
         import torch
 
-        from .audio import MelConfig, MelFrontend
-        from .audio.mel import wav_bytes_to_float
+        from zsq_tvm.audio import MelConfig, MelFrontend
+        from zsq_tvm.audio.mel import resample, wav_bytes_to_float
 
         sr = 16000
         wave = None
         if _sh.which("espeak-ng"):
-            from .data.corpus import _resample
-
             data = subprocess.run(["espeak-ng", "-v", "en-us", "--stdout", DEMO_SENTENCE], capture_output=True,
                                   check=True).stdout
             x, r = wav_bytes_to_float(data)
-            wave = _resample(x, r)[: frames * 160 - 1]
+            wave = resample(x, r)[: frames * 160 - 1]
         if wave is None:
             n = frames * 160 - 1
             t = np.arange(n) / sr
@@ -81,8 +81,6 @@ def _demo_mel(features: int, frames: int) -> np.ndarray:
 
 
 def run_demo(workdir=None, json_out: bool = False, keep: bool = False) -> int:
-    from . import api
-
     tmp = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="zsq-demo-"))
     tmp.mkdir(parents=True, exist_ok=True)
     say = (lambda *a: print(*a, file=sys.stderr)) if json_out else print
@@ -90,18 +88,18 @@ def run_demo(workdir=None, json_out: bool = False, keep: bool = False) -> int:
         t0 = time.time()
         model, what = default_model(tmp)
         say(f"[1/5] model: {what} ({model})")
-        q = api.quantize(model, api.QuantConfig(wbits=8, abits=8, frames=DEMO_FRAMES, calib="random",
+        q = pipeline.quantize(model, pipeline.QuantConfig(wbits=8, abits=8, frames=DEMO_FRAMES, calib="random",
                                                 progress=not json_out))
         qdir = q.save(tmp / "quantized", overwrite=True)
         say(f"[2/5] quantized W8A8, {DEMO_FRAMES} frames, random calibration -> {qdir}")
-        b = api.compile(qdir, target="host")
+        b = pipeline.compile(qdir, target="host")
         bdir = b.save(tmp / "build", overwrite=True)
         say(f"[3/5] compiled for {b.manifest['tvm_target']} -> {bdir}")
-        rep = api.check(bdir)
+        rep = pipeline.check(bdir)
         say(f"[4/5] integer-only check: {'ok' if rep.get('ok') else rep.get('ok')}")
         feats = q.manifest["input"]["features"]
         mel = _demo_mel(feats, DEMO_FRAMES)
-        from .build import Build
+        from zsq_tvm.build import Build
 
         logits = Build.load(bdir).run(mel)
         text = b.decode(logits) if b.vocab else None

@@ -4,7 +4,7 @@
     zsq eval model.onnx   --manifest real.json [--runtime tvm --frames 1000]
     zsq eval q/ | build/  --manifest test.json          # integer-only quantized / compiled model
 
-MODEL is a shipped name (``zsq_tvm.models.SHIPPED``, run in torch FP32), a ``.pt`` checkpoint,
+MODEL is a shipped name (``zsq_tvm.zoo.models.SHIPPED``, run in torch FP32), a ``.pt`` checkpoint,
 an ``.onnx`` file (ONNX Runtime FP32, or TVM FP32 with ``--runtime tvm``), a quantized directory
 (compiled for this CPU on the fly) or a build directory.
 
@@ -34,7 +34,7 @@ build compiled for ``T`` frames.
 Scoring
 -------
 References are normalised to the model vocabulary with
-:func:`zsq_tvm.data.corpus.normalize_text` (lower case, a-z, space, apostrophe); hypotheses
+:func:`zsq_tvm.metrics.normalize_text` (lower case, a-z, space, apostrophe); hypotheses
 are greedy CTC decodes with runs of spaces squeezed.  WER and CER come from ``jiwer`` and are
 cross-checked against :mod:`zsq_tvm.metrics` (corpus-level: total edits / total reference
 words or characters).
@@ -50,11 +50,16 @@ import time
 import wave
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
-from .errors import ConfigError, ModelLoadError, ZsqError
+from zsq_tvm import artifacts, metrics
+from zsq_tvm.core.errors import ConfigError, ModelLoadError, ZsqError
+from zsq_tvm.ctc import QUARTZNET_VOCAB, Vocab, _class_axis_last, greedy_decode
+from zsq_tvm.frontend.onnx_import import model_info
+from zsq_tvm.metrics import normalize_text
+from zsq_tvm.zoo.models import checkpoint_path, is_shipped, load_torch
 
 __all__ = ["ManifestError", "Utterance", "read_manifest", "compute_mel", "run_fixed", "load_runner", "evaluate",
            "score"]
@@ -210,7 +215,7 @@ def compute_mel(audio_path: str) -> np.ndarray:
     """16 kHz wav -> float32 log-mel ``[64, L]`` (valid frames only) - the float side of the boundary."""
     import torch
 
-    from .audio.mel import MelFrontend, load_wav
+    from zsq_tvm.audio.mel import MelFrontend, load_wav
 
     global _FRONTEND
     if _FRONTEND is None:
@@ -231,8 +236,6 @@ class Runner:
     features = 64
 
     def __init__(self, name: str, vocab, layout: str = "BTV"):
-        from .ctc import Vocab
-
         self.name, self.layout = name, layout
         self.vocab = vocab if isinstance(vocab, Vocab) else Vocab(vocab)
 
@@ -240,8 +243,6 @@ class Runner:
         raise NotImplementedError
 
     def _last(self, y) -> np.ndarray:
-        from .ctc import _class_axis_last
-
         return _class_axis_last(np.asarray(y), self.layout, self.vocab.num_classes)[0]
 
 
@@ -263,7 +264,6 @@ def _onnx_vocab_and_frames(path: str):
     import onnx
 
     proto = onnx.load(path, load_external_data=False)
-    from .frontend.onnx_import import model_info
 
     info = model_info(proto)
     labels = None
@@ -281,8 +281,6 @@ class OrtRunner(Runner):
 
     def __init__(self, path: str, threads: int | None = None):
         import onnxruntime as ort
-
-        from .ctc import QUARTZNET_VOCAB
 
         info, labels = _onnx_vocab_and_frames(path)
         so = ort.SessionOptions()
@@ -315,8 +313,6 @@ class TvmFloatRunner(Runner):
         import tvm
         from tvm import relax
         from tvm.relax.frontend.onnx import from_onnx
-
-        from .ctc import QUARTZNET_VOCAB
 
         info, labels = _onnx_vocab_and_frames(path)
         T = info.file_frames or frames
@@ -372,8 +368,6 @@ def load_runner(model, runtime: str = "auto", frames: int | None = None, threads
 
     ``longest_frames``: the longest utterance it will run; an ONNX file with a dynamic T is checked against the
     memory budget at that length (``frames`` when given)."""
-    from . import artifacts
-    from .models import is_shipped, load_torch
 
     if runtime not in RUNTIMES:
         raise ConfigError(f"unknown runtime {runtime!r}", "use one of: " + ", ".join(RUNTIMES))
@@ -383,7 +377,7 @@ def load_runner(model, runtime: str = "auto", frames: int | None = None, threads
         m = load_torch(s)
         if runtime in ("auto", "torch"):
             return TorchRunner(m, s)
-        from .nets.export import export_onnx
+        from zsq_tvm.zoo.nets.export import export_onnx
 
         onnx_path = export_onnx(m, Path(workdir or tempfile.mkdtemp(prefix="zsq-eval-")) / f"{p.stem}.onnx",
                                 frames=frames)
@@ -395,23 +389,22 @@ def load_runner(model, runtime: str = "auto", frames: int | None = None, threads
             raise ConfigError(f"--runtime {runtime} does not apply to the {man['kind']} directory {s!r}",
                               "drop --runtime: quantized models and builds run their integer kernels")
         if man["kind"] == artifacts.KIND_BUILD:
-            from .build import Build
+            from zsq_tvm.build import Build
 
             return BuildRunner(Build.load(p), s)
-        from . import api
+        from zsq_tvm import pipeline
 
-        return BuildRunner(api.compile(s, target="host"), s)
+        return BuildRunner(pipeline.compile(s, target="host"), s)
     if p.is_file():
         if runtime == "torch":
             raise ConfigError("--runtime torch needs a shipped model name or a .pt checkpoint",
                               "use --runtime onnxruntime or tvm for .onnx files")
-        from .frontend.onnx_import import check_frames_memory, load_onnx
+        from zsq_tvm.frontend.onnx_import import check_frames_memory, load_onnx
 
         proto = load_onnx(s)[0]  # clear errors for missing / corrupt / hostile files, before ORT or TVM reads it
         check_frames_memory(proto, s, frames or longest_frames)  # the input at the T it runs with fits the budget
         del proto
         return TvmFloatRunner(s, frames) if runtime == "tvm" else OrtRunner(s, threads)
-    from .models import checkpoint_path
 
     checkpoint_path(s)  # raises the "unknown model, shipped ones are ..." error
     raise ModelLoadError(f"cannot evaluate {s!r}", "pass a shipped name, .pt, .onnx, quantized or build directory")
@@ -442,7 +435,6 @@ def run_fixed(infer: Callable[..., np.ndarray], mel: np.ndarray, T: int,
 
 def score(refs: Sequence[str], hyps: Sequence[str]) -> dict:
     """Corpus WER/CER with jiwer, cross-checked against :mod:`zsq_tvm.metrics`."""
-    from . import metrics
 
     w, errs, n_words = metrics.wer(refs, hyps)
     c = metrics.cer(refs, hyps)
@@ -464,9 +456,6 @@ def evaluate(model, manifest, runtime: str = "auto", frames: int | None = None, 
     """Evaluate ``model`` on ``manifest``; returns ``{"wer", "cer", "n_utterances", "n_words", ...}``."""
     from tqdm import tqdm
 
-    from .ctc import greedy_decode
-    from .data.corpus import normalize_text
-
     rows = read_manifest(manifest)
     if limit:
         rows = rows[:limit]
@@ -477,7 +466,7 @@ def evaluate(model, manifest, runtime: str = "auto", frames: int | None = None, 
                             "give the utterances their transcripts; empty ones are fine next to others (their "
                             "hypothesis words count as insertions)")
     if hyps_out is not None:  # a list this command writes, replaced each run -- but never one of its inputs
-        from . import artifacts
+        from zsq_tvm import artifacts
 
         artifacts.check_output_file(hyps_out, overwrite=True, flag="--hyps")
         inputs = [manifest, model] + [u.audio_filepath for u in rows]
@@ -540,7 +529,7 @@ def evaluate(model, manifest, runtime: str = "auto", frames: int | None = None, 
            "load_seconds": round(t_load, 2), "rtf": round(t_model / audio_s, 4) if audio_s else None,
            "examples": [{"ref": a, "hyp": b} for a, b in list(zip(refs, hyps))[:3]]}
     if hyps_out:
-        from . import artifacts
+        from zsq_tvm import artifacts
 
         with artifacts.write_output_file(hyps_out, overwrite=True) as tmp, open(tmp, "w") as f:
             for u, a, b in zip(rows, refs, hyps):

@@ -1,7 +1,10 @@
 """Word error rate without third-party dependencies (jiwer gives the same numbers)."""
 from __future__ import annotations
 
+import re
 from typing import Sequence, Tuple
+
+_ALLOWED = re.compile(r"[^a-z' ]+")
 
 
 def edit_distance(ref: Sequence, hyp: Sequence) -> int:
@@ -33,3 +36,11 @@ def cer(refs: Sequence[str], hyps: Sequence[str]) -> float:
         errs += edit_distance(r, h)
         chars += len(r)
     return errs / chars if chars else 0.0
+
+
+def normalize_text(s: str) -> str:
+    """Lower-case, map to the model vocabulary (a-z, space, apostrophe), squeeze spaces."""
+    s = s.lower().replace("\u2019", "'").replace("-", " ").replace("&", " and ")
+    s = _ALLOWED.sub(" ", s)
+    s = re.sub(r"\s*'\s*(?![a-z])|(?<![a-z])'", " ", s)  # drop quote marks that aren't apostrophes
+    return re.sub(r"\s+", " ", s).strip()

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import ArtifactError
+from zsq_tvm.core.errors import ArtifactError
 
 __all__ = ["TIR_CALLS", "check_module"]
 

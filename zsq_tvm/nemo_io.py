@@ -7,12 +7,12 @@
     m = nemo_io.build_nemo("quartznet5x5")                      # a real NeMo EncDecCTCModel (needs nemo)
     net = nemo_io.nemo_to_torch(m)                              # ... and its weights in our net
 
-Our nets (:mod:`zsq_tvm.nets`) have NeMo's ``encoder.*`` / ``decoder.*`` parameter names and
+Our nets (:mod:`zsq_tvm.zoo.nets`) have NeMo's ``encoder.*`` / ``decoder.*`` parameter names and
 semantics (checked key-for-key and numerically by ``tests/test_nemo_io.py`` when NeMo is
 installed), so a NeMo state dict loads with ``load_state_dict``; the ``preprocessor.*``
 buffers are ignored because our front end is :mod:`zsq_tvm.audio.mel` (same features).
 
-The packaged configs ``zsq_tvm/nets/configs/<arch>.yaml`` are NeMo ``model`` sections (the
+The packaged configs ``zsq_tvm/zoo/nets/configs/<arch>.yaml`` are NeMo ``model`` sections (the
 format of a ``.nemo``'s ``model_config.yaml``) for the published QuartzNet-5x5/15x5 and
 Jasper-10x5-DR and for our small variants.
 
@@ -52,14 +52,14 @@ import zlib
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
-from .errors import ConfigError, ModelLoadError, NotAvailableError
+from zsq_tvm.core.errors import ConfigError, ModelLoadError, NotAvailableError
 
 __all__ = ["CONFIG_DIR", "NEMO_ARCHS", "config_path", "load_config", "arch_config", "torch_from_config",
            "build_nemo", "preprocessor_mismatch", "safe_extract", "read_nemo", "load_nemo", "nemo_to_torch", "load_weights",
            "export_nemo", "UnsafeArchiveError", "MAX_NEMO_BYTES", "MAX_NEMO_MEMBERS", "MAX_TAR_HEADER_BYTES",
            "MAX_YAML_BYTES", "MAX_YAML_NODES", "MAX_CONFIG_DEPTH"]
 
-CONFIG_DIR = Path(__file__).resolve().parent / "nets" / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent / "zoo" / "nets" / "configs"
 #: architectures with a packaged NeMo config
 NEMO_ARCHS = ("quartznet5x5", "quartznet15x5", "jasper10x5dr", "jasper-dr-small", "quartznet-tiny",
               "conformer-ctc-small")
@@ -96,7 +96,7 @@ class UnsafeArchiveError(ModelLoadError):
 
 def preprocessor_config() -> Dict[str, Any]:
     """NeMo ``AudioToMelSpectrogramPreprocessor`` settings equal to our :class:`MelFrontend`."""
-    from .audio.mel import LOG_ZERO_GUARD, MelConfig
+    from zsq_tvm.audio.mel import LOG_ZERO_GUARD, MelConfig
 
     m = MelConfig()
     return {
@@ -111,12 +111,12 @@ def preprocessor_config() -> Dict[str, Any]:
 
 
 def arch_config(arch: str) -> Dict[str, Any]:
-    """The NeMo ``model`` config of one of our architectures, generated from :mod:`zsq_tvm.nets`.
+    """The NeMo ``model`` config of one of our architectures, generated from :mod:`zsq_tvm.zoo.nets`.
 
     This is how the packaged YAMLs were written (``python -m zsq_tvm.nemo_io --write-configs``);
     the published QuartzNet/Jasper dropouts are restored where our ARCHS simplified them.
     """
-    from .nets import ARCHS, CONFORMER_ARCHS, VOCAB
+    from zsq_tvm.zoo.nets import ARCHS, CONFORMER_ARCHS, VOCAB
 
     labels = list(VOCAB)
     cfg: Dict[str, Any] = {"sample_rate": 16000, "labels": labels, "train_ds": None, "validation_ds": None,
@@ -453,7 +453,7 @@ def _unsupported(enc, allowed: Dict[str, Any], what: str):
 
 
 def _conv_blocks(enc) -> list:
-    from .nets.convasr import BlockCfg
+    from zsq_tvm.zoo.nets.convasr import BlockCfg
 
     _unsupported(enc, {"activation": ("relu",), "normalization_mode": ("batch",), "residual_mode": ("add",),
                        "conv_mask": (True, False), "frame_splicing": (1,), "quantize": (False,)}, "ConvASREncoder")
@@ -492,7 +492,7 @@ def _conformer_params(enc) -> dict:
 
 def torch_from_config(cfg_or_arch, name: Optional[str] = None):
     """NeMo model config (dict, YAML path or packaged arch name) -> our torch net, random init, eval mode."""
-    from .nets import ConformerCTCModel, ConvCTCModel
+    from zsq_tvm.zoo.nets import ConformerCTCModel, ConvCTCModel
 
     cfg = load_config(cfg_or_arch)
     enc = cfg["encoder"]
@@ -869,7 +869,7 @@ def load_weights(path, unsafe: bool = False) -> Dict[str, Any]:
     """``torch.load`` a checkpoint (``weights_only=True`` unless ``unsafe``) -> flat state dict.
 
     Accepts a plain state dict (``model_weights.ckpt``), a Lightning checkpoint (``{"state_dict": ...}``)
-    or a ``zsq_tvm.train`` checkpoint (``{"arch", "state_dict"}``).
+    or a ``lab.train`` checkpoint (``{"arch", "state_dict"}``).
     """
     import torch
 
@@ -983,7 +983,7 @@ def _warn_preprocessor(net, cfg, source):
 def _model_from_source(source, checkpoint=None, seed: int = 0, unsafe: bool = False):
     import torch
 
-    from .nets import ALL_ARCHS
+    from zsq_tvm.zoo.nets import ALL_ARCHS
 
     src = os.fspath(source)
     if src.endswith(".nemo") or (os.path.isfile(src) and _is_tar(src)):
@@ -1001,7 +1001,7 @@ def _model_from_source(source, checkpoint=None, seed: int = 0, unsafe: bool = Fa
                              f"pass FILE.nemo, CONFIG.yaml or one of: {', '.join(ALL_ARCHS)}")
     if checkpoint is not None:
         ck = os.fspath(checkpoint)
-        from .models import checkpoint_path, is_shipped
+        from zsq_tvm.zoo.models import checkpoint_path, is_shipped
 
         if is_shipped(ck):  # a shipped model name: its .pt
             ck = os.fspath(checkpoint_path(ck))
@@ -1022,12 +1022,12 @@ def export_nemo(source, output, frames: Optional[int] = None, checkpoint=None, s
     """``zsq export-nemo``: architecture name / config YAML / ``.nemo`` -> ONNX (encoder + decoder, BN kept).
 
     Without ``checkpoint`` an architecture or YAML gets random weights (seeded, NeMo-style init).
-    The export is :func:`zsq_tvm.nets.export.export_onnx`, which fails when no BatchNormalization
+    The export is :func:`zsq_tvm.zoo.nets.export.export_onnx`, which fails when no BatchNormalization
     node survives and writes the file atomically.  An existing ``output`` is an error unless
     ``overwrite`` (like every other command's ``-o``); it and a directory / unwritable folder as
     ``output`` are refused before the model is loaded.
     """
-    from .nets.export import check_export_path, count_batchnorm, export_onnx
+    from zsq_tvm.zoo.nets.export import check_export_path, count_batchnorm, export_onnx
 
     check_export_path(output, overwrite)  # cheap checks first: loading + tracing takes seconds to minutes
     model = _model_from_source(source, checkpoint=checkpoint, seed=seed, unsafe=unsafe)
@@ -1067,7 +1067,7 @@ def _write_configs():  # pragma: no cover - maintenance helper
         cfg = arch_config(arch)
         head = (f"# NeMo EncDecCTCModel config for {arch} (the `model:` section; same format as a .nemo's\n"
                 f"# model_config.yaml).  Generated by `python -m zsq_tvm.nemo_io --write-configs` from\n"
-                f"# zsq_tvm.nets; preprocessor = zsq_tvm.audio.mel.MelFrontend's settings.  No dataset paths:\n"
+                f"# zsq_tvm.zoo.nets; preprocessor = zsq_tvm.audio.mel.MelFrontend's settings.  No dataset paths:\n"
                 f"# train_ds/validation_ds/test_ds are null (build with EncDecCTCModel(cfg)).\n")
         (CONFIG_DIR / f"{arch}.yaml").write_text(head + yaml.dump(cfg, Dumper=_ConfigDumper, sort_keys=False,
                                                                   width=110))

@@ -17,6 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from zsq_tvm.ctc import QUARTZNET_VOCAB, greedy_decode
+from zsq_tvm.synthesize import bn_loss, initial_batch, load_fp32_model
+
 __all__ = ["real_mel", "plot_figure3", "DEFAULT_SENTENCE"]
 
 DEFAULT_SENTENCE = "the quick brown fox jumps over the lazy dog near the river bank"
@@ -26,7 +29,7 @@ def real_mel(text: str = DEFAULT_SENTENCE, wav: str | None = None, voice: str = 
     """``[64, T]`` log-mel features of ``wav`` (16 kHz mono PCM16) or of ``text`` spoken by espeak-ng."""
     import torch
 
-    from .audio.mel import MelFrontend, load_wav, wav_bytes_to_float
+    from zsq_tvm.audio.mel import MelFrontend, load_wav, wav_bytes_to_float
 
     if wav is not None:
         x = load_wav(wav)
@@ -48,8 +51,6 @@ def real_mel(text: str = DEFAULT_SENTENCE, wav: str | None = None, voice: str = 
 def _decode(net, mels: np.ndarray, vocab) -> list[str]:
     import torch
 
-    from .ctc import greedy_decode
-
     with torch.no_grad():
         logits = net(torch.from_numpy(np.asarray(mels, np.float32))).numpy()
     return greedy_decode(logits, vocab)
@@ -69,9 +70,6 @@ def plot_figure3(model, batches, config, path, n_synth: int = 3, text: str | Non
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from .ctc import QUARTZNET_VOCAB
-    from .synthesize import bn_loss, initial_batch, load_fp32_model
 
     net, feats, name = load_fp32_model(model)
     net.eval()

@@ -61,7 +61,10 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CalibrationError, ConfigError, ModelLoadError
+from zsq_tvm import artifacts
+from zsq_tvm.core.errors import CalibrationError, ConfigError, ModelLoadError
+from zsq_tvm.frontend.onnx_import import load_onnx
+from zsq_tvm.zoo.models import MODELS_DIR
 
 __all__ = ["SynthConfig", "synthesize", "bn_kl", "bn_loss", "initial_batch", "load_fp32_model", "save_batches",
            "FOLDED_BN_FIX"]
@@ -153,16 +156,16 @@ def _bn_types():
 
 def _load_shipped(name):
     try:
-        from .models import load_torch
+        from zsq_tvm.zoo.models import load_torch
     except ImportError:  # older checkout: load the checkpoint directly
         load_torch = None
     if load_torch is not None:
         return load_torch(name)
     import torch
 
-    from .nets import build_model
+    from zsq_tvm.zoo.nets import build_model
 
-    p = Path(name) if str(name).endswith(".pt") else Path(__file__).parent / "models" / f"{name}.pt"
+    p = Path(name) if str(name).endswith(".pt") else MODELS_DIR / f"{name}.pt"
     if not p.is_file():
         raise ModelLoadError(f"unknown model {str(name)!r}", "pass a shipped model name, a .pt or an .onnx file")
     ck = torch.load(p, map_location="cpu", weights_only=True)
@@ -184,8 +187,7 @@ def load_fp32_model(model):
     if not is_onnx:
         m = _load_shipped(model)
         return m, _features_of(m), getattr(m, "name", str(model))
-    from .frontend.onnx_import import load_onnx
-    from .frontend.onnx_torch import OnnxTorch
+    from zsq_tvm.frontend.onnx_torch import OnnxTorch
 
     proto, _, source = load_onnx(model)
     if not any(n.op_type == "BatchNormalization" for n in proto.graph.node):
@@ -473,7 +475,6 @@ def save_batches(batches, out_dir, config: SynthConfig | None = None, history: l
 
     The directory is what ``zsq quantize --calib DIR`` / ``QuantConfig(calib=DIR)`` reads.
     """
-    from . import artifacts
 
     with artifacts.atomic_dir(out_dir, overwrite=overwrite, kind=artifacts.KIND_SYNTH,
                               inputs=[source] if source else ()) as tmp:

@@ -1,4 +1,4 @@
-"""MetaSchedule tuning of a zsq model's kernels, a crash-safe tuning database, and applying it at compile.
+"""MetaSchedule tuning of a zsq model's kernels into a resumable database (``zsq tune``).
 
 ``zsq tune DIR --target host --trials N`` lowers the quantized model exactly as ``zsq compile`` does
 (:func:`zsq_tvm.build.lower`), extracts one MetaSchedule task per *distinct* fused PrimFunc
@@ -6,261 +6,49 @@
 skipped) and tunes them with the evolutionary search and the XGBoost cost model, on this machine or on
 RPC devices behind a tracker (``--rpc-tracker HOST:PORT --rpc-key KEY``).
 
-The database (:class:`TuningDB`) is a folder of two JSON-lines files, ``workloads.jsonl`` and
-``records.jsonl``; the first line of each is a header ``{"zsq_tuning_db": 1, "target": ..., "key": ...}``.
-Every record is appended as one line, under an exclusive ``fcntl`` lock on ``.lock`` (two tune
-processes may share a database), flushed and ``fsync``-ed before tuning goes on, so an interrupted
-run keeps every measured record and ``zsq tune`` again resumes: the trial budget counts the records
-already there, and the search starts from them.  Loading skips (with one warning naming the file and
-the line) truncated or garbled lines and records of unknown workloads, keeping every valid record; a
-database for another target is ignored with a warning.
-
-``zsq compile`` (:func:`apply_tuning`) looks for ``$ZSQ_TUNING_DB`` or else ``tuning_logs/<key>/``
-(:func:`target_key`: e.g. ``x86_64-avx512vnni``) and applies the best record of each kernel with
-``MetaScheduleApplyDatabase``; no database or an unusable one means the default schedules, never an
-error.  Integer kernels stay integer under any schedule, so the output stays bit-exact.
+The records go to a resumable database (:mod:`zsq_tvm.tuning_db`): ``zsq tune`` again resumes, the trial
+budget counting the records already there, and the search starting from them.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import json
 import os
 import socket
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
-from .errors import ConfigError, NotAvailableError, ZsqError
+from zsq_tvm import artifacts
+from zsq_tvm.build import lower
+from zsq_tvm.core.errors import ArtifactError, ConfigError, NotAvailableError
+from zsq_tvm.pipeline import load
+from zsq_tvm.targets import get_target
+from zsq_tvm.tuning_db import TuningDB, default_db_dir, target_key
 
-__all__ = ["TuningWarning", "target_key", "default_db_dir", "TuningDB", "extract_tasks", "tune", "apply_tuning",
-           "check_rpc"]
-
-FORMAT = 1
-WORKLOADS, RECORDS, LOCK = "workloads.jsonl", "records.jsonl", ".lock"
-
-
-class TuningWarning(UserWarning):
-    """A tuning database problem that makes zsq fall back (bad lines skipped, mismatched target, ...)."""
+__all__ = ["extract_tasks", "tune", "check_rpc"]
 
 
-def _warn(msg: str) -> None:
-    warnings.warn(msg, TuningWarning, stacklevel=3)
 
 
-def target_key(tgt) -> str:
-    """Folder name of a target's database: ``x86_64-avx512vnni`` / ``x86_64-avx512`` / ``x86_64-avx2`` for an llvm
-    target whose ``-mcpu`` is of that class (:func:`zsq_tvm.targets.isa_class`), else ``x86_64-<mcpu>`` /
-    ``x86_64`` / ``<kind>-<arch>``.  Keying by class, not by CPU, is what lets a shipped log tuned on one
-    VNNI CPU (a Zen 4 here) serve a Cascade Lake or Sapphire Rapids too."""
-    kind = str(tgt.kind.name)
-    if kind != "llvm":
-        arch = str(tgt.attrs.get("arch", "")) if hasattr(tgt, "attrs") else ""
-        return f"{kind}-{arch}" if arch else kind
-    mcpu = str(tgt.attrs.get("mcpu", "")) if tgt.attrs.get("mcpu") is not None else ""
-    if not mcpu:
-        return "x86_64"
-    from .targets import isa_class
-
-    cls = isa_class(mcpu)
-    return f"x86_64-{cls}" if cls else f"x86_64-{mcpu}"
 
 
-#: a tuning log of thousands of records is a few MB; a file claiming more is not read
-MAX_DB_FILE_BYTES = 256 << 20
 
 
-def default_db_dir(tgt) -> Path:
-    """``$ZSQ_TUNING_LOGS/<key>`` or the repository's ``tuning_logs/<key>``."""
-    root = os.environ.get("ZSQ_TUNING_LOGS") or str(Path(__file__).resolve().parent.parent / "tuning_logs")
-    return Path(root) / target_key(tgt)
 
 
-def _header(tgt) -> dict:
-    return {"zsq_tuning_db": FORMAT, "target": str(tgt), "key": target_key(tgt)}
 
 
-@contextlib.contextmanager
-def _locked(path: Path, exclusive: bool = True):
-    lock = str(path / LOCK) if path.is_dir() else str(path)
-    if exclusive:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError:
-        if exclusive:
-            raise
-        # a reader of a database it cannot write to (a shipped log in a read-only install) reads unlocked:
-        # records are only ever appended as whole fsync-ed lines, and torn lines are skipped anyway
-        yield
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
 
 
-def _append_lines(path: Path, lines: list[str], header: dict) -> None:
-    """Append whole lines (with the header first if the file is new) and fsync; caller holds the lock."""
-    new = not path.exists() or path.stat().st_size == 0
-    with open(path, "ab") as f:
-        if not new:
-            with open(path, "rb") as r:  # a previous writer died mid-line: start on a fresh line
-                r.seek(-1, os.SEEK_END)
-                if r.read(1) != b"\n":
-                    f.write(b"\n")
-        else:
-            f.write((json.dumps(header) + "\n").encode())
-        for ln in lines:
-            f.write((ln + "\n").encode())
-        f.flush()
-        os.fsync(f.fileno())
 
 
-def _make_db_class():
-    from tvm.ir.utils import derived_object
-    from tvm.s_tir.meta_schedule.database import MemoryDatabase, PyDatabase, TuningRecord, Workload
-
-    @derived_object
-    class _TuningDB(PyDatabase):
-        def __init__(self, path, tgt, create: bool = True):
-            super().__init__()
-            self.path = Path(path)
-            self.tgt = tgt
-            self.header = _header(tgt)
-            self.mem = MemoryDatabase()
-            self.shash: dict[str, object] = {}  # shash -> Workload
-            self.usable = True
-            self.skipped = 0
-            self.loaded = 0
-            if create:
-                self.path.mkdir(parents=True, exist_ok=True)
-            self._load()
-
-        # ---- loading
-        def _read(self, name):
-            p = self.path / name
-            if not p.exists():
-                return []
-            if not p.is_file() or p.stat().st_size > MAX_DB_FILE_BYTES:  # a FIFO would block, a huge file exhaust memory
-                _warn(f"tuning database file {str(p)!r} is not a regular file of at most {MAX_DB_FILE_BYTES:,} bytes; "
-                      f"ignoring the database and using the default schedules")
-                self.usable = False
-                return []
-            with _locked(self.path, exclusive=False):
-                with open(p, "rb") as f:
-                    raw = f.read(MAX_DB_FILE_BYTES + 1)
-            lines = raw.split(b"\n")
-            if not lines:
-                return []
-            out = []
-            for i, ln in enumerate(lines, 1):
-                if ln.strip():
-                    out.append((i, ln))
-            if not out:
-                return []
-            i0, first = out[0]
-            try:
-                hdr = json.loads(first)
-                assert isinstance(hdr, dict) and hdr.get("zsq_tuning_db") == FORMAT
-            except Exception:
-                _warn(f"tuning database {str(p)!r} has no valid zsq header (line {i0}); ignoring it and using the "
-                      f"default schedules")
-                self.usable = False
-                return []
-            # same CPU class (key) is enough: schedules are loop transformations that replay on any CPU of
-            # the class; a record that does not fit is dropped by MetaSchedule, never miscompiled
-            if hdr.get("key", None) != self.header["key"] and hdr.get("target") != self.header["target"]:
-                _warn(f"tuning database {str(p)!r} was tuned for target {hdr.get('target')!r} (class "
-                      f"{hdr.get('key')!r}), not {self.header['target']!r} (class {self.header['key']!r}); "
-                      f"ignoring it and using the default schedules")
-                self.usable = False
-                return []
-            return out[1:]
-
-        def _load(self):
-            bad = []
-            for i, ln in self._read(WORKLOADS):
-                try:
-                    obj = json.loads(ln)
-                    wl = Workload.from_json(obj["workload"])
-                    self.mem.commit_workload(wl.mod)
-                    self.shash[str(obj["shash"])] = self.mem.commit_workload(wl.mod)
-                except Exception:
-                    bad.append((WORKLOADS, i))
-            recs = self._read(RECORDS) if self.usable else []
-            for i, ln in recs:
-                try:
-                    obj = json.loads(ln)
-                    wl = self.shash.get(str(obj["shash"]))
-                    if wl is None:
-                        raise KeyError("unknown workload")
-                    rec = TuningRecord.from_json(obj["record"], wl)
-                    self.mem.commit_tuning_record(rec)
-                    self.loaded += 1
-                except Exception:
-                    bad.append((RECORDS, i))
-            if not self.usable:
-                self.mem = MemoryDatabase()
-                self.shash = {}
-                self.loaded = 0
-                return
-            if bad:
-                self.skipped = len(bad)
-                where = ", ".join(f"{f}:{i}" for f, i in bad[:5]) + (" ..." if len(bad) > 5 else "")
-                files = ", ".join(repr(str(self.path / f)) for f in dict.fromkeys(f for f, _ in bad))
-                _warn(f"tuning database file {files}: skipped {len(bad)} truncated or corrupt line(s) ({where}); "
-                      f"kept {self.loaded} valid record(s)")
-
-        # ---- PyDatabase interface
-        def has_workload(self, mod) -> bool:
-            return self.mem.has_workload(mod)
-
-        def commit_workload(self, mod):
-            known = self.mem.has_workload(mod)
-            wl = self.mem.commit_workload(mod)
-            if not known:
-                js = wl.as_json()
-                sh = str(js[0])
-                self.shash[sh] = wl
-                with _locked(self.path):
-                    _append_lines(self.path / WORKLOADS, [json.dumps({"shash": sh, "workload": js})], self.header)
-            return wl
-
-        def commit_tuning_record(self, record) -> None:
-            self.mem.commit_tuning_record(record)
-            sh = str(record.workload.as_json()[0])
-            if sh not in self.shash:
-                self.commit_workload(record.workload.mod)
-            with _locked(self.path):
-                _append_lines(self.path / RECORDS, [json.dumps({"shash": sh, "record": record.as_json()})],
-                              self.header)
-
-        def get_top_k(self, workload, top_k: int):
-            return self.mem.get_top_k(workload, top_k)
-
-        def get_all_tuning_records(self):
-            return self.mem.get_all_tuning_records()
-
-        def __len__(self) -> int:
-            return len(self.mem)
-
-    return _TuningDB
 
 
-_DB_CLASS = None
 
 
-def TuningDB(path, tgt, create: bool = True):  # noqa: N802 - a class factory (the class needs TVM loaded)
-    """Open (creating if ``create``) the database folder ``path`` for target ``tgt`` (see module doc)."""
-    global _DB_CLASS
-    if _DB_CLASS is None:
-        _DB_CLASS = _make_db_class()
-    return _DB_CLASS(path, tgt, create)
+
+
+
 
 
 def extract_tasks(lowered, tgt) -> list:
@@ -371,26 +159,21 @@ def _build_candidate(mod, target, _params):
 
 def _load_module(path):
     """Quantized dir or build dir -> the integer Relax module (and the build's target name, if any)."""
-    from . import artifacts
-    from .errors import ArtifactError
 
     p = Path(path)
     if not p.is_dir():
         raise ArtifactError(f"{str(path)!r} is not a directory", "pass a `zsq quantize` or `zsq compile` output dir")
     m = artifacts.read_manifest(p, verify=False)  # only its kind: the load below verifies the folder
     if m.get("kind") == artifacts.KIND_BUILD:
-        from .build import Build
+        from zsq_tvm.build import Build
 
         b = Build.load(p, load_library=False)  # no code of it runs
         return b.module(), b.target
-    from .api import load
 
     return load(p).mod, None
 
 
 def _check_db_folder(p: Path) -> None:
-    from . import artifacts
-
     if os.path.lexists(p) and not p.is_dir():
         raise ConfigError(f"--db {str(p)!r} exists and is not a folder", "pass a folder (new or an earlier --db)")
     if not p.is_dir():
@@ -411,9 +194,6 @@ def tune(source, target: str = "host", trials: int = 64, db_path=None, rpc_track
     import tvm
     from tqdm.auto import tqdm
     from tvm.s_tir import meta_schedule as ms
-
-    from .build import lower
-    from .targets import get_target
 
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
         raise ConfigError(f"--trials {trials!r} must be a positive integer", "pass e.g. --trials 64")
@@ -494,31 +274,3 @@ def tune(source, target: str = "host", trials: int = 64, db_path=None, rpc_track
     return summary
 
 
-def apply_tuning(lowered, tgt, db_path=None):
-    """Apply the matching tuning database to a lowered module; ``(lowered, info)``; never raises for a bad DB."""
-    p = Path(db_path) if db_path else (Path(os.environ["ZSQ_TUNING_DB"]) if os.environ.get("ZSQ_TUNING_DB")
-                                       else default_db_dir(tgt))
-    info = {"db": str(p), "applied": 0}
-    if not (p / RECORDS).exists():
-        info["db"] = None
-        return lowered, info
-    try:
-        db = TuningDB(p, tgt, create=False)
-        if not db.usable or not len(db.get_all_tuning_records()):
-            return lowered, info
-        from tvm import relax
-
-        before = {gv.name_hint for gv, f in lowered.functions.items()
-                  if getattr(f, "attrs", None) is not None and f.attrs.get("tirx.is_scheduled", False)}
-        with tgt, db:
-            new = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(lowered)
-        after = {gv.name_hint for gv, f in new.functions.items()
-                 if getattr(f, "attrs", None) is not None and f.attrs.get("tirx.is_scheduled", False)}
-        info["applied"] = len(after - before)
-        return new, info
-    except ZsqError:
-        raise
-    except Exception as e:  # a database we cannot use must never break a compile
-        _warn(f"tuning database {str(p)!r} could not be applied ({type(e).__name__}: {str(e)[:160]}); "
-              f"using the default schedules")
-        return lowered, info

@@ -1,4 +1,4 @@
 """Audio front end: waveform -> log-mel features (float, before the integer boundary)."""
-from .mel import MelFrontend, MelConfig, load_wav
+from zsq_tvm.audio.mel import MelFrontend, MelConfig, load_wav
 
 __all__ = ["MelFrontend", "MelConfig", "load_wav"]

@@ -182,3 +182,13 @@ def wav_bytes_to_float(data: bytes) -> Tuple[np.ndarray, int]:
             return np.frombuffer(body, dtype="<i2").astype(np.float32) / 32768.0, sr
         pos += 8 + size + (size & 1)
     raise ValueError("WAV stream has no data chunk")
+
+
+def resample(x: np.ndarray, sr: int) -> np.ndarray:
+    """``x`` sampled at ``sr`` Hz, resampled to 16 kHz (polyphase)."""
+    if sr == 16000:
+        return x
+    from math import gcd
+    from scipy.signal import resample_poly
+    g = gcd(sr, 16000)
+    return resample_poly(x, 16000 // g, sr // g).astype(np.float32)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputShapeError, ModelLoadError, UnsupportedOpsError
-from .onnx_safety import (MAX_PROTOBUF_BYTES, check_batchnorm_variance, check_declared_sizes, check_external_data,
+from zsq_tvm.core.errors import InputShapeError, ModelLoadError, UnsupportedOpsError
+from zsq_tvm.frontend.onnx_safety import (MAX_PROTOBUF_BYTES, check_batchnorm_variance, check_declared_sizes, check_external_data,
                           check_file_size, check_finite, check_static_shapes, check_tensor_sizes)
 
 __all__ = [

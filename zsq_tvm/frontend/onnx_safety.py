@@ -28,7 +28,7 @@ anything is allocated from what the file *declares*.
 
 Malformed bytes (random data, truncation, a length prefix declaring gigabytes, nesting past the
 protobuf depth limit) are already rejected by the protobuf parser with ``DecodeError``;
-``load_onnx`` turns that into :class:`~zsq_tvm.errors.ModelLoadError`.
+``load_onnx`` turns that into :class:`~zsq_tvm.core.errors.ModelLoadError`.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
 
-from ..errors import ConfigError, InputShapeError, ModelLoadError
+from zsq_tvm.core.errors import ConfigError, InputShapeError, ModelLoadError
 
 __all__ = ["check_batchnorm_variance", "MAX_PROTOBUF_BYTES", "check_file_size", "iter_tensors", "check_tensor_sizes", "check_external_data",
            "check_finite", "DEFAULT_MEMORY_BUDGET", "MEMORY_BUDGET_ENV", "parse_size", "memory_budget",
