@@ -175,13 +175,21 @@ def test_shipped_log_in_a_read_only_folder_still_applies(tmp_path, host, tiny_lo
     assert n >= 1 and info["applied"] >= 1
 
 
-def test_shipped_logs_load_cleanly_and_keep_the_build_bit_exact():
-    """Every folder in tuning_logs/ parses without a skipped line; the AVX2 log (QuartzNet-5x5, T=1000) gives
+@pytest.fixture
+def no_user_tuning(tmp_path, monkeypatch):
+    """Only the shipped logs: no $ZSQ_TUNING_DB, an empty per-user cache."""
+    monkeypatch.delenv("ZSQ_TUNING_DB", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+
+
+def test_shipped_logs_load_cleanly_and_keep_the_build_bit_exact(no_user_tuning):
+    """Every folder in zsq_tvm/tuning_logs/ parses without a skipped line; the AVX2 log (QuartzNet-5x5, T=1000) gives
     every kernel of that build a record, and the tuned build still equals the numpy reference bit for bit."""
     from relax_passes.reference import run_reference
-    from zsq_tvm.tuning_db import target_key
+    from zsq_tvm.tuning_db import SHIPPED_LOGS, target_key
 
-    logs = sorted(p.parent for p in (ROOT / "tuning_logs").glob("*/" + RECORDS))
+    assert SHIPPED_LOGS == ROOT / "zsq_tvm" / "tuning_logs"
+    logs = sorted(p.parent for p in SHIPPED_LOGS.glob("*/" + RECORDS))
     assert logs, "no shipped tuning log"
     by_key = {target_key(get_target(n).make()): n for n in ("x86-avx2", "x86-avx512vnni")}
     for d in logs:
@@ -197,7 +205,7 @@ def test_shipped_logs_load_cleanly_and_keep_the_build_bit_exact():
     q = zsq_tvm.quantize("quartznet5x5", zsq_tvm.QuantConfig(frames=1000))
     # the log was tuned on TVM's default lowering for the AVX2 class (`x86-avx2-generic`): all 20 kernels of
     # that build find a record, and the tuned build stays bit-exact
-    b = zsq_tvm.compile(q, target="x86-avx2-generic")  # applies tuning_logs/x86_64-avx2/ on its own
+    b = zsq_tvm.compile(q, target="x86-avx2-generic")  # applies zsq_tvm/tuning_logs/x86_64-avx2/ on its own
     tuning = b.integer_only["tuning"]
     assert tuning["applied"] >= 20 and tuning["db"].endswith("x86_64-avx2"), tuning
     mel = np.random.default_rng(3).standard_normal((1, 64, 1000)).astype(np.float32)
@@ -210,7 +218,7 @@ def test_shipped_logs_load_cleanly_and_keep_the_build_bit_exact():
     assert np.array_equal(b.run(mel), ref)
 
 
-def test_shipped_vnni_log_applies_and_keeps_the_build_bit_exact():
+def test_shipped_vnni_log_applies_and_keeps_the_build_bit_exact(no_user_tuning):
     """The AVX-512 VNNI log (tuned on what the hand kernels leave of QuartzNet-5x5 and Jasper at T=1000) is
     picked up by `zsq compile --target x86-avx512vnni` on its own, and the tuned build equals the reference."""
     from relax_passes.reference import run_reference
@@ -222,6 +230,7 @@ def test_shipped_vnni_log_applies_and_keeps_the_build_bit_exact():
     b = zsq_tvm.compile(q, target="x86-avx512vnni")
     tuning = b.integer_only["tuning"]
     assert tuning["db"].endswith("x86_64-avx512vnni") and tuning["applied"] >= 1, tuning
+    assert tuning["source"] == "shipped", tuning
     mel = np.random.default_rng(4).standard_normal((1, 64, 1000)).astype(np.float32)
     assert np.array_equal(b.run(mel), run_reference(q.mod, mel))
 

@@ -93,20 +93,30 @@ def _report_to_json(rep) -> dict:
     return out
 
 
-def compile_relax(mod, target: str = "host"):
-    """Lower, check and compile ``mod``; returns ``(executable, lowered, check_report, tvm_target)``."""
+def takes_tuning(spec, tgt) -> bool:
+    """Whether builds for this target apply a tuning database (CPU targets on TVM's own pipeline)."""
+    return spec.compile is None and spec.compile_model is None and str(tgt.kind.name) == "llvm"
+
+
+def compile_relax(mod, target: str = "host", tuning_db=None):
+    """Lower, check and compile ``mod``; returns ``(executable, lowered, check_report, tvm_target)``.
+
+    ``tuning_db``: the database folder to apply (``zsq compile --db``); without it the lookup order of
+    :func:`zsq_tvm.tuning_db.find_db` ($ZSQ_TUNING_DB, the user cache, the shipped log)."""
     import tvm
 
     spec = get_target(target)
     tgt = spec.make()
+    if tuning_db is not None:
+        _check_tuning_db(spec, tgt, target, tuning_db)
     if spec.prepare is not None:  # opt-in target rewrite (e.g. host-vnni kernels)
         mod = spec.prepare(mod)
     lowered, finish = lower(mod, tgt)
     tuning = None
-    if spec.compile is None and str(tgt.kind.name) == "llvm":  # `zsq tune` records (tuning_logs/<key>/)
+    if takes_tuning(spec, tgt):  # `zsq tune` records (--db, $ZSQ_TUNING_DB, user cache, shipped log)
         from zsq_tvm.tuning_db import apply_tuning
 
-        lowered, tuning = apply_tuning(lowered, tgt)
+        lowered, tuning = apply_tuning(lowered, tgt, tuning_db)
         from relax_passes.tir_inline import InlineOnceRead
 
         # what neither our kernels nor the log schedule: its elementwise chains in one loop, not one per op
@@ -122,6 +132,17 @@ def compile_relax(mod, target: str = "host"):
         # register tiles / scratch rows of the x86 kernels on the stack, not the workspace pool
         ex = tvm.compile(lowered, target=tgt, relax_pipeline=finish, tir_pipeline=register_pipeline())
     return ex, lowered, report, tgt
+
+
+def _check_tuning_db(spec, tgt, target: str, tuning_db) -> None:
+    """A ``--db`` for a target that takes no tuning, or that is no database of its class: ConfigError."""
+    from zsq_tvm.core.errors import ConfigError
+    from zsq_tvm.tuning_db import check_db
+
+    if not takes_tuning(spec, tgt):
+        raise ConfigError(f"--db: target {target!r} applies no tuning database (only the CPU targets do)",
+                          "leave --db out for this target")
+    check_db(tuning_db, tgt)
 
 
 def _main_io(mod) -> dict:

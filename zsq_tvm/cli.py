@@ -80,7 +80,7 @@ def cmd_synth(a) -> int:
 def cmd_compile(a) -> int:
 
     api.ensure_output_free(a.output, a.overwrite, api.KIND_BUILD, [a.qdir])  # fail before the build, not after it
-    b = api.compile(a.qdir, target=a.target)
+    b = api.compile(a.qdir, target=a.target, tuning_db=a.db)
     b.save(a.output, overwrite=a.overwrite, inputs=[a.qdir])
     rep = b.integer_only
     if a.json:
@@ -285,6 +285,9 @@ def _parser_compile(sub) -> None:
     s.add_argument("--target", default="host", help="one of: " + ", ".join(api.list_targets()) + " (default host)")
     s.add_argument("-o", "--output", required=True)
     s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--db", default=None, metavar="DIR",
+                   help="tuning database to apply (a `zsq tune --db DIR` folder); default: $ZSQ_TUNING_DB, else "
+                        "the user cache ${XDG_CACHE_HOME:-~/.cache}/zsq-tvm/tuning/<key>/, else the shipped log")
     _add_json(s)
     s.set_defaults(func=cmd_compile)
 
@@ -356,8 +359,9 @@ def _parser_tune(sub) -> None:
                         "or a CUDA target with --rpc-tracker")
     s.add_argument("--trials", type=_int_arg, default=64,
                    help="total measured candidates over all kernels, counting records already in the database")
-    s.add_argument("--db", default=None, help="database folder (default tuning_logs/<target key>/, which "
-                                              "`zsq compile` uses automatically)")
+    s.add_argument("--db", default=None, help="database folder (default $ZSQ_TUNING_DB, else the user cache "
+                                              "${XDG_CACHE_HOME:-~/.cache}/zsq-tvm/tuning/<target key>/, "
+                                              "which `zsq compile` applies automatically)")
     s.add_argument("--rpc-tracker", default=None, metavar="HOST:PORT", help="measure on RPC servers of this tracker")
     s.add_argument("--rpc-key", default=None, help="device key of the RPC servers")
     s.add_argument("--seed", type=_int_arg, default=0)

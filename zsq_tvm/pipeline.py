@@ -18,7 +18,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from zsq_tvm import artifacts
-from zsq_tvm.build import Build, _main_io, check_shared_library, compile_relax, integer_only_report, lower
+from zsq_tvm.build import (Build, _check_tuning_db, _main_io, check_shared_library, compile_relax,
+                           integer_only_report, lower)
 from zsq_tvm.core.errors import (
     ArtifactError,
     BitWidthError,
@@ -451,15 +452,22 @@ def load(path):
     return QuantizedModel.load(path)
 
 
-def compile(qmodel, target: str = "host") -> Build:  # noqa: A001 - mirrors tvm.compile
-    """Quantized model (object or directory) → :class:`Build` for ``target`` (default: this CPU)."""
+def compile(qmodel, target: str = "host", tuning_db=None) -> Build:  # noqa: A001 - mirrors tvm.compile
+    """Quantized model (object or directory) → :class:`Build` for ``target`` (default: this CPU).
+
+    ``tuning_db``: a ``zsq tune`` database folder to apply (``zsq compile --db DIR``); a folder that is no
+    database is a ConfigError before any work.  Without it: ``$ZSQ_TUNING_DB``, else the user cache, else
+    the log shipped for the target's class (:func:`zsq_tvm.tuning_db.find_db`).  The build's
+    ``integer_only["tuning"]`` names the database applied and how many kernels took a record."""
     import tvm
 
     spec = get_target(target)  # fail fast on unknown targets
+    if tuning_db is not None:  # before loading or lowering anything
+        _check_tuning_db(spec, spec.make(), target, tuning_db)
     q = qmodel if isinstance(qmodel, QuantizedModel) else QuantizedModel.load(qmodel)
     if spec.compile_model is not None:  # the backend builds the whole model itself (Cortex-M firmware)
         return spec.compile_model(q, target)
-    ex, lowered, io_report, tgt = compile_relax(q.mod, target)
+    ex, lowered, io_report, tgt = compile_relax(q.mod, target, tuning_db=tuning_db)
     m = dict(q.manifest)
     m.update(artifacts.new_manifest(artifacts.KIND_BUILD))
     m.update(target=target, tvm_target=str(tgt), integer_only=io_report,

@@ -7,7 +7,10 @@ skipped) and tunes them with the evolutionary search and the XGBoost cost model,
 RPC devices behind a tracker (``--rpc-tracker HOST:PORT --rpc-key KEY``).
 
 The records go to a resumable database (:mod:`zsq_tvm.tuning_db`): ``zsq tune`` again resumes, the trial
-budget counting the records already there, and the search starting from them.
+budget counting the records already there, and the search starting from them.  Without ``--db`` that is
+``$ZSQ_TUNING_DB`` or else the per-user cache ``${XDG_CACHE_HOME:-~/.cache}/zsq-tvm/tuning/<key>/``, which
+``zsq compile`` then applies; a new user-cache database starts as a copy of the log shipped for the key
+(so tuning extends it, and the shipped records keep applying).  Nothing is ever written into the package.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from zsq_tvm.build import lower
 from zsq_tvm.core.errors import ArtifactError, ConfigError, NotAvailableError
 from zsq_tvm.pipeline import load
 from zsq_tvm.targets import get_target
-from zsq_tvm.tuning_db import TuningDB, default_db_dir, target_key
+from zsq_tvm.tuning_db import RECORDS, WORKLOADS, TuningDB, default_db_dir, shipped_db_dir, target_key
 
 __all__ = ["extract_tasks", "tune", "check_rpc"]
 
@@ -180,6 +183,21 @@ def _check_db_folder(p: Path) -> None:
         artifacts.check_output_file(p, flag="--db")  # a folder that can be created there
 
 
+def _seed_from_shipped(db_dir: Path, tgt) -> None:
+    """A new user-cache database starts as a copy of the shipped log of its key (read, never written)."""
+    import shutil
+
+    src = shipped_db_dir(tgt)
+    if (db_dir / WORKLOADS).exists() or (db_dir / RECORDS).exists() or not (src / RECORDS).is_file():
+        return
+    db_dir.mkdir(parents=True, exist_ok=True)
+    for name in (WORKLOADS, RECORDS):
+        if (src / name).is_file():
+            tmp = db_dir / (name + ".tmp")
+            shutil.copyfile(src / name, tmp)  # contents only: a read-only install's file modes stay behind
+            os.replace(tmp, db_dir / name)
+
+
 def tune(source, target: str = "host", trials: int = 64, db_path=None, rpc_tracker: str | None = None,
          rpc_key: str | None = None, per_iter: int = 16, seed: int = 0, progress: bool = True,
          rpc_timeout: float = 10.0, lowered=None, builders: int = 1, build_timeout: float = 180.0, *,
@@ -224,6 +242,8 @@ def tune(source, target: str = "host", trials: int = 64, db_path=None, rpc_track
         cfg["num-cores"] = int(psutil.cpu_count(logical=False) or os.cpu_count() or 1)
     tasks = extract_tasks(lowered, tvm.target.Target(cfg))
     db_dir = Path(db_path) if db_path else default_db_dir(tgt)
+    if db_path is None and not os.environ.get("ZSQ_TUNING_DB"):
+        _seed_from_shipped(db_dir, tgt)
     db = TuningDB(db_dir, tgt)
     if not db.usable:
         raise ConfigError(f"tuning database {str(db_dir)!r} belongs to another target or is not a zsq database",

@@ -8,10 +8,19 @@ run keeps every measured record.  Loading skips (with one warning naming the fil
 truncated or garbled lines and records of unknown workloads, keeping every valid record; a database
 for another target is ignored with a warning.
 
-``zsq compile`` (:func:`apply_tuning`) looks for ``$ZSQ_TUNING_DB`` or else ``tuning_logs/<key>/``
-(:func:`target_key`: e.g. ``x86_64-avx512vnni``) and applies the best record of each kernel with
-``MetaScheduleApplyDatabase``; no database or an unusable one means the default schedules, never an
-error.  Integer kernels stay integer under any schedule, so the output stays bit-exact.
+``zsq compile`` (:func:`apply_tuning`) applies the best record of each kernel with
+``MetaScheduleApplyDatabase`` from the first database of one lookup order (:func:`find_db`), keyed by
+:func:`target_key` (e.g. ``x86_64-avx512vnni``):
+
+1. ``zsq compile --db DIR`` / ``compile(..., tuning_db=DIR)``: must be a database (:func:`check_db`);
+2. ``$ZSQ_TUNING_DB`` (a folder that is no database, e.g. ``/nonexistent``: untuned);
+3. the per-user cache ``${XDG_CACHE_HOME:-~/.cache}/zsq-tvm/tuning/<key>/`` when it has records
+   (where ``zsq tune`` writes without ``--db``);
+4. the log shipped in the package, ``zsq_tvm/tuning_logs/<key>/`` (package data: in every install).
+
+No database or an unusable one (from 2.-4.) means the default schedules, never an error.  Shipped logs
+are read-only: reading takes no write lock and creates no file.  Integer kernels stay integer under any
+schedule, so the output stays bit-exact.
 """
 
 from __future__ import annotations
@@ -23,10 +32,11 @@ import os
 import warnings
 from pathlib import Path
 
-from zsq_tvm.core.errors import ZsqError
+from zsq_tvm.core.errors import ConfigError, ZsqError
 from zsq_tvm.targets import list_targets
 
-__all__ = ["TuningWarning", "register_tuning_key", "target_key", "default_db_dir", "TuningDB", "apply_tuning"]
+__all__ = ["TuningWarning", "register_tuning_key", "target_key", "SHIPPED_LOGS", "user_cache_dir", "shipped_db_dir",
+           "default_db_dir", "find_db", "check_db", "TuningDB", "apply_tuning"]
 
 FORMAT = 1
 
@@ -69,10 +79,82 @@ def target_key(tgt) -> str:
 MAX_DB_FILE_BYTES = 256 << 20
 
 
+#: the logs shipped as package data (``pip wheel .`` carries them): read-only
+SHIPPED_LOGS = Path(__file__).resolve().parent / "tuning_logs"
+
+
+def user_cache_dir() -> Path:
+    """The per-user tuning cache ``${XDG_CACHE_HOME:-~/.cache}/zsq-tvm/tuning`` (a relative
+    ``$XDG_CACHE_HOME`` is ignored, as the XDG base directory spec says)."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path(os.path.expanduser("~")) / ".cache"
+    return base / "zsq-tvm" / "tuning"
+
+
+def shipped_db_dir(tgt) -> Path:
+    """The log shipped in the package for ``tgt``'s class: ``zsq_tvm/tuning_logs/<key>``."""
+    return SHIPPED_LOGS / target_key(tgt)
+
+
+def _has_records(p: Path) -> bool:
+    try:
+        return (p / RECORDS).is_file() and (p / RECORDS).stat().st_size > 0
+    except OSError:
+        return False
+
+
 def default_db_dir(tgt) -> Path:
-    """``$ZSQ_TUNING_LOGS/<key>`` or the repository's ``tuning_logs/<key>``."""
-    root = os.environ.get("ZSQ_TUNING_LOGS") or str(Path(__file__).resolve().parent.parent / "tuning_logs")
-    return Path(root) / target_key(tgt)
+    """Where ``zsq tune`` writes without ``--db``: ``$ZSQ_TUNING_DB``, else the user cache
+    ``<user_cache_dir()>/<key>`` -- never the package folder."""
+    env = os.environ.get("ZSQ_TUNING_DB")
+    return Path(env) if env else user_cache_dir() / target_key(tgt)
+
+
+def find_db(tgt, db=None) -> tuple[Path | None, str | None]:
+    """The database ``zsq compile`` applies for ``tgt``: ``(folder, source)`` by the lookup order of the
+    module doc, ``source`` one of ``"flag"``, ``"env"``, ``"user"``, ``"shipped"``; ``(None, None)``
+    when no level has a database (``$ZSQ_TUNING_DB`` set to a folder without records stops the lookup:
+    untuned)."""
+    if db is not None:
+        return Path(os.fspath(db)), "flag"
+    env = os.environ.get("ZSQ_TUNING_DB")
+    if env:
+        p = Path(env)
+        return (p, "env") if _has_records(p) else (None, None)
+    p = user_cache_dir() / target_key(tgt)
+    if _has_records(p):
+        return p, "user"
+    p = shipped_db_dir(tgt)
+    if _has_records(p):
+        return p, "shipped"
+    return None, None
+
+
+def check_db(path, tgt=None) -> Path:
+    """A ``--db`` given to ``zsq compile``: a folder holding a zsq database (for ``tgt``'s class, when
+    given); else a :class:`ConfigError` (one line, exit 2).  Reads only the two header lines."""
+    p = Path(os.fspath(path))
+    fix = "pass a folder written by `zsq tune --db DIR` (or leave --db out)"
+    if not p.is_dir():
+        raise ConfigError(f"--db {str(p)!r} {'is not a folder' if os.path.lexists(p) else 'does not exist'}", fix)
+    if not (p / RECORDS).is_file():
+        raise ConfigError(f"--db {str(p)!r} is not a tuning database (no {RECORDS})", fix)
+    for name in (WORKLOADS, RECORDS):
+        f = p / name
+        if not f.is_file():
+            continue
+        try:
+            with open(f, "rb") as fh:
+                hdr = json.loads(fh.readline(1 << 16))
+            ok = isinstance(hdr, dict) and hdr.get("zsq_tuning_db") == FORMAT
+        except Exception:
+            ok = False
+        if not ok:
+            raise ConfigError(f"--db {str(p)!r} is not a tuning database ({name} has no zsq header)", fix)
+        if tgt is not None and hdr.get("key") != target_key(tgt) and hdr.get("target") != str(tgt):
+            raise ConfigError(f"--db {str(p)!r} was tuned for {hdr.get('target')!r} (class {hdr.get('key')!r}), "
+                              f"not for class {target_key(tgt)!r}", "pass the database of this target's class")
+    return p
 
 
 def _header(tgt) -> dict:
@@ -85,12 +167,14 @@ def _locked(path: Path, exclusive: bool = True):
     if exclusive:
         path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        # a reader never creates the lock file (a shipped log in the package folder stays untouched)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644) if exclusive else os.open(lock, os.O_RDONLY)
     except OSError:
         if exclusive:
             raise
-        # a reader of a database it cannot write to (a shipped log in a read-only install) reads unlocked:
-        # records are only ever appended as whole fsync-ed lines, and torn lines are skipped anyway
+        # a reader of a database without a lock file (no writer ever) or one it cannot open (a read-only
+        # install) reads unlocked: records are only ever appended as whole fsync-ed lines, and torn lines
+        # are skipped anyway
         yield
         return
     try:
@@ -261,11 +345,12 @@ def TuningDB(path, tgt, create: bool = True):  # noqa: N802 - a class factory (t
 
 
 def apply_tuning(lowered, tgt, db_path=None):
-    """Apply the matching tuning database to a lowered module; ``(lowered, info)``; never raises for a bad DB."""
-    p = Path(db_path) if db_path else (Path(os.environ["ZSQ_TUNING_DB"]) if os.environ.get("ZSQ_TUNING_DB")
-                                       else default_db_dir(tgt))
-    info = {"db": str(p), "applied": 0}
-    if not (p / RECORDS).exists():
+    """Apply the tuning database :func:`find_db` picks (``db_path`` first) to a lowered module;
+    ``(lowered, info)`` with ``info = {"db": folder or None, "source": level, "applied": kernels}``;
+    never raises for a bad database."""
+    p, source = find_db(tgt, db_path)
+    info = {"db": str(p) if p is not None else None, "source": source, "applied": 0}
+    if p is None or not (p / RECORDS).exists():
         info["db"] = None
         return lowered, info
     try:

@@ -1,6 +1,6 @@
 """This machine's x86 CPU: its LLVM name and flags, and the ISA class (AVX2, AVX-512, AVX-512 VNNI) of an
 ``-mcpu`` name -- the one place zsq-tvm detects CPU features.  A class decides which hand-written kernels fit
-and which tuning log applies (``tuning_logs/x86_64-avx512vnni/``: a log tuned on one VNNI CPU serves every
+and which tuning log applies (``zsq_tvm/tuning_logs/x86_64-avx512vnni/``: a log tuned on one VNNI CPU serves every
 VNNI CPU)."""
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ variants where it has AVX2), ``host-generic`` (TVM's default lowering only: what
 reference for the hand kernels), ``host-vnni`` (insists on the VNNI kernels), ``llvm`` (portable), and CPU
 *classes* rather than this CPU -- ``x86-avx2`` / ``x86-avx512vnni`` (``-mcpu=haswell`` / ``cascadelake``: the
 binary runs on any x86-64 with those extensions, e.g. one library for a fleet) with the kernels of their
-class, ``x86-avx2-generic`` (the AVX2 class on the default lowering, which ``tuning_logs/x86_64-avx2/`` tunes).
+class, ``x86-avx2-generic`` (the AVX2 class on the default lowering, which ``zsq_tvm/tuning_logs/x86_64-avx2/`` tunes).
 """
 
 from __future__ import annotations
