@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import tarfile
 import warnings
@@ -11,6 +12,21 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_user_tuning_cache(tmp_path_factory):
+    """No test reads or writes the developer's own tuning cache (``~/.cache/zsq-tvm``, zsq_tvm.tuning_db): a
+    user's own `zsq tune` records would change which schedules the builds under test get.  Subprocesses
+    inherit it through the environment."""
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    yield
+    if old is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = old
+
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
