@@ -31,7 +31,7 @@ from zsq_tvm.tuning_db import (RECORDS, SHIPPED_LOGS, WORKLOADS, TuningDB, Tunin
                                find_db, target_key, user_cache_dir)
 
 ROOT = Path(__file__).resolve().parents[1]
-from test_tune import _records_for, _tiny_mod  # noqa: E402
+from test_tune import _records_for, _tiny_mod, host, tiny_lowered  # noqa: E402,F401  (fixtures shared with test_tune)
 
 
 @pytest.fixture
@@ -41,16 +41,6 @@ def env(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     return monkeypatch
-
-
-@pytest.fixture(scope="module")
-def host():
-    return get_target("host-generic").make()
-
-
-@pytest.fixture(scope="module")
-def tiny_lowered(host):
-    return lower(_tiny_mod(), host)[0]
 
 
 def _db(path, tgt, lowered):
