@@ -195,10 +195,14 @@ def test_wheel_install_ships_and_applies_its_log(tmp_path):
     key = target_key(get_target(target).make())
     assert f"zsq_tvm/tuning_logs/{key}/{RECORDS}" in names and f"zsq_tvm/tuning_logs/{key}/{WORKLOADS}" in names
     venv = tmp_path / "venv"
-    r = subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], **run)
+    # no pip inside the venv (a Python without ensurepip still makes one): this pip installs into its site-packages
+    r = subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(venv)], **run)
     assert r.returncode == 0, r.stderr[-2000:]
     py = venv / "bin" / "python"
-    r = subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(whl)], **run)
+    site_packages = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                   **run).stdout.strip()
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target",
+                        site_packages, str(whl)], **run)
     assert r.returncode == 0, r.stderr[-2000:]
     envv = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "ZSQ_TUNING_DB")}
     envv.update(HOME=str(tmp_path / "home"), XDG_CACHE_HOME=str(tmp_path / "xdg"))
