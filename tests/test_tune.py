@@ -304,13 +304,11 @@ def _free_port():
 
 
 def test_rpc_unreachable_tracker_and_unknown_key_fail_fast():
-    t0 = time.time()
+    # the error is the timeout's own message: the 3 s connect timeout fired (how fast is bench's business)
     with pytest.raises(ZsqError, match="not reachable"):
         check_rpc(f"127.0.0.1:{_free_port()}", "k", timeout=3)
     with pytest.raises(ZsqError, match="HOST:PORT"):
         check_rpc("nohostport", "k")
-    # a generous bound that only proves the 3 s timeout fired (no hang); how fast is not this test's business
-    assert time.time() - t0 < 120
 
 
 def _stop(*procs, grace=5.0):
@@ -378,11 +376,10 @@ def test_rpc_tracker_without_that_key_fails_fast():
     port = _free_port()
     tracker = _start_tracker(port, dict(os.environ))
     try:
-        t0 = time.time()
+        # the error is what the 5 s timeout raises: it fired instead of waiting for a server
         with pytest.raises(ZsqError, match="no RPC server is registered with key 'nokey'"):
             tune(_tiny_mod(), trials=2, rpc_tracker=f"127.0.0.1:{port}", rpc_key="nokey", progress=False,
                  rpc_timeout=5)
-        assert time.time() - t0 < 120  # generous: proves the 5 s timeout fired, not how fast
     finally:
         _stop(tracker)
 
@@ -413,10 +410,8 @@ def test_rpc_loopback_tune(tmp_path, host):
         # would do it itself): register them while the server imports TVM
         _register_tensor_intrinsics()
 
-        t0 = time.time()
-        with pytest.raises(ZsqError, match="no RPC server is registered with key 'nokey'"):
+        with pytest.raises(ZsqError, match="no RPC server is registered with key 'nokey'"):  # the timeout's error
             check_rpc(addr, "nokey", timeout=5)
-        assert time.time() - t0 < 120  # generous: proves the 5 s timeout fired, not how fast
         _wait_for_key(addr, "zsq-test", server, server_log)
         watchdog.start()
         # a small search population: 2 trials need no 512-candidate rounds, and RPC is what is tested here

@@ -108,7 +108,7 @@ def compile_relax(mod, target: str = "host", tuning_db=None):
     spec = get_target(target)
     tgt = spec.make()
     if tuning_db is not None:
-        _check_tuning_db(spec, tgt, target, tuning_db)
+        check_tuning_db(spec, tgt, target, tuning_db)
     if spec.prepare is not None:  # opt-in target rewrite (e.g. host-vnni kernels)
         mod = spec.prepare(mod)
     lowered, finish = lower(mod, tgt)
@@ -134,7 +134,7 @@ def compile_relax(mod, target: str = "host", tuning_db=None):
     return ex, lowered, report, tgt
 
 
-def _check_tuning_db(spec, tgt, target: str, tuning_db) -> None:
+def check_tuning_db(spec, tgt, target: str, tuning_db) -> None:
     """A ``--db`` for a target that takes no tuning, or that is no database of its class: ConfigError."""
     from zsq_tvm.core.errors import ConfigError
     from zsq_tvm.tuning_db import check_db

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from zsq_tvm import artifacts
-from zsq_tvm.build import (Build, _check_tuning_db, _main_io, check_shared_library, compile_relax,
+from zsq_tvm.build import (Build, check_tuning_db, _main_io, check_shared_library, compile_relax,
                            integer_only_report, lower)
 from zsq_tvm.core.errors import (
     ArtifactError,
@@ -463,7 +463,7 @@ def compile(qmodel, target: str = "host", tuning_db=None) -> Build:  # noqa: A00
 
     spec = get_target(target)  # fail fast on unknown targets
     if tuning_db is not None:  # before loading or lowering anything
-        _check_tuning_db(spec, spec.make(), target, tuning_db)
+        check_tuning_db(spec, spec.make(), target, tuning_db)
     q = qmodel if isinstance(qmodel, QuantizedModel) else QuantizedModel.load(qmodel)
     if spec.compile_model is not None:  # the backend builds the whole model itself (Cortex-M firmware)
         return spec.compile_model(q, target)

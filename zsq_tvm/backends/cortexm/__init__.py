@@ -10,16 +10,11 @@ variables (default 1024 KB / 256 KB).
 
 from __future__ import annotations
 
-from zsq_tvm.backends.cortexm.build import FirmwareBuild
-from zsq_tvm.backends.cortexm.build import compile_firmware as _cf
+from zsq_tvm.backends.cortexm.build import FirmwareBuild, compile_firmware
 from zsq_tvm.backends.cortexm.firmware import BOARDS
 from zsq_tvm.targets import register_target
 
-__all__ = ["BOARDS", "is_cortexm", "FirmwareBuild", "compile_firmware"]
-
-
-def is_cortexm(name) -> bool:
-    return isinstance(name, str) and name in BOARDS
+__all__ = ["BOARDS", "FirmwareBuild", "compile_firmware"]
 
 
 def _c_target(mcpu):
@@ -28,10 +23,6 @@ def _c_target(mcpu):
 
         return tvm.target.Target({"kind": "c", "mcpu": mcpu})
     return make
-
-
-def _compile_model(q, target):
-    return _cf(q, target)
 
 
 def _load(path, manifest):
@@ -46,16 +37,4 @@ def _check(build):
 
 for _name, (_mcpu, _machine, _f, _r) in BOARDS.items():
     register_target(_name, _c_target(_mcpu), f"{_mcpu} firmware (TVM c + static driver, QEMU {_machine})",
-                    runs_on_host=False, compile_model=_compile_model, load=_load, check=_check)
-
-
-def compile_firmware(q, target, **kw):
-    return _cf(q, target, **kw)
-
-
-def __getattr__(name):
-    if name == "FirmwareBuild":
-        from zsq_tvm.backends.cortexm.build import FirmwareBuild
-
-        return FirmwareBuild
-    raise AttributeError(name)
+                    runs_on_host=False, compile_model=compile_firmware, load=_load, check=_check)
