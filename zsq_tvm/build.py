@@ -396,6 +396,26 @@ class Build:
         """``decode(run(mel))``; ``length``: see :meth:`run` (a ``--time-mask`` build)."""
         return self.decode(self.run(mel, length=length), length=length)
 
+    def stream(self, context_frames: int | None = None, keep_logits: bool = False, on_window=None):
+        """A :class:`zsq_tvm.streaming.Stream` on this build: ``push(pcm_16k) -> new words``, ``finish()``; audio
+        of any length in overlapping windows of :attr:`frames` frames, ``context_frames`` of context on each
+        side (default 2 s), stitched on output frames (:mod:`zsq_tvm.streaming`)."""
+        from zsq_tvm.streaming import DEFAULT_CONTEXT_FRAMES, Stream, model_stride
+
+        if self.vocab is None:
+            raise NotAvailableError("this model has no vocabulary", "quantize with a vocab (QuantConfig(vocab=...))")
+        layout = self.manifest.get("logits_layout", "BTV")
+        shape = self.manifest["io"]["output"]["shape"]
+        stride = model_stride(self.frames, shape[2] if layout == "BVT" else shape[1])
+        masked = self.time_mask
+
+        def infer(mel, valid):
+            return self.run(mel, length=valid) if masked else self.run(mel)
+
+        # default: 2 s, but at most a fifth of the window each side, so a short build keeps 3/5 of each window
+        ctx = min(DEFAULT_CONTEXT_FRAMES, self.frames // 5) if context_frames is None else int(context_frames)
+        return Stream(infer, self.frames, stride, self.vocab, ctx, layout, keep_logits, on_window)
+
     # ---- persistence
     def save(self, out_dir, overwrite: bool = False, inputs=()) -> Path:
         """Write the build folder atomically, its manifest listing every file's SHA-256; ``overwrite``

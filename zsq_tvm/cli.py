@@ -225,6 +225,57 @@ def cmd_bench(a) -> int:
     return 0
 
 
+def cmd_transcribe(a) -> int:
+    fmt = "json" if a.json else a.format
+    ext = {"text": ".txt", "json": ".json", "srt": ".srt", "vtt": ".vtt"}[fmt]
+    if a.output and len(a.audio) > 1:
+        raise ConfigError(f"-o names one file but {len(a.audio)} audio files were given",
+                          "use --output-dir DIR (one file per input) or transcribe one file")
+    outs = []  # checked before any model work: a missing folder or an existing file is found now
+    if a.output:
+        outs = [api.check_output_file(a.output, a.overwrite)]
+    elif a.output_dir:
+        d = Path(a.output_dir)
+        if not d.is_dir():
+            raise ConfigError(f"--output-dir {a.output_dir!r} is not a directory", "create it first")
+        outs = [api.check_output_file(d / (Path(x).stem + ext), a.overwrite, flag="--output-dir") for x in a.audio]
+        if len({str(o) for o in outs}) < len(outs):
+            raise ConfigError("two audio files have the same name stem, so their outputs would collide",
+                              "transcribe them into different --output-dir folders")
+
+    def say(msg):
+        print(f"zsq: {msg}", file=sys.stderr)
+
+    results = api.transcribe(a.model, a.audio, context_frames=_seconds_to_frames(a.context), frames=a.frames,
+                             progress=a.progress or sys.stderr.isatty(), say=say)
+    if a.json and not outs:
+        _print_json({"model": a.model, "results": results})
+        return 0
+    for i, r in enumerate(results):
+        text = api.format_transcript(r, fmt)
+        if outs:
+            with api.write_output_file(outs[i], a.overwrite) as tmp:
+                Path(tmp).write_text(text)
+            say(f"{r['audio']} -> {outs[i]}")
+        elif len(results) > 1 and fmt == "text":
+            print(f"{r['audio']}: {text}", end="")
+        else:
+            print(text, end="")
+    return 0
+
+
+def _seconds_to_frames(s: str | None) -> int | None:
+    if s is None:
+        return None
+    try:
+        v = float(s)
+    except ValueError:
+        v = -1.0
+    if not (0 <= v <= 60):
+        raise ConfigError(f"--context {s!r} is not a number of seconds in 0..60", "pass e.g. --context 2")
+    return int(round(v * 100))
+
+
 def cmd_demo(a) -> int:
 
     return api.run_demo(workdir=a.workdir, json_out=a.json, keep=a.keep)
@@ -384,6 +435,26 @@ def _parser_bench(sub) -> None:
     s.set_defaults(func=cmd_bench)
 
 
+def _parser_transcribe(sub) -> None:
+    s = sub.add_parser("transcribe", help="audio files (WAV/FLAC/OGG, any rate, length) -> text, JSON, SRT or VTT")
+    s.add_argument("model", help="build dir, quantized dir, shipped model name (quartznet5x5, ...), .onnx or .nemo "
+                                 "(models are quantized + compiled for this CPU once and cached)")
+    s.add_argument("audio", nargs="+", help="audio files; other rates are resampled to 16 kHz, stereo mixed down")
+    s.add_argument("--format", default="text", choices=["text", "json", "srt", "vtt"],
+                   help="text (default), json (words and segments with times), srt or vtt subtitles")
+    s.add_argument("-o", "--output", default=None, help="write the result of the one audio file here")
+    s.add_argument("--output-dir", default=None, help="write one file per audio file here (NAME.txt/.json/.srt/.vtt)")
+    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--context", default=None, metavar="SECONDS",
+                   help="audio on each side of a window's kept part, for recordings longer than one window "
+                        "(default 2, at most a fifth of the window)")
+    s.add_argument("--frames", type=_int_arg, default=1000,
+                   help="window length T in frames when MODEL is quantized here (default 1000 = 10 s)")
+    s.add_argument("--progress", action="store_true", help="show the progress bar even when not on a terminal")
+    _add_json(s)
+    s.set_defaults(func=cmd_transcribe)
+
+
 def _parser_demo(sub) -> None:
     s = sub.add_parser("demo", help="quantize + compile + check + run the shipped default model")
     s.add_argument("--workdir", default=None, help="keep artifacts here (default: a temp dir)")
@@ -400,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "larger ones are refused before anything is allocated; raise it only for files you trust")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     for add in (_parser_quantize, _parser_synth, _parser_compile, _parser_check, _parser_run, _parser_report,
-                _parser_export_nemo, _parser_eval, _parser_tune, _parser_bench, _parser_demo):
+                _parser_export_nemo, _parser_eval, _parser_tune, _parser_bench, _parser_transcribe, _parser_demo):
         add(sub)
     return p
 
