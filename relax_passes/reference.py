@@ -238,11 +238,12 @@ def run_reference(mod: tvm.IRModule, *inputs, func_name: str = "main", return_en
     if not return_env:
         keep = set(relax.analysis.free_vars(func.body.body))
         last: dict = {}
+        env_vars = set(func.params) | {b.var for b in bs}  # not shape variables (a symbolic T)
         for i, b in enumerate(bs):
             for u in relax.analysis.free_vars(b.value):
                 last[u] = i
         for u, i in last.items():
-            if u not in keep:
+            if u not in keep and u in env_vars:
                 dying.setdefault(i, []).append(u)
     for i, b in enumerate(bs):
         for u in dying.pop(i - 1, ()):  # at the top: the loop body `continue`s
@@ -254,7 +255,8 @@ def run_reference(mod: tvm.IRModule, *inputs, func_name: str = "main", return_en
             env[var] = ev(v)
             continue
         if op == "call_tir":
-            env[var] = _boundary(mod, v, [ev(x) for x in v.args[1].fields])
+            # both boundary kernels take one tensor; a symbolic-T build also passes T itself (a shape variable)
+            env[var] = _boundary(mod, v, [ev(v.args[1].fields[0])])
             continue
         args = [ev(v.args[0])] if op in ("strided_slice", "split") else \
             [ev(x) for x in v.args if not isinstance(x, (relax.ShapeExpr, tvm.ir.prim.expr.IntImm, tvm.ir.prim.expr.FloatImm))]

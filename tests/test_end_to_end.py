@@ -13,9 +13,9 @@ def test_zsq_demo_json(tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     res = json.loads(p.stdout)
     assert res["logits_shape"][0] == 1 and res["logits_shape"][-1] == 29
-    assert isinstance(res["text"][0], str)
-    assert res["integer_only"] in (True, None)  # None only while the checker is not installed
+    # the shipped clip, which the shipped model gets right in FP32 and integer-only (zsq_tvm/zoo/clips/README.md)
+    assert res["text"] == res["fp32_text"] == res["spoken"] == "speech recognition on a small device open the door and wait for me"
+    assert res["integer_only"] is True
     assert res["report"]["quantized"]["wbits"] == 8
-    assert res["argmax_agreement_fp32"] is None or res["argmax_agreement_fp32"] > 0.5
     w = tmp_path / "w"
     assert (w / "quantized" / "manifest.json").exists() and (w / "build" / "model.so").exists()

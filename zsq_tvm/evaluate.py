@@ -213,17 +213,23 @@ _FRONTEND = None
 
 def compute_mel(audio_path: str) -> np.ndarray:
     """16 kHz wav -> float32 log-mel ``[64, L]`` (valid frames only) - the float side of the boundary."""
+    from zsq_tvm.audio.mel import load_wav
+
+    return compute_mel_pcm(load_wav(audio_path))
+
+
+def compute_mel_pcm(x: np.ndarray) -> np.ndarray:
+    """16 kHz float32 samples -> float32 log-mel ``[64, L]`` (valid frames only)."""
     import torch
 
-    from zsq_tvm.audio.mel import MelFrontend, load_wav
+    from zsq_tvm.audio.mel import MelFrontend
 
     global _FRONTEND
     if _FRONTEND is None:
         _FRONTEND = MelFrontend()
-    x = load_wav(audio_path)
     if len(x) < 2:
         x = np.zeros(160, np.float32)
-    feats, flen = _FRONTEND(torch.from_numpy(x)[None])
+    feats, flen = _FRONTEND(torch.from_numpy(np.ascontiguousarray(x, np.float32))[None])
     return feats[0, :, : int(flen[0])].numpy().astype(np.float32)
 
 
