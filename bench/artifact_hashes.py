@@ -3,8 +3,10 @@
 For each case (the three reference models, with masked padding, with zero-shot calibration, and the
 Cortex-M sized one) it quantizes, compiles for host, t4 (CUDA source) and cortex-m4 as listed, and records
 the hash of every file of the quantized and build folders, of the manifests without their timestamps and
-paths (when, and in which checkout / temp folder), and of the logits on a seeded mel (integer and
-dequantized).  Record one tree, then the other, then compare::
+paths (when, and in which checkout / temp folder), and of the output on a seeded mel: the integer codes
+(``codes-TARGET``) and the float logits (``logits-dequantized-TARGET``).  Records made before ``Build.run``
+returned float logits on every target hold ``logits-TARGET`` instead of the codes (Cortex-M: the codes; host:
+the float logits).  Record one tree, then the other, then compare::
 
     (cd /tmp/before && python3 -m bench.artifact_hashes record /tmp/before.json)   # e.g. a `git worktree add`
     python3 -m bench.artifact_hashes record /tmp/after.json
@@ -76,8 +78,8 @@ def record(path: str, only: list[str]) -> None:
                 if target != "t4":  # the CUDA build runs on a GPU only
                     mel = rng.standard_normal((1, 64, cfg["frames"])).astype("float32")
                     kw = {"length": np.array([cfg["frames"] - 37], "int64")} if cfg.get("time_mask") else {}
-                    rec[f"logits-{target}"] = _array_hash(b.run(mel, **kw))
-                    rec[f"logits-dequantized-{target}"] = _array_hash(b.run(mel, dequantize=True, **kw))
+                    rec[f"codes-{target}"] = _array_hash(b.run(mel, codes=True, **kw))
+                    rec[f"logits-dequantized-{target}"] = _array_hash(b.run(mel, **kw))
             out[name] = rec
             print(f"{name}: {time.time() - t0:.1f} s", flush=True)
     Path(path).write_text(json.dumps(out, indent=1))

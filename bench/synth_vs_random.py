@@ -87,7 +87,7 @@ def main():
         q = zsq_tvm.quantize("quartznet5x5", zsq_tvm.QuantConfig(wbits=8, abits=8, frames=T, calib=list(data),
                                                                    calib_method="minmax"))
         b = zsq_tvm.compile(q, target="host")
-        y = b.run(evals, dequantize=True)
+        y = b.run(evals)
         cos = [float(np.dot(u.ravel(), v.ravel()) / (np.linalg.norm(u) * np.linalg.norm(v)))
                for u, v in zip(y.astype(np.float64), fp_logits.astype(np.float64))]
         agree = float(np.mean(y.argmax(-1) == fp_logits.argmax(-1)))

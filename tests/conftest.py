@@ -32,6 +32,33 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+#: set by ./run-tests once it has installed the system packages: a missing one fails the run, and a test that
+#: skips for lack of one fails, so no run (CI included) passes with the Cortex-M, speech or real-audio tests skipped
+REQUIRE_TOOLCHAINS = os.environ.get("ZSQ_REQUIRE_TOOLCHAINS") == "1"
+
+
+def pytest_configure(config):
+    import system_packages
+
+    miss = system_packages.missing() if REQUIRE_TOOLCHAINS else []
+    if miss:
+        raise pytest.UsageError(
+            "ZSQ_REQUIRE_TOOLCHAINS=1 but these system packages are missing: " + ", ".join(
+                f"{p} (no {system_packages.PACKAGES[p][0]}: {system_packages.PACKAGES[p][1]})" for p in miss)
+            + f"; install them: apt-get update && apt-get install -y {' '.join(miss)} (or run ./run-tests)")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    rep = (yield).get_result()
+    if REQUIRE_TOOLCHAINS and rep.skipped and not hasattr(rep, "wasxfail") and isinstance(rep.longrepr, tuple):
+        import system_packages
+
+        reason = str(rep.longrepr[2])
+        if any(w.lower() in reason.lower() for w in system_packages.SKIP_WORDS):
+            rep.outcome = "failed"
+            rep.longrepr = f"skipped for lack of a system package, but ZSQ_REQUIRE_TOOLCHAINS=1: {reason}"
+
 
 def reseal(folder) -> None:
     """Record the current files of an artifact folder in its manifest, as zsq does when it writes one: for

@@ -65,6 +65,13 @@ def test_round_trip_json(micro, tmp_path, capsys):
 
     rc, out, err = cli(capsys, "run", b, "--input", tmp_path / "mel.npy", "--decode")
     assert rc == 0 and out.strip() == res["text"][0].strip()
+    assert logits.dtype == np.float32
+    rc, out, err = cli(capsys, "run", b, "--input", tmp_path / "mel.npy", "--output", tmp_path / "codes.npy", "--codes",
+                       "--decode")  # the integer output codes, before the output dequantize
+    codes = np.load(tmp_path / "codes.npy")
+    assert rc == 0 and codes.dtype == np.int16 and out.splitlines()[-1].strip() == res["text"][0].strip()
+    scale = json.loads((b / "quant.json").read_text())["output"][0]["scale"]
+    assert np.array_equal(codes.astype(np.float32) * np.float32(scale), logits)
 
     rc, out, err = cli(capsys, "report", q, "--json")
     assert rc == 0, err

@@ -52,14 +52,22 @@ def test_generated_c_bit_exact_on_host(qmodel, tmp_path):
     assert np.array_equal(y, _reference_int(qmodel, mel))
 
 
-@needs_arm
-@needs_qemu
-def test_cortex_m4_qemu_bit_exact(qmodel, tmp_path):
+@pytest.fixture(scope="module")
+def m4_dir(qmodel, tmp_path_factory):
+    """``qmodel`` compiled for cortex-m4 and saved (skips without the toolchain or QEMU)."""
     import zsq_tvm
 
-    b = zsq_tvm.compile(qmodel, target="cortex-m4")
-    b.save(tmp_path / "b")
-    b = zsq_tvm.load(tmp_path / "b")
+    if TOOLCHAIN or QEMU:
+        pytest.skip(TOOLCHAIN or QEMU)
+    return zsq_tvm.compile(qmodel, target="cortex-m4").save(tmp_path_factory.mktemp("m4") / "b")
+
+
+@needs_arm
+@needs_qemu
+def test_cortex_m4_qemu_bit_exact(qmodel, m4_dir):
+    import zsq_tvm
+
+    b = zsq_tvm.load(m4_dir)
     f = b.firmware
     assert f["symbols"]["ok"], f["symbols"]
     assert f["size"]["flash_bytes"] <= f["flash_budget"] and f["size"]["ram_bytes"] <= f["ram_budget"]
@@ -67,14 +75,48 @@ def test_cortex_m4_qemu_bit_exact(qmodel, tmp_path):
     assert rep["ok"] and rep["firmware"]["ok"]
     for seed in (0, 1):
         mel = _mel(seed)
-        y, stats = b.run(mel, return_stats=True)
+        y, stats = b.run(mel, codes=True, return_stats=True)
         assert y.dtype == np.dtype(f["output"]["dtype"])
         assert np.array_equal(y, _reference_int(qmodel, mel)), f"seed {seed}: QEMU != reference"
         assert stats[0]["instructions"] > 0 and stats[0]["stack_used_bytes"] < f["stack_budget"]
         yh, _ = b.run_int(b.quantize_input(mel), host=True)
         assert np.array_equal(y, yh)
-    ydq = b.run(_mel(0), dequantize=True)
-    assert ydq.dtype == np.float32
+
+
+@needs_arm
+@needs_qemu
+def test_same_outputs_as_a_host_build(qmodel, m4_dir, tmp_path, capsys):
+    """``Build.run`` and ``zsq run`` give the same float32 logits on Cortex-M as on the host (the host dequantizes
+    the firmware's integer output with the module's output scale), and ``codes=True`` / ``--codes`` the same
+    integer codes."""
+    import zsq_tvm
+    from relax_passes.reference import run_reference
+    from zsq_tvm.cli import main
+
+    host, m4 = zsq_tvm.compile(qmodel, target="host"), zsq_tvm.load(m4_dir)
+    mel = np.concatenate([_mel(2), _mel(3)])  # a batch of two
+    logits = host.run(mel)
+    ref = np.concatenate([run_reference(qmodel.mod, m[None]) for m in mel])  # float32, bit-exact on the host
+    assert logits.dtype == np.float32 and np.array_equal(logits, ref)
+    np.testing.assert_array_equal(m4.run(mel), logits)  # same float32 values, bit for bit
+    codes = host.run(mel, codes=True)
+    assert codes.dtype == np.dtype(m4.firmware["output"]["dtype"]) == np.int16
+    np.testing.assert_array_equal(m4.run(mel, codes=True), codes)
+    assert np.array_equal(codes[:1], _reference_int(qmodel, mel[:1]))  # the input of the output dequantize
+    assert m4.decode(m4.run(mel)) == host.decode(logits) == host.decode(codes)
+
+    np.save(tmp_path / "mel.npy", mel[0])
+    host_dir = host.save(tmp_path / "host")
+    for args in ([], ["--codes"]):
+        got = []
+        for d in (host_dir, m4_dir):
+            out = tmp_path / f"{d.name}{''.join(args)}.npy"
+            assert main(["run", str(d), "--input", str(tmp_path / "mel.npy"), "--output", str(out)] + args) == 0
+            got.append(np.load(out))
+        assert got[0].dtype == (np.int16 if args else np.float32)
+        np.testing.assert_array_equal(got[1], got[0])
+        np.testing.assert_array_equal(got[0], (codes if args else logits)[:1])
+    capsys.readouterr()
 
 
 @needs_arm

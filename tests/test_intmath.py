@@ -93,6 +93,22 @@ def test_quantize_eq1(alpha, bits, unsigned, seed):
     assert err.max() <= S / 2 * (1 + 1e-5) + 1e-6
 
 
+@settings(max_examples=25, deadline=None)
+@given(st.floats(min_value=1e-6, max_value=1e3, allow_nan=False), st.sampled_from(["int8", "uint8", "int16"]))
+def test_dequantized_codes_inverts_dequantize(scale, dtype):
+    """Every code of the dtype comes back from its float32 logit exactly (``run(codes=True)`` of a host build)."""
+    info = np.iinfo(dtype)
+    q = np.arange(info.min, info.max + 1).astype(dtype)
+    assert np.array_equal(im.dequantized_codes(im.dequantize(q, scale), scale, dtype), q)
+
+
+def test_dequantized_codes_refuses_what_no_code_gives():
+    y = im.dequantize(np.array([3, -7], np.int16), 0.01)
+    for bad in (y + np.float32(1e-4), y * 1e5, y.astype(np.float64), np.array([np.nan], np.float32)):
+        with pytest.raises(ValueError, match="not the output scale"):
+            im.dequantized_codes(bad, 0.01, "int16")
+
+
 def test_per_channel_weights_and_zero_channel():
     w = np.random.default_rng(0).normal(size=(4, 3, 5))
     w[2] = 0.0

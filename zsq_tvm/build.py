@@ -202,8 +202,27 @@ def check_shared_library(path, shown, machine: bool = True) -> None:
                                 f"of a {size:,}-byte file)", fix)
 
 
+_CODE_DTYPES = ("int8", "uint8", "int16", "uint16", "int32", "uint32")
+
+
+def _output_record(quant) -> dict | None:
+    """``quant.json``'s ``output[0]`` (``{"dtype", "scale", ...}``), ``None`` where there is none; one that is no
+    integer dtype and positive finite scale is an ArtifactError."""
+    rec = quant.get("output") if isinstance(quant, dict) else None
+    rec = rec[0] if isinstance(rec, list) and rec else None
+    if not isinstance(rec, dict):
+        return None
+    scale = rec.get("scale")
+    if rec.get("dtype") not in _CODE_DTYPES or isinstance(scale, bool) or not isinstance(scale, (int, float)) \
+            or not 0 < scale < float("inf"):
+        raise ArtifactError(f"quant.json's output record {str(rec)[:120]} has no integer dtype and positive scale",
+                            "quantize and compile again with zsq")
+    return {"dtype": rec["dtype"], "scale": float(scale)}
+
+
 class Build:
-    """A compiled model: ``run(mel) -> logits``, ``transcribe(mel) -> [str]``, ``save(dir)``."""
+    """A compiled model: ``run(mel) -> float32 logits`` (``run(mel, codes=True)``: the integer codes),
+    ``transcribe(mel) -> [str]``, ``save(dir)``."""
 
     def __init__(self, executable, manifest: dict, module_json: str | None = None,
                  files: dict[str, Any] | None = None, lib_path: str | None = None):
@@ -213,6 +232,9 @@ class Build:
         self._files = files or {}
         self._lib_path = lib_path
         self._lib_sha256: str | None = None  # of the verified library a loaded build was read from
+        # quant.json's record of the output codes (dtype, scale): what `run(codes=True)` returns
+        q = self._files.get("quant.json")
+        self._quant_output = _output_record(q) if isinstance(q, dict) else None
         self._tls = threading.local()  # one relax VM per thread: a VM is not re-entrant
 
     # ---- properties
@@ -332,13 +354,57 @@ class Build:
                                   f"pass the number of valid (unpadded) frames of each mel, at most {T}")
         return arr.astype(np.int32)
 
-    def run(self, mel, dequantize: bool = False, length=None) -> np.ndarray:
-        """Mel ``[B, F, T]`` / ``[F, T]`` (float32) → logits as the model returns them.
+    def run(self, mel, length=None, *, codes: bool = False, dequantize=None) -> np.ndarray:
+        """Mel ``[B, F, T]`` / ``[F, T]`` (float32) → float32 logits, the same on every target.
 
-        ``dequantize=True`` turns integer logits into floats with the output scale.  ``length`` (an int or one
-        per mel): how many leading frames of each zero-padded mel are real; a ``--time-mask`` build masks the
-        rest (default: all ``T``); other builds refuse it (their output depends on the padding).
+        ``codes=True``: the model's integer output codes instead -- the input of the output dequantize
+        (``quant.json`` ``output[0]``: dtype, scale), bit-exact across targets; the logits are
+        ``codes.astype(float32) * float32(output_scale)`` (:func:`zsq_tvm.core.intmath.dequantize`).
+        ``length`` (an int or one per mel): how many leading frames of each zero-padded mel are real; a
+        ``--time-mask`` build masks the rest (default: all ``T``); other builds refuse it (their output
+        depends on the padding).  ``dequantize`` is deprecated: float logits are the default.
         """
+        self._deprecated_dequantize(dequantize)
+        return self._output(self._run_model(mel, length), codes)
+
+    @staticmethod
+    def _deprecated_dequantize(dequantize) -> None:
+        if dequantize is not None:  # `run` of a Cortex-M build returned integer codes unless dequantize=True
+            import warnings
+
+            warnings.warn("run(dequantize=...) is deprecated: run returns float logits on every target; pass "
+                          "codes=True for the integer output codes", DeprecationWarning, stacklevel=3)
+
+    def _output_codes(self) -> tuple[float | None, str | None]:
+        """``(scale, dtype)`` of the integer output codes."""
+        rec = self._quant_output or {}
+        scale = rec.get("scale", self.manifest.get("output_scale"))
+        return scale, rec.get("dtype")
+
+    def _output(self, y: np.ndarray, codes: bool) -> np.ndarray:
+        """The model's output ``y`` (integer codes, or the float logits of a module that dequantizes) as
+        float32 logits, or as the integer codes when ``codes``."""
+        scale, dtype = self._output_codes()
+        if np.issubdtype(y.dtype, np.integer):  # firmware, or a module quantized without its dequantize
+            if codes:
+                return y
+            if scale is None:
+                raise NotAvailableError("this build records no output scale to dequantize its integer output",
+                                        "pass codes=True (zsq run --codes), or quantize and compile again")
+            return intmath.dequantize(y, scale)
+        if not codes:
+            return y
+        if scale is None or dtype is None:
+            raise NotAvailableError("this build records no output scale and code dtype (quant.json output)",
+                                    "compile again with `zsq compile`, or leave codes out for the float logits")
+        try:
+            return intmath.dequantized_codes(y, scale, dtype)
+        except ValueError as e:
+            raise ArtifactError(f"cannot recover the integer output codes: {e}",
+                                "compile again with `zsq compile`, or leave codes out for the float logits") from None
+
+    def _run_model(self, mel, length) -> np.ndarray:
+        """The model's own output on ``mel`` (batches of the compiled size, padded and cut back)."""
         import tvm
 
         x = self._prepare(mel)
@@ -360,12 +426,7 @@ class Build:
             if isinstance(y, (list, tuple)) or type(y).__name__ in ("Array", "Tuple"):
                 y = y[0]
             outs.append(y.numpy()[:n])
-        out = np.concatenate(outs)
-        if dequantize and np.issubdtype(out.dtype, np.integer):
-            s = self.manifest.get("output_scale")
-            if s is not None:
-                out = out.astype(np.float32) * np.float32(s)
-        return out
+        return np.concatenate(outs)
 
     def _encode_input(self, x: np.ndarray, dtype: str) -> np.ndarray:
         if dtype.startswith("float"):
@@ -485,6 +546,7 @@ class Build:
     def _loaded(cls, rt, m: dict, module_json, lib: Path) -> "Build":
         b = cls(rt, artifacts.without_files(m), module_json, lib_path=str(lib))
         b._lib_sha256 = m["files"][LIB_NAME]["sha256"]
+        b._quant_output = _output_record(artifacts.read_json_file(lib.parent, "quant.json", m))
         return b
 
     def module(self):

@@ -146,7 +146,7 @@ def cmd_run(a) -> int:
         # a --time-mask build: pad a short mel here and tell the model how many frames are real
         length = mel.shape[-1]
         mel = np.concatenate([mel, np.zeros(mel.shape[:-1] + (b.frames - length,), mel.dtype)], axis=-1)
-    logits = b.run(mel, dequantize=a.dequantize, length=length)
+    logits = b.run(mel, length=length, codes=a.codes)
     if a.output:
         with api.write_output_file(a.output, a.overwrite) as tmp:
             with open(tmp, "wb") as f:  # np.save(path) would append ".npy" to the temporary name
@@ -157,7 +157,7 @@ def cmd_run(a) -> int:
                      **({"text": text} if text is not None else {})})
     else:
         if a.output:
-            print(f"logits {list(logits.shape)} {logits.dtype} -> {a.output}")
+            print(f"{'codes' if a.codes else 'logits'} {list(logits.shape)} {logits.dtype} -> {a.output}")
         for t in text or []:
             print(t)
     return 0
@@ -354,9 +354,11 @@ def _parser_run(sub) -> None:
     s = sub.add_parser("run", help="run a build on a mel .npy")
     s.add_argument("build_dir")
     s.add_argument("--input", required=True, help="mel spectrogram .npy, [F, T] or [B, F, T]")
-    s.add_argument("--output", help="write logits .npy here")
+    s.add_argument("--output", help="write logits .npy here (float32 on every target)")
     s.add_argument("--decode", action="store_true", help="greedy CTC decode and print the text")
-    s.add_argument("--dequantize", action="store_true", help="return float logits (× output scale)")
+    s.add_argument("--codes", action="store_true",
+                   help="write the integer output codes instead (int16/int8, before the output dequantize)")
+    s.add_argument("--dequantize", action="store_true", help=argparse.SUPPRESS)  # the default now; old scripts
     s.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     _add_json(s)
     s.set_defaults(func=cmd_run)

@@ -36,6 +36,7 @@ __all__ = [
     "quantize",
     "quantize_per_channel",
     "dequantize",
+    "dequantized_codes",
     "quantize_bias",
     "dyadic",
     "dyadic_vector",
@@ -115,6 +116,23 @@ def quantize_per_channel(w, bits: int, axis: int = 0) -> tuple[np.ndarray, np.nd
 def dequantize(q, scale: float) -> np.ndarray:
     """``x~ = S * q`` in float32 (``float32(q) * float32(S)``, as the output TIR kernel does)."""
     return np.asarray(q).astype(np.float32) * np.float32(scale)
+
+
+def dequantized_codes(y, scale: float, dtype: str) -> np.ndarray:
+    """The integer codes ``q`` (``dtype``) whose :func:`dequantize` with ``scale`` is ``y``, bit for bit.
+
+    ``y = fl32(q * S)`` is within 2^-24 |q S| of ``q S``, so for ``|q| < 2^22`` the float64 ``rint(y / S)`` is
+    ``q`` exactly; the result is dequantized again and compared, so a ``y`` that is no ``S * q`` (not an
+    output of the dequantize) is a ValueError, never a wrong code."""
+    y = np.asarray(y)
+    s = np.float64(np.float32(scale))
+    info = np.iinfo(dtype)
+    q = np.rint(y.astype(np.float64) / s)
+    ok = np.isfinite(q).all() and q.min(initial=0) >= info.min and q.max(initial=0) <= info.max
+    codes = q.astype(dtype) if ok else None
+    if codes is None or y.dtype != np.float32 or not np.array_equal(dequantize(codes, scale), y):
+        raise ValueError(f"the {y.dtype} output is not the output scale {float(scale)!r} times {dtype} codes")
+    return codes
 
 
 def quantize_bias(b, scale) -> np.ndarray:

@@ -3,7 +3,8 @@
 ``zsq compile q/ --target cortex-m4 -o fw/`` writes a self-contained firmware folder (C sources,
 linker script, Makefile, ``fw.elf``); ``zsq check fw/`` adds the ELF symbol check (no soft-float,
 libm or malloc) to the integer-only report; ``zsq run fw/ --input mel.npy`` runs the firmware under
-QEMU (``mps2-an386`` / ``mps2-an500``) and returns the *integer* logits (``--dequantize`` scales them).
+QEMU (``mps2-an386`` / ``mps2-an500``) and returns float32 logits, dequantized on the host with the output scale
+of the module's output dequantize -- the same values as a host build's (``--codes``: the integer codes).
 Budgets: ``flash_kb``/``ram_kb`` arguments or the ``ZSQ_CM_FLASH_KB`` / ``ZSQ_CM_RAM_KB`` environment
 variables (default 1024 KB / 256 KB).
 """

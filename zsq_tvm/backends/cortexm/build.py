@@ -52,7 +52,8 @@ def compile_firmware(q, target: str, flash_kb: int | None = None, ram_kb: int | 
 
 
 class FirmwareBuild(Build):
-    """Cortex-M build: ``run`` executes ``fw.elf`` under QEMU and returns the integer logits."""
+    """Cortex-M build: ``run`` executes ``fw.elf`` under QEMU; the host dequantizes its integer output (float32
+    logits equal to a host build's; ``run(mel, codes=True)``: the integer codes, ``run_int``: on a quantized input)."""
 
     def __init__(self, fw_dir, manifest, module_json=None, files=None, tmpdir=None):
         super().__init__(None, manifest, module_json, files)
@@ -91,8 +92,11 @@ class FirmwareBuild(Build):
             return fw.run_host(self.fw_dir, x_int, shape, dtype, length=length), {}
         return fw.run_qemu(self.fw_dir, x_int, f["board"], shape, dtype, length=length)
 
-    def run(self, mel, dequantize: bool = False, return_stats: bool = False, length=None):
-        """Like :meth:`zsq_tvm.build.Build.run`, on the firmware under QEMU."""
+    def run(self, mel, length=None, *, codes: bool = False, return_stats: bool = False, dequantize=None):
+        """Like :meth:`zsq_tvm.build.Build.run` (float32 logits; ``codes=True``: the integer codes), on the
+        firmware under QEMU; the host dequantizes the firmware's integer output with the output scale, as a host
+        build's output dequantize does.  ``return_stats``: also QEMU's counts of each batch."""
+        self._deprecated_dequantize(dequantize)
         f = self.firmware
         if f["input"]["quantize"] is None:
             raise ArtifactError("this firmware has no input quantize parameters", "compile again")
@@ -109,10 +113,14 @@ class FirmwareBuild(Build):
             y, st = self.run_int(pad_batch(xq[i:i + B], B), length=ln)
             outs.append(y[:n])
             stats.append(st)
-        out = np.concatenate(outs)
-        if dequantize and f["output"]["scale"] is not None:
-            out = out.astype(np.float32) * np.float32(f["output"]["scale"])
+        out = self._output(np.concatenate(outs), codes)
         return (out, stats) if return_stats else out
+
+    def _output_codes(self) -> tuple[float | None, str | None]:
+        """The firmware's output: the input of the module's output dequantize, with that dequantize's scale."""
+        out = self.firmware["output"]
+        scale = out.get("scale")
+        return (scale if scale is not None else self.manifest.get("output_scale")), out.get("dtype")
 
     def check_firmware(self) -> dict:
         """Re-run the ELF symbol check (needs arm-none-eabi-nm)."""
