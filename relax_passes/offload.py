@@ -47,6 +47,7 @@ class KernelRule:
     lower: Callable[[Chain], Offload | None]
     emit: Callable  # (rewriter, Offload, kernel GlobalVar, x, *extra) -> the expression replacing the chain
     describe: Callable[[object], dict]  # spec -> the replaced-layer record (with "var" added)
+    symbolic: bool = False  # takes a symbolic length (a symbolic-T module's time axis); else such chains are left
 
 
 def offload(mod: tvm.IRModule, rules, func_name: str = "main", join=None) -> tuple[tvm.IRModule, list[dict]]:
@@ -57,6 +58,8 @@ def offload(mod: tvm.IRModule, rules, func_name: str = "main", join=None) -> tup
     plan = {}
     for rule in rules:
         for chain in requantize_chains(func, rule.kind, rule.out_dtypes):
+            if not rule.symbolic and not all(isinstance(v, (int, str, float)) for v in chain.spec.values()):
+                continue  # a symbolic size this kernel cannot take: the default lowering keeps it
             off = rule.lower(chain)
             if off is not None:
                 plan[chain.final] = (rule, off)

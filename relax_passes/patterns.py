@@ -71,6 +71,16 @@ def _ints(xs):
     return [int(x) for x in xs]
 
 
+def _dims(shape):
+    """A tensor shape as ints, except a symbolic size (the time axis of a symbolic-T module), kept as its
+    expression; kernels that take any length read it from their own input buffer."""
+    return [int(x) if isinstance(x, tvm.tirx.IntImm) else x for x in shape]
+
+
+def _static(*xs) -> bool:
+    return all(isinstance(x, int) for x in xs)
+
+
 def _pads(at):
     pads = _ints(at.padding)
     return (pads * 2)[:2] if len(pads) == 1 else pads[:2]
@@ -86,8 +96,8 @@ def _pointwise(call, x, W):
     if (W.shape[2] != 1 or int(at.groups) != 1 or _ints(at.strides) != [1] or _ints(at.dilation) != [1]
             or any(_ints(at.padding))):
         return None
-    N, K, T = _ints(x.ty.shape)
-    if N != 1 or W.shape[1] != K:
+    N, K, T = _dims(x.ty.shape)
+    if not _static(N, K) or N != 1 or W.shape[1] != K:
         return None
     return dict(T=T, K=K, M=int(W.shape[0]), a_dtype=str(x.ty.dtype), layout="ncw"), W, int(W.shape[0])
 
@@ -98,10 +108,10 @@ def _full_conv(call, x, W):
     if int(at.groups) != 1 or len(st) != 1 or st[0] < 1 or len(dl) != 1 or dl[0] < 1:
         return None
     pl, pr = _pads(at)
-    N, K, T = _ints(x.ty.shape)
+    N, K, T = _dims(x.ty.shape)
     taps = int(W.shape[2])
-    if (N != 1 or W.shape[1] != K or (taps == 1 and pl == 0 and pr == 0 and st[0] == 1)
-            or T + pl + pr - dl[0] * (taps - 1) < 1):
+    if (not _static(N, K) or N != 1 or W.shape[1] != K or (taps == 1 and pl == 0 and pr == 0 and st[0] == 1)
+            or (_static(T) and T + pl + pr - dl[0] * (taps - 1) < 1)):
         return None
     return dict(T=T, K=K, M=int(W.shape[0]), a_dtype=str(x.ty.dtype), layout="ncw", taps=taps, dilation=dl[0],
                 pad_l=pl, pad_r=pr, stride=st[0]), W, int(W.shape[0])
@@ -109,13 +119,13 @@ def _full_conv(call, x, W):
 
 def _depthwise(call, x, W):
     at = call.attrs
-    N, C, T = _ints(x.ty.shape)
+    N, C, T = _dims(x.ty.shape)
     st, dl = _ints(at.strides), _ints(at.dilation)
-    if (N != 1 or int(at.groups) != C or W.shape[0] != C or W.shape[1] != 1 or len(dl) != 1 or dl[0] < 1
+    if (not _static(N, C) or N != 1 or int(at.groups) != C or W.shape[0] != C or W.shape[1] != 1 or len(dl) != 1 or dl[0] < 1
             or len(st) != 1 or st[0] not in (1, 2, 4) or (4 * dl[0]) % st[0]):
         return None
     pl, pr = _pads(at)
-    if (T + pl + pr - dl[0] * (int(W.shape[2]) - 1) - 1) // st[0] + 1 < 1:
+    if _static(T) and (T + pl + pr - dl[0] * (int(W.shape[2]) - 1) - 1) // st[0] + 1 < 1:
         return None
     return dict(C=C, Tin=T, K=int(W.shape[2]), stride=st[0], pad_l=pl, pad_r=pr, dilation=dl[0],
                 a_dtype=str(x.ty.dtype)), W, C
@@ -141,8 +151,8 @@ def _linear():
         xe, W = arg(x), const_value(arg(w))
         if W is None or W.ndim != 2 or xe.ty.ndim not in (2, 3):
             return None
-        *lead, T, K = _ints(xe.ty.shape)
-        if W.shape[0] != K or lead not in ([], [1]):
+        *lead, T, K = _dims(xe.ty.shape)
+        if not _static(K, *lead) or W.shape[0] != K or lead not in ([], [1]):
             return None
         M = int(W.shape[1])
         return xe, (dict(T=T, K=K, M=M, a_dtype=str(xe.ty.dtype), layout="tk"), np.ascontiguousarray(W.T), M)
@@ -158,8 +168,8 @@ def _batch_matmul():
         ae, be = arg(a), arg(b)
         if ae.ty.ndim != 4 or be.ty.ndim != 4:
             return None
-        (n, H, T, K), (n2, H2, K2, N) = _ints(ae.ty.shape), _ints(be.ty.shape)
-        if n != 1 or n2 != 1 or H2 != H or K2 != K:
+        (n, H, T, K), (n2, H2, K2, N) = _dims(ae.ty.shape), _dims(be.ty.shape)
+        if not _static(n, H, T, K, n2, H2, K2, N) or n != 1 or n2 != 1 or H2 != H or K2 != K:
             return None
         return (ae, be), (dict(H=H, T=T, K=K, N=N, a_dtype=str(ae.ty.dtype)), None, N)
     return mm, accept
@@ -278,7 +288,7 @@ def residual_joins(func: relax.Function, chains: dict) -> dict:
         kf, kr = chains[fused], chains[res]
         if (idx.only_user(fused) is None or fused.same_as(res) or kf["out_dtype"] != "int32"
                 or kr["out_dtype"] != "int32" or kf["layout"] != "ncw"
-                or _ints(fused.ty.shape) != _ints(res.ty.shape)
+                or [str(d) for d in fused.ty.shape] != [str(d) for d in res.ty.shape]
                 or kf["qmin"] + kr["qmin"] < -(2**31) or kf["qmax"] + kr["qmax"] >= 2**31):
             continue
         lo, hi = _prim(m[clip].args[1]), _prim(m[clip].args[2])

@@ -90,6 +90,27 @@ __all__ = ["Quantize", "quantize_module", "QuantizeUnsupportedOps", "Accumulator
 ROLE_ATTR = "zsq.role"
 INPUT_QUANTIZE = "input_quantize"
 OUTPUT_DEQUANTIZE = "output_dequantize"
+
+
+def input_quantize_te(alpha: float, scale: float, qmin: int, qmax: int, dtype: str):
+    """``x -> codes``: :func:`zsq_tvm.core.intmath.quantize` in float32 (rint(clip(x, -a, a) / S), clipped to the
+    code range) as a ``te`` compute over any shape -- the input boundary kernel (also of a symbolic-T module)."""
+    a32, s32 = float(np.float32(alpha)), float(np.float32(scale))
+
+    def fq(x):
+        def body(*i):
+            v = tirx.max(tirx.min(x(*i), tirx.const(a32, "float32")), tirx.const(-a32, "float32"))
+            r = tirx.nearbyint(v / tirx.const(s32, "float32"))
+            r = tirx.max(tirx.min(r, tirx.const(float(qmax), "float32")), tirx.const(float(qmin), "float32"))
+            return tirx.Cast(dtype, r)
+        return te.compute(x.shape, body, name="q")
+    return fq
+
+
+def output_dequantize_te(scale: float):
+    """``codes -> float32(codes) * float32(scale)`` as a ``te`` compute over any shape: the output boundary kernel."""
+    s32 = float(np.float32(scale))
+    return lambda x: te.compute(x.shape, lambda *i: tirx.Cast("float32", x(*i)) * tirx.const(s32, "float32"), name="dq")
 # residual branches are rescaled into int32 but clipped to +-2^30 so the int32 sum cannot wrap
 RESIDUAL_RANGE = (-(2**30), 2**30 - 1)
 
@@ -323,16 +344,7 @@ class _Quantizer:
         qmin, qmax = intmath.qrange(bits)
         dtype = intmath.storage_dtype(bits)
 
-        def fq(x):
-            # intmath.quantize in float32: rint(clip(x, -a, a) / S), then clip to the code range
-            a32, s32 = float(np.float32(a)), float(np.float32(scale))
-
-            def body(*i):
-                v = tirx.max(tirx.min(x(*i), tirx.const(a32, "float32")), tirx.const(-a32, "float32"))
-                r = tirx.nearbyint(v / tirx.const(s32, "float32"))
-                r = tirx.max(tirx.min(r, tirx.const(float(qmax), "float32")), tirx.const(float(qmin), "float32"))
-                return tirx.Cast(dtype, r)
-            return te.compute(x.shape, body, name="q")
+        fq = input_quantize_te(a, scale, qmin, qmax, dtype)
 
         attrs = {ROLE_ATTR: INPUT_QUANTIZE, "zsq.scale": float(scale), "zsq.alpha": float(a), "zsq.bits": bits,
                  "zsq.unsigned": 0, "op_pattern": 8}
@@ -355,9 +367,7 @@ class _Quantizer:
         if not self.dequantize_output:
             return q.expr, q
 
-        def fdq(x):
-            s32 = float(np.float32(q.scale))
-            return te.compute(x.shape, lambda *i: tirx.Cast("float32", x(*i)) * tirx.const(s32, "float32"), name="dq")
+        fdq = output_dequantize_te(q.scale)
 
         attrs = {ROLE_ATTR: OUTPUT_DEQUANTIZE, "zsq.scale": float(q.scale), "zsq.bits": q.bits,
                  "zsq.unsigned": int(q.unsigned), "op_pattern": 8}

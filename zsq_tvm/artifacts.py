@@ -25,6 +25,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -530,8 +531,10 @@ def write_output_file(path, overwrite: bool = False) -> Iterator[Path]:
 # --------------------------------------------------------------------------------------------
 
 #: fields each kind's manifest must have, with their JSON types (checked before they are used)
-_REQUIRED = {KIND_QUANTIZED: {"frames": int, "wbits": int, "abits": int, "io": dict},
-             KIND_BUILD: {"frames": int, "target": str, "io": dict}}
+_REQUIRED = {KIND_QUANTIZED: {"frames": (int, type(None)), "wbits": int, "abits": int, "io": dict},
+             KIND_BUILD: {"frames": (int, type(None)), "target": str, "io": dict}}
+#: a symbolic size as the manifest spells it ("T", "(T - 1) // 2 + 1"): shown and compared, never evaluated
+_SYMBOLIC_DIM = re.compile(r"[A-Za-z0-9_ ()+\-*/]{1,80}")
 
 
 def _io_ok(io) -> bool:
@@ -539,12 +542,14 @@ def _io_ok(io) -> bool:
     :meth:`zsq_tvm.build.Build.run` indexes)."""
     def tensor(t, named):
         return (isinstance(t, dict) and isinstance(t.get("dtype"), str) and isinstance(t.get("shape"), list)
-                and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in t["shape"])
+                and all((isinstance(d, int) and not isinstance(d, bool) and d >= 0)
+                        or (isinstance(d, str) and _SYMBOLIC_DIM.fullmatch(d)) for d in t["shape"])
                 and (not named or isinstance(t.get("name"), str)))
 
     ins = io.get("inputs")
     return (isinstance(ins, list) and len(ins) >= 1 and all(tensor(t, True) for t in ins)
-            and len(ins[0]["shape"]) == 3 and tensor(io.get("output"), False))
+            and len(ins[0]["shape"]) == 3 and all(isinstance(d, int) for d in ins[0]["shape"][:2])
+            and tensor(io.get("output"), False))
 
 
 def read_manifest(path, kind: str | None = None, verify: bool = True) -> dict:
@@ -574,10 +579,16 @@ def read_manifest(path, kind: str | None = None, verify: bool = True) -> dict:
         raise ArtifactError(f"{str(p)!r} has format version {m.get('format_version')}, this zsq reads "
                             f"{FORMAT_VERSION}", "re-create it with this version of zsq")
     for field, ty in _REQUIRED.get(m["kind"], {}).items():
-        if not isinstance(m.get(field), ty) or isinstance(m.get(field), bool):
-            raise ArtifactError(f"{mf}: field {field!r} is missing or not a {ty.__name__}", "re-create the directory")
+        if field not in m or not isinstance(m.get(field), ty) or isinstance(m.get(field), bool):
+            name = ty.__name__ if isinstance(ty, type) else " or ".join(t.__name__ for t in ty)
+            raise ArtifactError(f"{mf}: field {field!r} is missing or not a {name}", "re-create the directory")
     if m["kind"] in _REQUIRED and not _io_ok(m["io"]):
         raise ArtifactError(f"{mf}: field 'io' does not describe the model's inputs and output", "re-create the directory")
+    if m["kind"] in _REQUIRED and (m["frames"] is None) != isinstance(m["io"]["inputs"][0]["shape"][2], str):
+        raise ArtifactError(f"{mf}: 'frames' and the input shape disagree on whether T is fixed", "re-create the directory")
+    ts = m.get("time_stride")
+    if ts is not None and (not isinstance(ts, int) or isinstance(ts, bool) or not 1 <= ts <= 64):
+        raise ArtifactError(f"{mf}: field 'time_stride' is not an integer in 1..64", "re-create the directory")
     if verify:
         _verify_files(p, m)
     return m

@@ -147,15 +147,20 @@ def check_tuning_db(spec, tgt, target: str, tuning_db) -> None:
 
 def _main_io(mod) -> dict:
     """Input/output names, shapes and dtypes of ``main``."""
+    import tvm
+
+    def dim(d):  # a static size, or the expression of a symbolic one ("T", "(T - 1) // 2 + 1")
+        return int(d) if isinstance(d, tvm.tirx.IntImm) else str(d)
+
     f = mod["main"]
     ps = []
     for p in f.params:
         ty = p.ty
-        ps.append({"name": str(p.name), "shape": [int(d) for d in ty.shape], "dtype": str(ty.dtype)})
+        ps.append({"name": str(p.name), "shape": [dim(d) for d in ty.shape], "dtype": str(ty.dtype)})
     rs = f.ret_ty
     if hasattr(rs, "fields"):
         rs = rs.fields[0]
-    out = {"shape": [int(d) for d in rs.shape], "dtype": str(rs.dtype)}
+    out = {"shape": [dim(d) for d in rs.shape], "dtype": str(rs.dtype)}
     return {"inputs": ps, "output": out}
 
 
@@ -239,8 +244,10 @@ class Build:
 
     # ---- properties
     @property
-    def frames(self) -> int:
-        return int(self.manifest["frames"])
+    def frames(self) -> int | None:
+        """The fixed input length T, or None for a symbolic-T build (``zsq quantize`` without ``--frames``)."""
+        f = self.manifest.get("frames")
+        return None if f is None else int(f)
 
     @property
     def target(self) -> str:
@@ -288,8 +295,9 @@ class Build:
         * dtype: any floating type (float16/32/64) is accepted and converted to float32 (float64 values
           beyond float32's range are clamped to +-float32 max first); integer, bool, complex or object
           arrays are refused (an int16 array is usually raw PCM audio, not a mel);
-        * shape ``[F, T]`` or ``[B, F, T]`` with this build's F and T exactly (T is static: pad or crop,
-          or quantize again with ``--frames``); B >= 1 and every axis non-empty;
+        * shape ``[F, T]`` or ``[B, F, T]`` with this build's F and T exactly (a fixed-T build: pad or crop,
+          or quantize again with ``--frames``; a symbolic-T build takes any T >= 1); B >= 1 and every axis
+          non-empty;
         * NaN or +-Inf anywhere is an error (a log-mel of digital silence without an epsilon gives -inf);
         * large finite values are *not* an error: the input quantize saturates them to +-alpha, the
           calibrated input clipping value (``quant.json`` ``input[0].alpha`` = 127 x ``input_scale`` at 8 bits),
@@ -298,6 +306,8 @@ class Build:
         x = np.asarray(mel)
         inp = self.manifest["io"]["inputs"][0]
         F, T = inp["shape"][1], inp["shape"][2]
+        if not isinstance(T, int) and x.ndim in (2, 3) and x.shape[-1] > 0:
+            T = x.shape[-1]  # a symbolic-T build: any length (the VM checks nothing else varies)
         if x.dtype.kind != "f":
             hint = " (raw audio? compute the log-mel first)" if x.dtype.kind in "iu" else ""
             raise InputShapeError(f"input mel has dtype {x.dtype}{hint}; a mel spectrogram is floating point",
@@ -449,33 +459,47 @@ class Build:
             return greedy_decode(logits, v, layout)
 
         a = _class_axis_last(np.asarray(logits), layout, v.num_classes)  # [B, T', V]
-        T = int(self.manifest["io"]["inputs"][0]["shape"][2])
-        keep = [max(1, -(-int(n) * a.shape[1] // T)) for n in np.broadcast_to(np.asarray(length), (a.shape[0],))]
-        return [greedy_decode(a[i:i + 1, :keep[i]], v, "BTV")[0] for i in range(a.shape[0])]  # ceil(n T' / T)
+        s = self.time_stride
+        keep = [max(1, -(-int(n) // s)) for n in np.broadcast_to(np.asarray(length), (a.shape[0],))]
+        return [greedy_decode(a[i:i + 1, :keep[i]], v, "BTV")[0] for i in range(a.shape[0])]  # ceil(n / stride)
+
+    @property
+    def time_stride(self) -> int:
+        """Input frames per output frame (QuartzNet 2, the Conformer 4)."""
+        from zsq_tvm.streaming import model_stride
+
+        if self.manifest.get("time_stride"):
+            return int(self.manifest["time_stride"])
+        layout = self.manifest.get("logits_layout", "BTV")
+        shape = self.manifest["io"]["output"]["shape"]
+        return model_stride(self.frames, shape[2] if layout == "BVT" else shape[1])
 
     def transcribe(self, mel, length=None) -> list[str]:
         """``decode(run(mel))``; ``length``: see :meth:`run` (a ``--time-mask`` build)."""
         return self.decode(self.run(mel, length=length), length=length)
 
-    def stream(self, context_frames: int | None = None, keep_logits: bool = False, on_window=None):
+    def stream(self, context_frames: int | None = None, keep_logits: bool = False, on_window=None,
+               window_frames: int | None = None):
         """A :class:`zsq_tvm.streaming.Stream` on this build: ``push(pcm_16k) -> new words``, ``finish()``; audio
-        of any length in overlapping windows of :attr:`frames` frames, ``context_frames`` of context on each
-        side (default 2 s), stitched on output frames (:mod:`zsq_tvm.streaming`)."""
-        from zsq_tvm.streaming import DEFAULT_CONTEXT_FRAMES, Stream, model_stride
+        of any length in overlapping windows of :attr:`frames` frames (a symbolic-T build: ``window_frames``,
+        default 20 s, and the last window runs at its own length), ``context_frames`` of context on each side
+        (default 2 s), stitched on output frames (:mod:`zsq_tvm.streaming`)."""
+        from zsq_tvm.streaming import DEFAULT_CONTEXT_FRAMES, DYNAMIC_WINDOW_FRAMES, Stream
 
         if self.vocab is None:
             raise NotAvailableError("this model has no vocabulary", "quantize with a vocab (QuantConfig(vocab=...))")
         layout = self.manifest.get("logits_layout", "BTV")
-        shape = self.manifest["io"]["output"]["shape"]
-        stride = model_stride(self.frames, shape[2] if layout == "BVT" else shape[1])
-        masked = self.time_mask
+        masked, dynamic = self.time_mask, self.frames is None
+        frames = (window_frames or DYNAMIC_WINDOW_FRAMES) if dynamic else self.frames
 
         def infer(mel, valid):
+            if dynamic:
+                return self.run(mel[:, :, :valid])
             return self.run(mel, length=valid) if masked else self.run(mel)
 
         # default: 2 s, but at most a fifth of the window each side, so a short build keeps 3/5 of each window
-        ctx = min(DEFAULT_CONTEXT_FRAMES, self.frames // 5) if context_frames is None else int(context_frames)
-        return Stream(infer, self.frames, stride, self.vocab, ctx, layout, keep_logits, on_window)
+        ctx = min(DEFAULT_CONTEXT_FRAMES, frames // 5) if context_frames is None else int(context_frames)
+        return Stream(infer, frames, self.time_stride, self.vocab, ctx, layout, keep_logits, on_window)
 
     # ---- persistence
     def save(self, out_dir, overwrite: bool = False, inputs=()) -> Path:

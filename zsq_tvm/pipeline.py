@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -31,9 +31,13 @@ from zsq_tvm.core.errors import (
 from zsq_tvm.cost import TEN_SECONDS_FRAMES, analyze_onnx, size_report
 from zsq_tvm.ctc import QUARTZNET_VOCAB, Vocab
 from zsq_tvm.frontend.onnx_import import import_onnx, load_onnx, model_info
+from zsq_tvm.streaming import model_stride
 from zsq_tvm.synthesize import SynthConfig, synthesize
 from zsq_tvm.targets import get_target
 from zsq_tvm.zoo.models import checkpoint_path, is_shipped
+
+#: the length a model without a fixed T is calibrated and quantized at before its T becomes symbolic (10 s)
+DYNAMIC_CALIB_FRAMES = 1000
 
 __all__ = ["QuantConfig", "QuantizedModel", "quantize", "compile", "check", "report", "load"]
 
@@ -263,8 +267,10 @@ class QuantizedModel:
         self._report = report
 
     @property
-    def frames(self) -> int:
-        return int(self.manifest["frames"])
+    def frames(self) -> int | None:
+        """The fixed input length T, or None for a symbolic-T model (any length)."""
+        f = self.manifest.get("frames")
+        return None if f is None else int(f)
 
     @property
     def vocab(self) -> Vocab | None:
@@ -390,9 +396,10 @@ def quantize(model, config: QuantConfig | None = None, **overrides) -> Quantized
 
     info0 = model_info(proto, sha, source)
     frames = cfg.frames if cfg.frames is not None else info0.file_frames
-    if frames is None:
-        raise ConfigError("the model's time dimension is dynamic and no frames were given",
-                          "pass --frames T (mel frames per input, 100 per second, e.g. 256)")
+    dynamic = frames is None  # no --frames and a dynamic file: one build for every length (SymbolicTime)
+    if dynamic:
+        frames = DYNAMIC_CALIB_FRAMES
+        cfg = replace(cfg, time_mask=False)  # each input runs at its own length: there is no padding to mask
     fmod, info, proto_s = import_onnx(proto, frames=frames, batch=1, features=cfg.features)
     info.sha256, info.source = sha, source
     features = info.features
@@ -409,6 +416,12 @@ def quantize(model, config: QuantConfig | None = None, **overrides) -> Quantized
     else:
         batches = calibration_batches(cfg, features, frames)
     qmod, meta, ranges, bn_stats = _run_passes(fmod, batches, cfg, proto_s)
+    out_T = out_shape[1 if layout != "BVT" else 2] if len(out_shape) == 3 else None
+    time_stride = model_stride(frames, int(out_T)) if out_T is not None else None
+    if dynamic:
+        from relax_passes.symbolic_time import symbolic_time
+
+        qmod = symbolic_time(qmod)
     if not bn_stats:  # the frontend folded them (onnxsim: Conv + BN): report the file's own statistics
         from relax_passes.fold_batchnorm import onnx_bn_stats
 
@@ -427,7 +440,8 @@ def quantize(model, config: QuantConfig | None = None, **overrides) -> Quantized
         artifacts.KIND_QUANTIZED,
         source={"path": source, "sha256": sha},
         input={"name": info.input_name, "features": features},
-        frames=int(frames),
+        frames=None if dynamic else int(frames),
+        time_stride=time_stride,
         wbits=cfg.wbits,
         abits=cfg.abits,
         calib={"source": cfg.to_json()["calib"], "method": cfg.calib_method, "seed": cfg.seed,

@@ -39,6 +39,7 @@ __all__ = ["WindowPlan", "Window", "Word", "Transcript", "Stream", "HOP_SAMPLES"
 HOP_SAMPLES = 160  # audio samples per mel frame at 16 kHz
 FRAME_SECONDS = 0.01
 DEFAULT_CONTEXT_FRAMES = 200  # 2 s each side: NeMo's buffered CTC inference uses 1-2 s
+DYNAMIC_WINDOW_FRAMES = 2000  # a symbolic-T build's windows: 20 s (memory bounded, 80 % of each window kept)
 
 
 class Window(NamedTuple):
