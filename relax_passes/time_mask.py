@@ -231,8 +231,9 @@ class _Masker(relax.PyExprMutator):
         self.builder_.emit_normalized(relax.VarBinding(binding.var, self.builder_.normalize(new)))
 
     def _refuse(self, binding, what):
-        raise TimeMaskError(f"cannot find the time axis of the input of {what} {str(binding.var.name)!r} (the time "
-                            "mask follows conv1d/conv2d, permute_dims, expand_dims and elementwise ops)")
+        self.error = TimeMaskError(f"cannot find the time axis of the input of {what} {str(binding.var.name)!r} (the time "
+                                   "mask follows conv1d/conv2d, permute_dims, expand_dims and elementwise ops)")
+        raise self.error  # TVM re-raises it from inside the mutator as another type: time_mask() raises it again
 
     def visit_var_binding_(self, binding):
         value, var = binding.value, binding.var
@@ -289,7 +290,13 @@ def time_mask(mod: tvm.IRModule, func_name: str = "main") -> tuple[tvm.IRModule,
     B = int(shape_of(mel)[0])
     length = relax.Var(LENGTH_INPUT, relax.TensorType((B,), "int32"))
     rw = _Masker(copy_module(mod), mel, length, B, _softmax_sites(func))
-    body = rw.visit_expr(func.body)
+    rw.error = None
+    try:
+        body = rw.visit_expr(func.body)
+    except Exception:
+        if rw.error is not None:  # the TimeMaskError itself, not TVM's wrapper of it
+            raise rw.error from None
+        raise
     if not rw.masked:
         raise TimeMaskError("no time-mixing op (conv with a kernel > 1 along time, attention softmax) follows "
                             "the input: nothing to mask")
