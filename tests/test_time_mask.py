@@ -92,7 +92,7 @@ def test_bad_lengths_are_refused(tiny):
     for bad, what in ((T + 1, "outside 0..64"), (-1, "outside"), ([3, 4], "one per mel"), (2.5, "integer")):
         with pytest.raises(InputShapeError, match=what):
             b.run(x, length=bad)
-    with pytest.raises(InputShapeError, match="--time-mask"):
+    with pytest.raises(InputShapeError, match="--no-time-mask"):
         zsq_tvm.compile(plain, target="host").run(x, length=10)
 
 
@@ -123,7 +123,7 @@ def test_eval_says_when_padding_went_unmasked(tiny, tmp_path):
         res = evaluate(build.save(tmp_path / name), manifest, progress=False)
         assert res["n_padded"] == res["n_utterances"] > 0 and res["time_mask"] is (name == "masked")
         lines[name] = format_result(res)
-    assert "--time-mask" in lines["plain"] and f"{res['n_padded']} of {res['n_utterances']}" in lines["plain"]
+    assert "--no-time-mask" in lines["plain"] and f"{res['n_padded']} of {res['n_utterances']}" in lines["plain"]
     assert "\n" not in lines["masked"]
 
 
