@@ -39,7 +39,8 @@ spelled out, at the frame count its keys have: the row max skips masked keys (``
 ``length`` counts valid input frames, ``0 <= length <= T``; at ``T`` nothing is masked and the output equals
 the unmasked model's bit for bit.  A time-mixing op whose time axis the pass cannot follow raises
 :class:`TimeMaskError` naming it.  :func:`time_mask` returns the masked sites with the module.  Usable in any
-``tvm.transform.Sequential`` after ``Quantize`` (what ``zsq quantize`` runs by default, ``QuantConfig(time_mask=True)``; ``--no-time-mask`` skips it).
+``tvm.transform.Sequential`` after ``Quantize`` (what ``zsq quantize`` runs by default,
+``QuantConfig(time_mask=True)``; ``--no-time-mask`` skips it).
 """
 
 from __future__ import annotations
