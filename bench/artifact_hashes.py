@@ -26,13 +26,13 @@ import time
 from pathlib import Path
 
 CASES = {  # name: (shipped model, QuantConfig fields, targets)
-    "quartznet5x5": ("quartznet5x5", dict(frames=200, calib="random", seed=0), ["host", "t4"]),
+    "quartznet5x5": ("quartznet5x5", dict(frames=200, calib="random", seed=0, time_mask=False), ["host", "t4"]),
     "quartznet5x5-tm": ("quartznet5x5", dict(frames=200, calib="random", seed=1, time_mask=True), ["host"]),
-    "quartznet5x5-syn": ("quartznet5x5", dict(frames=64, calib="synthetic", seed=0,
+    "quartznet5x5-syn": ("quartznet5x5", dict(frames=64, calib="synthetic", seed=0, time_mask=False,
                                               synth=dict(num_batches=2, iters=5)), ["host"]),
-    "jasper-dr-small": ("jasper-dr-small", dict(frames=200, calib="random", seed=0), ["host"]),
-    "conformer-ctc-small": ("conformer-ctc-small", dict(frames=200, calib="random", seed=0), ["host", "t4"]),
-    "quartznet-tiny": ("quartznet-tiny", dict(frames=100, calib="random", seed=0), ["host", "cortex-m4"]),
+    "jasper-dr-small": ("jasper-dr-small", dict(frames=200, calib="random", seed=0, time_mask=False), ["host"]),
+    "conformer-ctc-small": ("conformer-ctc-small", dict(frames=200, calib="random", seed=0, time_mask=False), ["host", "t4"]),
+    "quartznet-tiny": ("quartznet-tiny", dict(frames=100, calib="random", seed=0, time_mask=False), ["host", "cortex-m4"]),
 }
 
 

@@ -6,7 +6,7 @@ Call sequence (see :mod:`zsq_tvm.calibrate` for the full example)::
     mod, bn_stats = fold_batchnorm(mod, onnx_model=onnx_model)           # or FoldBatchNorm() as a pass
     ranges = zsq_tvm.calibrate.calibrate(mod, batches, method="minmax")
     qmod, meta = quantize_module(mod, ranges, wbits=8, abits=8)           # or Quantize(...) as a pass
-    qmod, masked = time_mask(qmod)  # optional: a `length` input, padding masked before time-mixing convs
+    qmod, masked = time_mask(qmod)  # zsq quantize's default: a `length` input, padding masked before time-mixing convs
     IntegerOnlyCheck()(relax_passes.lowering.lower(qmod))                 # raises on float
 
 Every pass is also a function that returns what it found as a value (``fold_batchnorm`` -> BN statistics,

@@ -213,9 +213,13 @@ def run_reference(mod: tvm.IRModule, *inputs, func_name: str = "main", return_en
     """Execute quantized ``main`` on numpy inputs; returns an array (or tuple of arrays).
 
     With ``return_env`` also returns ``{var_name: array}`` of every intermediate (for debugging a
-    mismatch against the TVM build layer by layer).
+    mismatch against the TVM build layer by layer).  A time-masked module's ``length`` input
+    (:mod:`relax_passes.time_mask`) may be left out: every frame is then valid, as in ``Build.run``.
     """
     func = main_function(mod, func_name)
+    if len(inputs) == len(func.params) - 1 == 1 and str(func.params[1].name) == "length":
+        mel = np.asarray(inputs[0])
+        inputs = (mel, np.full(mel.shape[:1], mel.shape[-1], np.int32))
     env: dict = {}
     for p, x in zip(func.params, inputs, strict=True):
         env[p] = np.asarray(x, dtype=dtype_of(p))

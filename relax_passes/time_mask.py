@@ -39,7 +39,8 @@ spelled out, at the frame count its keys have: the row max skips masked keys (``
 ``length`` counts valid input frames, ``0 <= length <= T``; at ``T`` nothing is masked and the output equals
 the unmasked model's bit for bit.  A time-mixing op whose time axis the pass cannot follow raises
 :class:`TimeMaskError` naming it.  :func:`time_mask` returns the masked sites with the module.  Usable in any
-``tvm.transform.Sequential`` after ``Quantize`` (``zsq quantize --time-mask``, ``QuantConfig(time_mask=True)``).
+``tvm.transform.Sequential`` after ``Quantize`` (what ``zsq quantize`` runs by default,
+``QuantConfig(time_mask=True)``; ``--no-time-mask`` skips it).
 """
 
 from __future__ import annotations
@@ -231,8 +232,9 @@ class _Masker(relax.PyExprMutator):
         self.builder_.emit_normalized(relax.VarBinding(binding.var, self.builder_.normalize(new)))
 
     def _refuse(self, binding, what):
-        raise TimeMaskError(f"cannot find the time axis of the input of {what} {str(binding.var.name)!r} (the time "
-                            "mask follows conv1d/conv2d, permute_dims, expand_dims and elementwise ops)")
+        self.error = TimeMaskError(f"cannot find the time axis of the input of {what} {str(binding.var.name)!r} (the time "
+                                   "mask follows conv1d/conv2d, permute_dims, expand_dims and elementwise ops)")
+        raise self.error  # TVM re-raises it from inside the mutator as another type: time_mask() raises it again
 
     def visit_var_binding_(self, binding):
         value, var = binding.value, binding.var
@@ -289,7 +291,13 @@ def time_mask(mod: tvm.IRModule, func_name: str = "main") -> tuple[tvm.IRModule,
     B = int(shape_of(mel)[0])
     length = relax.Var(LENGTH_INPUT, relax.TensorType((B,), "int32"))
     rw = _Masker(copy_module(mod), mel, length, B, _softmax_sites(func))
-    body = rw.visit_expr(func.body)
+    rw.error = None
+    try:
+        body = rw.visit_expr(func.body)
+    except Exception:
+        if rw.error is not None:  # the TimeMaskError itself, not TVM's wrapper of it
+            raise rw.error from None
+        raise
     if not rw.masked:
         raise TimeMaskError("no time-mixing op (conv with a kernel > 1 along time, attention softmax) follows "
                             "the input: nothing to mask")

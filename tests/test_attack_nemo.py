@@ -82,7 +82,7 @@ def _cve_2025_4517_nemo(path: Path, extract_root: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("how", ["nemo", "checkpoint"])
+@pytest.mark.parametrize("how", ["nemo", "checkpoint", "quantize"])
 def test_cve_2025_4517_link_chain_writes_nothing_outside(capsys, tmp_path, monkeypatch, how):
     root = tmp_path / "t"  # the extraction folder is made here: its parent is what the chain reaches
     root.mkdir()
@@ -91,12 +91,13 @@ def test_cve_2025_4517_link_chain_writes_nothing_outside(capsys, tmp_path, monke
     victim.write_text("original\n")
     evil = _cve_2025_4517_nemo(tmp_path / "evil.nemo", root)
     out = tmp_path / "out.onnx"
-    argv = ["export-nemo", evil] if how == "nemo" else ["export-nemo", "quartznet-tiny", "--checkpoint", evil]
+    argv = {"nemo": ["export-nemo", evil], "checkpoint": ["export-nemo", "quartznet-tiny", "--checkpoint", evil],
+            "quantize": ["quantize", evil, "--frames", 32]}[how]  # quantize: -o is a folder, nothing of it made
     rc, _, err = cli(capsys, *argv, "-o", out)
     err = one_error_line(rc, err)
     assert "unsafe" in err and "link" in err
     assert victim.read_text() == "original\n" and sorted(p.name for p in root.iterdir()) == ["victim.txt"]
-    assert not out.exists()
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["evil.nemo", "t"]
 
 
 def test_link_chain_is_refused_before_anything_is_written(tmp_path):
@@ -394,6 +395,28 @@ def test_export_nemo_refuses_to_replace_without_overwrite(capsys, tmp_path, no_m
     assert rc == 0, err
     assert sum(n.op_type == "BatchNormalization" for n in onnx.load(str(out)).graph.node) > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # no temporary left
+
+
+def test_quantize_nemo_checks_the_cheap_things_before_the_export(capsys, tmp_path, no_model_work):
+    """A missing / folder / unreadable .nemo, and an output that exists, are refused before the archive is read."""
+    no_model_work.setattr(nemo_io, "export_nemo", lambda *a, **k: pytest.fail("exported before the checks"))
+    d = tmp_path / "d.nemo"
+    d.mkdir()
+    locked = tmp_path / "locked.nemo"
+    locked.write_bytes(b"x")
+    locked.chmod(0)
+    out = tmp_path / "q"
+    cases = [(tmp_path / "missing.nemo", "does not exist"), (d, "not a regular file")]
+    if not os.access(locked, os.R_OK):  # root reads anything
+        cases.append((locked, "not readable"))
+    for src, why in cases:
+        rc, _, err = cli(capsys, "quantize", src, "--frames", 32, "-o", out)
+        assert why in one_error_line(rc, err), err
+    assert not out.exists()
+    out.mkdir()
+    (out / "keep").write_text("x")
+    rc, _, err = cli(capsys, "quantize", tmp_path / "missing.nemo", "--frames", 32, "-o", out)
+    assert "exists" in one_error_line(rc, err) and (out / "keep").read_text() == "x"
 
 
 def test_export_nemo_unwritable_output_before_any_work(capsys, tmp_path, no_model_work):

@@ -6,6 +6,7 @@ The NeMo tests are skipped when ``nemo_toolkit`` is absent (``pip install -e '.[
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -275,6 +276,28 @@ def test_export_nemo_errors_one_line_nothing_left(capsys, tmp_path):
     assert not out.parent.exists() or list(out.parent.iterdir()) == []
     rc, _, err = cli(capsys, "export-nemo", "quartznet-tiny", "--checkpoint", bad, "-o", out)
     assert rc == 2 and "unsafe" in err and not out.exists()
+
+
+def test_quantize_a_nemo_file_is_export_nemo_then_quantize(capsys, tmp_path, monkeypatch):
+    """``zsq quantize x.nemo`` = ``zsq export-nemo x.nemo`` + ``zsq quantize m.onnx``, file for file; the export's
+    temporary folder is gone afterwards."""
+    import tempfile
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    path, _ = _fake_nemo(tmp_path / "x.nemo")
+    rc, so, se = cli(capsys, "quantize", path, "--frames", 48, "--num-batches", 1, "-o", tmp_path / "q")
+    assert rc == 0 and "time mask" in so, se
+    assert list(tmp.iterdir()) == []
+    rc, _, se = cli(capsys, "export-nemo", path, "-o", tmp_path / "m.onnx", "--frames", 48)
+    assert rc == 0, se
+    rc, _, se = cli(capsys, "quantize", tmp_path / "m.onnx", "--frames", 48, "--num-batches", 1, "-o", tmp_path / "q2")
+    assert rc == 0, se
+    m1, m2 = (json.loads((tmp_path / d / "manifest.json").read_text()) for d in ("q", "q2"))
+    for f in ("module.json", "quant.json", "calibration.json"):
+        assert m1["files"][f] == m2["files"][f], f
+    assert m1["source"]["path"] == f"nemo:{path}" and m1["source"]["sha256"] == m2["source"]["sha256"]
 
 
 # ------------------------------------------------------------------ against NeMo itself

@@ -31,7 +31,7 @@ def _ref(mod, *args):
 @pytest.fixture(scope="module")
 def tiny():
     masked = zsq_tvm.quantize("quartznet-tiny", zsq_tvm.QuantConfig(frames=T, num_batches=1, time_mask=True))
-    plain = zsq_tvm.quantize("quartznet-tiny", zsq_tvm.QuantConfig(frames=T, num_batches=1))
+    plain = zsq_tvm.quantize("quartznet-tiny", zsq_tvm.QuantConfig(frames=T, num_batches=1, time_mask=False))
     return masked, plain, zsq_tvm.compile(masked, target="host")
 
 
@@ -92,7 +92,7 @@ def test_bad_lengths_are_refused(tiny):
     for bad, what in ((T + 1, "outside 0..64"), (-1, "outside"), ([3, 4], "one per mel"), (2.5, "integer")):
         with pytest.raises(InputShapeError, match=what):
             b.run(x, length=bad)
-    with pytest.raises(InputShapeError, match="--time-mask"):
+    with pytest.raises(InputShapeError, match="--no-time-mask"):
         zsq_tvm.compile(plain, target="host").run(x, length=10)
 
 
@@ -123,7 +123,7 @@ def test_eval_says_when_padding_went_unmasked(tiny, tmp_path):
         res = evaluate(build.save(tmp_path / name), manifest, progress=False)
         assert res["n_padded"] == res["n_utterances"] > 0 and res["time_mask"] is (name == "masked")
         lines[name] = format_result(res)
-    assert "--time-mask" in lines["plain"] and f"{res['n_padded']} of {res['n_utterances']}" in lines["plain"]
+    assert "--no-time-mask" in lines["plain"] and f"{res['n_padded']} of {res['n_utterances']}" in lines["plain"]
     assert "\n" not in lines["masked"]
 
 
@@ -151,7 +151,7 @@ def tiny_conformer(tmp_path_factory):
     proto = onnx.load(str(p))
     cfg = dict(frames=32, num_batches=1)
     return (zsq_tvm.quantize(proto, zsq_tvm.QuantConfig(**cfg, time_mask=True)),
-            zsq_tvm.quantize(proto, zsq_tvm.QuantConfig(**cfg)))
+            zsq_tvm.quantize(proto, zsq_tvm.QuantConfig(**cfg, time_mask=False)))
 
 
 def test_conformer_masks_subsampling_attention_and_conv_module(tiny_conformer):
@@ -227,3 +227,64 @@ def test_bench_times_a_masked_build(tiny, tmp_path):
     onnx_path = export_onnx("quartznet-tiny", tmp_path / "tiny.onnx", frames=T)
     res = compare_onnx(tiny[2], str(onnx_path), runs=2, warmup=1, int8=False)
     assert set(res["median_ms"]) == {"zsq_int8", "ort_fp32"} and res["median_ms"]["zsq_int8"] > 0
+
+
+class _ReshapeThenConv(__import__("torch").nn.Module):
+    """A conv over a reshaped mel ([B, 64, T] -> [B, 32, 2T]): a time axis the mask cannot follow."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = __import__("torch").nn.Conv1d(32, 29, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x.reshape(x.shape[0], 32, -1))
+
+
+def test_the_mask_is_the_default_and_a_model_it_cannot_follow_is_quantized_unmasked(tmp_path, capsys):
+    """Default on (``--time-mask`` still accepted, ``--no-time-mask`` opts out); a graph whose time axis TimeMask
+    cannot follow quantizes anyway, unmasked, with one ``zsq: note:`` line and ``time_mask: false`` recorded."""
+    import json
+    import warnings
+
+    from relax_passes.time_mask import TimeMaskError, time_mask
+    from zsq_tvm.cli import main
+    from zsq_tvm.zoo.toy import export_torch
+
+    assert zsq_tvm.QuantConfig().time_mask is True
+    onnx_path = export_torch(_ReshapeThenConv().eval(), tmp_path / "rc.onnx", frames=16)
+    plain = zsq_tvm.quantize(str(onnx_path), zsq_tvm.QuantConfig(frames=16, num_batches=1, time_mask=False))
+    with pytest.raises(TimeMaskError, match="cannot find the time axis"):  # the error itself, not TVM's wrapper
+        time_mask(plain.mod)
+    runs = {"default": [], "alias": ["--time-mask"], "off": ["--no-time-mask"]}
+    for name, flags in runs.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", zsq_tvm.TimeMaskWarning)  # the CLI turns it into its note, never raises
+            rc = main(["quantize", str(onnx_path), "--frames", "16", "--num-batches", "1", "-o", str(tmp_path / name),
+                       *flags])
+        cap = capsys.readouterr()
+        assert rc == 0, cap.err
+        notes = [line for line in cap.err.splitlines() if line.startswith("zsq: note:")]
+        assert len(notes) == (name != "off") and "time mask" not in cap.out, cap
+        assert not notes or "cannot find the time axis" in notes[0]
+        m = json.loads((tmp_path / name / "manifest.json").read_text())
+        assert m["time_mask"] is False and len(m["io"]["inputs"]) == 1
+    with pytest.warns(zsq_tvm.TimeMaskWarning, match="without the time mask"):
+        q = zsq_tvm.quantize(str(onnx_path), zsq_tvm.QuantConfig(frames=16, num_batches=1))
+    assert q.metadata["time_mask"]["masked"] == {} and "time axis" in q.metadata["time_mask"]["skipped"]
+    assert q.manifest["time_mask"] is False and q.mod["main"].script() == plain.mod["main"].script()
+
+
+def test_default_quantize_of_a_shipped_model_masks(tiny, tmp_path, capsys):
+    """``zsq quantize quartznet-tiny`` (no flag) is the ``time_mask=True`` model; ``--no-time-mask`` the plain one."""
+    import json
+
+    from zsq_tvm.cli import main
+
+    q, plain, _ = tiny
+    for flags, ref in (([], q), (["--no-time-mask"], plain)):
+        out = tmp_path / ("off" if flags else "on")
+        assert main(["quantize", "quartznet-tiny", "--frames", str(T), "--num-batches", "1", "-o", str(out), *flags]) == 0
+        so = capsys.readouterr().out
+        assert ("time mask: input length" in so) is (not flags)
+        m = json.loads((out / "manifest.json").read_text())
+        assert m["time_mask"] is (not flags) and m["io"] == ref.manifest["io"]

@@ -36,11 +36,13 @@ def test_rewrite_replaces_pointwise_convs(qtiny):
     assert all(r["K"] > 0 and r["M"] > 0 and r["T"] == 64 for r in replaced)
     # every block's residual join (add of two int32 pointwise outputs, ReLU clip, cast) went into a kernel
     assert any(r["residual"] for r in replaced)
-    from relax_passes._util import bindings, call_op_name
+    from relax_passes._util import bindings, call_op_name, shape_of
 
-    assert not any(call_op_name(b.value) == "add" and str(b.var.ty.dtype) == "int32" for b in bindings(mod["main"]))
+    # (the time mask's own arithmetic on the [1, 1, 1] valid length is no activation: left out)
+    acts = [b for b in bindings(mod["main"]) if (shape_of(b.var) or [1])[-1] != 1]
+    assert not any(call_op_name(b.value) == "add" and str(b.var.ty.dtype) == "int32" for b in acts)
     # no reshapes around the kernels: they take the graph's [1, C, T] tensors
-    assert not any(call_op_name(b.value) == "reshape" for b in bindings(mod["main"]))
+    assert not any(call_op_name(b.value) == "reshape" for b in acts)
     assert _vnni_funcs(mod)
     # default lowering untouched
     assert not _vnni_funcs(qtiny.mod)

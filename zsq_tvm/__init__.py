@@ -12,7 +12,7 @@ from zsq_tvm.core.errors import ZsqError  # noqa: E402
 
 _LAZY = {
     "QuantConfig": "api", "QuantizedModel": "api", "quantize": "api", "compile": "api",
-    "check": "api", "report": "api", "load": "api", "Build": "build",
+    "check": "api", "report": "api", "load": "api", "TimeMaskWarning": "api", "Build": "build",
     "Vocab": "ctc", "greedy_decode": "ctc", "QUARTZNET_VOCAB": "ctc",
     "synthesize": "synthesize", "SynthConfig": "synthesize",
 }

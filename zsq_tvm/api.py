@@ -24,14 +24,15 @@ from zsq_tvm.demo import run_demo
 from zsq_tvm.evaluate import evaluate, format_result as format_eval
 from zsq_tvm.frontend.onnx_safety import set_memory_budget
 from zsq_tvm.nemo_io import export_nemo
-from zsq_tvm.pipeline import QuantConfig, QuantizedModel, check, compile, load, quantize, report  # noqa: A004
+from zsq_tvm.pipeline import (QuantConfig, QuantizedModel, TimeMaskWarning, check, compile, load, quantize,  # noqa: A004
+                              report)
 from zsq_tvm.synth_figure import plot_figure3 as plot_synth_figure
 from zsq_tvm.synthesize import SynthConfig, save_batches as save_synth, synthesize
 from zsq_tvm.targets import list_targets
 from zsq_tvm.transcribe import format_transcript, transcribe
 from zsq_tvm.tune import tune
 
-__all__ = ["__version__", "QuantConfig", "QuantizedModel", "Build", "quantize", "compile", "check", "report", "load",
+__all__ = ["__version__", "QuantConfig", "QuantizedModel", "TimeMaskWarning", "Build", "quantize", "compile", "check", "report", "load",
            "list_targets", "format_report", "set_memory_budget", "synthesize", "SynthConfig", "save_synth",
            "plot_synth_figure", "export_nemo", "evaluate", "format_eval", "tune", "compare_onnx", "format_compare",
            "set_threads", "run_demo", "transcribe", "format_transcript", "KIND_QUANTIZED", "KIND_BUILD", "KIND_SYNTH", "ensure_output_free",

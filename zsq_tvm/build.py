@@ -419,8 +419,9 @@ class Build:
 
         x = self._prepare(mel)
         if length is not None and not self.time_mask:
-            raise InputShapeError("this build has no length input (it was quantized without --time-mask)",
-                                  "drop length, or quantize again with --time-mask")
+            raise InputShapeError("this build has no length input (it was quantized with --no-time-mask, or its "
+                                  "graph could not be masked)",
+                                  "drop length, or quantize again without --no-time-mask")
         lengths = self._lengths(length, x.shape[0], x.shape[2]) if self.time_mask else None
         inp = self.manifest["io"]["inputs"][0]
         B_model = inp["shape"][0]

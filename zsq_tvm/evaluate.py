@@ -544,7 +544,7 @@ def evaluate(model, manifest, runtime: str = "auto", frames: int | None = None, 
 
 
 def format_result(res: dict) -> str:
-    """One line; for an integer build without ``--time-mask`` that zero-padded utterances, a second line saying
+    """One line; for an integer build without the time mask that zero-padded utterances, a second line saying
     what the padding costs and the fix."""
     line = (f"WER {100 * res['wer']:.2f} %  CER {100 * res['cer']:.2f} %  ({res['n_utterances']} utterances, "
             f"{res['n_words']} words; {res['runtime']}"
@@ -553,5 +553,5 @@ def format_result(res: dict) -> str:
         # measured: +3.4 WER points on QuartzNet-5x5, +5.1 on the Conformer at T = 700 (docs/results.md)
         line += (f"\nnote: {res['n_padded']} of {res['n_utterances']} utterances were zero-padded to T={res['frames']} "
                  "and this build has no time mask, so the padding leaks into every conv (and attention) and "
-                 "costs WER; quantize with `zsq quantize ... --time-mask` to mask it as in training")
+                 "costs WER; quantize without --no-time-mask (the default masks it as in training)")
     return line

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -39,9 +40,14 @@ from zsq_tvm.zoo.models import checkpoint_path, is_shipped
 #: the length a model without a fixed T is calibrated and quantized at before its T becomes symbolic (10 s)
 DYNAMIC_CALIB_FRAMES = 1000
 
-__all__ = ["QuantConfig", "QuantizedModel", "quantize", "compile", "check", "report", "load"]
+__all__ = ["QuantConfig", "QuantizedModel", "TimeMaskWarning", "quantize", "compile", "check", "report", "load"]
 
 CALIB_METHODS = ("minmax", "percentile")
+
+
+class TimeMaskWarning(UserWarning):
+    """``time_mask`` was on but this model is quantized without the mask (its time axis cannot be followed, or
+    nothing in it mixes frames); the quantized model has no ``length`` input."""
 
 
 @dataclass
@@ -56,10 +62,12 @@ class QuantConfig:
     statistics (:func:`zsq_tvm.synthesize`; ``synth`` overrides its defaults; T = min(``frames``, 64), zero-padded).
     seed: of the random / synthetic calibration, and of the random weights when the model is an architecture
     name without a shipped checkpoint (``conformer-ctc-large``).
-    time_mask: give the integer model a second input ``length`` (valid frames of the zero-padded mel) and zero
-    the frames past it before every time-mixing conv (:class:`relax_passes.time_mask.TimeMask`, NeMo's masked
-    convs and attention), so a short utterance padded to ``frames`` decodes as it would unpadded (QuartzNet,
-    Jasper, the Conformer; every target: the Cortex-M firmware's ``zsq_run`` then takes ``length`` too).
+    time_mask (default True): give the integer model a second input ``length`` (valid frames of the zero-padded
+    mel) and zero the frames past it before every time-mixing conv (:class:`relax_passes.time_mask.TimeMask`,
+    NeMo's masked convs and attention), so a short utterance padded to ``frames`` decodes as it would unpadded
+    (QuartzNet, Jasper, the Conformer; every target: the Cortex-M firmware's ``zsq_run`` then takes ``length``
+    too).  A model whose time axis the pass cannot follow (or that mixes no frames) is quantized unmasked, with a
+    :class:`TimeMaskWarning`; the manifest's ``time_mask`` says which one was built.  ``False``: never mask.
     """
 
     wbits: int = 8
@@ -80,7 +88,7 @@ class QuantConfig:
     features: int | None = None
     progress: bool = False
     synth: dict | None = None  # calib="synthetic": zsq_tvm.SynthConfig overrides (num_batches, iters, lr, ...)
-    time_mask: bool = False
+    time_mask: bool = True
 
     def validate(self) -> "QuantConfig":
         for name in ("wbits", "abits"):
@@ -229,20 +237,26 @@ def _run_passes(fmod, batches, cfg: QuantConfig, proto=None):
     ranges = calib_mod.calibrate(folded, batches, **kw)
     qmod, meta = quantize_module(folded, ranges, wbits=cfg.wbits, abits=cfg.abits, out_bits=cfg.out_bits)
     if cfg.time_mask:
-        from relax_passes.time_mask import TimeMaskError, time_mask
-
-        try:
-            qmod, masked = time_mask(qmod)
-        except Exception as e:  # noqa: BLE001 - TVM re-raises a TimeMaskError from inside its mutator as another type
-            if not isinstance(e, TimeMaskError) and "time" not in str(e):
-                raise
-            msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-            raise ConfigError(f"--time-mask cannot be applied to this model: {msg}",
-                              "quantize without --time-mask (pad inputs to the build's frames as before)") from None
-        from collections import Counter
-
-        meta["time_mask"] = {"masked": dict(Counter(m["op"] for m in masked))}  # e.g. {"conv1d": 27}
+        qmod, meta["time_mask"] = _apply_time_mask(qmod)
     return qmod, _to_jsonable(meta) or {}, _to_jsonable(ranges), bn_stats
+
+
+def _apply_time_mask(qmod):
+    """``(module, quant.json's "time_mask" record)``: the masked module, or -- when :class:`TimeMask` cannot
+    follow this graph's time axis (or finds nothing that mixes frames) -- the module unchanged, with a
+    :class:`TimeMaskWarning` naming why (the build then works as without ``time_mask``)."""
+    from collections import Counter
+
+    from relax_passes.time_mask import TimeMaskError, time_mask
+
+    try:
+        qmod, masked = time_mask(qmod)
+    except TimeMaskError as e:
+        msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        warnings.warn(f"quantized without the time mask (padding is not masked; pad inputs to the build's frames): "
+                      f"{msg}", TimeMaskWarning, stacklevel=4)
+        return qmod, {"masked": {}, "skipped": msg}
+    return qmod, {"masked": dict(Counter(m["op"] for m in masked))}  # e.g. {"conv1d": 27}
 
 
 def _scale(meta: dict, which: str):
@@ -353,9 +367,15 @@ def _resolve_model(model, frames: int | None = None, seed: int = 0):
     (``zsq_tvm.zoo.nets.ALL_ARCHS``, e.g. ``conformer-ctc-large``) -> the same with random weights
     (NeMo-style init, torch seed ``seed``) and random BatchNorm statistics
     (:func:`zsq_tvm.zoo.nets.randomize_batchnorm`, same seed); anything else is returned unchanged.
-    ``(model, label | None)`` where the label (``"shipped:NAME"`` / ``"arch:NAME ..."``) names the source."""
+    A ``.nemo`` file -> its ONNX export, as ``zsq export-nemo FILE.nemo`` writes it (:func:`zsq_tvm.nemo_io.export_nemo`:
+    the archive and its YAML are read as untrusted input, the weights with ``weights_only``; NeMo itself is not
+    needed), through a temporary folder removed afterwards.
+    ``(model, label | None)`` where the label (``"shipped:NAME"`` / ``"arch:NAME ..."`` / ``"nemo:PATH"``) names
+    the source."""
     from zsq_tvm.zoo.nets import ALL_ARCHS
 
+    if isinstance(model, (str, os.PathLike)) and os.fspath(model).endswith(".nemo"):
+        return _export_nemo_file(os.fspath(model), frames)
     random_arch = isinstance(model, str) and model in ALL_ARCHS and not is_shipped(model) and not os.path.exists(model)
     if not is_shipped(model) and not random_arch:
         if isinstance(model, str) and not os.path.exists(model) and not model.endswith((".onnx", ".pt")):
@@ -383,8 +403,31 @@ def _resolve_model(model, frames: int | None = None, seed: int = 0):
         return onnx.load(str(export_onnx(model, Path(td) / f"{model}.onnx", frames=frames))), f"shipped:{model}"
 
 
+def _export_nemo_file(path: str, frames: int | None):
+    """``.nemo`` -> (ONNX ``ModelProto``, ``"nemo:PATH"``); cheap checks (a readable regular file) first."""
+    import tempfile
+
+    import onnx
+
+    from zsq_tvm.core.errors import ModelLoadError
+    from zsq_tvm.nemo_io import export_nemo
+
+    p = Path(path)
+    if not p.exists():
+        raise ModelLoadError(f".nemo file {path!r} does not exist", "check the path")
+    if not p.is_file():  # a folder, a FIFO (blocks the read forever), a device
+        raise ModelLoadError(f".nemo path {path!r} is not a regular file", "pass the .nemo file itself")
+    if not os.access(p, os.R_OK):
+        raise ModelLoadError(f".nemo file {path!r} is not readable (permission denied)",
+                             "check the file's permissions")
+    with tempfile.TemporaryDirectory(prefix="zsq-nemo-export-") as td:
+        out = export_nemo(p, Path(td) / "model.onnx", frames=frames)  # unsafe=False: torch.load(weights_only=True)
+        return onnx.load(str(out)), f"nemo:{path}"
+
+
 def quantize(model, config: QuantConfig | None = None, **overrides) -> QuantizedModel:
-    """ONNX model (path / ``ModelProto``) → :class:`QuantizedModel` (integer-only Relax)."""
+    """ONNX model (path / ``ModelProto``), ``.nemo`` file or shipped model name → :class:`QuantizedModel`
+    (integer-only Relax)."""
     cfg = config or QuantConfig()
     if overrides:
         cfg = QuantConfig(**{**asdict(cfg), **overrides})
@@ -436,6 +479,7 @@ def quantize(model, config: QuantConfig | None = None, **overrides) -> Quantized
 
         rep["overflow"] = _overflow_summary(meta["overflow"])
     qio = _main_io(qmod)
+    masked = [i.get("name") for i in qio.get("inputs", [])][1:] == ["length"]  # what was built, not what was asked
     manifest = artifacts.new_manifest(
         artifacts.KIND_QUANTIZED,
         source={"path": source, "sha256": sha},
@@ -450,6 +494,7 @@ def quantize(model, config: QuantConfig | None = None, **overrides) -> Quantized
         output_scale=_scale(meta, "output"),
         vocab=vocab,
         logits_layout=layout,
+        time_mask=masked,
         io=qio,
         float_io=io,
         config=cfg.to_json(),

@@ -102,8 +102,9 @@ class FirmwareBuild(Build):
             raise ArtifactError("this firmware has no input quantize parameters", "compile again")
         xq = self.quantize_input(mel)
         if length is not None and f.get("length") is None:
-            raise InputShapeError("this build has no length input (it was quantized without --time-mask)",
-                                  "drop length, or quantize again with --time-mask")
+            raise InputShapeError("this build has no length input (it was quantized with --no-time-mask, or its "
+                                  "graph could not be masked)",
+                                  "drop length, or quantize again without --no-time-mask")
         lengths = self._lengths(length, xq.shape[0], xq.shape[2]) if f.get("length") is not None else None
         B = f["input"]["shape"][0]
         outs, stats = [], []
