@@ -5,7 +5,8 @@ comparable; this loads every build given (``zsq compile ... -o DIR`` / ``Build.s
 checks that they produce identical outputs on one seeded mel, then times ``main`` of each in turn, round
 by round, and prints wall-clock median / 25th percentile / min and the process CPU time per run (with
 ``TVM_NUM_THREADS=1`` the CPU time is the work done, little affected by other jobs' time slices).  A
-``--time-mask`` build runs with every frame valid, so it can be compared with the same model unmasked.
+time-masked build runs with every frame valid, so it can be compared with the same model unmasked; a symbolic-T
+build (``zsq quantize`` without ``--frames``) runs at the fixed builds' T (or ``--frames``).
 
     zsq quantize quartznet5x5 --frames 1000 -o /tmp/q
     git archive HEAD | tar -x -C /tmp/head          # the committed code, to build the "before" side
@@ -25,6 +26,7 @@ def main():
     ap.add_argument("builds", nargs="+")
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--frames", type=int, default=1000, help="input length when every build is symbolic-T")
     a = ap.parse_args()
     import numpy as np
     import tvm
@@ -32,8 +34,8 @@ def main():
     import zsq_tvm
 
     builds = {d: zsq_tvm.load(d) for d in a.builds}
-    first = next(iter(builds.values()))
-    mel = np.random.default_rng(a.seed).standard_normal((1, 64, first.frames)).astype(np.float32)
+    T = next((b.frames for b in builds.values() if b.frames), a.frames)  # a symbolic-T build runs any length
+    mel = np.random.default_rng(a.seed).standard_normal((1, 64, T)).astype(np.float32)
     outs = [b.run(mel) for b in builds.values()]
     if not all(np.array_equal(outs[0], o) for o in outs[1:]):
         raise SystemExit("the builds' outputs differ: not the same model, nothing to compare")
@@ -41,7 +43,7 @@ def main():
     for d, b in builds.items():
         vm, x = b._vm_(), [tvm.runtime.tensor(mel)]
         if b.time_mask:  # a --time-mask build: every frame valid (same output as without the mask)
-            x.append(tvm.runtime.tensor(b._lengths(None, 1, b.frames)))
+            x.append(tvm.runtime.tensor(b._lengths(None, 1, T)))
         calls[d] = lambda vm=vm, x=x: vm["main"](*x)
     for f in calls.values():
         for _ in range(3):

@@ -150,7 +150,7 @@ def _main_io(mod) -> dict:
     import tvm
 
     def dim(d):  # a static size, or the expression of a symbolic one ("T", "(T - 1) // 2 + 1")
-        return int(d) if isinstance(d, tvm.tirx.IntImm) else str(d)
+        return int(d) if isinstance(d, tvm.tirx.IntImm) else _expr_text(d)
 
     f = mod["main"]
     ps = []
@@ -162,6 +162,23 @@ def _main_io(mod) -> dict:
         rs = rs.fields[0]
     out = {"shape": [dim(d) for d in rs.shape], "dtype": str(rs.dtype)}
     return {"inputs": ps, "output": out}
+
+
+def _expr_text(e) -> str:
+    """A shape expression in plain infix (``(T - 1) // 2 + 1``), as manifests spell a symbolic size."""
+    from tvm import tirx
+
+    ops = {tirx.Add: "+", tirx.Sub: "-", tirx.Mul: "*", tirx.FloorDiv: "//", tirx.FloorMod: "%"}
+    if isinstance(e, tirx.IntImm):
+        return str(int(e))
+    if isinstance(e, tirx.Var):
+        return str(e.name)
+    for cls, sym in ops.items():
+        if isinstance(e, cls):
+            a, b = _expr_text(e.a), _expr_text(e.b)
+            wrap = lambda x, sub: f"({x})" if isinstance(sub, tuple(ops)) else x  # noqa: E731
+            return f"{wrap(a, e.a) if sym in ('*', '//', '%') else a} {sym} {wrap(b, e.b)}"
+    return str(e)
 
 
 def pad_batch(a: np.ndarray, B: int) -> np.ndarray:

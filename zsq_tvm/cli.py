@@ -56,7 +56,8 @@ def cmd_quantize(a) -> int:
         _print_json({"output": str(out), "frames": m["frames"], "wbits": m["wbits"], "abits": m["abits"],
                      "input_scale": m["input_scale"], "output_scale": m["output_scale"], "report": q.report()})
     else:
-        print(f"quantized W{m['wbits']}A{m['abits']} ({m['frames']} frames"
+        length = f"{m['frames']} frames" if m["frames"] is not None else "any length: symbolic T"
+        print(f"quantized W{m['wbits']}A{m['abits']} ({length}"
               f"{', time mask: input length' if m.get('time_mask') else ''}) -> {out}")
     return 0
 

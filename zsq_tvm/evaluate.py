@@ -360,7 +360,8 @@ class BuildRunner(Runner):
         if build.vocab is None:
             raise ConfigError(f"{name!r} has no vocabulary", "quantize with a vocab so the logits can be decoded")
         inp = build.manifest["io"]["inputs"][0]
-        self.build, self.frames, self.features = build, int(inp["shape"][2]), int(inp["shape"][1])
+        # frames None: a symbolic-T build, run on each utterance whole
+        self.build, self.frames, self.features = build, build.frames, int(inp["shape"][1])
         self.takes_length = build.time_mask  # a --time-mask build is told each chunk's valid frames
         super().__init__(name, build.vocab, build.manifest.get("logits_layout", "auto"))
 

@@ -167,6 +167,10 @@ def _load_module(path):
     if not p.is_dir():
         raise ArtifactError(f"{str(path)!r} is not a directory", "pass a `zsq quantize` or `zsq compile` output dir")
     m = artifacts.read_manifest(p, verify=False)  # only its kind: the load below verifies the folder
+    if m.get("frames", 0) is None:
+        raise ConfigError(f"{str(path)!r} takes any length (symbolic T); MetaSchedule tunes kernels of fixed shapes",
+                          "tune a build of the length you deploy (zsq quantize ... --frames T); the symbolic-T "
+                          "build's convolutions already run on the hand-written x86 kernels")
     if m.get("kind") == artifacts.KIND_BUILD:
         from zsq_tvm.build import Build
 

@@ -31,6 +31,10 @@ def compile_firmware(q, target: str, flash_kb: int | None = None, ram_kb: int | 
 
     from relax_passes.lowering import lower
 
+    if q.frames is None:  # before any work: a static arena needs every tensor's size
+        raise fw.FirmwareError("this quantized model takes any length (symbolic T); Cortex-M firmware plans a "
+                               "static arena and needs a fixed one",
+                               f"quantize it again with --frames T for {target} (e.g. --frames 100: 1 s windows)")
     _, _, dflash, dram = fw.BOARDS[target]
     flash = _budget(flash_kb, "ZSQ_CM_FLASH_KB", dflash)
     ram = _budget(ram_kb, "ZSQ_CM_RAM_KB", dram)

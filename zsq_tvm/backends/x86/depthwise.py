@@ -112,12 +112,20 @@ class DepthwiseSpec(IsaGeometry):
         assert self.isa in ("avx512vnni", "avx2"), self.isa
         assert self.stride in (1, 2, 4) and (self.gs * self.dilation) % self.stride == 0, \
             f"stride must divide {self.gs}*dilation"
-        assert self.a_dtype in ("uint8", "int8") and self.Tout >= 1
+        assert self.a_dtype in ("uint8", "int8") and (self.symbolic or self.Tout >= 1)
+
+    @property
+    def symbolic(self) -> bool:
+        """``Tin`` is a symbolic length (a symbolic-T model): the kernel takes any ``Tin``, its buffers and loops
+        are sized from it, the tile is fixed (``rt`` vectors) and the requantize runs over the padded tile range,
+        predicated (so the schedule can prove each stage covers what the next one reads)."""
+        return not isinstance(self.Tin, (int, np.integer))
 
     @property
     def L(self) -> int:
-        """Padded input elements the windows read."""
-        return self.stride * (self.Tw - 1) + (self.gs - 1) * self.dilation + 1
+        """Padded input elements the windows read (symbolic: rounded up to 64, so the row copy has no tail)."""
+        L = self.stride * (self.Tw - 1) + (self.gs - 1) * self.dilation + 1
+        return _round_up(L, 64) if self.symbolic else L
 
     @property
     def Tout(self) -> int:
@@ -130,6 +138,8 @@ class DepthwiseSpec(IsaGeometry):
     @property
     def tile(self) -> int:
         v = self.lanes
+        if self.symbolic:
+            return v * self.rt
         return v * max(1, min(self.rt, _round_up(self.Tout, v) // v))
 
     @property
@@ -142,6 +152,8 @@ class DepthwiseSpec(IsaGeometry):
         the window build vectorises without a predicated tail (LLVM scalarises masked byte loads into
         vpinsrw chains: a fifth of the kernel's time at K=75)."""
         g = self.gs
+        if self.symbolic:  # 2 windows more than needed: pad_l + Tin <= L for every Tin (spec_len's copy block)
+            return _round_up(self.Tp + (self.Kp // g - 1) * (g * self.dilation // self.stride) + 2, 16)
         return _round_up(self.Tp + (self.Kp // g - 1) * (g * self.dilation // self.stride), 16)
 
 
@@ -186,6 +198,7 @@ def depthwise_func(spec: DepthwiseSpec):
     """PrimFunc ``(X[1, C, Tin], Wp[C, Kp] i8 (i16 AVX2), B[C] i32, Mul[C] i64, Sh[C] i64) -> Y[1, C, Tout]``."""
     from tvm.script import tirx as T
 
+    spec = kernel_spec(spec)
     C, Tin, s, pl = spec.C, spec.Tin, spec.stride, spec.pad_l
     Kp, Tp, Tw, To = spec.Kp, spec.Tp, spec.Tw, spec.Tout
     ad, od = spec.a_dtype, spec.out_dtype
@@ -198,6 +211,7 @@ def depthwise_func(spec: DepthwiseSpec):
     xd = "uint8" if g == 4 else "int16"  # padded row: shifted u8 (VNNI) or the values as int16 (AVX2)
 
     L = spec.L  # padded input elements the windows read
+    sym, tile = spec.symbolic, spec.tile
     nr, tail = spec_len(spec, "copy"), spec_len(spec, "padr")  # real input elements inside [0, L); right pad
 
     @T.prim_func(s_tir=True)
@@ -211,17 +225,28 @@ def depthwise_func(spec: DepthwiseSpec):
         # keep the per-channel padded row and windows in L1 (three writers of Xp could not be moved
         # under a shared loop by compute_at: it needs a single dominant producer)
         for c in range(C):
-            if pl > 0:
+            if sym:  # one writer of the whole padded row: with a symbolic length the schedule can only prove that a
+                for i in range(L):  # single producer covers what the windows read.  64-column chunks inside the
+                    with T.sblock("copy"):  # input copy straight (vectorised); the edge chunks select per column
+                        vc, vi = T.axis.remap("SS", [c, i])
+                        if vi // 64 * 64 >= pl and vi // 64 * 64 + 64 <= pl + Tin:
+                            Xp[vc, vi] = T.Cast(xd, T.Cast("int32", X[0, vc, vi - pl]) + off)
+                        else:
+                            Xp[vc, vi] = T.if_then_else(
+                                pl <= vi and vi < pl + Tin,
+                                T.Cast(xd, T.Cast("int32", X[0, vc, T.max(T.min(vi - pl, Tin - 1), 0)]) + off),
+                                T.Cast(xd, off))
+            if not sym and pl > 0:
                 for i in range(pl):
                     with T.sblock("padl"):
                         vc, vi = T.axis.remap("SS", [c, i])
                         Xp[vc, vi] = T.Cast(xd, off)
-            if nr > 0:
+            if not sym and _present(nr):
                 for i in range(nr):
                     with T.sblock("copy"):
                         vc, vi = T.axis.remap("SS", [c, i])
                         Xp[vc, vi + pl] = T.Cast(xd, T.Cast("int32", X[0, vc, vi]) + off)
-            if tail > 0:
+            if not sym and _present(tail):
                 for i in range(tail):
                     with T.sblock("padr"):
                         vc, vi = T.axis.remap("SS", [c, i])
@@ -237,10 +262,19 @@ def depthwise_func(spec: DepthwiseSpec):
                         acc[vc, vt] = 0
                     acc[vc, vt] = acc[vc, vt] + _element(Xw[vc, vt + vj * step], vr, g) * T.Cast(
                         "int32", Wp[vc, vj * g + vr])
-            for t in range(To):
-                with T.sblock("requant"):
-                    vc, vt = T.axis.remap("SS", [c, t])
-                    Y[0, vc, vt] = requantize_expr(acc[vc, vt] + B[vc], Mul[vc], Sh[vc], qmin, qmax, od)
+            if sym:  # over the padded tile range (the schedule then sees acc fully written first), guarded in
+                for t in range(Tp):  # the body: scheduling keeps the guard (a block predicate would be re-derived)
+                    with T.sblock("requant"):
+                        vc, vt = T.axis.remap("SS", [c, t])
+                        if vt // tile * tile + tile <= To:  # a whole tile of outputs: vectorised, no guard
+                            Y[0, vc, vt] = requantize_expr(acc[vc, vt] + B[vc], Mul[vc], Sh[vc], qmin, qmax, od)
+                        elif vt < To:  # the last, partial tile
+                            Y[0, vc, vt] = requantize_expr(acc[vc, vt] + B[vc], Mul[vc], Sh[vc], qmin, qmax, od)
+            else:
+                for t in range(To):
+                    with T.sblock("requant"):
+                        vc, vt = T.axis.remap("SS", [c, t])
+                        Y[0, vc, vt] = requantize_expr(acc[vc, vt] + B[vc], Mul[vc], Sh[vc], qmin, qmax, od)
 
     return func
 
@@ -274,7 +308,7 @@ def schedule(spec: DepthwiseSpec, tensorize: bool = True):
     sch.unroll(t1)
     sch.vectorize(sch.split(sch.get_loops(xw)[-1], [None, 16])[1])
     for name in ("padr", "copy", "padl"):
-        if spec_len(spec, name):
+        if _present(spec_len(spec, name)):
             sch.vectorize(sch.split(sch.get_loops(sch.get_sblock(name))[-1], [None, 64])[1])
     if tensorize:
         sch.tensorize(t2, intrin)
@@ -284,8 +318,35 @@ def schedule(spec: DepthwiseSpec, tensorize: bool = True):
 def spec_len(spec: DepthwiseSpec, block: str) -> int:
     """Extent of the pad/copy blocks (a zero-extent block does not exist in the schedule)."""
     L = spec.L
+    if spec.symbolic:  # one block writes the whole padded row (depthwise_func); L >= pad_l + Tin (DepthwiseSpec.Tw)
+        return {"padl": 0, "copy": L, "padr": 0}[block]
     nr = max(0, min(L, spec.pad_l + spec.Tin) - spec.pad_l)
     return {"padl": spec.pad_l, "copy": nr, "padr": L - spec.pad_l - nr}[block]
+
+
+def _present(n) -> bool:
+    """A block of ``n`` iterations exists: a symbolic extent (an input length) is at least 1."""
+    return not isinstance(n, (int, np.integer)) or n > 0
+
+
+def kernel_spec(spec):
+    """``spec`` as the kernel is built: a symbolic length becomes the kernel's own variable ``n``, read from its
+    input buffer's shape at the call, so one kernel serves every layer of that geometry whatever expression of
+    the model's ``T`` its input length is."""
+    import dataclasses
+
+    from tvm import tirx
+
+    field = "Tin" if hasattr(spec, "Tin") else "T"
+    if isinstance(getattr(spec, field), (int, np.integer)):
+        return spec
+    # int32, as the fixed kernels' loops and the tensor intrinsics' indices
+    return dataclasses.replace(spec, **{field: tirx.Var("n", "int32")})
+
+
+def length_tag(n) -> str:
+    """How a kernel name spells its length: the number, or ``dyn`` for a symbolic one."""
+    return str(int(n)) if isinstance(n, (int, np.integer)) else "dyn"
 
 
 def build(spec: DepthwiseSpec, target=None, tensorize: bool = True):

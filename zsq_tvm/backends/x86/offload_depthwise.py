@@ -24,7 +24,7 @@ import tvm
 from tvm import relax
 
 from relax_passes.offload import KernelRule, Offload, kernel_args, kernel_prim_func, offload
-from zsq_tvm.backends.x86.depthwise import DepthwiseSpec, fold_bias, pack_weights, schedule
+from zsq_tvm.backends.x86.depthwise import DepthwiseSpec, fold_bias, length_tag, pack_weights, schedule
 from zsq_tvm.backends.x86.offload_pointwise import check_isa
 
 __all__ = ["X86VnniDepthwise", "offload_depthwise"]
@@ -39,7 +39,7 @@ def _emit(rw, off, gv, x):
 
 
 def _describe(spec):
-    return {"C": spec.C, "Tin": spec.Tin, "K": spec.K, "stride": spec.stride, "dilation": spec.dilation,
+    return {"C": spec.C, "Tin": spec.Tin if isinstance(spec.Tin, int) else str(spec.Tin), "K": spec.K, "stride": spec.stride, "dilation": spec.dilation,
             "a_dtype": spec.a_dtype, "out_dtype": spec.out_dtype}
 
 
@@ -52,7 +52,7 @@ def _lower(isa):
             B = fold_bias(chain.W, chain.bias, spec)
         except OverflowError:
             return None
-        name = (f"zsq_{'vnni' if isa == 'avx512vnni' else 'avx2'}_dw_c{spec.C}_t{spec.Tin}_k{spec.K}_s{spec.stride}"
+        name = (f"zsq_{'vnni' if isa == 'avx512vnni' else 'avx2'}_dw_c{spec.C}_t{length_tag(spec.Tin)}_k{spec.K}_s{spec.stride}"
                 f"_d{spec.dilation}_p{spec.pad_l}_{spec.pad_r}_{spec.a_dtype}_{spec.out_dtype}_{spec.qmin}_{spec.qmax}"
                 ).replace("-", "m")
         kernel = (name, lambda: kernel_prim_func(schedule(spec), name, f"x86_{isa}_depthwise"))
@@ -65,7 +65,8 @@ def offload_depthwise(mod: tvm.IRModule, func_name: str = "main",
     """``(rewritten module, replaced layers)`` (module doc); ``mod`` is not changed."""
     check_isa(isa)
     out_dtypes = ("int8", "uint8", "int32")  # unlike the pointwise kernels, not matched for int16 outputs
-    return offload(mod, [KernelRule("depthwise", out_dtypes, _lower(isa), _emit, _describe)], func_name)
+    return offload(mod, [KernelRule("depthwise", out_dtypes, _lower(isa), _emit, _describe, symbolic=True)],
+                   func_name)
 
 
 @tvm.transform.module_pass(opt_level=0, name="X86VnniDepthwise")

@@ -53,6 +53,7 @@ from tvm import relax
 
 from relax_passes.offload import KernelRule, Offload, kernel_args, kernel_prim_func, offload
 from relax_passes.patterns import residual_joins
+from zsq_tvm.backends.x86.depthwise import length_tag
 from zsq_tvm.backends.x86.pointwise import PointwiseSpec, fold_bias, pack_weights, schedule
 
 __all__ = ["X86VnniPointwise", "offload_pointwise", "check_isa", "X86_OUT_DTYPES"]
@@ -76,7 +77,7 @@ def _register_tile(M: int) -> int:
 def _kernel(spec):
     isa = "vnni" if spec.isa == "avx512vnni" else "avx2"
     op = "linear" if spec.layout == "tk" else "pw" if spec.taps == 1 else "conv"
-    name = (f"zsq_{isa}_{op}_{spec.K}x{spec.M}_t{spec.T}"
+    name = (f"zsq_{isa}_{op}_{spec.K}x{spec.M}_t{length_tag(spec.T)}"
             + (f"_k{spec.taps}_d{spec.dilation}_p{spec.pad_l}_{spec.pad_r}" if spec.taps > 1 or spec.pad_l
                or spec.pad_r else "")
             + (f"_s{spec.stride}" if spec.stride > 1 else "")
@@ -101,7 +102,7 @@ def _emit(rw, off, gv, x, *residual):
 
 
 def _describe(spec):
-    return {"K": spec.K, "M": spec.M, "T": spec.T, "a_dtype": spec.a_dtype, "out_dtype": spec.out_dtype,
+    return {"K": spec.K, "M": spec.M, "T": spec.T if isinstance(spec.T, int) else str(spec.T), "a_dtype": spec.a_dtype, "out_dtype": spec.out_dtype,
             "residual": spec.residual}
 
 
@@ -140,7 +141,8 @@ def offload_pointwise(mod: tvm.IRModule, func_name: str = "main", fuse_residual:
     """``(rewritten module, replaced layers)`` (module doc); ``mod`` is not changed."""
     check_isa(isa)
     kinds = ["pointwise"] + (["conv"] if full_convs else []) + (["matmul"] if linear else [])
-    rules = [KernelRule(k, X86_OUT_DTYPES, _lower(isa), _emit, _describe) for k in kinds]
+    # the ncw convs take a symbolic length (a symbolic-T model); the linear layers' tk kernel does not
+    rules = [KernelRule(k, X86_OUT_DTYPES, _lower(isa), _emit, _describe, symbolic=k != "matmul") for k in kinds]
     return offload(mod, rules, func_name, join=_join_residuals if fuse_residual else None)
 
 

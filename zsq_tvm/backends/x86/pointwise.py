@@ -83,7 +83,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from zsq_tvm.backends.x86.avx2 import IsaGeometry, half16, pack16, register_avx2
-from zsq_tvm.backends.x86.depthwise import _element, register_dw
+from zsq_tvm.backends.x86.depthwise import _element, kernel_spec, register_dw
 from zsq_tvm.backends.x86.vnni import compile_kernel, register
 from zsq_tvm.core import intmath
 from zsq_tvm.core.tir_intmath import requantize_expr
@@ -140,7 +140,16 @@ class PointwiseSpec(IsaGeometry):
         if self.taps != 1 or self.pad_l or self.pad_r or self.stride != 1:
             assert self.layout == "ncw", "k > 1 convs, padding and strides: ncw kernel only"
         assert self.stride >= 1, self.stride
-        assert self.taps >= 1 and self.dilation >= 1 and self.pad_l >= 0 and self.pad_r >= 0 and self.Tout >= 1
+        assert self.taps >= 1 and self.dilation >= 1 and self.pad_l >= 0 and self.pad_r >= 0
+        assert not self.symbolic or self.layout == "ncw", "a symbolic length: ncw kernel only"
+        assert self.symbolic or self.Tout >= 1
+
+    @property
+    def symbolic(self) -> bool:
+        """``T`` is a symbolic length (a symbolic-T model, ncw only): the kernel takes any ``T``; the window buffer
+        has one writer and the requantize runs over the padded tile range, predicated (so the schedule can prove
+        each stage covers what the next one reads); the register tile is the full one."""
+        return not isinstance(self.T, (int, np.integer))
 
     @property
     def Tout(self) -> int:
@@ -167,6 +176,8 @@ class PointwiseSpec(IsaGeometry):
     def ncw_vectors(self) -> int:
         """ncw: time vectors per register tile (``rt``, else up to 4 (VNNI) / 3 (AVX2), fewer for short T)."""
         v = self.lanes
+        if self.symbolic:
+            return self.rt or (4 if v == 16 else 3)
         return self.rt or max(1, min(4 if v == 16 else 3, _round_up(self.Tout, v) // v))
 
     @property
@@ -194,6 +205,8 @@ class PointwiseSpec(IsaGeometry):
         reach = self.dilation * (self.taps - 1)
         if self.stride == 1:
             return self.Tp + reach
+        if self.symbolic:  # a whole phase more than the reach: >= pad_l + T for every T, no max() to prove
+            return self.stride * self.Tp + _round_up(reach, self.stride) + self.stride
         return _round_up(max(self.stride * self.Tp + reach, self.pad_l + self.T), self.stride)
 
     @property
@@ -388,13 +401,15 @@ def _ncw_func(spec: PointwiseSpec):
     """
     from tvm.script import tirx as T
 
+    spec = kernel_spec(spec)
+    sym, tt = spec.symbolic, spec.tile_t
     Tn, K, M = spec.T, spec.K, spec.M
     To, Tp, Kp, Mp = spec.Tout, spec.Tp, spec.Kp, spec.Mp
     J, d, pl = spec.taps, spec.dilation, spec.pad_l
     st = spec.stride
     # padded input columns the last output tile reads (with a stride: every column up to its last phase)
     Tw = spec.ncw_cols
-    tail = spec.ncw_pad_r_cols
+    tail = 0 if sym else spec.ncw_pad_r_cols
     ad, od = spec.a_dtype, spec.out_dtype
     qmin, qmax = int(spec.qmin), int(spec.qmax)
     rqmin, rqmax = int(spec.req_qmin), int(spec.req_qmax)
@@ -420,17 +435,24 @@ def _ncw_func(spec: PointwiseSpec):
                     Xw[vp, vg, vu] = T.if_then_else(
                         vu * st + vp >= pl and vu * st + vp < pl + Tn,
                         _pack4(X, vg, T.max(T.min(vu * st + vp - pl, Tn - 1), 0), gs, off, gs, clamp=K), pad_word)
-        if st == 1 and pl > 0:  # left zero pad (shifted: u8(0 + off) in every byte)
+        if st == 1 and sym:  # one writer of every column: a symbolic length needs it (PointwiseSpec.symbolic)
+            for g, u in T.grid(G, Tw):
+                with T.sblock("xwin_all"):
+                    vg, vu = T.axis.remap("SS", [g, u])
+                    Xw[vg, vu] = T.if_then_else(
+                        vu >= pl and vu < pl + Tn,
+                        _pack4(X, vg, T.max(T.min(vu - pl, Tn - 1), 0), gs, off, gs, clamp=K), pad_word)
+        if st == 1 and not sym and pl > 0:  # left zero pad (shifted: u8(0 + off) in every byte)
             for g, u in T.grid(G, pl):
                 with T.sblock("xwin_pad_l"):
                     vg, vu = T.axis.remap("SS", [g, u])
                     Xw[vg, vu] = pad_word
-        if st == 1 and Gf > 0:
+        if st == 1 and not sym and Gf > 0:
             for g, t in T.grid(Gf, Tn):
                 with T.sblock("xwin"):
                     vg, vt = T.axis.remap("SS", [g, t])
                     Xw[vg, vt + pl] = _pack4(X, vg, vt, gs, off, gs)
-        if st == 1 and kr > 0:  # the K % 4 rows of the last group; its other bytes meet zero weights
+        if st == 1 and not sym and kr > 0:  # the K % 4 rows of the last group; its other bytes meet zero weights
             for t in range(Tn):
                 with T.sblock("xwin_k_tail"):
                     vt = T.axis.spatial(Tn, t)
@@ -457,10 +479,16 @@ def _ncw_func(spec: PointwiseSpec):
             Xw = T.sblock_alloc_buffer(xw_shape, "int32")
             acc = T.sblock_alloc_buffer((Mp, Tp), "int32")
             xwin_and_gemm(X, Wq, Xw, acc)
-            for m, t in T.grid(M, To):
+            for m, t in T.grid(M, Tp if sym else To):
                 with T.sblock("requant"):
                     vm, vt = T.axis.remap("SS", [m, t])
-                    Y[0, vm, vt] = requantize_expr(acc[vm, vt] + B[vm], Mul[vm], Sh[vm], qmin, qmax, od)
+                    if sym:  # guards in the body: scheduling keeps them (a block predicate would be re-derived)
+                        if vt // tt * tt + tt <= To:  # a whole tile: vectorised, no guard
+                            Y[0, vm, vt] = requantize_expr(acc[vm, vt] + B[vm], Mul[vm], Sh[vm], qmin, qmax, od)
+                        elif vt < To:  # the last, partial tile
+                            Y[0, vm, vt] = requantize_expr(acc[vm, vt] + B[vm], Mul[vm], Sh[vm], qmin, qmax, od)
+                    else:
+                        Y[0, vm, vt] = requantize_expr(acc[vm, vt] + B[vm], Mul[vm], Sh[vm], qmin, qmax, od)
 
         return func
 
@@ -474,12 +502,22 @@ def _ncw_func(spec: PointwiseSpec):
         Xw = T.sblock_alloc_buffer(xw_shape, "int32")
         acc = T.sblock_alloc_buffer((Mp, Tp), "int32")
         xwin_and_gemm(X, Wq, Xw, acc)
-        for m, t in T.grid(M, To):
+        for m, t in T.grid(M, Tp if sym else To):
             with T.sblock("requant"):
                 vm, vt = T.axis.remap("SS", [m, t])
-                Y[0, vm, vt] = T.Cast(od, T.max(T.min(
-                    requantize_expr(acc[vm, vt] + B[vm], Mul[vm], Sh[vm], rqmin, rqmax, "int32") + R[0, vm, vt],
-                    T.int32(qmax)), T.int32(qmin)))
+                if sym:
+                    if vt // tt * tt + tt <= To:
+                        Y[0, vm, vt] = T.Cast(od, T.max(T.min(
+                            requantize_expr(acc[vm, vt] + B[vm], Mul[vm], Sh[vm], rqmin, rqmax, "int32")
+                            + R[0, vm, vt], T.int32(qmax)), T.int32(qmin)))
+                    elif vt < To:
+                        Y[0, vm, vt] = T.Cast(od, T.max(T.min(
+                            requantize_expr(acc[vm, vt] + B[vm], Mul[vm], Sh[vm], rqmin, rqmax, "int32")
+                            + R[0, vm, vt], T.int32(qmax)), T.int32(qmin)))
+                else:
+                    Y[0, vm, vt] = T.Cast(od, T.max(T.min(
+                        requantize_expr(acc[vm, vt] + B[vm], Mul[vm], Sh[vm], rqmin, rqmax, "int32") + R[0, vm, vt],
+                        T.int32(qmax)), T.int32(qmin)))
 
     return func
 
@@ -563,12 +601,18 @@ def _schedule_ncw(spec: PointwiseSpec, tensorize: bool = True):
     # the xwin blocks that exist (full groups if K >= 4, the K % 4 tail, pads / tile padding)
     G, Gf = spec.Kp // spec.gs, spec.K // spec.gs
     tail = spec.ncw_pad_r_cols
-    blocks = [n for n, present in (("xwin", Gf > 0), ("xwin_k_tail", G > Gf), ("xwin_pad_l", spec.pad_l > 0),
-                                   ("xwin_pad_r", tail > 0)) if present] if spec.stride == 1 else ["xwin_strided"]
+    if spec.stride > 1:
+        blocks = ["xwin_strided"]
+    elif spec.symbolic:
+        blocks = ["xwin_all"]
+    else:
+        blocks = [n for n, present in (("xwin", Gf > 0), ("xwin_k_tail", G > Gf), ("xwin_pad_l", spec.pad_l > 0),
+                                       ("xwin_pad_r", tail > 0)) if present]
     # row stride = 16 mod 64 words: at T=500 (Tp=512) rows are 2048 B apart and the g-loop of a tile
     # would map onto 4 of the 64 L1 sets (conflict misses on every load)
     # (with a stride the buffer is [phase, group, column]: the group axis is 1)
-    sch.storage_align(sch.get_sblock(blocks[0]), 0, axis=0 if spec.stride == 1 else 1, factor=64, offset=16)
+    if not spec.symbolic:
+        sch.storage_align(sch.get_sblock(blocks[0]), 0, axis=0 if spec.stride == 1 else 1, factor=64, offset=16)
     for name in blocks:
         b = sch.get_sblock(name)
         loops = sch.get_loops(b)
