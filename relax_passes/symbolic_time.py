@@ -149,6 +149,10 @@ def _constants_broadcast(new, call) -> None:
     constant sized for one length would not fit another."""
     if not isinstance(new.ty, relax.TensorType):
         return
+    if new.ty.shape is None:  # the operands' shapes no longer agree: a constant sized for the fixed length
+        raise SymbolicTimeError(f"{new.name}: {call_op_name(call)} of operands whose shapes only agree at the fixed "
+                                "length (a constant that spans the time axis)",
+                                "quantize it with a fixed length (--frames T)")
     out = list(new.ty.shape)
     for a in call.args:
         if not is_tensor_const(a):
