@@ -112,7 +112,7 @@ def test_one_window_equals_the_whole_utterance_bit_for_bit(build):
     padded = np.zeros((1, mel.shape[0], T), np.float32)
     padded[0, :, :L] = mel
     whole = build.run(padded, length=L)[0]
-    s = build.stream(keep_logits=True)
+    s = build.stream(keep_logits=True, segment=False)
     s.push(pcm)
     s.finish()
     t = s.transcript()
@@ -120,16 +120,37 @@ def test_one_window_equals_the_whole_utterance_bit_for_bit(build):
     assert t.text == SENTENCE == build.decode(whole[None], length=L)[0]
 
 
-def test_stream_in_10ms_pieces_equals_offline_and_stitches_windows(build):
+def test_windows_stitch_on_output_frames(build):
     pcm, _ = read_pcm(CLIP)
     gap = np.zeros(SAMPLE_RATE // 2, np.float32)
     long = np.concatenate([pcm, gap, pcm, gap, pcm])  # 15 s: five windows of 5 s, 3 s kept in each
+    s = build.stream(keep_logits=True, segment=False)
+    s.push(long)
+    s.finish()
+    assert len(s._inner.plan.windows(len(long) // HOP_SAMPLES)) == 5
+    t = s.transcript()
+    assert t.text == " ".join([SENTENCE] * 3) and len(t.logits) == -(-(len(long) // HOP_SAMPLES) // 2)
+
+
+def test_stream_cuts_at_pauses_and_10ms_pieces_equal_offline(build):
+    pcm, _ = read_pcm(CLIP)
+    gap = np.zeros(SAMPLE_RATE // 2, np.float32)
+    long = np.concatenate([gap, pcm, gap, pcm, gap, gap, pcm, gap])
     offline = build.stream(keep_logits=True)
     offline.push(long)
     last = offline.finish()
     a = offline.transcript()
-    assert len(offline.plan.windows(len(long) // HOP_SAMPLES)) == 5
     assert a.text == " ".join([SENTENCE] * 3)
+    assert len(offline.segments) == 3  # one utterance each, the silence between them left out
+    for (s0, e0), (s1, _) in zip(offline.segments, offline.segments[1:]):
+        assert s0 < e0 < s1
+    # an utterance cut out with 0.1 s of silence around it decodes as that utterance alone
+    s0, e0 = offline.segments[0]
+    alone = build.stream(keep_logits=True, segment=False)
+    alone.push(long[s0 * HOP_SAMPLES:e0 * HOP_SAMPLES])
+    alone.finish()
+    n0 = len(alone.transcript().logits)
+    assert np.array_equal(a.logits[:n0], alone.transcript().logits)
 
     live = build.stream(keep_logits=True)
     got = []
@@ -138,7 +159,7 @@ def test_stream_in_10ms_pieces_equals_offline_and_stitches_windows(build):
     assert got, "a live stream returns words before the end of the audio"
     got += live.finish()
     b = live.transcript()
-    assert np.array_equal(a.logits, b.logits) and got == a.words and last == a.words[-len(last):]
+    assert np.array_equal(a.logits, b.logits) and got == a.words and last == a.words[len(a.words) - len(last):]
     assert all(w.start < w.end for w in a.words) and all(x.end <= y.start for x, y in zip(a.words, a.words[1:]))
     assert a.words[-1].end <= len(long) / SAMPLE_RATE
     with pytest.raises(Exception, match="after finish"):

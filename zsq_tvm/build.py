@@ -497,11 +497,12 @@ class Build:
         return self.decode(self.run(mel, length=length), length=length)
 
     def stream(self, context_frames: int | None = None, keep_logits: bool = False, on_window=None,
-               window_frames: int | None = None):
+               window_frames: int | None = None, segment: bool = True):
         """A :class:`zsq_tvm.streaming.Stream` on this build: ``push(pcm_16k) -> new words``, ``finish()``; audio
         of any length in overlapping windows of :attr:`frames` frames (a symbolic-T build: ``window_frames``,
         default 20 s, and the last window runs at its own length), ``context_frames`` of context on each side
-        (default 2 s), stitched on output frames (:mod:`zsq_tvm.streaming`)."""
+        (default 2 s), stitched on output frames; ``segment``: cut at pauses, one utterance at a time
+        (:class:`zsq_tvm.streaming.Stream`)."""
         from zsq_tvm.streaming import DEFAULT_CONTEXT_FRAMES, DYNAMIC_WINDOW_FRAMES, Stream
 
         if self.vocab is None:
@@ -517,7 +518,7 @@ class Build:
 
         # default: 2 s, but at most a fifth of the window each side, so a short build keeps 3/5 of each window
         ctx = min(DEFAULT_CONTEXT_FRAMES, frames // 5) if context_frames is None else int(context_frames)
-        return Stream(infer, frames, self.time_stride, self.vocab, ctx, layout, keep_logits, on_window)
+        return Stream(infer, frames, self.time_stride, self.vocab, ctx, layout, keep_logits, on_window, segment)
 
     # ---- persistence
     def save(self, out_dir, overwrite: bool = False, inputs=()) -> Path:
