@@ -1,0 +1,501 @@
+"""Long recordings with bounded memory (issue 28): stitching costs no WER, real-time factor, flat peak RSS.
+
+1. **Stitching**: the first ``--utterances`` of the ``test`` split of the synthetic corpus (``lab.corpus``, seed 0:
+   the same sentences, voices and prosody ``python3 -m lab.corpus synth`` makes; only those jobs are synthesized,
+   into a temporary folder) are concatenated, with seeded 0.3-1.0 s silences between them, into long files of
+   about ``--long-seconds`` each.  Each long file is transcribed with one :class:`zsq_tvm.streaming.Stream` of the
+   shipped ``quartznet5x5`` integer build (``zsq_tvm.transcribe.load_build``: host target, T = 1000 frames, time
+   mask on, default context), and each utterance alone with the same build.  Reported: WER of the stitched
+   transcripts vs the concatenated references, WER of the utterances alone, their difference (acceptance:
+   at most 0.1 WER points) and, if it is over, the stitched WER with longer contexts (``--try-contexts``).
+2. **Real-time factor** on a ``--minutes`` (30) file built from the same utterances (repeated, seeded silences):
+   seconds of processing (mel + model + CTC decode, 1 thread) per second of audio, for the integer build and for
+   ONNX Runtime FP32 and INT8 QDQ (``quantize_static`` as ``zsq bench`` does it: 8 seeded N(0, 1) calibration
+   mels) of the same model exported at T = 1000, run through the same ``Stream`` windows.  ONNX Runtime gets no
+   length, so its last window is zero-padded.  The engines take turns, ``--rounds`` passes each.
+3. **Peak RSS** (``ru_maxrss`` of a fresh ``python3 -m zsq_tvm.cli transcribe quartznet5x5 FILE`` per file) on
+   one utterance and on 1-, 5- and ``--minutes``-minute files.
+
+The WAV files live in a temporary folder (``--work`` to keep them).  Example (the numbers in docs/results.md)::
+
+    python3 -m bench.long_audio --utterances 600 --json bench/results/long_audio.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SR = 16000
+# Peak RSS of one command, measured in a fresh interpreter: RUSAGE_CHILDREN after its only child ended.
+_RSS_WRAPPER = ("import json, resource, subprocess, sys, time\n"
+                "t = time.perf_counter()\n"
+                "r = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)\n"
+                "print(json.dumps({'rc': r.returncode, 'wall_s': time.perf_counter() - t, "
+                "'maxrss_kb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, "
+                "'stdout': r.stdout, 'stderr': r.stderr[-2000:]}))\n")
+
+
+# ---------------------------------------------------------------- corpus
+def synth_test_split(out_dir: Path, n: int, seed: int, workers: int) -> list[dict]:
+    """The first ``n`` utterances of lab.corpus's ``test`` split, synthesized into ``out_dir``; manifest rows
+    (``audio_filepath`` absolute) in the corpus order; failed syntheses are skipped as lab.corpus does."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from tqdm import tqdm
+
+    from lab.corpus import _job, collect_texts, plan_jobs
+
+    texts = collect_texts(seed)
+    jobs = [j for j in plan_jobs(texts, str(out_dir), 0.0, seed=seed) if j[1] == "test"][:n]
+    (out_dir / "wav" / "test").mkdir(parents=True, exist_ok=True)
+    rows = []
+    with ProcessPoolExecutor(workers) as ex:
+        for r in tqdm(ex.map(_job, jobs, chunksize=4), total=len(jobs), desc="synthesizing test", unit="utt",
+                      file=sys.stderr):
+            if r is not None:
+                rows.append({**r, "audio_filepath": str(out_dir / r["audio_filepath"])})
+    return rows
+
+
+def _read_wav(path) -> "np.ndarray":
+    import soundfile as sf
+
+    x, sr = sf.read(str(path), dtype="float32")
+    assert sr == SR and x.ndim == 1, (path, sr, x.shape)
+    return x
+
+
+def plan_concat(rows: list[dict], seconds: float, rng, cycle: bool = False) -> tuple[list[tuple[int, int]], float]:
+    """``[(utterance index, silence samples before it)]`` filling at most ``seconds``; ``cycle``: repeat the rows."""
+    out, total, i = [], 0, 0
+    limit = int(round(seconds * SR))
+    while True:
+        if i >= len(rows) and not cycle:
+            break
+        k = i % len(rows)
+        gap = 0 if not out else int(round(rng.uniform(0.3, 1.0) * SR))
+        n = int(round(rows[k]["duration"] * SR))
+        if total + gap + n > limit:
+            break
+        out.append((k, gap))
+        total += gap + n
+        i += 1
+    return out, total / SR
+
+
+def write_concat(path: Path, rows: list[dict], plan: list[tuple[int, int]], pad_to: float | None = None) -> float:
+    """Write the planned concatenation as 16-bit PCM (the utterances are 16-bit, so samples are exact), block by
+    block; ``pad_to``: trailing silence up to that many seconds.  Returns the file's seconds."""
+    import numpy as np
+    import soundfile as sf
+
+    n = 0
+    with sf.SoundFile(str(path), "w", SR, 1, "PCM_16") as f:
+        for k, gap in plan:
+            x = _read_wav(rows[k]["audio_filepath"])
+            f.write(np.zeros(gap, np.float32))
+            f.write(x)
+            n += gap + len(x)
+        if pad_to is not None and n < int(pad_to * SR):
+            f.write(np.zeros(int(pad_to * SR) - n, np.float32))
+            n = int(pad_to * SR)
+    return n / SR
+
+
+def group_long(rows: list[dict], seconds: float, rng) -> list[list[tuple[int, int]]]:
+    """Consecutive utterances in files of about ``seconds`` (at least that much; a short remainder joins the
+    previous file)."""
+    groups, cur, total = [], [], 0.0
+    for i, r in enumerate(rows):
+        gap = 0 if not cur else int(round(rng.uniform(0.3, 1.0) * SR))
+        cur.append((i, gap))
+        total += gap / SR + r["duration"]
+        if total >= seconds:
+            groups.append(cur)
+            cur, total = [], 0.0
+    if cur:
+        if groups and total < seconds / 2:
+            groups[-1] += [(cur[0][0], int(round(rng.uniform(0.3, 1.0) * SR)))] + cur[1:]
+        else:
+            groups.append(cur)
+    return groups
+
+
+# ---------------------------------------------------------------- transcription
+def transcribe_stream(stream, pcm, block: int = 10 * SR) -> str:
+    for i in range(0, len(pcm), block):
+        stream.push(pcm[i:i + block])
+    stream.finish()
+    return " ".join(stream.transcript().text.split())
+
+
+def transcribe_file(stream, path) -> str:
+    """As ``zsq transcribe`` reads a file: :func:`zsq_tvm.audio.io.pcm_blocks` into one stream."""
+    from zsq_tvm.audio.io import audio_info, pcm_blocks
+
+    for b in pcm_blocks(audio_info(path)):
+        stream.push(b)
+    stream.finish()
+    return " ".join(stream.transcript().text.split())
+
+
+def score(refs, hyps) -> dict:
+    """Corpus WER with jiwer (what ``zsq eval`` cross-checks against): ``zsq_tvm.evaluate.score`` also computes a
+    pure-Python character edit distance, minutes per 30-minute transcript."""
+    import jiwer
+
+    o = jiwer.process_words(list(refs), list(hyps))
+    errors = o.substitutions + o.deletions + o.insertions
+    words = o.substitutions + o.deletions + o.hits
+    return {"wer": errors / words, "word_errors": errors, "n_words": words, "jiwer_checked": True}
+
+
+def pause_split_decode(logits, vocab, pause: int) -> str:
+    """Greedy CTC as :class:`zsq_tvm.streaming.Stream` decodes, except that ``pause`` or more output frames
+    between two characters also end a word (a candidate fix, measured here, not the product's decoder)."""
+    words, chars, prev, last = [], [], -1, 0
+    for f, i in enumerate(logits.argmax(axis=-1).tolist()):
+        if i != prev and i != vocab.blank:
+            c = vocab.labels[i]
+            if c == " " or (chars and f - last > pause):
+                if chars:
+                    words.append("".join(chars))
+                chars = []
+            if c != " ":
+                chars.append(c)
+                last = f
+        prev = i
+    if chars:
+        words.append("".join(chars))
+    return " ".join(words)
+
+
+def fp32_controls(model, rows, refs, files, long_refs, build, ctx) -> dict:
+    """The FP32 torch model (length-agnostic): each utterance alone, each long file whole (one mel normalized over
+    the file, no windows) and the long files through the same Stream windows (each window run on its valid
+    frames).  Whole vs stitched is the cost of the windows alone; alone vs whole that of the long-file audio."""
+    from zsq_tvm.ctc import greedy_decode
+    from zsq_tvm.evaluate import TorchRunner, compute_mel
+    from zsq_tvm.streaming import Stream
+    from zsq_tvm.zoo.models import load_torch
+
+    r = TorchRunner(load_torch(model), model)
+
+    def dec(path):
+        return " ".join(greedy_decode(r.infer(compute_mel(str(path))[None])[None], build.vocab, "BTV")[0].split())
+
+    alone = [dec(x["audio_filepath"]) for x in rows]
+    whole = [dec(p) for p, _ in files]
+    ref_st = build.stream()
+    stitched = [transcribe_file(Stream(lambda mel, valid: r.infer(mel[:, :, :valid])[None], ref_st.frames,
+                                       ref_st.stride, build.vocab, ctx, "BTV"), p) for p, _ in files]
+    return {"wer_alone": score(refs, alone)["wer"], "wer_whole_file": score(long_refs, whole)["wer"],
+            "wer_stitched": score(long_refs, stitched)["wer"]}
+
+
+def _timed(f, acc: list):
+    def g(*a, **k):
+        t = time.perf_counter()
+        y = f(*a, **k)
+        acc[0] += time.perf_counter() - t
+        return y
+    return g
+
+
+def rtf_pass(make_stream, pcm) -> dict:
+    """One pass of a stream over ``pcm``: wall / CPU seconds and the model's and the mel's shares."""
+    st = make_stream()
+    model, mel = [0.0], [0.0]
+    st.infer = _timed(st.infer, model)
+    st._mel = _timed(st._mel, mel)
+    c0, t0 = time.process_time(), time.perf_counter()
+    text = transcribe_stream(st, pcm)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    audio = len(pcm) / SR
+    return {"wall_s": wall, "cpu_s": cpu, "model_s": model[0], "mel_s": mel[0],
+            "rest_s": wall - model[0] - mel[0], "rtf": wall / audio, "windows": st._k, "text": text}
+
+
+# ---------------------------------------------------------------- main
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python3 -m bench.long_audio", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="quartznet5x5", help="shipped model (load_build: T = 1000, time mask)")
+    ap.add_argument("--utterances", type=int, default=200, help="first N utterances of the test split")
+    ap.add_argument("--long-seconds", type=float, default=300.0, help="length of each stitched file")
+    ap.add_argument("--minutes", type=float, default=30.0, help="length of the RTF / RSS file")
+    ap.add_argument("--rounds", type=int, default=2, help="RTF passes per engine, engines taking turns")
+    ap.add_argument("--try-contexts", type=int, nargs="*", default=[300, 400],
+                    help="context frames to try when stitching costs more than --max-diff")
+    ap.add_argument("--pause-frames", type=int, default=12,
+                    help="output frames (20 ms) of blanks that end a word in the pause-split decode")
+    ap.add_argument("--max-diff", type=float, default=0.1, help="acceptance, WER points")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workers", type=int, default=2, help="synthesis processes")
+    ap.add_argument("--work", default=None, help="keep the WAV files here (default: a temporary folder)")
+    ap.add_argument("--skip", nargs="*", default=[], choices=["wer", "rtf", "rss"])
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args(argv)
+
+    # one thread everywhere, before TVM's pool or torch start
+    for v in ("TVM_NUM_THREADS", "OMP_NUM_THREADS"):
+        os.environ[v] = "1"
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(1)
+
+    from zsq_tvm.metrics import normalize_text
+    from zsq_tvm.transcribe import load_build
+
+    res: dict = {"command": "python3 -m bench.long_audio " + " ".join(argv if argv is not None else sys.argv[1:]),
+                 "model": a.model, "frames": 1000, "seed": a.seed, "threads": 1,
+                 "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}}
+    try:
+        from zsq_tvm.backends.x86.cpu import host_cpu
+
+        res["machine"]["cpu"] = host_cpu()
+    except Exception:  # pragma: no cover
+        pass
+    try:
+        res["machine"]["model_name"] = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
+                                            if l.startswith("model name"))
+        flags = next(l for l in open("/proc/cpuinfo") if l.startswith("flags")).split()
+        res["machine"]["avx512_vnni"] = "avx512_vnni" in flags
+        res["machine"]["load_avg_start"] = os.getloadavg()
+    except (OSError, StopIteration):  # pragma: no cover
+        pass
+
+    with tempfile.TemporaryDirectory(prefix="zsq_long_") as td:
+        work = Path(a.work) if a.work else Path(td)
+        work.mkdir(parents=True, exist_ok=True)
+        t = time.time()
+        rows = synth_test_split(work / "corpus", a.utterances, a.seed, a.workers)
+        res["synth_seconds"] = round(time.time() - t, 1)
+        refs = [normalize_text(r["text"]) for r in rows]
+        print(f"{len(rows)} test utterances, {sum(r['duration'] for r in rows) / 60:.1f} min of speech "
+              f"({res['synth_seconds']:.0f} s to synthesize)", flush=True)
+
+        build = load_build(a.model)
+        default_ctx = build.stream().context
+        res["context_frames_default"] = default_ctx
+
+        # ---- 1. stitching
+        if "wer" not in a.skip:
+            from tqdm import tqdm
+
+            pcms = [_read_wav(r["audio_filepath"]) for r in rows]
+            alone = [transcribe_stream(build.stream(), x) for x in tqdm(pcms, desc="utterances alone", unit="utt",
+                                                                         file=sys.stderr)]
+            del pcms
+            s_alone = score(refs, alone)
+            groups = group_long(rows, a.long_seconds, np.random.default_rng(a.seed))
+            files, long_refs, long_alone = [], [], []
+            for g_i, g in enumerate(groups):
+                p = work / f"long_{g_i:02d}.wav"
+                sec = write_concat(p, rows, g)
+                files.append((p, sec))
+                long_refs.append(" ".join(refs[k] for k, _ in g))
+                long_alone.append(" ".join(w for w in (alone[k] for k, _ in g) if w))
+
+            def stitched(ctx):
+                hyps = [transcribe_file(build.stream(context_frames=ctx), p) for p, _ in files]
+                s = score(long_refs, hyps)
+                agree = score(long_alone, hyps)  # the stitched transcripts against the utterances-alone ones
+                return s, agree
+
+            s_st, agree = stitched(None)
+            # where the difference comes from: (a) words joined across a pause (CTC emits no space in silence);
+            # (b) the window stitching itself, seen on the FP32 model that can also run a whole file at once
+            split_hyps = []
+            for p, _ in files:
+                st = build.stream(keep_logits=True)
+                transcribe_file(st, p)
+                split_hyps.append(pause_split_decode(st.transcript().logits, build.vocab, a.pause_frames))
+            s_split = score(long_refs, split_hyps)
+            fp32 = fp32_controls(a.model, rows, refs, files, long_refs, build, default_ctx)
+            diff = 100 * (s_st["wer"] - s_alone["wer"])
+            wer_res = {"utterances": len(rows), "words": s_alone["n_words"], "long_files": len(files),
+                       "long_file_seconds": [round(s, 1) for _, s in files],
+                       "windows_per_file": [len(build.stream().plan.windows(int(s * 100))) for _, s in files],
+                       "wer_alone": s_alone["wer"], "word_errors_alone": s_alone["word_errors"],
+                       "wer_stitched": s_st["wer"], "word_errors_stitched": s_st["word_errors"],
+                       "words_stitched_refs": s_st["n_words"], "diff_points": diff,
+                       "stitched_vs_alone_transcripts_wer": agree["wer"],
+                       "stitched_vs_alone_word_edits": agree["word_errors"],
+                       "context_frames": default_ctx, "max_diff_points": a.max_diff,
+                       "pass": abs(diff) <= a.max_diff, "jiwer_checked": s_st["jiwer_checked"],
+                       "wer_stitched_pause_split": s_split["wer"], "pause_split_output_frames": a.pause_frames,
+                       "fp32_controls": fp32}
+            print(f"[stitch] {len(rows)} utterances, {s_alone['n_words']} words, {len(files)} files "
+                  f"({', '.join(f'{s:.0f} s' for _, s in files)}), context {default_ctx} frames: WER alone "
+                  f"{100 * s_alone['wer']:.2f} % ({s_alone['word_errors']} errors), stitched "
+                  f"{100 * s_st['wer']:.2f} % ({s_st['word_errors']}), difference {diff:+.2f} points "
+                  f"({'PASS' if wer_res['pass'] else 'FAIL'} at {a.max_diff}); stitched vs alone transcripts: "
+                  f"{agree['word_errors']} word edits", flush=True)
+            print(f"[stitch] pause-split decode (>= {a.pause_frames} blank output frames end a word): stitched "
+                  f"{100 * s_split['wer']:.2f} %; FP32 torch: alone {100 * fp32['wer_alone']:.2f} %, whole file at "
+                  f"once {100 * fp32['wer_whole_file']:.2f} %, stitched windows {100 * fp32['wer_stitched']:.2f} %",
+                  flush=True)
+            if not wer_res["pass"]:
+                wer_res["longer_contexts"] = []
+                for ctx in a.try_contexts:
+                    s2, ag2 = stitched(ctx)
+                    d2 = 100 * (s2["wer"] - s_alone["wer"])
+                    wer_res["longer_contexts"].append({"context_frames": ctx, "wer_stitched": s2["wer"],
+                                                       "diff_points": d2, "stitched_vs_alone_word_edits":
+                                                       ag2["word_errors"], "pass": abs(d2) <= a.max_diff})
+                    print(f"[stitch] context {ctx} frames: stitched {100 * s2['wer']:.2f} %, difference "
+                          f"{d2:+.2f} points, {ag2['word_errors']} edits vs alone", flush=True)
+                    if abs(d2) <= a.max_diff:
+                        break
+            res["stitching"] = wer_res
+
+        # ---- the 1 / 5 / N-minute files
+        rng = np.random.default_rng(a.seed + 1)
+        plan_n, _ = plan_concat(rows, a.minutes * 60, rng, cycle=True)
+        lengths = {k: v for k, v in (("1min", 60.0), ("5min", 300.0)) if v < a.minutes * 60}
+        lengths[f"{a.minutes:g}min"] = a.minutes * 60
+        paths = {}
+        for name, sec in lengths.items():
+            sub = [(k, g) for (k, g), end in zip(plan_n, np.cumsum(
+                [g + int(round(rows[k]["duration"] * SR)) for k, g in plan_n])) if end <= sec * SR]
+            paths[name] = (work / f"file_{name}.wav", sub)
+            write_concat(paths[name][0], rows, sub, pad_to=sec)
+        big_name = f"{a.minutes:g}min"
+        big_path, big_plan = paths[big_name]
+        big_refs = " ".join(refs[k] for k, _ in big_plan)
+
+        # ---- 2. real-time factor
+        if "rtf" not in a.skip:
+            from zsq_tvm.audio.io import read_pcm
+            from zsq_tvm.benchmark import _ort_session, ort_int8_qdq
+            from zsq_tvm.streaming import Stream
+            from zsq_tvm.zoo.nets.export import export_onnx
+
+            pcm, _ = read_pcm(big_path)
+            ref_stream = build.stream()
+            onnx_path = export_onnx(a.model, work / "model.onnx", frames=build.frames)
+            shape = [1, 64, build.frames]
+            r0 = np.random.default_rng(0)
+            r0.standard_normal(shape)  # the timing input of zsq bench, then its calibration mels
+            cal = [r0.standard_normal(shape).astype(np.float32) for _ in range(8)]
+            qdq = ort_int8_qdq(str(onnx_path), str(work / "model_int8.onnx"), "mel", cal)
+            sessions = {"ort_fp32": _ort_session(str(onnx_path), 1), "ort_int8_qdq": _ort_session(qdq, 1)}
+
+            def ort_stream(sess):
+                def infer(mel, valid):  # no length input: the last window runs zero-padded
+                    return sess.run(None, {"mel": mel})[0]
+                return lambda: Stream(infer, ref_stream.frames, ref_stream.stride, build.vocab, ref_stream.context,
+                                      "auto")
+
+            engines = {"zsq_int8": lambda: build.stream(), **{k: ort_stream(s) for k, s in sessions.items()}}
+            warm = np.zeros(30 * SR, np.float32)
+            for mk in engines.values():  # warm-up: 30 s, 5 windows
+                rtf_pass(mk, warm)
+            passes = {k: [] for k in engines}
+            order = list(engines)
+            for r in range(a.rounds):
+                for k in (order if r % 2 == 0 else order[::-1]):
+                    p = rtf_pass(engines[k], pcm)
+                    passes[k].append(p)
+                    print(f"[rtf] round {r} {k}: {p['wall_s']:.1f} s for {len(pcm) / SR:.0f} s, RTF {p['rtf']:.4f} "
+                          f"(model {p['model_s']:.1f} s, mel {p['mel_s']:.1f} s, rest {p['rest_s']:.1f} s, "
+                          f"CPU {p['cpu_s']:.1f} s)", flush=True)
+            rtf = {"audio_seconds": len(pcm) / SR, "windows": passes["zsq_int8"][0]["windows"],
+                   "rounds": a.rounds, "note": "ONNX Runtime gets no length: its last window is zero-padded",
+                   "onnx_int8_calibration": "8 seeded N(0, 1) mels, as zsq bench (zsq_tvm.benchmark)",
+                   "engines": {}}
+            for k, ps in passes.items():
+                best = min(ps, key=lambda p: p["wall_s"])
+                wer_k = score([big_refs], [ps[0]["text"]])
+                rtf["engines"][k] = {"rtf_best": best["rtf"], "rtf_all": [p["rtf"] for p in ps],
+                                     "wall_s_all": [round(p["wall_s"], 2) for p in ps],
+                                     "model_s": best["model_s"], "mel_s": best["mel_s"], "rest_s": best["rest_s"],
+                                     "cpu_s": best["cpu_s"], "model_ms_per_window": 1e3 * best["model_s"] /
+                                     best["windows"], "mel_ms_per_window": 1e3 * best["mel_s"] / best["windows"],
+                                     "wer_on_file": wer_k["wer"], "words_on_file": wer_k["n_words"]}
+            z = rtf["engines"]["zsq_int8"]["rtf_best"]
+            for k, e in rtf["engines"].items():
+                e["slower_than_zsq"] = e["rtf_best"] / z
+            res["rtf"] = rtf
+            del pcm
+
+        # ---- 3. peak RSS of `zsq transcribe`, a fresh process per file
+        if "rss" not in a.skip:
+            files = {"one_utterance": (Path(rows[0]["audio_filepath"]), rows[0]["duration"]),
+                     **{k: (p, lengths[k]) for k, (p, _) in paths.items()}}
+            env = {**os.environ, "TVM_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+            rss = {}
+            for k, (p, sec) in files.items():
+                cmd = [sys.executable, "-m", "zsq_tvm.cli", "transcribe", a.model, str(p)]
+                out = subprocess.run([sys.executable, "-c", _RSS_WRAPPER, *cmd], capture_output=True, text=True,
+                                     env=env, check=True)
+                r = json.loads(out.stdout.strip().splitlines()[-1])
+                if r["rc"] != 0:
+                    raise RuntimeError(f"zsq transcribe {p} failed ({r['rc']}): {r['stderr']}")
+                rss[k] = {"audio_seconds": round(sec, 2), "peak_rss_mb": r["maxrss_kb"] / 1024,
+                          "wall_s": round(r["wall_s"], 1), "words": len(r["stdout"].split())}
+                print(f"[rss] {k}: {sec:.0f} s audio, peak RSS {r['maxrss_kb'] / 1024:.1f} MiB, "
+                      f"{r['wall_s']:.1f} s wall", flush=True)
+            peaks = [v["peak_rss_mb"] for v in rss.values()]
+            res["rss"] = {"command": f"python3 -m zsq_tvm.cli transcribe {a.model} FILE (TVM_NUM_THREADS=1)",
+                          "files": rss, "max_minus_min_mb": max(peaks) - min(peaks)}
+    try:
+        res["machine"]["load_avg_end"] = os.getloadavg()
+    except OSError:  # pragma: no cover
+        pass
+
+    print()
+    print(format_table(res))
+    if a.json:
+        for e in res.get("rtf", {}).get("engines", {}).values():
+            e.pop("text", None)
+        Path(a.json).write_text(json.dumps(res, indent=1) + "\n")
+    return 0
+
+
+def format_table(res: dict) -> str:
+    lines = [f"machine: {res['machine'].get('model_name', '?')} ({res['machine'].get('cpu')}), "
+             f"{res['machine'].get('cores')} cores, 1 thread"]
+    s = res.get("stitching")
+    if s:
+        lines += ["", f"stitching ({s['utterances']} test utterances, {s['words']} words, {s['long_files']} files of "
+                      f"~{sum(s['long_file_seconds']) / s['long_files']:.0f} s, context {s['context_frames']} frames)",
+                  f"  WER alone     {100 * s['wer_alone']:6.2f} %  ({s['word_errors_alone']} errors)",
+                  f"  WER stitched  {100 * s['wer_stitched']:6.2f} %  ({s['word_errors_stitched']} errors)",
+                  f"  difference    {s['diff_points']:+6.2f} points  ({'pass' if s['pass'] else 'FAIL'}, "
+                  f"limit {s['max_diff_points']})"]
+        lines.append(f"  stitched, pause-split decode {100 * s['wer_stitched_pause_split']:.2f} %")
+        f = s["fp32_controls"]
+        lines.append(f"  FP32 torch: alone {100 * f['wer_alone']:.2f} %, whole file at once {100 * f['wer_whole_file']:.2f}"
+                     f" %, stitched windows {100 * f['wer_stitched']:.2f} %")
+        for c in s.get("longer_contexts", []):
+            lines.append(f"  context {c['context_frames']}: stitched {100 * c['wer_stitched']:.2f} %, "
+                         f"{c['diff_points']:+.2f} points")
+    r = res.get("rtf")
+    if r:
+        lines += ["", f"real-time factor, {r['audio_seconds'] / 60:.0f}-minute file, {r['windows']} windows, best of "
+                      f"{r['rounds']} (model / mel / rest in s)"]
+        for k, e in r["engines"].items():
+            lines.append(f"  {k:13s} RTF {e['rtf_best']:.4f}  ({e['slower_than_zsq']:.2f}x zsq)  model "
+                         f"{e['model_s']:6.1f}  mel {e['mel_s']:5.1f}  rest {e['rest_s']:5.1f}  "
+                         f"WER on file {100 * e['wer_on_file']:.2f} %")
+    m = res.get("rss")
+    if m:
+        lines += ["", "peak RSS of zsq transcribe (fresh process per file)"]
+        for k, v in m["files"].items():
+            lines.append(f"  {k:13s} {v['audio_seconds']:7.0f} s audio  {v['peak_rss_mb']:7.1f} MiB  "
+                         f"{v['wall_s']:6.1f} s wall")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
