@@ -1,24 +1,36 @@
-"""Long recordings with bounded memory (issue 28): stitching costs no WER, real-time factor, flat peak RSS.
+"""Long recordings with bounded memory (issue 28): transcribing one long file costs no WER over its utterances
+alone, real-time factor, flat peak RSS.
 
-1. **Stitching**: the first ``--utterances`` of the ``test`` split of the synthetic corpus (``lab.corpus``, seed 0:
+1. **Long files**: the first ``--utterances`` of the ``test`` split of the synthetic corpus (``lab.corpus``, seed 0:
    the same sentences, voices and prosody ``python3 -m lab.corpus synth`` makes; only those jobs are synthesized,
    into a temporary folder) are concatenated, with seeded 0.3-1.0 s silences between them, into long files of
    about ``--long-seconds`` each.  Each long file is transcribed with one :class:`zsq_tvm.streaming.Stream` of the
    shipped ``quartznet5x5`` integer build (``zsq_tvm.transcribe.load_build``: host target, T = 1000 frames, time
-   mask on, default context), and each utterance alone with the same build.  Reported: WER of the stitched
-   transcripts vs the concatenated references, WER of the utterances alone, their difference (acceptance:
-   at most 0.1 WER points) and, if it is over, the stitched WER with longer contexts (``--try-contexts``).
+   mask on, default context), and each utterance alone with the same build, unsegmented (one window on exactly
+   the utterance's frames: the model on the utterance, as ``zsq eval`` scores it).  The headline is the default
+   stream, which cuts the audio at pauses (energy VAD, one utterance at a time through its own windows):
+   its WER on the long files vs the utterances-alone WER, difference (acceptance: at most 0.1 WER points).
+   Also reported: the old behaviour (``build.stream(segment=False)``: one window sequence over the whole file),
+   each utterance alone through the segmenting stream (what ``zsq transcribe`` gives for a short file), how the
+   utterances the VAD found line up with the true ones (utterances cut in two, merged, missed; the few
+   utterances whose stitched words differ most from their alone transcript are printed), and FP32 torch
+   controls (length-agnostic): alone, the whole file as one mel, and the long files through the same
+   ``Stream`` windows, segmenting and not.
 2. **Real-time factor** on a ``--minutes`` (30) file built from the same utterances (repeated, seeded silences):
-   seconds of processing (mel + model + CTC decode, 1 thread) per second of audio, for the integer build and for
-   ONNX Runtime FP32 and INT8 QDQ (``quantize_static`` as ``zsq bench`` does it: 8 seeded N(0, 1) calibration
-   mels) of the same model exported at T = 1000, run through the same ``Stream`` windows.  ONNX Runtime gets no
-   length, so its last window is zero-padded.  The engines take turns, ``--rounds`` passes each.
+   seconds of processing (VAD + mel + model + CTC decode, 1 thread) per second of audio, for the integer build
+   (segmenting, the default, and unsegmented) and for ONNX Runtime FP32 and INT8 QDQ (``quantize_static`` as
+   ``zsq bench`` does it: 8 seeded N(0, 1) calibration mels) of the same model exported at T = 1000, run through
+   the same segmenting ``Stream``.  The model's share is timed by wrapping ``Stream.infer`` (the inner
+   ``WindowStream`` of each utterance is created with it), the mel's by wrapping each inner stream's
+   ``MelFrontend``; the utterances found and the windows run are reported.  ONNX Runtime gets no length, so
+   every window shorter than T (each utterance's last) is zero-padded: its WER on the file is not comparable.
+   The engines take turns, ``--rounds`` passes each.
 3. **Peak RSS** (``ru_maxrss`` of a fresh ``python3 -m zsq_tvm.cli transcribe quartznet5x5 FILE`` per file) on
    one utterance and on 1-, 5- and ``--minutes``-minute files.
 
-The WAV files live in a temporary folder (``--work`` to keep them).  Example (the numbers in docs/results.md)::
+The WAV files live in a temporary folder (``--work`` to keep them).  Example (bench/results/long_audio.json)::
 
-    python3 -m bench.long_audio --utterances 600 --json bench/results/long_audio.json
+    python3 -m bench.long_audio --utterances 200 --json bench/results/long_audio.json
 """
 
 from __future__ import annotations
@@ -158,30 +170,11 @@ def score(refs, hyps) -> dict:
     return {"wer": errors / words, "word_errors": errors, "n_words": words, "jiwer_checked": True}
 
 
-def pause_split_decode(logits, vocab, pause: int) -> str:
-    """Greedy CTC as :class:`zsq_tvm.streaming.Stream` decodes, except that ``pause`` or more output frames
-    between two characters also end a word (a candidate fix, measured here, not the product's decoder)."""
-    words, chars, prev, last = [], [], -1, 0
-    for f, i in enumerate(logits.argmax(axis=-1).tolist()):
-        if i != prev and i != vocab.blank:
-            c = vocab.labels[i]
-            if c == " " or (chars and f - last > pause):
-                if chars:
-                    words.append("".join(chars))
-                chars = []
-            if c != " ":
-                chars.append(c)
-                last = f
-        prev = i
-    if chars:
-        words.append("".join(chars))
-    return " ".join(words)
-
-
-def fp32_controls(model, rows, refs, files, long_refs, build, ctx) -> dict:
+def fp32_controls(model, rows, refs, files, long_refs, build) -> dict:
     """The FP32 torch model (length-agnostic): each utterance alone, each long file whole (one mel normalized over
-    the file, no windows) and the long files through the same Stream windows (each window run on its valid
-    frames).  Whole vs stitched is the cost of the windows alone; alone vs whole that of the long-file audio."""
+    the file, no windows) and the long files through the same ``Stream`` windows as the integer build (each
+    window run on its valid frames), segmenting (the default) and not.  Whole vs unsegmented is the cost of the
+    windows alone; alone vs whole that of the long-file audio; segmented that of the VAD's cuts."""
     from zsq_tvm.ctc import greedy_decode
     from zsq_tvm.evaluate import TorchRunner, compute_mel
     from zsq_tvm.streaming import Stream
@@ -192,36 +185,95 @@ def fp32_controls(model, rows, refs, files, long_refs, build, ctx) -> dict:
     def dec(path):
         return " ".join(greedy_decode(r.infer(compute_mel(str(path))[None])[None], build.vocab, "BTV")[0].split())
 
+    def infer(mel, valid):
+        return r.infer(mel[:, :, :valid])[None]
+
+    ref = build.stream()
+
+    def stream(segment):
+        return Stream(infer, ref.frames, ref.stride, build.vocab, context=ref.context, layout="BTV",
+                      segment=segment)
+
     alone = [dec(x["audio_filepath"]) for x in rows]
     whole = [dec(p) for p, _ in files]
-    ref_st = build.stream()
-    stitched = [transcribe_file(Stream(lambda mel, valid: r.infer(mel[:, :, :valid])[None], ref_st.frames,
-                                       ref_st.stride, build.vocab, ctx, "BTV"), p) for p, _ in files]
+    seg = [transcribe_file(stream(True), p) for p, _ in files]
+    unseg = [transcribe_file(stream(False), p) for p, _ in files]
     return {"wer_alone": score(refs, alone)["wer"], "wer_whole_file": score(long_refs, whole)["wer"],
-            "wer_stitched": score(long_refs, stitched)["wer"]}
+            "wer_stitched_segmented": score(long_refs, seg)["wer"],
+            "wer_stitched_unsegmented": score(long_refs, unseg)["wer"]}
+
+
+def utterance_spans(rows, plan) -> list[tuple[int, int, int]]:
+    """``[(utterance index, first mel frame, end mel frame)]`` of a planned concatenation."""
+    out, pos = [], 0
+    for k, gap in plan:
+        pos += gap
+        n = int(round(rows[k]["duration"] * SR))
+        out.append((k, pos // 160, (pos + n) // 160))
+        pos += n
+    return out
+
+
+def match_segments(segments, spans) -> dict:
+    """How the utterances the VAD found (mel frame ranges) line up with the true ones: utterances overlapped by
+    more than one found segment (cut), found segments overlapping more than one utterance (merged), utterances
+    no segment overlaps (missed)."""
+    def over(a, b):
+        return a[0] < b[1] and b[0] < a[1]
+
+    per_utt = [[j for j, sg in enumerate(segments) if over(sg, (s0, s1))] for _, s0, s1 in spans]
+    per_seg = [[i for i, (_, s0, s1) in enumerate(spans) if over(sg, (s0, s1))] for sg in segments]
+    return {"cut": [spans[i][0] for i, js in enumerate(per_utt) if len(js) > 1],
+            "missed": [spans[i][0] for i, js in enumerate(per_utt) if not js],
+            "merged": [[spans[i][0] for i in is_] for is_ in per_seg if len(is_) > 1],
+            "per_utt_segments": per_utt}
+
+
+def words_per_utterance(words, spans) -> list[str]:
+    """The stream's words assigned to the utterances by their middle time (boundaries half-way in the pauses)."""
+    bounds = [(spans[i][2] + spans[i + 1][1]) / 2 / 100 for i in range(len(spans) - 1)]
+    out = [[] for _ in spans]
+    import bisect
+
+    for w in words:
+        out[bisect.bisect_right(bounds, (w.start + w.end) / 2)].append(w.text)
+    return [" ".join(x) for x in out]
 
 
 def _timed(f, acc: list):
+    """``f`` that adds its seconds to ``acc[0]`` and counts its calls in ``acc[1]``."""
     def g(*a, **k):
         t = time.perf_counter()
         y = f(*a, **k)
         acc[0] += time.perf_counter() - t
+        acc[1] += 1
         return y
     return g
 
 
 def rtf_pass(make_stream, pcm) -> dict:
-    """One pass of a stream over ``pcm``: wall / CPU seconds and the model's and the mel's shares."""
+    """One pass of a stream over ``pcm``: wall / CPU seconds, the model's and the mel's shares (``Stream.infer``
+    and each inner ``WindowStream``'s mel frontend wrapped), the windows run and the utterances found."""
     st = make_stream()
-    model, mel = [0.0], [0.0]
+    model, mel = [0.0, 0], [0.0, 0]
     st.infer = _timed(st.infer, model)
-    st._mel = _timed(st._mel, mel)
+    if st._inner is not None:  # segment=False: the one inner stream exists already
+        st._inner.infer = st.infer
+        st._inner._mel = _timed(st._inner._mel, mel)
+    new_inner = st._new_inner
+
+    def timed_inner(frame0):
+        w = new_inner(frame0)
+        w._mel = _timed(w._mel, mel)
+        return w
+    st._new_inner = timed_inner
     c0, t0 = time.process_time(), time.perf_counter()
     text = transcribe_stream(st, pcm)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     audio = len(pcm) / SR
     return {"wall_s": wall, "cpu_s": cpu, "model_s": model[0], "mel_s": mel[0],
-            "rest_s": wall - model[0] - mel[0], "rtf": wall / audio, "windows": st._k, "text": text}
+            "rest_s": wall - model[0] - mel[0], "rtf": wall / audio, "windows": model[1],
+            "utterances_found": len(st.segments) if st.segment else None, "text": text}
 
 
 # ---------------------------------------------------------------- main
@@ -232,10 +284,8 @@ def main(argv=None) -> int:
     ap.add_argument("--long-seconds", type=float, default=300.0, help="length of each stitched file")
     ap.add_argument("--minutes", type=float, default=30.0, help="length of the RTF / RSS file")
     ap.add_argument("--rounds", type=int, default=2, help="RTF passes per engine, engines taking turns")
-    ap.add_argument("--try-contexts", type=int, nargs="*", default=[300, 400],
-                    help="context frames to try when stitching costs more than --max-diff")
-    ap.add_argument("--pause-frames", type=int, default=12,
-                    help="output frames (20 ms) of blanks that end a word in the pause-split decode")
+    ap.add_argument("--show", type=int, default=5,
+                    help="utterances whose stitched words differ most from alone, printed")
     ap.add_argument("--max-diff", type=float, default=0.1, help="acceptance, WER points")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2, help="synthesis processes")
@@ -253,6 +303,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
 
     from zsq_tvm.metrics import normalize_text
+    from zsq_tvm.streaming import WindowPlan
     from zsq_tvm.transcribe import load_build
 
     res: dict = {"command": "python3 -m bench.long_audio " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -287,75 +338,104 @@ def main(argv=None) -> int:
         default_ctx = build.stream().context
         res["context_frames_default"] = default_ctx
 
-        # ---- 1. stitching
+        # ---- 1. long files vs utterances alone
         if "wer" not in a.skip:
             from tqdm import tqdm
 
             pcms = [_read_wav(r["audio_filepath"]) for r in rows]
-            alone = [transcribe_stream(build.stream(), x) for x in tqdm(pcms, desc="utterances alone", unit="utt",
-                                                                         file=sys.stderr)]
+            alone = [transcribe_stream(build.stream(segment=False), x)
+                     for x in tqdm(pcms, desc="utterances alone", unit="utt", file=sys.stderr)]
+            alone_seg, alone_nseg = [], []
+            for x in tqdm(pcms, desc="utterances alone, segmenting", unit="utt", file=sys.stderr):
+                st = build.stream()
+                alone_seg.append(transcribe_stream(st, x))
+                alone_nseg.append(len(st.segments))
             del pcms
-            s_alone = score(refs, alone)
+            s_alone, s_alone_seg = score(refs, alone), score(refs, alone_seg)
             groups = group_long(rows, a.long_seconds, np.random.default_rng(a.seed))
-            files, long_refs, long_alone = [], [], []
+            files, long_refs, long_alone, spans = [], [], [], []
             for g_i, g in enumerate(groups):
                 p = work / f"long_{g_i:02d}.wav"
                 sec = write_concat(p, rows, g)
                 files.append((p, sec))
                 long_refs.append(" ".join(refs[k] for k, _ in g))
                 long_alone.append(" ".join(w for w in (alone[k] for k, _ in g) if w))
+                spans.append(utterance_spans(rows, g))
 
-            def stitched(ctx):
-                hyps = [transcribe_file(build.stream(context_frames=ctx), p) for p, _ in files]
-                s = score(long_refs, hyps)
-                agree = score(long_alone, hyps)  # the stitched transcripts against the utterances-alone ones
-                return s, agree
+            def long_run(segment):
+                hyps, streams = [], []
+                for p, _ in files:
+                    st = build.stream(segment=segment)
+                    hyps.append(transcribe_file(st, p))
+                    streams.append(st)
+                return score(long_refs, hyps), score(long_alone, hyps), streams
 
-            s_st, agree = stitched(None)
-            # where the difference comes from: (a) words joined across a pause (CTC emits no space in silence);
-            # (b) the window stitching itself, seen on the FP32 model that can also run a whole file at once
-            split_hyps = []
-            for p, _ in files:
-                st = build.stream(keep_logits=True)
-                transcribe_file(st, p)
-                split_hyps.append(pause_split_decode(st.transcript().logits, build.vocab, a.pause_frames))
-            s_split = score(long_refs, split_hyps)
-            fp32 = fp32_controls(a.model, rows, refs, files, long_refs, build, default_ctx)
-            diff = 100 * (s_st["wer"] - s_alone["wer"])
+            s_seg, agree_seg, seg_streams = long_run(True)
+            s_unseg, agree_unseg, _ = long_run(False)
+            # where the segmented transcript differs from the utterances alone
+            cut, merged, missed, per_utt = [], [], [], {}
+            for st, sp in zip(seg_streams, spans):
+                m = match_segments(st.segments, sp)
+                cut += m["cut"]
+                merged += m["merged"]
+                missed += m["missed"]
+                for (k, s0, s1), hyp, js in zip(sp, words_per_utterance(st.all_words, sp), m["per_utt_segments"]):
+                    per_utt[k] = (hyp, [st.segments[j] for j in js], s0, s1)
+            import jiwer
+
+            edits = {k: (jiwer.process_words(alone[k], h).wer * max(1, len(alone[k].split())) if alone[k] else
+                         len(h.split())) for k, (h, *_) in per_utt.items()}
+            differ = sorted((k for k in edits if edits[k] > 0), key=lambda k: -edits[k])
+            s_seg_utt = score(refs, [per_utt[k][0] for k in range(len(rows))])
+            fp32 = fp32_controls(a.model, rows, refs, files, long_refs, build)
+            diff = 100 * (s_seg["wer"] - s_alone["wer"])
             wer_res = {"utterances": len(rows), "words": s_alone["n_words"], "long_files": len(files),
                        "long_file_seconds": [round(s, 1) for _, s in files],
-                       "windows_per_file": [len(build.stream().plan.windows(int(s * 100))) for _, s in files],
-                       "wer_alone": s_alone["wer"], "word_errors_alone": s_alone["word_errors"],
-                       "wer_stitched": s_st["wer"], "word_errors_stitched": s_st["word_errors"],
-                       "words_stitched_refs": s_st["n_words"], "diff_points": diff,
-                       "stitched_vs_alone_transcripts_wer": agree["wer"],
-                       "stitched_vs_alone_word_edits": agree["word_errors"],
                        "context_frames": default_ctx, "max_diff_points": a.max_diff,
-                       "pass": abs(diff) <= a.max_diff, "jiwer_checked": s_st["jiwer_checked"],
-                       "wer_stitched_pause_split": s_split["wer"], "pause_split_output_frames": a.pause_frames,
+                       "wer_alone": s_alone["wer"], "word_errors_alone": s_alone["word_errors"],
+                       "alone_note": "each utterance through build.stream(segment=False): one window on exactly "
+                                     "its frames",
+                       "wer_stitched": s_seg["wer"], "word_errors_stitched": s_seg["word_errors"],
+                       "stitched_note": "each long file through one build.stream() (default: cut at pauses)",
+                       "words_stitched_refs": s_seg["n_words"], "diff_points": diff,
+                       "pass": abs(diff) <= a.max_diff, "jiwer_checked": s_seg["jiwer_checked"],
+                       "stitched_vs_alone_transcripts_wer": agree_seg["wer"],
+                       "stitched_vs_alone_word_edits": agree_seg["word_errors"],
+                       "wer_stitched_per_utterance_words": s_seg_utt["wer"],
+                       "segments": {"true_utterances": len(rows),
+                                    "found_per_file": [len(st.segments) for st in seg_streams],
+                                    "utterances_cut": len(cut), "segments_merging_utterances": len(merged),
+                                    "utterances_missed": len(missed),
+                                    "utterances_whose_words_differ_from_alone": len(differ),
+                                    "cut_ids": cut, "merged_ids": merged},
+                       "unsegmented": {"wer_stitched": s_unseg["wer"], "word_errors": s_unseg["word_errors"],
+                                       "diff_points": 100 * (s_unseg["wer"] - s_alone["wer"]),
+                                       "stitched_vs_alone_word_edits": agree_unseg["word_errors"],
+                                       "windows_per_file": [len(WindowPlan(build.frames, build.time_stride,
+                                                                           default_ctx).windows(int(s * 100)))
+                                                            for _, s in files],
+                                       "note": "build.stream(segment=False): one window sequence over the file"},
+                       "alone_segmenting": {"wer": s_alone_seg["wer"], "word_errors": s_alone_seg["word_errors"],
+                                            "utterances_cut_in_two_or_more": sum(n > 1 for n in alone_nseg),
+                                            "utterances_with_no_speech_found": sum(n == 0 for n in alone_nseg),
+                                            "note": "each utterance alone through build.stream() (segmenting)"},
                        "fp32_controls": fp32}
-            print(f"[stitch] {len(rows)} utterances, {s_alone['n_words']} words, {len(files)} files "
-                  f"({', '.join(f'{s:.0f} s' for _, s in files)}), context {default_ctx} frames: WER alone "
-                  f"{100 * s_alone['wer']:.2f} % ({s_alone['word_errors']} errors), stitched "
-                  f"{100 * s_st['wer']:.2f} % ({s_st['word_errors']}), difference {diff:+.2f} points "
-                  f"({'PASS' if wer_res['pass'] else 'FAIL'} at {a.max_diff}); stitched vs alone transcripts: "
-                  f"{agree['word_errors']} word edits", flush=True)
-            print(f"[stitch] pause-split decode (>= {a.pause_frames} blank output frames end a word): stitched "
-                  f"{100 * s_split['wer']:.2f} %; FP32 torch: alone {100 * fp32['wer_alone']:.2f} %, whole file at "
-                  f"once {100 * fp32['wer_whole_file']:.2f} %, stitched windows {100 * fp32['wer_stitched']:.2f} %",
-                  flush=True)
-            if not wer_res["pass"]:
-                wer_res["longer_contexts"] = []
-                for ctx in a.try_contexts:
-                    s2, ag2 = stitched(ctx)
-                    d2 = 100 * (s2["wer"] - s_alone["wer"])
-                    wer_res["longer_contexts"].append({"context_frames": ctx, "wer_stitched": s2["wer"],
-                                                       "diff_points": d2, "stitched_vs_alone_word_edits":
-                                                       ag2["word_errors"], "pass": abs(d2) <= a.max_diff})
-                    print(f"[stitch] context {ctx} frames: stitched {100 * s2['wer']:.2f} %, difference "
-                          f"{d2:+.2f} points, {ag2['word_errors']} edits vs alone", flush=True)
-                    if abs(d2) <= a.max_diff:
-                        break
+            print(f"[long] {len(rows)} utterances, {s_alone['n_words']} words, {len(files)} files "
+                  f"({', '.join(f'{s:.0f} s' for _, s in files)}): WER alone {100 * s_alone['wer']:.2f} % "
+                  f"({s_alone['word_errors']} errors), long files segmented {100 * s_seg['wer']:.2f} % "
+                  f"({s_seg['word_errors']}), difference {diff:+.2f} points ({'PASS' if wer_res['pass'] else 'FAIL'}"
+                  f" at {a.max_diff}); {agree_seg['word_errors']} word edits vs the alone transcripts; unsegmented "
+                  f"{100 * s_unseg['wer']:.2f} % ({s_unseg['word_errors']}); alone through the segmenting stream "
+                  f"{100 * s_alone_seg['wer']:.2f} %", flush=True)
+            print(f"[long] VAD: {sum(len(st.segments) for st in seg_streams)} utterances found for {len(rows)}; "
+                  f"{len(cut)} cut, {len(merged)} merged segments, {len(missed)} missed; {len(differ)} utterances' "
+                  f"words differ from alone.  FP32 torch: alone {100 * fp32['wer_alone']:.2f} %, whole file "
+                  f"{100 * fp32['wer_whole_file']:.2f} %, segmented {100 * fp32['wer_stitched_segmented']:.2f} %, "
+                  f"unsegmented {100 * fp32['wer_stitched_unsegmented']:.2f} %", flush=True)
+            for k in differ[:a.show]:
+                h, segs, s0, s1 = per_utt[k]
+                print(f"  utt {k} frames [{s0}, {s1}), segments {segs}, {edits[k]:.0f} edits\n"
+                      f"    ref    : {refs[k]}\n    alone  : {alone[k]}\n    in file: {h}", flush=True)
             res["stitching"] = wer_res
 
         # ---- the 1 / 5 / N-minute files
@@ -393,10 +473,12 @@ def main(argv=None) -> int:
             def ort_stream(sess):
                 def infer(mel, valid):  # no length input: the last window runs zero-padded
                     return sess.run(None, {"mel": mel})[0]
-                return lambda: Stream(infer, ref_stream.frames, ref_stream.stride, build.vocab, ref_stream.context,
-                                      "auto")
+                return lambda: Stream(infer, ref_stream.frames, ref_stream.stride, build.vocab,
+                                      context=ref_stream.context, layout="auto")
 
-            engines = {"zsq_int8": lambda: build.stream(), **{k: ort_stream(s) for k, s in sessions.items()}}
+            engines = {"zsq_int8": lambda: build.stream(),
+                       "zsq_int8_unsegmented": lambda: build.stream(segment=False),
+                       **{k: ort_stream(s) for k, s in sessions.items()}}
             warm = np.zeros(30 * SR, np.float32)
             for mk in engines.values():  # warm-up: 30 s, 5 windows
                 rtf_pass(mk, warm)
@@ -407,10 +489,15 @@ def main(argv=None) -> int:
                     p = rtf_pass(engines[k], pcm)
                     passes[k].append(p)
                     print(f"[rtf] round {r} {k}: {p['wall_s']:.1f} s for {len(pcm) / SR:.0f} s, RTF {p['rtf']:.4f} "
+                          f"({p['windows']} windows, {p['utterances_found']} utterances found) "
                           f"(model {p['model_s']:.1f} s, mel {p['mel_s']:.1f} s, rest {p['rest_s']:.1f} s, "
                           f"CPU {p['cpu_s']:.1f} s)", flush=True)
             rtf = {"audio_seconds": len(pcm) / SR, "windows": passes["zsq_int8"][0]["windows"],
-                   "rounds": a.rounds, "note": "ONNX Runtime gets no length: its last window is zero-padded",
+                   "utterances_found": passes["zsq_int8"][0]["utterances_found"],
+                   "utterances_in_file": len(big_plan), "rounds": a.rounds,
+                   "note": "VAD + mel + model + CTC decode, 1 thread; ONNX Runtime gets no length: every window "
+                           "shorter than T (each utterance's last) is zero-padded, so its WER on the file is not "
+                           "comparable",
                    "onnx_int8_calibration": "8 seeded N(0, 1) mels, as zsq bench (zsq_tvm.benchmark)",
                    "engines": {}}
             for k, ps in passes.items():
@@ -419,7 +506,8 @@ def main(argv=None) -> int:
                 rtf["engines"][k] = {"rtf_best": best["rtf"], "rtf_all": [p["rtf"] for p in ps],
                                      "wall_s_all": [round(p["wall_s"], 2) for p in ps],
                                      "model_s": best["model_s"], "mel_s": best["mel_s"], "rest_s": best["rest_s"],
-                                     "cpu_s": best["cpu_s"], "model_ms_per_window": 1e3 * best["model_s"] /
+                                     "cpu_s": best["cpu_s"], "windows": best["windows"],
+                                     "utterances_found": best["utterances_found"], "model_ms_per_window": 1e3 * best["model_s"] /
                                      best["windows"], "mel_ms_per_window": 1e3 * best["mel_s"] / best["windows"],
                                      "wer_on_file": wer_k["wer"], "words_on_file": wer_k["n_words"]}
             z = rtf["engines"]["zsq_int8"]["rtf_best"]
@@ -467,25 +555,31 @@ def format_table(res: dict) -> str:
              f"{res['machine'].get('cores')} cores, 1 thread"]
     s = res.get("stitching")
     if s:
-        lines += ["", f"stitching ({s['utterances']} test utterances, {s['words']} words, {s['long_files']} files of "
+        g, u, f = s["segments"], s["unsegmented"], s["fp32_controls"]
+        lines += ["", f"long files ({s['utterances']} test utterances, {s['words']} words, {s['long_files']} files of "
                       f"~{sum(s['long_file_seconds']) / s['long_files']:.0f} s, context {s['context_frames']} frames)",
-                  f"  WER alone     {100 * s['wer_alone']:6.2f} %  ({s['word_errors_alone']} errors)",
-                  f"  WER stitched  {100 * s['wer_stitched']:6.2f} %  ({s['word_errors_stitched']} errors)",
-                  f"  difference    {s['diff_points']:+6.2f} points  ({'pass' if s['pass'] else 'FAIL'}, "
-                  f"limit {s['max_diff_points']})"]
-        lines.append(f"  stitched, pause-split decode {100 * s['wer_stitched_pause_split']:.2f} %")
-        f = s["fp32_controls"]
-        lines.append(f"  FP32 torch: alone {100 * f['wer_alone']:.2f} %, whole file at once {100 * f['wer_whole_file']:.2f}"
-                     f" %, stitched windows {100 * f['wer_stitched']:.2f} %")
-        for c in s.get("longer_contexts", []):
-            lines.append(f"  context {c['context_frames']}: stitched {100 * c['wer_stitched']:.2f} %, "
-                         f"{c['diff_points']:+.2f} points")
+                  f"  WER alone (one window per utterance)  {100 * s['wer_alone']:6.2f} %  "
+                  f"({s['word_errors_alone']} errors)",
+                  f"  WER long files, segmenting (default)  {100 * s['wer_stitched']:6.2f} %  "
+                  f"({s['word_errors_stitched']} errors)",
+                  f"  difference                            {s['diff_points']:+6.2f} points  "
+                  f"({'pass' if s['pass'] else 'FAIL'}, limit {s['max_diff_points']})",
+                  f"  WER long files, segment=False         {100 * u['wer_stitched']:6.2f} %  "
+                  f"({u['word_errors']} errors, {u['diff_points']:+.2f} points)",
+                  f"  WER alone through segmenting stream   {100 * s['alone_segmenting']['wer']:6.2f} %",
+                  f"  VAD: {sum(g['found_per_file'])} utterances found for {g['true_utterances']}: "
+                  f"{g['utterances_cut']} cut, {g['segments_merging_utterances']} merged, {g['utterances_missed']} "
+                  f"missed; {g['utterances_whose_words_differ_from_alone']} utterances' words differ from alone",
+                  f"  FP32 torch: alone {100 * f['wer_alone']:.2f} %, whole file at once "
+                  f"{100 * f['wer_whole_file']:.2f} %, segmenting {100 * f['wer_stitched_segmented']:.2f} %, "
+                  f"segment=False {100 * f['wer_stitched_unsegmented']:.2f} %"]
     r = res.get("rtf")
     if r:
-        lines += ["", f"real-time factor, {r['audio_seconds'] / 60:.0f}-minute file, {r['windows']} windows, best of "
-                      f"{r['rounds']} (model / mel / rest in s)"]
+        lines += ["", f"real-time factor, {r['audio_seconds'] / 60:.0f}-minute file ({r['utterances_in_file']} "
+                      f"utterances, {r['utterances_found']} found), best of {r['rounds']} (model / mel / rest in s)"]
         for k, e in r["engines"].items():
-            lines.append(f"  {k:13s} RTF {e['rtf_best']:.4f}  ({e['slower_than_zsq']:.2f}x zsq)  model "
+            lines.append(f"  {k:20s} RTF {e['rtf_best']:.4f}  ({e['slower_than_zsq']:.2f}x zsq)  {e['windows']:4d} "
+                         f"windows  model "
                          f"{e['model_s']:6.1f}  mel {e['mel_s']:5.1f}  rest {e['rest_s']:5.1f}  "
                          f"WER on file {100 * e['wer_on_file']:.2f} %")
     m = res.get("rss")

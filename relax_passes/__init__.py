@@ -7,6 +7,7 @@ Call sequence (see :mod:`zsq_tvm.calibrate` for the full example)::
     ranges = zsq_tvm.calibrate.calibrate(mod, batches, method="minmax")
     qmod, meta = quantize_module(mod, ranges, wbits=8, abits=8)           # or Quantize(...) as a pass
     qmod, masked = time_mask(qmod)  # zsq quantize's default: a `length` input, padding masked before time-mixing convs
+    qmod = symbolic_time(qmod)      # or instead: one module for every length (zsq quantize without --frames)
     IntegerOnlyCheck()(relax_passes.lowering.lower(qmod))                 # raises on float
 
 Every pass is also a function that returns what it found as a value (``fold_batchnorm`` -> BN statistics,
@@ -16,6 +17,7 @@ Every pass is also a function that returns what it found as a value (``fold_batc
 from relax_passes.fold_batchnorm import FoldBatchNorm, extract_bn_stats, fold_batchnorm, onnx_batchnorm_nodes
 from relax_passes.integer_only_check import IntegerOnlyCheck, assert_integer_only, check_integer_only
 from relax_passes.quantize import INPUT_QUANTIZE, OUTPUT_DEQUANTIZE, ROLE_ATTR, SUPPORTED_OPS, Quantize, quantize_module
+from relax_passes.symbolic_time import SymbolicTime, SymbolicTimeError, symbolic_time
 from relax_passes.time_mask import TimeMask, TimeMaskError, time_mask
 
 __all__ = [
@@ -32,6 +34,9 @@ __all__ = [
     "TimeMask",
     "TimeMaskError",
     "time_mask",
+    "SymbolicTime",
+    "SymbolicTimeError",
+    "symbolic_time",
     "IntegerOnlyCheck",
     "check_integer_only",
     "assert_integer_only",

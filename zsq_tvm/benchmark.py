@@ -130,8 +130,9 @@ def _onnx_input(proto, onnx_path: str, shape: list[int]):
 
 
 def compare_onnx(build, onnx_path, threads: int = 1, runs: int = 20, warmup: int = 3, seed: int = 0,
-                 calib: int = 8, int8: bool = True, progress: bool = False) -> dict:
-    """zsq ``build`` (a :class:`zsq_tvm.Build` or build dir) vs ONNX Runtime FP32 / INT8 QDQ (see module doc)."""
+                 calib: int = 8, int8: bool = True, progress: bool = False, frames: int = 1000) -> dict:
+    """zsq ``build`` (a :class:`zsq_tvm.Build` or build dir) vs ONNX Runtime FP32 / INT8 QDQ (see module doc);
+    a symbolic-T build runs at ``frames``."""
     import tvm
 
     if not isinstance(runs, int) or runs < 1:
@@ -142,7 +143,7 @@ def compare_onnx(build, onnx_path, threads: int = 1, runs: int = 20, warmup: int
     if not hasattr(b, "_vm_"):
         raise NotAvailableError(f"build target {b.target!r} does not run in this process", "bench a host build")
     inp = b.manifest["io"]["inputs"][0]
-    shape = [int(s) for s in inp["shape"]]
+    shape = [int(s) if isinstance(s, int) else int(frames) for s in inp["shape"]]  # symbolic T: `frames`
     in_name = _onnx_input(proto, str(onnx_path), shape)
 
     check_static_shapes(proto, str(onnx_path), {in_name: shape})  # what ORT allocates at the build's shape
