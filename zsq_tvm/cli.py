@@ -464,8 +464,9 @@ def _parser_transcribe(sub) -> None:
     s.add_argument("--context", default=None, metavar="SECONDS",
                    help="audio on each side of a window's kept part, for recordings longer than one window "
                         "(default 2, at most a fifth of the window)")
-    s.add_argument("--frames", type=_int_arg, default=1000,
-                   help="window length T in frames when MODEL is quantized here (default 1000 = 10 s)")
+    s.add_argument("--frames", type=_int_arg, default=None,
+                   help="build fixed T-frame windows when MODEL is quantized here (default: any length, or 1000 "
+                        "for a model whose graph fixes its length)")
     s.add_argument("--progress", action="store_true", help="show the progress bar even when not on a terminal")
     _add_json(s)
     s.set_defaults(func=cmd_transcribe)

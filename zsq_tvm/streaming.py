@@ -275,7 +275,8 @@ class Stream:
     10 ms frame is silent when its energy is below ``silence_db`` dBFS or ``relative_db`` below the loudest
     frame so far; ``min_pause`` silent frames end an utterance; each utterance keeps ``keep_silence`` frames of
     silence on both sides (as the training audio) and runs through its own :class:`WindowStream` (overlapping
-    windows when it is longer than one).  Words are final at the end of their window or utterance.  The decisions
+    windows when it is longer than one).  Silence shorter than a pause at the very start or end of the recording
+    is kept whole, so a recording of one utterance is transcribed exactly as it is.  Words are final at the end of their window or utterance.  The decisions
     depend only on the audio, not on how it was pushed: 10 ms pieces give the offline result.
     ``segment=False``: one :class:`WindowStream` over everything (no cuts)."""
 
@@ -349,8 +350,9 @@ class Stream:
         self._frames_seen += 1
         self._peak_db = max(self._peak_db, db)
         if db >= max(self.silence_db, self._peak_db - self.relative_db):  # speech
-            if self._seg_start is None:
-                self._seg_start = max(f - self.keep_silence, self._last_end)
+            if self._seg_start is None:  # a shorter silence at the very start is no pause: kept whole
+                first = self._last_end == 0 and not self.segments and f < self.min_pause
+                self._seg_start = 0 if first else max(f - self.keep_silence, self._last_end)
                 self._fed = self._seg_start * HOP_SAMPLES
                 self._inner = self._new_inner(self._seg_start)
             self._last_speech, self._silent_run = f, 0
@@ -390,7 +392,11 @@ class Stream:
             return out
         if self._seg_start is None:
             return []
-        return self._close(min(self._samples // HOP_SAMPLES, self._last_speech + 1 + self.keep_silence))
+        total = self._samples // HOP_SAMPLES
+        # a silence at the very end shorter than a pause is kept whole too: a recording of one utterance with
+        # short silent edges is transcribed exactly as a whole (bit for bit)
+        short_tail = total - (self._last_speech + 1) < self.min_pause
+        return self._close(total if short_tail else min(total, self._last_speech + 1 + self.keep_silence))
 
     def transcript(self) -> Transcript:
         """Everything so far (after :meth:`finish`: the whole recording)."""

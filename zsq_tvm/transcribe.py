@@ -2,9 +2,9 @@
 
 MODEL_OR_BUILD is a build folder (run as it is), a quantized folder (compiled for this CPU in memory), or
 anything ``zsq quantize`` takes (a shipped name such as ``quartznet5x5``, an ``.onnx`` or ``.nemo`` file): that is
-quantized (default config, input-length mask, :data:`WINDOW_FRAMES` frames) and compiled for this CPU once, and
-the build is kept in the per-user cache (``${XDG_CACHE_HOME:-~/.cache}/zsq-tvm/builds/``), keyed by the model
-file's SHA-256, the window, the zsq and TVM versions and this CPU's class, so the next call starts at once.
+quantized (default config, any length: symbolic T; a graph that fixes its length gets :data:`WINDOW_FRAMES`-frame
+windows with the padding masked) and compiled for this CPU once, and the build is kept in the per-user cache (``${XDG_CACHE_HOME:-~/.cache}/zsq-tvm/builds/``), keyed by the model
+file's SHA-256, the length, the zsq and TVM versions and this CPU's class, so the next call starts at once.
 
 Audio of any length, format and rate goes through :func:`zsq_tvm.audio.io.pcm_blocks` (16 kHz mono, one notice
 per conversion) and :class:`zsq_tvm.streaming.Stream` (overlapping windows, stitched on output frames), so memory
@@ -63,8 +63,10 @@ def _model_identity(model: str) -> tuple[str, str]:
     return Path(model).stem, h.hexdigest()
 
 
-def load_build(model, frames: int = WINDOW_FRAMES, say: Callable[[str], None] = print, cache: bool = True):
-    """MODEL_OR_BUILD (module doc) -> a :class:`zsq_tvm.build.Build` that runs on this machine."""
+def load_build(model, frames: int | None = None, say: Callable[[str], None] = print, cache: bool = True):
+    """MODEL_OR_BUILD (module doc) -> a :class:`zsq_tvm.build.Build` that runs on this machine.  A model is
+    built for any length (symbolic T) unless ``frames`` is given or its graph fixes the length (then windows of
+    :data:`WINDOW_FRAMES`)."""
     from zsq_tvm import pipeline
     from zsq_tvm.build import Build
 
@@ -85,13 +87,23 @@ def load_build(model, frames: int = WINDOW_FRAMES, say: Callable[[str], None] = 
     from zsq_tvm.tuning_db import target_key
 
     name, sha = _model_identity(s)
-    key = hashlib.sha256(json.dumps([sha, frames, __version__, tvm.__version__,
+    key = hashlib.sha256(json.dumps([sha, frames or "any", __version__, tvm.__version__,
                                      target_key(get_target("host").make())]).encode()).hexdigest()[:16]
     where = build_cache_dir() / f"{name}-{key}"
     if cache and where.is_dir():
         return Build.load(where)
-    say(f"building {s} for this CPU ({frames}-frame windows; first use only, about a minute)")
-    q = pipeline.quantize(s, pipeline.QuantConfig(frames=frames, time_mask=True, progress=False))
+    what = f"{frames}-frame windows" if frames else "any length"
+    say(f"building {s} for this CPU ({what}; first use only, about half a minute)")
+    if frames is None:
+        from relax_passes.symbolic_time import SymbolicTimeError
+
+        try:
+            q = pipeline.quantize(s, pipeline.QuantConfig(progress=False))
+        except SymbolicTimeError:  # e.g. the Conformer: its graph fixes T; padded windows, the padding masked
+            say(f"{s} takes a fixed length: building {WINDOW_FRAMES}-frame windows instead")
+            q = pipeline.quantize(s, pipeline.QuantConfig(frames=WINDOW_FRAMES, time_mask=True, progress=False))
+    else:
+        q = pipeline.quantize(s, pipeline.QuantConfig(frames=frames, time_mask=True, progress=False))
     b = pipeline.compile(q, target="host")
     if cache:
         try:
@@ -134,7 +146,7 @@ def _transcribe_file(build, info: AudioInfo, context_frames: int | None, progres
     return {"audio": info.path, **t.to_json(), "notices": info.notices()}
 
 
-def transcribe(model, audio, context_frames: int | None = None, frames: int = WINDOW_FRAMES,
+def transcribe(model, audio, context_frames: int | None = None, frames: int | None = None,
                progress: bool = True, say: Callable[[str], None] = print) -> list[dict]:
     """Transcribe each audio file with MODEL_OR_BUILD (module doc); one dict per file: ``text``, ``words``
     (``word``, ``start``, ``end`` in seconds), ``segments``, ``duration``, ``notices``."""
