@@ -165,13 +165,10 @@ class _CtcWords:
 
 
 @dataclass
-class WindowStream:
-    """One stretch of audio through overlapping windows (module doc): ``push(pcm)`` -> words that became final,
-    ``finish()`` -> the rest.  :class:`Stream` runs one per utterance.
-
-    ``infer(mel [1, F, frames], valid) -> logits`` runs one window; ``frames``/``stride`` describe the model;
-    ``pcm`` is 16 kHz mono float32 in [-1, 1] (:func:`zsq_tvm.audio.io.pcm_blocks` converts files); ``frame0``:
-    where the stretch starts in the recording (mel frames), for the word times and the progress callback."""
+class _Model:
+    """What a stream runs: ``infer(mel [1, F, frames], valid) -> logits`` for one window of ``frames`` input frames,
+    ``stride`` input frames per output frame, the CTC ``vocab``; ``context`` frames on each side of a window's kept
+    part; ``on_window(mel frames done)``: progress."""
 
     infer: Callable[[np.ndarray, int], np.ndarray]
     frames: int
@@ -180,7 +177,18 @@ class WindowStream:
     context: int = DEFAULT_CONTEXT_FRAMES
     layout: str = "auto"
     keep_logits: bool = False
-    on_window: Callable[[int], None] | None = None  # progress: called with the mel frames done so far
+    on_window: Callable[[int], None] | None = None
+
+
+@dataclass
+class WindowStream(_Model):
+    """One stretch of audio through overlapping windows (module doc): ``push(pcm)`` -> words that became final,
+    ``finish()`` -> the rest.  :class:`Stream` runs one per utterance.
+
+    ``infer(mel [1, F, frames], valid) -> logits`` runs one window; ``frames``/``stride`` describe the model;
+    ``pcm`` is 16 kHz mono float32 in [-1, 1] (:func:`zsq_tvm.audio.io.pcm_blocks` converts files); ``frame0``:
+    where the stretch starts in the recording (mel frames), for the word times and the progress callback."""
+
     frame0: int = 0
     plan: WindowPlan = field(init=False)
 
@@ -266,7 +274,7 @@ class WindowStream:
 
 
 @dataclass
-class Stream:
+class Stream(_Model):
     """Live transcription: ``push(pcm)`` -> words that became final, ``finish()`` -> the rest, ``transcript()``.
 
     Why utterances: the models hear one trimmed utterance at a time in training; a window holding several
@@ -276,18 +284,11 @@ class Stream:
     frame so far; ``min_pause`` silent frames end an utterance; each utterance keeps ``keep_silence`` frames of
     silence on both sides (as the training audio) and runs through its own :class:`WindowStream` (overlapping
     windows when it is longer than one).  Silence shorter than a pause at the very start or end of the recording
-    is kept whole, so a recording of one utterance is transcribed exactly as it is.  Words are final at the end of their window or utterance.  The decisions
-    depend only on the audio, not on how it was pushed: 10 ms pieces give the offline result.
+    is kept whole, so a recording of one utterance is transcribed exactly as it is.  Words are final at the end of
+    their window or utterance.  The decisions depend only on the audio, not on how it was pushed: 10 ms pieces
+    give the offline result.
     ``segment=False``: one :class:`WindowStream` over everything (no cuts)."""
 
-    infer: Callable[[np.ndarray, int], np.ndarray]
-    frames: int
-    stride: int
-    vocab: Vocab
-    context: int = DEFAULT_CONTEXT_FRAMES
-    layout: str = "auto"
-    keep_logits: bool = False
-    on_window: Callable[[int], None] | None = None
     segment: bool = True
     min_pause: int = 30  # frames: 0.3 s of silence ends an utterance
     keep_silence: int = 10  # frames: 0.1 s kept before and after speech
