@@ -39,12 +39,19 @@ def test_quantize_without_frames_gives_a_symbolic_length(quantized, qdir):
     assert quantized.frames is None
 
 
+@pytest.fixture(scope="module")
+def host_build(quantized):
+    import zsq_tvm
+
+    return zsq_tvm.compile(quantized, target="host")
+
+
 @pytest.mark.parametrize("target", ["host", "x86-avx2"])
-def test_dynamic_build_is_bit_exact_at_every_length(quantized, target, tmp_path):
+def test_dynamic_build_is_bit_exact_at_every_length(quantized, host_build, target, tmp_path):
     import zsq_tvm
     from relax_passes.reference import run_reference
 
-    b = zsq_tvm.compile(quantized, target=target)
+    b = host_build if target == "host" else zsq_tvm.compile(quantized, target=target)
     rng = np.random.default_rng(0)
     lengths = LENGTHS if target == "host" else (5, 137, 1000)
     for L in lengths:
@@ -58,6 +65,22 @@ def test_dynamic_build_is_bit_exact_at_every_length(quantized, target, tmp_path)
         np.save(tmp_path / "mel.npy", mel)
         assert main(["run", str(d), "--input", str(tmp_path / "mel.npy"), "--output", str(tmp_path / "y.npy")]) == 0
         assert np.array_equal(np.load(tmp_path / "y.npy"), np.asarray(run_reference(quantized.mod, mel[None])))
+
+
+def test_memory_stays_bounded_over_many_lengths(host_build):
+    """Every new length allocates new intermediates; the allocator's free blocks are released every few lengths
+    (Build._bound_pool), so memory does not grow with the number of lengths seen (it did: +110 MiB over 64)."""
+    import psutil
+
+    rng = np.random.default_rng(3)
+    proc = psutil.Process()
+    run = lambda L: host_build.run(rng.standard_normal((1, 64, L)).astype(np.float32))  # noqa: E731
+    for L in rng.integers(100, 1500, 16):  # the pool's working set
+        run(int(L))
+    before = proc.memory_info().rss
+    for L in rng.integers(100, 1500, 64):
+        run(int(L))
+    assert proc.memory_info().rss - before < 40 * 2**20
 
 
 def test_the_hand_written_kernels_serve_the_dynamic_build(quantized):
