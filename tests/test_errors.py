@@ -95,10 +95,32 @@ def test_bits_not_an_integer(capsys, tmp_path, models):
     assert rc == 2 and "not an integer" in err
 
 
-def test_frames_required_for_dynamic_time(capsys, tmp_path, models):
+def test_dynamic_time_without_frames_is_one_build_for_every_length(capsys, tmp_path, models):
+    import json
+
     out = tmp_path / "q"
-    rc, _, err = run_cli(capsys, "quantize", models["micro"], "-o", out)
-    assert_one_line_error(rc, err, "--frames")
+    rc, stdout, err = run_cli(capsys, "quantize", models["micro"], "-o", out)
+    assert rc == 0, err
+    assert "any length" in stdout
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["frames"] is None and m["io"]["inputs"][0]["shape"][2] == "T"
+
+
+def test_a_graph_that_fixes_its_length_needs_frames(capsys, tmp_path):
+    """A dynamic-T ONNX whose graph fixes its length once imported (the Conformer: reshapes and attention over
+    T): one line naming the ops and --frames, nothing written."""
+    import torch
+
+    from zsq_tvm.zoo.nets.conformer import ConformerCTCModel
+    from zsq_tvm.zoo.nets.export import export_onnx
+
+    torch.manual_seed(0)
+    m = ConformerCTCModel("tiny", params=dict(d_model=16, n_layers=1, n_heads=2, ff_expansion=2, conv_kernel=5,
+                                              subsampling_channels=4)).eval()
+    path = export_onnx(m, tmp_path / "conformer.onnx")  # no frames: a dynamic time axis
+    out = tmp_path / "q"
+    rc, _, err = run_cli(capsys, "quantize", path, "-o", out, "--num-batches", "1")
+    assert_one_line_error(rc, err, "fixes its length", "reshape", "--frames")
     assert not out.exists()
 
 
