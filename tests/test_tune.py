@@ -202,7 +202,8 @@ def test_shipped_logs_load_cleanly_and_keep_the_build_bit_exact(no_user_tuning):
 
     if "avx2" not in host_features():
         pytest.skip("the AVX2 build cannot run on this CPU")
-    q = zsq_tvm.quantize("quartznet5x5", zsq_tvm.QuantConfig(frames=1000))
+    # unmasked: the build the log was tuned for (the default time mask adds 2 kernels the log has no record of)
+    q = zsq_tvm.quantize("quartznet5x5", zsq_tvm.QuantConfig(frames=1000, time_mask=False))
     # the log was tuned on TVM's default lowering for the AVX2 class (`x86-avx2-generic`): all 20 kernels of
     # that build find a record, and the tuned build stays bit-exact
     b = zsq_tvm.compile(q, target="x86-avx2-generic")  # applies zsq_tvm/tuning_logs/x86_64-avx2/ on its own

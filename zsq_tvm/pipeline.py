@@ -460,7 +460,10 @@ def quantize(model, config: QuantConfig | None = None, **overrides) -> Quantized
         batches = calibration_batches(cfg, features, frames)
     qmod, meta, ranges, bn_stats = _run_passes(fmod, batches, cfg, proto_s)
     out_T = out_shape[1 if layout != "BVT" else 2] if len(out_shape) == 3 else None
-    time_stride = model_stride(frames, int(out_T)) if out_T is not None else None
+    try:  # input frames per output frame, for streaming and decoding; None when the output is not time-subsampled
+        time_stride = model_stride(frames, int(out_T)) if out_T is not None else None
+    except ConfigError:
+        time_stride = None
     if dynamic:
         from relax_passes.symbolic_time import symbolic_time
 
