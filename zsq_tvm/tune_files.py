@@ -319,6 +319,7 @@ def tune_files(source, out_dir, target: str = "host", trials: int = 64, db_path=
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     cap = int(batch_mib * (1 << 20))
+    built = []
     try:
         with tempfile.TemporaryDirectory(prefix="zsq-tune-") as work:
             picked, _ = _search(tasks, db, cfg, min(per_round, trials - have), seed + nxt, population, work)
@@ -371,6 +372,10 @@ def tune_files(source, out_dir, target: str = "host", trials: int = 64, db_path=
         os.replace(tmp, rdir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        for b in built:  # libraries not moved into the round (an error midway): their temporary folders
+            d = Path(b.artifact_path).parent if b.artifact_path else None
+            if d is not None and d.name.startswith("zsq-cand-"):
+                shutil.rmtree(d, ignore_errors=True)
     summary.update(round=nxt, batch=str(rdir), candidates=len(cands), build_failed=failed, over_cap=dropped,
                    unserializable=unserializable, first_build_error=first_error, batch_bytes=total,
                    seconds=time.perf_counter() - t0, command=_command(rdir))
