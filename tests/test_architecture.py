@@ -22,7 +22,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("zsq_tvm", "relax_passes", "lab", "bench", "tools")
-WORKFLOWS = {"zsq_tvm.evaluate", "zsq_tvm.tune", "zsq_tvm.benchmark", "zsq_tvm.demo", "zsq_tvm.transcribe"}
+WORKFLOWS = {"zsq_tvm.evaluate", "zsq_tvm.tune", "zsq_tvm.tune_files", "zsq_tvm.benchmark", "zsq_tvm.demo", "zsq_tvm.transcribe"}
 # rank of each layer: a module may import modules of its own rank or lower
 RANK = {"core": 0, "passes": 1, "compiler": 2, "backends": 3, "workflows": 4, "api": 5, "cli": 6, "lab": 7, "bench": 8}
 

@@ -31,9 +31,10 @@ from zsq_tvm.synthesize import SynthConfig, save_batches as save_synth, synthesi
 from zsq_tvm.targets import list_targets
 from zsq_tvm.transcribe import format_transcript, transcribe
 from zsq_tvm.tune import tune
+from zsq_tvm.tune_files import tune_files
 
 __all__ = ["__version__", "QuantConfig", "QuantizedModel", "TimeMaskWarning", "Build", "quantize", "compile", "check", "report", "load",
            "list_targets", "format_report", "set_memory_budget", "synthesize", "SynthConfig", "save_synth",
-           "plot_synth_figure", "export_nemo", "evaluate", "format_eval", "tune", "compare_onnx", "format_compare",
+           "plot_synth_figure", "export_nemo", "evaluate", "format_eval", "tune", "tune_files", "compare_onnx", "format_compare",
            "set_threads", "run_demo", "transcribe", "format_transcript", "KIND_QUANTIZED", "KIND_BUILD", "KIND_SYNTH", "ensure_output_free",
            "check_output_file", "write_output_file", "DISK_ERRNOS", "disk_error", "jsonable"]

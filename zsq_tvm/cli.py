@@ -210,6 +210,10 @@ def cmd_eval(a) -> int:
 
 def cmd_tune(a) -> int:
 
+    if a.runner is not None:
+        return _tune_files(a)
+    if a.per_round is not None or a.batch_mib is not None:
+        raise ConfigError("--per-round and --batch-mib go with --runner files:DIR", "add --runner files:DIR")
     res = api.tune(a.dir, target=a.target, trials=a.trials, db_path=a.db, rpc_tracker=a.rpc_tracker, rpc_key=a.rpc_key,
                seed=a.seed, progress=not a.json and sys.stderr.isatty() or a.progress)
     if a.json:
@@ -219,6 +223,35 @@ def cmd_tune(a) -> int:
               f"trial(s) in {res['seconds']:.0f} s, {res['records_after']} record(s) in {res['db']}")
         for e in res.get("errors", [])[:1]:
             print(f"  first failed candidate: {e.splitlines()[-1] if e.strip() else e}")
+    return 0
+
+
+def _tune_files(a) -> int:
+    if a.rpc_tracker is not None or a.rpc_key is not None:
+        raise ConfigError("--runner files:DIR and --rpc-tracker/--rpc-key are two ways to measure", "pass one of them")
+    if not a.runner.startswith("files:") or a.runner == "files:":
+        raise ConfigError(f"--runner {a.runner!r} is not files:DIR", "pass e.g. --runner files:tune-rounds")
+    kw = {k: v for k, v in (("per_round", a.per_round), ("batch_mib", a.batch_mib)) if v is not None}
+    res = api.tune_files(a.dir, a.runner[len("files:"):], target=a.target, trials=a.trials, db_path=a.db,
+                         seed=a.seed, **kw)
+    if a.json:
+        _print_json(res)
+        return 0
+    ing = res.get("ingested")
+    if ing:
+        print(f"round {ing['round']}: {ing['measured']} measured record(s) added to {res['db']} "
+              f"({ing['failed']} failed on the device, {ing['missing']} not reported)")
+    if res.get("waiting"):
+        print(f"{res['waiting']} has no results yet: run on the device machine\n  {res['command']}\n"
+              f"then copy its results.json into {res['out']}/{res['waiting']}/ and run this command again")
+    elif res.get("done"):
+        print(f"done: {res['records']} record(s) in {res['db']} (--trials {a.trials}); "
+              f"`zsq compile --db {res['db']}` applies them")
+    else:
+        print(f"round {res['round']}: {res['candidates']} candidate(s), {res['batch_bytes'] / 2**20:.1f} MiB "
+              f"in {res['batch']} ({res['records']} record(s) so far over {res['tasks']} distinct kernel(s)); "
+              f"run on the device machine\n  {res['command']}\nthen copy its results.json into {res['batch']}/ "
+              f"and run this command again")
     return 0
 
 
@@ -423,7 +456,7 @@ def _parser_tune(sub) -> None:
     s.add_argument("--target", default="host",
                    help="host (default: what the hand-written kernels leave on this CPU), host-generic (every kernel "
                         "on TVM's default lowering), x86-avx2-generic (likewise for any AVX2 CPU), x86-avx2, x86-avx512vnni, "
-                        "or a CUDA target with --rpc-tracker")
+                        "or a CUDA target (t4, cuda-sm_90, ...) with --rpc-tracker or --runner files:DIR")
     s.add_argument("--trials", type=_int_arg, default=64,
                    help="total measured candidates over all kernels, counting records already in the database")
     s.add_argument("--db", default=None, help="database folder (default $ZSQ_TUNING_DB, else the user cache "
@@ -431,6 +464,12 @@ def _parser_tune(sub) -> None:
                                               "which `zsq compile` applies automatically)")
     s.add_argument("--rpc-tracker", default=None, metavar="HOST:PORT", help="measure on RPC servers of this tracker")
     s.add_argument("--rpc-key", default=None, help="device key of the RPC servers")
+    s.add_argument("--runner", default=None, metavar="files:DIR",
+                   help="measure on another machine through files: each call ingests DIR's newest round's "
+                        "results.json, builds the next batch into DIR/round-NNN/ and prints the "
+                        "tools/tune_runner.py command to run there")
+    s.add_argument("--per-round", type=_int_arg, default=None, help="candidates per files round (default 16)")
+    s.add_argument("--batch-mib", type=float, default=None, help="size cap of a files round's libraries (default 48)")
     s.add_argument("--seed", type=_int_arg, default=0)
     s.add_argument("--progress", action="store_true", help="show the progress bar even when not on a terminal")
     _add_json(s)

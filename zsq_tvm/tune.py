@@ -227,7 +227,8 @@ def tune(source, target: str = "host", trials: int = 64, db_path=None, rpc_track
         _check_db_folder(Path(os.fspath(db_path)))
     spec = get_target(target)
     if not spec.runs_on_host and rpc_tracker is None:
-        raise NotAvailableError(f"target {target!r} does not run on this machine", "tune it through --rpc-tracker")
+        raise NotAvailableError(f"target {target!r} does not run on this machine",
+                                "tune it through --rpc-tracker or --runner files:DIR")
     tgt = spec.make()
     if rpc_tracker is not None:
         host, port = check_rpc(rpc_tracker, rpc_key, rpc_timeout)

@@ -36,7 +36,7 @@ from zsq_tvm.core.errors import ConfigError, ZsqError
 from zsq_tvm.targets import list_targets
 
 __all__ = ["TuningWarning", "register_tuning_key", "target_key", "SHIPPED_LOGS", "user_cache_dir", "shipped_db_dir",
-           "default_db_dir", "find_db", "check_db", "TuningDB", "apply_tuning"]
+           "default_db_dir", "find_db", "check_db", "TuningDB", "apply_tuning", "record_to_json"]
 
 FORMAT = 1
 
@@ -202,6 +202,33 @@ def _append_lines(path: Path, lines: list[str], header: dict) -> None:
         os.fsync(f.fileno())
 
 
+def record_to_json(record) -> list:
+    """``TuningRecord.as_json``, but also for a trace with an ``IndexMap`` operand (GPU tensor-core layouts),
+    which TVM 0.27's Python ``as_json`` cannot write: the operand becomes its JSON graph string
+    (``tvm.ir.save_json``), the form the trace's C++ ``FromJSON`` (``TuningRecord.from_json``) reads back."""
+    import tvm
+    from tvm.s_tir.meta_schedule import _ffi_api
+    from tvm.tirx import FloatImm, IndexMap, IntImm
+    from tvm_ffi import Array, Map
+
+    def plain(o):
+        if o is None or isinstance(o, (bool, int, float)):
+            return o
+        if isinstance(o, (IntImm, FloatImm)):
+            return o.value
+        if isinstance(o, str):
+            return str(o)
+        if isinstance(o, (Array, list, tuple)):
+            return [plain(i) for i in o]
+        if isinstance(o, (Map, dict)):
+            return {plain(k): plain(v) for k, v in o.items()}
+        if isinstance(o, IndexMap):
+            return tvm.ir.save_json(o)
+        raise TypeError(f"a tuning record holds a {type(o).__name__}, which has no JSON form")
+
+    return plain(_ffi_api.TuningRecordAsJSON(record))
+
+
 def _make_db_class():
     from tvm.ir.utils import derived_object
     from tvm.s_tir.meta_schedule.database import MemoryDatabase, PyDatabase, TuningRecord, Workload
@@ -318,7 +345,7 @@ def _make_db_class():
             if sh not in self.shash:
                 self.commit_workload(record.workload.mod)
             with _locked(self.path):
-                _append_lines(self.path / RECORDS, [json.dumps({"shash": sh, "record": record.as_json()})],
+                _append_lines(self.path / RECORDS, [json.dumps({"shash": sh, "record": record_to_json(record)})],
                               self.header)
 
         def get_top_k(self, workload, top_k: int):
