@@ -160,6 +160,37 @@ def _build_candidate(mod, target, _params):
     return build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
 
 
+#: per-block limits MetaSchedule's GPU rules need, which the plain cuda targets do not carry (the nvidia/* tags do)
+CUDA_LIMITS = {"max_threads_per_block": 1024, "max_shared_memory_per_block": 49152, "registers_per_block": 65536}
+
+
+def lowered_for_tuning(source, spec, tgt):
+    """The module tuning sees: ``source`` (a quantized or build folder, or a Relax module), the target's own
+    rewrite (its hand-written kernels), lowered as ``zsq compile`` lowers it."""
+    import tvm
+
+    mod = source if isinstance(source, tvm.IRModule) else _load_module(source)[0]
+    if spec.prepare is not None:
+        mod = spec.prepare(mod)
+    return lower(mod, tgt)[0]
+
+
+def tuning_target(tgt):
+    """``tgt`` as MetaSchedule needs it: the core count of a CPU, the per-block limits of a GPU (the database is
+    keyed by the compile target, not this one)."""
+    import tvm
+
+    cfg = dict(tgt.export())
+    if cfg.get("kind") == "llvm" and not cfg.get("num-cores"):
+        import psutil
+
+        cfg["num-cores"] = int(psutil.cpu_count(logical=False) or os.cpu_count() or 1)
+    if cfg.get("kind") == "cuda":
+        for k, v in CUDA_LIMITS.items():
+            cfg.setdefault(k, v)
+    return tvm.target.Target(cfg)
+
+
 def _load_module(path):
     """Quantized dir or build dir -> the integer Relax module (and the build's target name, if any)."""
 
@@ -213,7 +244,6 @@ def tune(source, target: str = "host", trials: int = 64, db_path=None, rpc_track
     ``population`` is the evolutionary search's population per round (MetaSchedule's default, 512); the
     cost of each round grows with it, so a run of a handful of trials (a smoke test) can pass e.g. 16.
     """
-    import tvm
     from tqdm.auto import tqdm
     from tvm.s_tir import meta_schedule as ms
 
@@ -233,19 +263,8 @@ def tune(source, target: str = "host", trials: int = 64, db_path=None, rpc_track
     if rpc_tracker is not None:
         host, port = check_rpc(rpc_tracker, rpc_key, rpc_timeout)
     if lowered is None:
-        mod = source
-        if not isinstance(source, tvm.IRModule):
-            mod, _ = _load_module(source)
-        if spec.prepare is not None:
-            mod = spec.prepare(mod)
-        lowered, _ = lower(mod, tgt)
-    # MetaSchedule needs the core count in the target; the database is keyed by the compile target
-    cfg = dict(tgt.export())
-    if cfg.get("kind") == "llvm" and not cfg.get("num-cores"):
-        import psutil
-
-        cfg["num-cores"] = int(psutil.cpu_count(logical=False) or os.cpu_count() or 1)
-    tasks = extract_tasks(lowered, tvm.target.Target(cfg))
+        lowered = lowered_for_tuning(source, spec, tgt)
+    tasks = extract_tasks(lowered, tuning_target(tgt))
     db_dir = Path(db_path) if db_path else default_db_dir(tgt)
     if db_path is None and not os.environ.get("ZSQ_TUNING_DB"):
         _seed_from_shipped(db_dir, tgt)

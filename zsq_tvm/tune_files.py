@@ -37,10 +37,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from zsq_tvm.build import lower
 from zsq_tvm.core.errors import ConfigError
 from zsq_tvm.targets import get_target
-from zsq_tvm.tune import _build_candidate, _check_db_folder, _load_module, _register_tensor_intrinsics, extract_tasks
+from zsq_tvm.tune import (_build_candidate, _check_db_folder, _register_tensor_intrinsics, extract_tasks,
+                          lowered_for_tuning, tuning_target)
 from zsq_tvm.tuning_db import TuningDB, default_db_dir, record_to_json, target_key
 
 __all__ = ["tune_files", "read_results", "BATCH", "RESULTS", "PENDING"]
@@ -54,7 +54,6 @@ ROUND_RE = re.compile(r"^round-(\d{3,6})$")
 EVALUATOR = {"number": 3, "repeat": 1, "min_repeat_ms": 0}
 RUNNER_SCRIPT = "tools/tune_runner.py"
 # every CUDA arch from sm_75 to sm_90 allows these per block (48 KiB static shared memory)
-CUDA_LIMITS = {"max_threads_per_block": 1024, "max_shared_memory_per_block": 49152, "registers_per_block": 65536}
 
 
 def _sha256(p: Path) -> str:
@@ -252,7 +251,6 @@ def tune_files(source, out_dir, target: str = "host", trials: int = 64, db_path=
                build_timeout: float = 180.0, lowered=None) -> dict:
     """One round of the two-machine loop (module doc); returns a summary dict with ``command`` (the runner
     command to run next, on the device machine) or ``done`` (the database holds ``trials`` records)."""
-    import tvm
     from tvm.s_tir import meta_schedule as ms
 
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
@@ -286,19 +284,9 @@ def tune_files(source, out_dir, target: str = "host", trials: int = 64, db_path=
         summary["ingested"] = _ingest(rdir, db, tgt)
     # the next batch
     if lowered is None:
-        mod = source
-        if not isinstance(source, tvm.IRModule):
-            mod, _ = _load_module(source)
-        if spec.prepare is not None:
-            mod = spec.prepare(mod)
-        lowered, _ = lower(mod, tgt)
-    cfg = dict(tgt.export())
-    if cfg.get("kind") == "llvm" and not cfg.get("num-cores"):
-        cfg["num-cores"] = max(1, (os.cpu_count() or 2) // 2)
-    if cfg.get("kind") == "cuda":  # MetaSchedule's GPU rules need the limits the nvidia/* tags carry
-        for k, v in CUDA_LIMITS.items():
-            cfg.setdefault(k, v)
-    task_tgt = tvm.target.Target(cfg)
+        lowered = lowered_for_tuning(source, spec, tgt)
+    task_tgt = tuning_target(tgt)
+    cfg = dict(task_tgt.export())
     tasks = extract_tasks(lowered, task_tgt)
     summary["tasks"] = len(tasks)
     have = 0
