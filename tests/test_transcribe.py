@@ -244,3 +244,22 @@ def test_shipped_name_is_built_once_and_cached(tmp_path, capsys, monkeypatch):
     second = capsys.readouterr()
     assert "building" not in second.err and second.out == first.out
     assert main(["check", str(cached)]) == 0  # the cached build is an ordinary, verified build folder
+
+
+def test_a_header_cannot_make_the_reader_allocate_big_blocks(tmp_path, monkeypatch):
+    """768 kHz x 64 channels declared: a 10 s block would be 2 GB, allocated before the data is read."""
+    import soundfile as sf
+
+    from zsq_tvm.audio.io import MAX_BLOCK_SAMPLES, pcm_blocks
+
+    p = tmp_path / "wide.wav"
+    sf.write(str(p), np.zeros((100, 64), np.float32), 768000, subtype="PCM_16")
+    seen, blocks = [], sf.SoundFile.blocks
+
+    def spy(self, *a, **k):
+        seen.append(k["blocksize"])
+        return blocks(self, *a, **k)
+
+    monkeypatch.setattr(sf.SoundFile, "blocks", spy)
+    out = list(pcm_blocks(audio_info(p)))
+    assert seen and seen[0] * 64 <= MAX_BLOCK_SAMPLES and sum(len(b) for b in out) == 3  # 100 / 48 samples

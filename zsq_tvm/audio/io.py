@@ -27,6 +27,7 @@ __all__ = ["AudioError", "AudioInfo", "SAMPLE_RATE", "audio_info", "pcm_blocks",
 
 SAMPLE_RATE = 16000
 MAX_CHANNELS = 64
+MAX_BLOCK_SAMPLES = 1 << 20
 _RATES = (1000, 768000)  # sample rates we accept: anything a real recording uses
 
 
@@ -126,7 +127,9 @@ def pcm_blocks(info: AudioInfo, block_seconds: float = 10.0) -> Iterator[np.ndar
     input in memory at a time."""
     import soundfile as sf
 
-    block = max(1, int(block_seconds * info.sample_rate))
+    # at most ~1 M samples (4 MiB) per block whatever rate and channel count the header claims: soundfile
+    # allocates a whole block before it knows how much data the file really has
+    block = max(1, min(int(block_seconds * info.sample_rate), MAX_BLOCK_SAMPLES // info.channels))
     rs = StreamResampler(info.sample_rate)
     try:
         with sf.SoundFile(info.path) as f:
