@@ -23,9 +23,9 @@ from typing import Callable
 from zsq_tvm import artifacts
 from zsq_tvm.audio.io import AudioInfo, audio_info, pcm_blocks
 from zsq_tvm.core.errors import ConfigError, ZsqError
-from zsq_tvm.streaming import FRAME_SECONDS, Stream, format_srt, format_vtt
+from zsq_tvm.streaming import FRAME_SECONDS, format_srt, format_vtt
 
-__all__ = ["transcribe", "load_build", "open_stream", "format_transcript", "FORMATS", "WINDOW_FRAMES",
+__all__ = ["transcribe", "load_build", "format_transcript", "FORMATS", "WINDOW_FRAMES",
            "build_cache_dir"]
 
 FORMATS = ("text", "json", "srt", "vtt")
@@ -34,10 +34,10 @@ _PROGRESS_SECONDS = 60.0  # show a progress bar for files longer than this
 
 
 def build_cache_dir() -> Path:
-    """``${XDG_CACHE_HOME:-~/.cache}/zsq-tvm/builds`` (a relative ``$XDG_CACHE_HOME`` is ignored, as XDG says)."""
-    xdg = os.environ.get("XDG_CACHE_HOME", "")
-    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path(os.path.expanduser("~")) / ".cache"
-    return base / "zsq-tvm" / "builds"
+    """``${XDG_CACHE_HOME:-~/.cache}/zsq-tvm/builds``, beside the tuning cache."""
+    from zsq_tvm.tuning_db import cache_root
+
+    return cache_root() / "builds"
 
 
 def _model_identity(model: str) -> tuple[str, str]:
@@ -56,11 +56,7 @@ def _model_identity(model: str) -> tuple[str, str]:
         if not path.is_file():
             raise ConfigError(f"{model!r} is not a build folder, a quantized folder, a model file or a shipped model",
                               "pass one of those (e.g. quartznet5x5, model.onnx, model.nemo, build/)")
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return Path(model).stem, h.hexdigest()
+    return Path(model).stem, artifacts.sha256_file(path)
 
 
 def load_build(model, frames: int | None = None, say: Callable[[str], None] = print, cache: bool = True):
@@ -116,12 +112,6 @@ def load_build(model, frames: int | None = None, say: Callable[[str], None] = pr
     return b
 
 
-def open_stream(build, context_frames: int | None = None, keep_logits: bool = False,
-                on_window=None) -> Stream:
-    """A :class:`zsq_tvm.streaming.Stream` running ``build`` (what ``Build.stream`` returns)."""
-    return build.stream(context_frames=context_frames, keep_logits=keep_logits, on_window=on_window)
-
-
 def _transcribe_file(build, info: AudioInfo, context_frames: int | None, progress: bool) -> dict:
     bar = None
     if progress and info.seconds > _PROGRESS_SECONDS:
@@ -134,7 +124,7 @@ def _transcribe_file(build, info: AudioInfo, context_frames: int | None, progres
         if bar is not None:
             bar.update(min(info.seconds, mel_frames * FRAME_SECONDS) - bar.n)
 
-    stream = open_stream(build, context_frames, on_window=on_window)
+    stream = build.stream(context_frames=context_frames, on_window=on_window)
     try:
         for block in pcm_blocks(info):
             stream.push(block)

@@ -37,6 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from zsq_tvm import artifacts
 from zsq_tvm.core.errors import ConfigError
 from zsq_tvm.targets import get_target
 from zsq_tvm.tune import (_build_candidate, _check_db_folder, _register_tensor_intrinsics, extract_tasks,
@@ -54,14 +55,6 @@ ROUND_RE = re.compile(r"^round-(\d{3,6})$")
 EVALUATOR = {"number": 3, "repeat": 1, "min_repeat_ms": 0}
 RUNNER_SCRIPT = "tools/tune_runner.py"
 # every CUDA arch from sm_75 to sm_90 allows these per block (48 KiB static shared memory)
-
-
-def _sha256(p: Path) -> str:
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _write_json(p: Path, obj) -> None:
@@ -345,7 +338,7 @@ def tune_files(source, out_dir, target: str = "host", trials: int = 64, db_path=
             for a in c.args_info:
                 kind, dtype, shape = a.as_json()
                 args.append({"dtype": str(dtype), "shape": [int(s) for s in shape]})
-            cands.append({"id": cid, "file": f"{cid}.so", "bytes": size, "sha256": _sha256(tmp / f"{cid}.so"),
+            cands.append({"id": cid, "file": f"{cid}.so", "bytes": size, "sha256": artifacts.sha256_file(tmp / f"{cid}.so"),
                           "task": ctx.task_name, "args": args})
             pend[cid] = {"shash": sh, "record": rec}
         if not cands:

@@ -83,12 +83,17 @@ MAX_DB_FILE_BYTES = 256 << 20
 SHIPPED_LOGS = Path(__file__).resolve().parent / "tuning_logs"
 
 
-def user_cache_dir() -> Path:
-    """The per-user tuning cache ``${XDG_CACHE_HOME:-~/.cache}/zsq-tvm/tuning`` (a relative
-    ``$XDG_CACHE_HOME`` is ignored, as the XDG base directory spec says)."""
+def cache_root() -> Path:
+    """zsq's per-user cache ``${XDG_CACHE_HOME:-~/.cache}/zsq-tvm`` (a relative ``$XDG_CACHE_HOME`` is ignored,
+    as the XDG base directory spec says)."""
     xdg = os.environ.get("XDG_CACHE_HOME", "")
     base = Path(xdg) if xdg and os.path.isabs(xdg) else Path(os.path.expanduser("~")) / ".cache"
-    return base / "zsq-tvm" / "tuning"
+    return base / "zsq-tvm"
+
+
+def user_cache_dir() -> Path:
+    """The per-user tuning cache ``${XDG_CACHE_HOME:-~/.cache}/zsq-tvm/tuning``."""
+    return cache_root() / "tuning"
 
 
 def shipped_db_dir(tgt) -> Path:

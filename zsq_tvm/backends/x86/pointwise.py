@@ -470,6 +470,14 @@ def _ncw_func(spec: PointwiseSpec):
                 acc[vm, vt] = acc[vm, vt] + _element(Xw[wr(vg, vt, vj)], vr, gs) * T.Cast(
                     "int32", Wq[vm, vj, vg * gs + vr])
 
+    def requant(acc, B, Mul, Sh, R, vm, vt):
+        """The epilogue value of output (vm, vt) (TIR, built at parse time): requantize, plus for a residual join
+        ``R`` added to the int32 value clipped to [rqmin, rqmax] and the sum clipped to [qmin, qmax]."""
+        if R is None:
+            return requantize_expr(acc[vm, vt] + B[vm], Mul[vm], Sh[vm], qmin, qmax, od)
+        return T.Cast(od, T.max(T.min(requantize_expr(acc[vm, vt] + B[vm], Mul[vm], Sh[vm], rqmin, rqmax, "int32")
+                                      + R[0, vm, vt], T.int32(qmax)), T.int32(qmin)))
+
     if not spec.residual:
 
         @T.prim_func(s_tir=True)
@@ -484,16 +492,16 @@ def _ncw_func(spec: PointwiseSpec):
                     vm, vt = T.axis.remap("SS", [m, t])
                     if sym:  # guards in the body: scheduling keeps them (a block predicate would be re-derived)
                         if vt // tt * tt + tt <= To:  # a whole tile: vectorised, no guard
-                            Y[0, vm, vt] = requantize_expr(acc[vm, vt] + B[vm], Mul[vm], Sh[vm], qmin, qmax, od)
+                            Y[0, vm, vt] = requant(acc, B, Mul, Sh, None, vm, vt)
                         elif vt < To:  # the last, partial tile
-                            Y[0, vm, vt] = requantize_expr(acc[vm, vt] + B[vm], Mul[vm], Sh[vm], qmin, qmax, od)
+                            Y[0, vm, vt] = requant(acc, B, Mul, Sh, None, vm, vt)
                     else:
-                        Y[0, vm, vt] = requantize_expr(acc[vm, vt] + B[vm], Mul[vm], Sh[vm], qmin, qmax, od)
+                        Y[0, vm, vt] = requant(acc, B, Mul, Sh, None, vm, vt)
 
         return func
 
-    # residual: y = clip(requant(acc + B) in [rqmin, rqmax]) + R, then clip to [qmin, qmax]; the int32
-    # add cannot wrap (the caller checks rqmin + R's min >= -2^31 and rqmax + R's max < 2^31)
+    # residual: the int32 add in `requant` cannot wrap (the caller checks rqmin + R's min >= -2^31 and rqmax + R's
+    # max < 2^31)
     @T.prim_func(s_tir=True)
     def func(X: T.Buffer((1, K, Tn), ad), Wq: T.Buffer((Mp, J, Kp), wd), B: T.Buffer((M,), "int32"),
              Mul: T.Buffer((M,), "int64"), Sh: T.Buffer((M,), "int64"), R: T.Buffer((1, M, To), "int32"),
@@ -507,17 +515,11 @@ def _ncw_func(spec: PointwiseSpec):
                 vm, vt = T.axis.remap("SS", [m, t])
                 if sym:
                     if vt // tt * tt + tt <= To:
-                        Y[0, vm, vt] = T.Cast(od, T.max(T.min(
-                            requantize_expr(acc[vm, vt] + B[vm], Mul[vm], Sh[vm], rqmin, rqmax, "int32")
-                            + R[0, vm, vt], T.int32(qmax)), T.int32(qmin)))
+                        Y[0, vm, vt] = requant(acc, B, Mul, Sh, R, vm, vt)
                     elif vt < To:
-                        Y[0, vm, vt] = T.Cast(od, T.max(T.min(
-                            requantize_expr(acc[vm, vt] + B[vm], Mul[vm], Sh[vm], rqmin, rqmax, "int32")
-                            + R[0, vm, vt], T.int32(qmax)), T.int32(qmin)))
+                        Y[0, vm, vt] = requant(acc, B, Mul, Sh, R, vm, vt)
                 else:
-                    Y[0, vm, vt] = T.Cast(od, T.max(T.min(
-                        requantize_expr(acc[vm, vt] + B[vm], Mul[vm], Sh[vm], rqmin, rqmax, "int32") + R[0, vm, vt],
-                        T.int32(qmax)), T.int32(qmin)))
+                    Y[0, vm, vt] = requant(acc, B, Mul, Sh, R, vm, vt)
 
     return func
 
